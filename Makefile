@@ -1,0 +1,29 @@
+# plana-jobs: `make test` is the command CI runs (see README.md and .ci/run).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY_FILES := jobs tests bench
+
+.PHONY: venv test lint bench clean
+
+$(BIN)/plana-job: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/plana-job
+
+test: venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check jobs tests bench
+	$(BIN)/ruff format --check jobs
+	$(BIN)/mypy --strict jobs
+
+bench: venv
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,46 @@
+"""`plana-job`: one subcommand per entrypoint. Usage errors exit 64 with one line."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+
+from jobs import __version__, runner
+from jobs.emit_event import emit_event
+from jobs.errors import ExitCode
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="plana-job")
+def cli() -> None:
+    """Job runners behind PLANA's Crossplane Compositions.
+
+    Every option also reads its PLANA_* environment variable. Exit codes: 0 done,
+    64 bad input, 65 state conflict, 70 bug, 75 transient (retry), 78 configuration.
+    """
+
+
+cli.add_command(emit_event)
+
+
+def _job_name(argv: list[str]) -> str:
+    names = [a for a in argv if a in cli.commands]
+    return names[0] if names else "plana-job"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    started = time.monotonic()
+    try:
+        code = cli.main(args=args, prog_name="plana-job", standalone_mode=False)
+    except click.ClickException as exc:
+        # One line naming the problem, never click's multi-line usage dump, and exit 64 (not 2).
+        message = " ".join(exc.format_message().split())
+        click.echo(f"plana-job: error: {message}", err=True)
+        runner.finish(_job_name(args), started, int(ExitCode.USAGE), "failed", {"error": message})
+    except click.Abort:
+        click.echo("plana-job: aborted", err=True)
+        sys.exit(int(ExitCode.TEMPFAIL))
+    sys.exit(code if isinstance(code, int) else 0)

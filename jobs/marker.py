@@ -1,0 +1,52 @@
+"""Ownership and progress markers on databases, kept in `COMMENT ON DATABASE`.
+
+The comment is readable from the catalog without connecting to the database (templates have
+`datallowconn = false`, tenants have CONNECT revoked from PUBLIC), survives a rename, and is not
+copied by `CREATE DATABASE … TEMPLATE`, so a clone never inherits its template's marker. A
+database whose comment is not ours is "not ours": jobs refuse to touch it (exit 65).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from jobs import pg
+
+PREFIX = "plana-jobs "
+
+
+@dataclass
+class Marker:
+    kind: str  # tenant | template | environment | upgrade-work | rollback | build
+    state: str  # the last step completed, e.g. "cloned", "personalised", "complete"
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self) -> str:
+        body = {"kind": self.kind, "state": self.state, **self.data}
+        return PREFIX + json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, comment: str | None) -> Marker | None:
+        if not comment or not comment.startswith(PREFIX):
+            return None
+        try:
+            body = json.loads(comment[len(PREFIX) :])
+        except ValueError:
+            return None
+        if not isinstance(body, dict) or "kind" not in body or "state" not in body:
+            return None
+        kind, state = str(body.pop("kind")), str(body.pop("state"))
+        return cls(kind=kind, state=state, data=body)
+
+
+def read(conn: psycopg.Connection[Any], db: str) -> Marker | None:
+    """The marker of `db`, or None when it has none (or one that is not ours)."""
+    return Marker.decode(pg.database_comment(conn, db))
+
+
+def write(conn: psycopg.Connection[Any], db: str, marker: Marker) -> None:
+    pg.set_database_comment(conn, db, marker.encode())

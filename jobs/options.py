@@ -1,0 +1,80 @@
+"""Shared click options: every option has its PLANA_* variable (DESIGN.md environment table).
+
+Spec fields are taken as plain strings and validated by `jobs.naming`, so that every bad value,
+missing ones included, is refused the same way: exit 64 and one line naming the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from jobs import naming
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def option(*decls: str, env: str, **kwargs: Any) -> Callable[[F], F]:
+    return click.option(*decls, envvar=env, show_envvar=True, **kwargs)
+
+
+def stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    def apply(fn: F) -> F:
+        for deco in reversed(decorators):
+            fn = deco(fn)
+        return fn
+
+    return apply
+
+
+common = stack(
+    option("--base-domain", env="PLANA_BASE_DOMAIN", default=naming.DEFAULT_BASE_DOMAIN,
+           show_default=True, help="Base domain of tenant hostnames and databases."),
+    option("--timeout", env="PLANA_TIMEOUT", type=float, default=None,
+           help="Total deadline in seconds for retries and waits [default: 600]."),
+)  # fmt: skip
+
+subdomain = option("--subdomain", env="PLANA_SUBDOMAIN", help="Tenant subdomain (DNS label).")
+project_id = option("--project-id", env="PLANA_PROJECT_ID", help="PLANAClient projectId.")
+tier = option("--tier", env="PLANA_TIER", help="starter | pro | enterprise.")
+odoo_version = option("--odoo-version", env="PLANA_ODOO_VERSION", default="18",
+                      show_default=True, help="Odoo major version: 17, 18 or 19.")  # fmt: skip
+owner_email = option("--owner-email", env="PLANA_OWNER_EMAIL", help="Owner's email address.")
+owner_name = option("--owner-name", env="PLANA_OWNER_NAME", help="Owner's display name.")
+
+client_spec = stack(subdomain, project_id, tier, odoo_version, owner_email, owner_name)
+
+pg_dsn = option("--pg-dsn", env="PLANA_PG_DSN", default=None,
+                help="libpq connection string; default: libpq's PG* environment.")  # fmt: skip
+data_dir = option("--data-dir", env="PLANA_DATA_DIR", default=naming.DEFAULT_DATA_DIR,
+                  show_default=True, help="Odoo data dir holding filestore/.")  # fmt: skip
+odoo_bin = option("--odoo-bin", env="PLANA_ODOO_BIN", default="odoo", show_default=True,
+                  help="The Odoo executable.")  # fmt: skip
+generation = option("--generation", env="PLANA_GENERATION", default=None,
+                    help="The XR's metadata.generation (part of the idempotency key).")  # fmt: skip
+
+
+def client(kw: dict[str, Any], *, owner: bool = True) -> naming.ClientSpec:
+    """Validate the PLANAClient spec fields in `kw` (exit 64 on the first bad one).
+
+    With `owner=False` the owner fields may be absent (jobs that do not use them), but a value
+    that is given is still validated.
+    """
+    domain = naming.base_domain(kw.get("base_domain"))
+    email, name = kw.get("owner_email"), kw.get("owner_name")
+    return naming.ClientSpec(
+        tenant=naming.Tenant(naming.subdomain(kw.get("subdomain")), domain),
+        project_id=naming.project_id(kw.get("project_id")),
+        tier=naming.tier(kw.get("tier")),
+        odoo_version=naming.odoo_version(kw.get("odoo_version")),
+        owner_email=naming.owner_email(email) if owner or email else "",
+        owner_name=naming.owner_name(name) if owner or name else "",
+    )
+
+
+def generation_value(value: str | None, field: str = "generation") -> int | None:
+    if value in (None, ""):
+        return None
+    return naming.project_id(value, field=field)

@@ -1,0 +1,120 @@
+"""PostgreSQL connections the Kubernetes way: `PLANA_PG_DSN` if set, else libpq's own PG* env.
+
+Also the small catalog facts several jobs observe before they act.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from jobs import redact, retry
+from jobs.errors import ConfigError, UsageError
+
+MAINTENANCE_DB = "postgres"
+
+
+def base_conninfo(dsn: str | None = None) -> str:
+    """The configured conninfo; its password (and PGPASSWORD) are registered for redaction."""
+    dsn = dsn if dsn is not None else os.environ.get("PLANA_PG_DSN", "")
+    redact.register(os.environ.get("PGPASSWORD"))
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        raise UsageError("PLANA_PG_DSN", "is not a valid libpq connection string") from None
+    redact.register(str(params.get("password") or ""))
+    return dsn
+
+
+def _classify_connect(exc: psycopg.OperationalError) -> Exception:
+    msg = redact.text(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+    low = msg.lower()
+    if "authentication failed" in low or "no password supplied" in low or (
+        "role" in low and "does not exist" in low
+    ):
+        return ConfigError(f"postgresql: {msg}")
+    return exc
+
+
+def connect(
+    dbname: str | None = None,
+    *,
+    dsn: str | None = None,
+    deadline: retry.Deadline | None = None,
+    autocommit: bool = True,
+    application_name: str = "plana-job",
+) -> psycopg.Connection[Any]:
+    """Connect, retrying refused/reset connections within the deadline (then exit 75)."""
+    conninfo = base_conninfo(dsn)
+    kwargs: dict[str, Any] = {"autocommit": autocommit, "application_name": application_name}
+    if dbname:
+        kwargs["dbname"] = dbname
+    if "connect_timeout" not in conninfo and not os.environ.get("PGCONNECT_TIMEOUT"):
+        kwargs["connect_timeout"] = 10
+
+    def attempt() -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(conninfo, **kwargs)
+        except psycopg.OperationalError as exc:
+            raise _classify_connect(exc) from None
+
+    return retry.call(
+        attempt,
+        what=f"connect to postgresql database {dbname or '(default)'}",
+        deadline=deadline or retry.Deadline(),
+        transient=retry.pg_transient,
+    )
+
+
+@contextmanager
+def connection(dbname: str | None = None, **kwargs: Any) -> Iterator[psycopg.Connection[Any]]:
+    conn = connect(dbname, **kwargs)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def conninfo_for(dbname: str, dsn: str | None = None) -> str:
+    """A conninfo naming `dbname` (for child processes such as pg_dump)."""
+    return psycopg.conninfo.make_conninfo(base_conninfo(dsn), dbname=dbname)
+
+
+def database_exists(conn: psycopg.Connection[Any], name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    return row is not None
+
+
+def database_comment(conn: psycopg.Connection[Any], name: str) -> str | None:
+    """`COMMENT ON DATABASE` text: readable without connecting to that database."""
+    row = conn.execute(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+        (name,),
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def set_database_comment(conn: psycopg.Connection[Any], name: str, comment: str) -> None:
+    conn.execute(
+        sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(comment))
+    )
+
+
+def terminate_sessions(conn: psycopg.Connection[Any], name: str) -> int:
+    """End every other session on `name`; returns how many were ended."""
+    rows = conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = %s AND pid <> pg_backend_pid()",
+        (name,),
+    ).fetchall()
+    return len(rows)
+
+
+def server_version(conn: psycopg.Connection[Any]) -> int:
+    return conn.info.server_version

@@ -1,0 +1,175 @@
+"""Shared test harness: real PostgreSQL and Redis, and `plana-job` run as a real process.
+
+Services come from PLANA_TEST_PG_DSN / PLANA_TEST_REDIS_URL; without them, pytest-docker starts
+docker-compose.test.yml.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+STANDINS = ROOT / "tests" / "standins"
+
+
+@pytest.fixture(scope="session")
+def docker_compose_file() -> str:
+    return str(ROOT / "docker-compose.test.yml")
+
+
+def _wait(check: Any, timeout: float = 60.0) -> None:
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        try:
+            if check():
+                return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("service did not become ready")
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(request: pytest.FixtureRequest) -> str:
+    dsn = os.environ.get("PLANA_TEST_PG_DSN")
+    if not dsn:
+        services = request.getfixturevalue("docker_services")
+        port = services.port_for("postgres", 5432)
+        dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        _wait(lambda: psycopg.connect(dsn, connect_timeout=2).close() is None)
+    return dsn
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> str:
+    url = os.environ.get("PLANA_TEST_REDIS_URL")
+    if not url:
+        services = request.getfixturevalue("docker_services")
+        port = services.port_for("redis", 6379)
+        url = f"redis://127.0.0.1:{port}/15"
+        _wait(lambda: redis.Redis.from_url(url).ping())
+    return url
+
+
+@pytest.fixture
+def uid() -> str:
+    """A short unique token for database names and key prefixes (runs never collide)."""
+    return "t" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def pg(pg_dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def drop_dbs(pg_dsn: str) -> Iterator[list[str]]:
+    """Append database names (or LIKE patterns with %) to drop at teardown."""
+    names: list[str] = []
+    yield names
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for name in names:
+            rows = conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s", (name,)
+            ).fetchall()
+            for (db,) in rows:
+                conn.execute(
+                    sql.SQL("ALTER DATABASE {} WITH is_template false").format(sql.Identifier(db))
+                )
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
+                )
+
+
+def database_names(conn: psycopg.Connection[Any]) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()}
+
+
+@dataclass
+class JobRun:
+    rc: int
+    stdout: str
+    stderr: str
+    termination: str
+
+    @property
+    def result(self) -> dict[str, Any]:
+        """The result object: the last stdout line."""
+        lines = self.stdout.strip().splitlines()
+        assert lines, f"no stdout; stderr: {self.stderr}"
+        obj: dict[str, Any] = json.loads(lines[-1])
+        return obj
+
+    @property
+    def logs(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stdout.strip().splitlines()[:-1]]
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr + self.termination
+
+
+def job_env(pg_dsn: str, redis_url: str, tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANA_", "PG"))}
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        PLANA_PG_DSN=pg_dsn,
+        PLANA_REDIS_URL=redis_url,
+        PLANA_LOG_FORMAT="json",
+        PLANA_TERMINATION_LOG=str(tmp / "termination-log"),
+        PLANA_TIMEOUT="60",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class Runner:
+    """Runs `plana-job` as a subprocess, the way a pod does."""
+
+    def __init__(self, pg_dsn: str, redis_url: str, tmp: Path) -> None:
+        self.tmp = tmp
+        self.env = job_env(pg_dsn, redis_url, tmp)
+
+    def popen(self, args: Sequence[str], **env: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [str(BIN / "plana-job"), *args],
+            env={**self.env, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def __call__(self, args: Sequence[str], timeout: float = 120, **env: str) -> JobRun:
+        term = Path(env.get("PLANA_TERMINATION_LOG", self.env["PLANA_TERMINATION_LOG"]))
+        term.unlink(missing_ok=True)
+        proc = subprocess.run(
+            [str(BIN / "plana-job"), *args],
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        text = term.read_text() if term.exists() else ""
+        return JobRun(proc.returncode, proc.stdout, proc.stderr, text)
+
+
+@pytest.fixture
+def run_job(pg_dsn: str, redis_url: str, tmp_path: Path) -> Runner:
+    return Runner(pg_dsn, redis_url, tmp_path)
