@@ -1,18 +1,45 @@
-"""`plana-job`: one subcommand per entrypoint. Usage errors exit 64 with one line."""
+"""`plana-job`: one subcommand per entrypoint. Usage errors exit 64 with one line.
+
+Subcommands are imported only when invoked, so a job pays for its own dependencies alone
+(matrix-nio is not imported to emit a Redis event).
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
+from typing import Any
 
 import click
 
 from jobs import __version__, runner
-from jobs.emit_event import emit_event
 from jobs.errors import ExitCode
 
+# name → "module:attribute" of the click command. Only commands that work are listed.
+COMMANDS: dict[str, str] = {
+    "emit-event": "jobs.emit_event:emit_event",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        command: Any = getattr(importlib.import_module(module), attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="plana-job")
 def cli() -> None:
     """Job runners behind PLANA's Crossplane Compositions.
@@ -22,11 +49,8 @@ def cli() -> None:
     """
 
 
-cli.add_command(emit_event)
-
-
 def _job_name(argv: list[str]) -> str:
-    names = [a for a in argv if a in cli.commands]
+    names = [a for a in argv if a in COMMANDS]
     return names[0] if names else "plana-job"
 
 

@@ -1,0 +1,21 @@
+"""`make bench`: runs every bench/bench_*.py module's `main()` in turn (or those named)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+
+def main() -> int:
+    names = sys.argv[1:] or sorted(p.stem for p in Path(__file__).parent.glob("bench_*.py"))
+    failed = 0
+    for name in names:
+        module = importlib.import_module(f"bench.{name}")
+        print(f"== {name} ==", flush=True)
+        failed += 1 if module.main() else 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
