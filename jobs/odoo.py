@@ -1,0 +1,245 @@
+"""Running the Odoo binary for one major version, and reading back what it really did.
+
+Stable API (used by template-build, upgrade and backup):
+
+- `Invocation`: what to run (database, modules to install/update, `--load`, `--upgrade-path`,
+  data dir, addons path, extra flags); `argv(odoo_bin, version, inv, config=None)` builds the
+  command line with the version's rules: 17/18 get `--without-demo=all` (with `=`: a bare
+  `--without-demo` swallows the next flag), 19 gets no demo flag (no demo unless `--with-demo`).
+  Always `--stop-after-init --no-http`.
+- `run(odoo_bin, version, inv, *, dsn=None, base_config=None, deadline=None, timeout=None)`
+  → `proc.Completed`. Connection parameters come from `PLANA_PG_DSN` (or `dsn`) and libpq's own
+  `PG*` environment, and never reach argv (which is logged): they go into a 0600 temporary
+  config file passed with `-c` (merged over `base_config`, default `$ODOO_RC`, so the image's
+  addons_path and friends are kept) and into the child's `PG*` environment. `PGDATABASE` is
+  removed from the child's environment (Odoo 19 would treat it like `-d`). Output is streamed
+  into the log through `jobs.proc`; SIGTERM stops the child.
+- `binary_version(odoo_bin)` → the `--version` line (e.g. "Odoo Server 18.0");
+  `major(text)` → 18.
+- `module_states(conn)` → `{name: state}` from `ir_module_module`; `check_modules(states,
+  wanted)` → the list of problems (a wanted module not `installed`, anything left
+  `to install`/`to upgrade`/`to remove`). The exit code of Odoo is never trusted alone: it exits 0
+  after "invalid module names, ignored".
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from jobs import pg, proc, redact, retry
+from jobs.errors import ConfigError
+
+PENDING_STATES = frozenset({"to install", "to upgrade", "to remove"})
+MODULE_NAME = re.compile(r"[a-z0-9_]{1,128}", re.ASCII)
+VERSION_TIMEOUT_S = 60.0
+
+# libpq conninfo keyword → Odoo config option. Only these have an Odoo option; everything else
+# (sslrootcert, passfile, options, …) reaches the child through its PG* environment.
+_CONF_KEYS = {
+    "host": "db_host",
+    "port": "db_port",
+    "user": "db_user",
+    "password": "db_password",
+    "sslmode": "db_sslmode",
+}
+# libpq conninfo keyword → the libpq environment variable the child reads.
+_ENV_KEYS = {
+    "host": "PGHOST",
+    "hostaddr": "PGHOSTADDR",
+    "port": "PGPORT",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "passfile": "PGPASSFILE",
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "options": "PGOPTIONS",
+}
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One `odoo --stop-after-init` run."""
+
+    db: str
+    install: Sequence[str] = ()
+    update: Sequence[str] = ()
+    load: Sequence[str] = ()
+    upgrade_path: str | None = None
+    data_dir: str | Path | None = None
+    addons_path: str | None = None
+    log_level: str | None = None
+    extra: Sequence[str] = field(default_factory=tuple)
+
+
+def argv(
+    odoo_bin: str, version: int, inv: Invocation, config: str | Path | None = None
+) -> list[str]:
+    """The command line for `inv`; holds no secret (it is logged)."""
+    args = [odoo_bin]
+    if config is not None:
+        args += ["-c", str(config)]
+    args += ["-d", inv.db]
+    if inv.install:
+        args += ["-i", ",".join(inv.install)]
+    if inv.update:
+        args += ["-u", ",".join(inv.update)]
+    if version in (17, 18):
+        args.append("--without-demo=all")
+    if inv.load:
+        args.append("--load=" + ",".join(inv.load))
+    if inv.upgrade_path:
+        args.append(f"--upgrade-path={inv.upgrade_path}")
+    if inv.addons_path:
+        args.append(f"--addons-path={inv.addons_path}")
+    if inv.data_dir is not None:
+        args += ["-D", str(inv.data_dir)]
+    if inv.log_level:
+        args.append(f"--log-level={inv.log_level}")
+    args += ["--stop-after-init", "--no-http", *inv.extra]
+    return args
+
+
+def connection_params(dsn: str | None = None) -> dict[str, str]:
+    """libpq keywords of the configured DSN (without dbname), password included."""
+    params = conninfo_to_dict(pg.base_conninfo(dsn))
+    return {k: str(v) for k, v in params.items() if k != "dbname" and v not in (None, "")}
+
+
+def child_env(params: Mapping[str, str], base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The child's environment: ours, the DSN's parameters as PG*, and no PGDATABASE."""
+    env = dict(os.environ if base is None else base)
+    env.pop("PGDATABASE", None)
+    for key, value in params.items():
+        name = _ENV_KEYS.get(key)
+        if name:
+            env[name] = value
+    return env
+
+
+@contextmanager
+def config_file(params: Mapping[str, str], base_config: str | Path | None = None) -> Iterator[Path]:
+    """A 0600 Odoo config holding the connection options, deleted when the block ends.
+
+    It is `base_config` (default `$ODOO_RC`, the image's config) with the db_* options of
+    `params` laid over it, so `-c` does not lose the image's addons_path or data_dir.
+    """
+    parser = configparser.RawConfigParser()
+    base = base_config if base_config is not None else os.environ.get("ODOO_RC")
+    if base:
+        try:
+            with open(base, encoding="utf-8") as fh:
+                parser.read_file(fh)
+        except OSError as exc:
+            raise ConfigError(f"odoo config {base}: {exc.strerror}") from None
+        except configparser.Error as exc:
+            raise ConfigError(f"odoo config {base}: not a valid config file: {exc}") from None
+    if not parser.has_section("options"):
+        parser.add_section("options")
+    for key, option in _CONF_KEYS.items():
+        if key in params:
+            parser.set("options", option, params[key])
+    # mkstemp creates the file 0600 in a private name; nothing else can read the password.
+    fd, name = tempfile.mkstemp(prefix="plana-odoo-", suffix=".conf")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            parser.write(fh)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def run(
+    odoo_bin: str,
+    version: int,
+    inv: Invocation,
+    *,
+    dsn: str | None = None,
+    base_config: str | Path | None = None,
+    deadline: retry.Deadline | None = None,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+) -> proc.Completed:
+    """Run Odoo once (streamed, bounded, SIGTERM-safe) and report how it exited.
+
+    The caller decides what the exit code means, and checks `module_states` afterwards.
+    """
+    params = connection_params(dsn)
+    redact.register(params.get("password"))
+    child = child_env(params, env)
+    with config_file(params, base_config) as conf:
+        return proc.run(
+            argv(odoo_bin, version, inv, conf),
+            name="odoo",
+            env=child,
+            timeout=timeout,
+            deadline=deadline,
+        )
+
+
+def binary_version(odoo_bin: str, *, deadline: retry.Deadline | None = None) -> str:
+    """The first line of `odoo --version` (e.g. "Odoo Server 18.0"); 78 if it cannot run."""
+    limit = VERSION_TIMEOUT_S if deadline is None else min(VERSION_TIMEOUT_S, deadline.remaining())
+    env = dict(os.environ)
+    env.pop("PGDATABASE", None)
+    try:
+        done = subprocess.run(
+            [odoo_bin, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=max(limit, 1.0),
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+    except FileNotFoundError:
+        raise ConfigError(f"odoo binary not found: {odoo_bin}") from None
+    except PermissionError:
+        raise ConfigError(f"odoo binary not executable: {odoo_bin}") from None
+    except subprocess.TimeoutExpired:
+        raise ConfigError(f"{odoo_bin} --version did not answer within {limit:.0f}s") from None
+    lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
+    if done.returncode != 0 or not lines:
+        tail = redact.text(done.stderr.strip()[-300:])
+        raise ConfigError(f"{odoo_bin} --version failed (exit {done.returncode}): {tail}")
+    return lines[0]
+
+
+def major(version_text: str) -> int | None:
+    """18 from "Odoo Server 18.0" (or "saas~18.2"); None when there is no version in it."""
+    found = re.search(r"(?<![0-9])([0-9]{2})\.[0-9]+", version_text)
+    return int(found.group(1)) if found else None
+
+
+def module_states(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """Every module's state, read from the database Odoo just worked on."""
+    rows = conn.execute("SELECT name, state FROM ir_module_module").fetchall()
+    return {str(name): str(state) for name, state in rows}
+
+
+def check_modules(states: Mapping[str, str], wanted: Sequence[str]) -> list[str]:
+    """Problems that make a run a failure whatever Odoo's exit code said (empty: all good)."""
+    problems = [
+        f"{m}: {states.get(m, 'unknown module')}" for m in wanted if states.get(m) != "installed"
+    ]
+    asked = set(wanted)
+    problems += [
+        f"{m}: left {s!r}"
+        for m, s in sorted(states.items())
+        if s in PENDING_STATES and m not in asked
+    ]
+    return problems
