@@ -1,0 +1,194 @@
+"""Odoo filestores: staged, incremental, content-verified copies, and crash-safe removal.
+
+Stable API (tenant-db, template-build, environment and restore jobs):
+
+- `copy_tree(src, dst, *, durable=False)` → `CopyStats`. Copies the tree `src` (usually
+  `{data_dir}/filestore/{template}`) to `dst` (`{data_dir}/filestore/{db}`).
+  When `dst` does not exist the copy is made in a staging directory beside it
+  (`.{name}.partial`, reused after a crash) and published with one `rename`; when `dst` exists
+  the missing files are added to it in place. Either way each file is written to a temporary name
+  and renamed, so a file present under its final name is complete, and files already present by
+  name (and size) are skipped: a re-run after a crash only copies what is missing.
+  Odoo names attachments by content (`ab/ab12…` = sha1 of the bytes): each such file is hashed
+  as it is copied and a mismatch is refused (`FilestoreError`, exit 65). Names starting with "."
+  (staging and marker files) are never copied. A missing `src` is an empty filestore.
+  `durable=True` also fsyncs files and directories (survives a node crash, not only a pod kill).
+- `verify(path)` → `VerifyReport`: re-hashes every content-addressed file.
+- `discard(path)`: removes a tree by first renaming it aside (`.{name}.trash-…`), so a crash
+  mid-delete never leaves half a tree under the real name; leftovers are swept next time.
+- `staging_path(dst)`, `is_content_name(rel)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobs.errors import ConflictError
+
+CHUNK = 1 << 20
+_SHA1 = re.compile(r"[0-9a-f]{40}", re.ASCII)
+
+
+class FilestoreError(ConflictError):
+    """A file's content does not match its content address: the source is corrupt (65)."""
+
+
+@dataclass
+class CopyStats:
+    files: int = 0  # files in the source
+    copied: int = 0
+    skipped: int = 0  # already present by name and size
+    bytes_copied: int = 0
+    published: bool = False  # the staging directory was renamed into place
+
+    def as_dict(self) -> dict[str, int | bool]:
+        return {
+            "files": self.files,
+            "copied": self.copied,
+            "skipped": self.skipped,
+            "bytes_copied": self.bytes_copied,
+            "published": self.published,
+        }
+
+
+@dataclass
+class VerifyReport:
+    files: int = 0
+    bytes: int = 0
+    bad: list[str] = field(default_factory=list)  # relative paths whose content ≠ name
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad
+
+
+def staging_path(dst: str | Path) -> Path:
+    dst = Path(dst)
+    return dst.parent / f".{dst.name}.partial"
+
+
+def is_content_name(rel: str) -> bool:
+    """`ab/ab12…` (40 hex digits, in the directory named by the first two)."""
+    parts = rel.split("/")
+    return len(parts) >= 2 and bool(_SHA1.fullmatch(parts[-1])) and parts[-2] == parts[-1][:2]
+
+
+def _walk(root: Path, rel: str = "") -> list[tuple[str, int]]:
+    """(relative path, size) of every regular file under root, dot-names excluded."""
+    out: list[tuple[str, int]] = []
+    try:
+        entries = list(os.scandir(root / rel if rel else root))
+    except FileNotFoundError:
+        return out
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        sub = f"{rel}/{entry.name}" if rel else entry.name
+        if entry.is_dir(follow_symlinks=False):
+            out.extend(_walk(root, sub))
+        elif entry.is_file(follow_symlinks=False):
+            out.append((sub, entry.stat(follow_symlinks=False).st_size))
+    return out
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_file(src: Path, dst: Path, rel: str, durable: bool) -> int:
+    """Copy through a temporary name, hashing content-addressed files; returns bytes written."""
+    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
+    check = is_content_name(rel)
+    digest = hashlib.sha1(usedforsecurity=False)
+    written = 0
+    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+        while chunk := fin.read(CHUNK):
+            if check:
+                digest.update(chunk)
+            fout.write(chunk)
+            written += len(chunk)
+        if durable:
+            fout.flush()
+            os.fsync(fout.fileno())
+    if check and digest.hexdigest() != dst.name:
+        tmp.unlink(missing_ok=True)
+        raise FilestoreError(
+            f"filestore file {rel} does not match its content address (sha1 {digest.hexdigest()})",
+            path=rel,
+        )
+    os.replace(tmp, dst)
+    return written
+
+
+def copy_tree(src: str | Path, dst: str | Path, *, durable: bool = False) -> CopyStats:
+    """Make `dst` hold every file of `src` (see the module docstring); idempotent."""
+    src, dst = Path(src), Path(dst)
+    stats = CopyStats()
+    target = dst if dst.is_dir() else staging_path(dst)
+    target.mkdir(parents=True, exist_ok=True)
+    made: set[Path] = {target}
+    for rel, size in sorted(_walk(src)):
+        stats.files += 1
+        out = target / rel
+        try:
+            if out.stat().st_size == size:
+                stats.skipped += 1
+                continue
+        except FileNotFoundError:
+            pass
+        if out.parent not in made:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            made.add(out.parent)
+        stats.bytes_copied += _copy_file(src / rel, out, rel, durable)
+        stats.copied += 1
+    if durable:
+        for directory in made:
+            _fsync_dir(directory)
+    if target != dst:
+        os.rename(target, dst)  # publish: dst appears complete or not at all
+        stats.published = True
+        if durable:
+            _fsync_dir(dst.parent)
+    return stats
+
+
+def verify(path: str | Path) -> VerifyReport:
+    """Re-hash every content-addressed file under `path`."""
+    root = Path(path)
+    report = VerifyReport()
+    for rel, size in sorted(_walk(root)):
+        report.files += 1
+        report.bytes += size
+        if not is_content_name(rel):
+            continue
+        digest = hashlib.sha1(usedforsecurity=False)
+        with open(root / rel, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
+        if digest.hexdigest() != rel.rsplit("/", 1)[-1]:
+            report.bad.append(rel)
+    return report
+
+
+def discard(path: str | Path) -> bool:
+    """Remove the tree at `path` (if any) crash-safely; also sweeps earlier leftovers."""
+    path = Path(path)
+    removed = False
+    if path.exists():
+        trash = path.parent / f".{path.name}.trash-{uuid.uuid4().hex[:8]}"
+        os.rename(path, trash)
+        removed = True
+    if path.parent.is_dir():
+        for leftover in path.parent.glob(f".{path.name}.trash-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    return removed
