@@ -60,22 +60,48 @@ def _stream(value: str | None) -> str:
 @options.owner_email
 @options.owner_name
 @options.generation
-@options.option("--type", "event_type", env="PLANA_EVENT_TYPE", default="client.provisioned",
-                show_default=True, help=f"Event type: {', '.join(EVENT_TYPES)}.")
-@options.option("--redis-url", env="PLANA_REDIS_URL", default="redis://127.0.0.1:6379/0",
-                show_default=True, help="Redis URL (a password in it is never logged).")
-@options.option("--stream", env="PLANA_EVENTS_STREAM", default=naming.EVENTS_STREAM,
-                show_default=True, help="Stream key.")
-@options.option("--maxlen", env="PLANA_EVENTS_MAXLEN", type=click.IntRange(min=1),
-                default=DEFAULT_MAXLEN, show_default=True, help="Approximate stream cap.")
-@options.option("--dedupe-ttl", env="PLANA_EVENTS_DEDUPE_TTL", type=click.IntRange(min=60),
-                default=DEFAULT_DEDUPE_TTL_S, show_default=True,
-                help="Seconds an event id is remembered.")
+@options.option(
+    "--type",
+    "event_type",
+    env="PLANA_EVENT_TYPE",
+    default="client.provisioned",
+    show_default=True,
+    help=f"Event type: {', '.join(EVENT_TYPES)}.",
+)
+@options.option(
+    "--redis-url",
+    env="PLANA_REDIS_URL",
+    default="redis://127.0.0.1:6379/0",
+    show_default=True,
+    help="Redis URL (a password in it is never logged).",
+)
+@options.option(
+    "--stream",
+    env="PLANA_EVENTS_STREAM",
+    default=naming.EVENTS_STREAM,
+    show_default=True,
+    help="Stream key.",
+)
+@options.option(
+    "--maxlen",
+    env="PLANA_EVENTS_MAXLEN",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAXLEN,
+    show_default=True,
+    help="Approximate stream cap.",
+)
+@options.option(
+    "--dedupe-ttl",
+    env="PLANA_EVENTS_DEDUPE_TTL",
+    type=click.IntRange(min=60),
+    default=DEFAULT_DEDUPE_TTL_S,
+    show_default=True,
+    help="Seconds an event id is remembered.",
+)
 @options.common
 def emit_event(**kw: Any) -> None:
     """XADD one tenant event to the PLANA events stream, exactly once per event id."""
     runner.run("emit-event", lambda job: _run(job, kw), timeout=kw["timeout"])
-    # fmt: skip
 
 
 def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
@@ -115,7 +141,9 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
 
     def attempt() -> tuple[int, str]:
         try:
-            added, entry = script(keys=[stream, dedupe_key], args=[kw["dedupe_ttl"], kw["maxlen"], *flat])
+            added, entry = script(
+                keys=[stream, dedupe_key], args=[kw["dedupe_ttl"], kw["maxlen"], *flat]
+            )
         except redis.AuthenticationError as exc:
             raise ConfigError(f"redis: authentication refused: {exc}") from None
         return int(added), entry.decode() if isinstance(entry, bytes) else str(entry)

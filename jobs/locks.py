@@ -28,7 +28,9 @@ def key(name: str) -> int:
 
 
 def _try(conn: psycopg.Connection[Any], k: int, shared: bool) -> bool:
-    query = "SELECT pg_try_advisory_lock_shared(%s)" if shared else "SELECT pg_try_advisory_lock(%s)"
+    query = (
+        "SELECT pg_try_advisory_lock_shared(%s)" if shared else "SELECT pg_try_advisory_lock(%s)"
+    )
     row = conn.execute(query, (k,)).fetchone()
     return bool(row and row[0])
 

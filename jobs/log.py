@@ -13,7 +13,9 @@ from jobs import redact
 
 
 def configure(fmt: str | None = None) -> None:
-    fmt = fmt or os.environ.get("PLANA_LOG_FORMAT") or ("console" if sys.stdout.isatty() else "json")
+    fmt = (
+        fmt or os.environ.get("PLANA_LOG_FORMAT") or ("console" if sys.stdout.isatty() else "json")
+    )
     renderer: Any
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())

@@ -35,8 +35,10 @@ def base_conninfo(dsn: str | None = None) -> str:
 def _classify_connect(exc: psycopg.OperationalError) -> Exception:
     msg = redact.text(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
     low = msg.lower()
-    if "authentication failed" in low or "no password supplied" in low or (
-        "role" in low and "does not exist" in low
+    if (
+        "authentication failed" in low
+        or "no password supplied" in low
+        or ("role" in low and "does not exist" in low)
     ):
         return ConfigError(f"postgresql: {msg}")
     return exc

@@ -95,6 +95,10 @@ def spawn(
     """Start `argv`; log its stderr (and stdout, unless `stdout` is given) line by line."""
     name = name or os.path.basename(argv[0])
     log_stdout = stdout is None
+    # Hold SIGTERM/SIGINT until the try/finally below is armed, so no child can be started
+    # without someone to stop it; a pending signal is delivered on unblocking.
+    blocked = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
         popen = subprocess.Popen(
             list(argv),
@@ -106,24 +110,28 @@ def spawn(
             start_new_session=True,  # own process group: we stop it and all its children
         )
     except FileNotFoundError:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
         raise ConfigError(f"{name}: executable not found: {argv[0]}") from None
     except PermissionError:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
         raise ConfigError(f"{name}: not executable: {argv[0]}") from None
-    child = Child(name=name, popen=popen)
-    channels: list[tuple[IO[bytes] | None, str]] = [(popen.stderr, "stderr")]
-    if log_stdout:
-        channels.append((popen.stdout, "stdout"))
-    for stream, channel in channels:
-        if stream is None:
-            continue
-        ctx = contextvars.copy_context()  # keep job/tenant/step on the child's lines
-        thread = threading.Thread(
-            target=ctx.run, args=(_pump, stream, name, channel, child.tail), daemon=True
-        )
-        thread.start()
-        child.readers.append(thread)
-    structlog.get_logger().info("started", child=name, pid=popen.pid, argv=redact.value(argv))
+    # From here on a signal (Terminated) may arrive at any instruction: stop the child then.
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+        child = Child(name=name, popen=popen)
+        channels: list[tuple[IO[bytes] | None, str]] = [(popen.stderr, "stderr")]
+        if log_stdout:
+            channels.append((popen.stdout, "stdout"))
+        for stream, channel in channels:
+            if stream is None:
+                continue
+            ctx = contextvars.copy_context()  # keep job/tenant/step on the child's lines
+            thread = threading.Thread(
+                target=ctx.run, args=(_pump, stream, name, channel, child.tail), daemon=True
+            )
+            thread.start()
+            child.readers.append(thread)
+        structlog.get_logger().info("started", child=name, pid=popen.pid, argv=redact.value(argv))
         yield child
     finally:
         _stop(popen, grace)

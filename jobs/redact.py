@@ -8,7 +8,7 @@ not produce (a DSN in a driver's error message, a bearer header echoed by a peer
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 MASK = "***"
@@ -62,6 +62,6 @@ def value(obj: Any, key: str = "") -> Any:
     return obj
 
 
-def processor(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
     """structlog processor: the last one before rendering."""
     return {k: value(v, k) for k, v in event_dict.items()}

@@ -8,14 +8,12 @@ deadline becomes TransientError (exit 75) so Kubernetes counts the pod and retri
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
-import httpx
-import psycopg
-import redis
 import structlog
 import tenacity
 
@@ -67,8 +65,13 @@ def parse_retry_after(header: str | None) -> float | None:
 _PG_TRANSIENT_STATES = {"40001", "40P01", "55006", "57P03", "53300", "55P03", "57P01"}
 
 
+# The classifiers look the driver up in sys.modules instead of importing it: an exception of its
+# type can only exist once it is imported, and a job should not pay for drivers it never uses.
+
+
 def pg_transient(exc: BaseException) -> bool:
-    if isinstance(exc, psycopg.Error):
+    psycopg: Any = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, psycopg.Error):
         state = exc.sqlstate or ""
         if state in _PG_TRANSIENT_STATES or state.startswith("08"):
             return True
@@ -83,13 +86,19 @@ def _auth(exc: BaseException) -> bool:
 
 
 def redis_transient(exc: BaseException) -> bool:
+    redis: Any = sys.modules.get("redis")
+    if redis is None:
+        return False
     return isinstance(
         exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError
     ) and not isinstance(exc, redis.AuthenticationError)
 
 
 def http_transient(exc: BaseException) -> bool:
-    return isinstance(exc, httpx.TransportError | RetryLater)
+    httpx: Any = sys.modules.get("httpx")
+    if isinstance(exc, RetryLater):
+        return True
+    return httpx is not None and isinstance(exc, httpx.TransportError)
 
 
 def _wait(state: tenacity.RetryCallState) -> float:
