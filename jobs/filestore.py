@@ -16,22 +16,30 @@ Stable API (tenant-db, template-build, environment and restore jobs):
 - `verify(path)` → `VerifyReport`: re-hashes every content-addressed file.
 - `discard(path)`: removes a tree by first renaming it aside (`.{name}.trash-…`), so a crash
   mid-delete never leaves half a tree under the real name; leftovers are swept next time.
-- `staging_path(dst)`, `is_content_name(rel)`.
+- `write_mark(path, data)` / `read_mark(path)`: a small JSON file (`.plana-mark.json`) kept
+  inside a tree and moved with it by renames (never copied: dot-name). template-build records
+  the template's fingerprint there so a clone can tell that a template's database and its
+  filestore belong together.
+- `staging_path(dst)`, `is_content_name(rel)` (only top-level `ab/ab…` files; Odoo's
+  `checklist/ab/ab…` GC markers are empty and copied unchecked).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from jobs.errors import ConflictError
 
 CHUNK = 1 << 20
+MARK_FILE = ".plana-mark.json"
 _SHA1 = re.compile(r"[0-9a-f]{40}", re.ASCII)
 
 
@@ -76,7 +84,7 @@ def staging_path(dst: str | Path) -> Path:
 def is_content_name(rel: str) -> bool:
     """`ab/ab12…` (40 hex digits, in the directory named by the first two)."""
     parts = rel.split("/")
-    return len(parts) >= 2 and bool(_SHA1.fullmatch(parts[-1])) and parts[-2] == parts[-1][:2]
+    return len(parts) == 2 and bool(_SHA1.fullmatch(parts[-1])) and parts[-2] == parts[-1][:2]
 
 
 def _walk(root: Path, rel: str = "") -> list[tuple[str, int]]:
@@ -192,3 +200,21 @@ def discard(path: str | Path) -> bool:
         for leftover in path.parent.glob(f".{path.name}.trash-*"):
             shutil.rmtree(leftover, ignore_errors=True)
     return removed
+
+
+def write_mark(path: str | Path, data: dict[str, Any]) -> None:
+    """Write the tree's mark atomically (temporary name, then rename)."""
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f"{MARK_FILE}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, root / MARK_FILE)
+
+
+def read_mark(path: str | Path) -> dict[str, Any] | None:
+    """The tree's mark, or None when the tree or its mark is missing or unreadable."""
+    try:
+        data = json.loads((Path(path) / MARK_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
