@@ -19,6 +19,9 @@ from jobs.errors import ExitCode
 # name → "module:attribute" of the click command. Only commands that work are listed.
 COMMANDS: dict[str, str] = {
     "emit-event": "jobs.emit_event:emit_event",
+    "filestore-copy": "jobs.filestore_copy:filestore_copy",
+    "backup": "jobs.backup:backup",
+    "account-webhook": "jobs.account_webhook:account_webhook",
 }
 
 

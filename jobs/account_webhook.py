@@ -1,0 +1,169 @@
+"""`plana-job account-webhook`: the tenant event, POSTed to the account portal, signed.
+
+Signed per the Standard Webhooks specification. The `webhook-id` is derived from (event,
+tenant, generation), so every re-run of the Job re-delivers the same message id and the portal
+deduplicates it: a re-run changes nothing at the receiver.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from jobs import http, options, runner, secrets
+from jobs.errors import ConfigError, ConflictError, UsageError
+from jobs.naming import ClientSpec
+from jobs.result import Done
+
+# Namespace for uuid5 webhook ids: fixed forever, or re-deliveries would stop deduplicating.
+WEBHOOK_NAMESPACE = uuid.UUID("2b0d3f0e-9a51-4c61-8f55-3c2f7e6b9d42")
+EVENTS = ("tenant.provisioned", "tenant.updated", "tenant.deprovisioned")
+SECRET_PREFIX = "whsec_"
+
+
+def webhook_id(event: str, subdomain: str, generation: int | None) -> str:
+    name = f"{event}/{subdomain}/{generation if generation is not None else '-'}"
+    return "msg_" + uuid.uuid5(WEBHOOK_NAMESPACE, name).hex
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key of a `whsec_<base64>` secret; a malformed secret is configuration (78)."""
+    if not secret.startswith(SECRET_PREFIX):
+        raise ConfigError("PLANA_ACCOUNT_WEBHOOK_SECRET_FILE: secret must start with whsec_")
+    try:
+        key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError("PLANA_ACCOUNT_WEBHOOK_SECRET_FILE: secret is not base64") from None
+    if len(key) < 16:
+        raise ConfigError("PLANA_ACCOUNT_WEBHOOK_SECRET_FILE: secret key is shorter than 16 bytes")
+    return key
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """`v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">` (Standard Webhooks)."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def payload(event: str, spec: ClientSpec, generation: int | None) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "subdomain": spec.tenant.subdomain,
+        "hostname": spec.tenant.hostname,
+        "projectId": spec.project_id,
+        "tier": spec.tier,
+        "odooVersion": spec.odoo_version,
+        "owner": {"email": spec.owner_email, "name": spec.owner_name},
+    }
+    if generation is not None:
+        data["generation"] = generation
+    return {
+        "type": event,
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "data": data,
+    }
+
+
+def _event(value: str | None) -> str:
+    if value not in EVENTS:
+        raise UsageError("event", f"must be one of {', '.join(EVENTS)}, got {value!r}")
+    return value
+
+
+@click.command("account-webhook")
+@options.client_spec
+@options.generation
+@options.option(
+    "--event",
+    env="PLANA_WEBHOOK_EVENT",
+    default="tenant.provisioned",
+    show_default=True,
+    help=f"Event type: {', '.join(EVENTS)}.",
+)
+@options.option(
+    "--url",
+    env="PLANA_ACCOUNT_WEBHOOK_URL",
+    default=None,
+    help="The account portal's webhook endpoint.",
+)
+@options.option(
+    "--secret-file",
+    env="PLANA_ACCOUNT_WEBHOOK_SECRET_FILE",
+    default=None,
+    help="File holding the signing secret (whsec_…).",
+)
+@options.option(
+    "--request-timeout",
+    env="PLANA_HTTP_TIMEOUT",
+    type=float,
+    default=None,
+    help=f"Seconds per HTTP attempt [default: {http.DEFAULT_REQUEST_TIMEOUT_S:g}].",
+)
+@options.common
+def account_webhook(**kw: Any) -> None:
+    """POST the tenant event to the account portal, signed per Standard Webhooks."""
+    runner.run("account-webhook", lambda job: _run(job, kw), timeout=kw["timeout"])
+
+
+def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
+    # Every input is checked before the secret is read or a request is sent.
+    spec = options.client(kw)
+    event = _event(kw["event"])
+    generation = options.generation_value(kw["generation"])
+    target = http.url(kw["url"], "accountWebhookUrl")
+    timeout = http.request_timeout(kw["request_timeout"])
+    job.bind(tenant=spec.tenant.subdomain)
+    key = signing_key(secrets.read_file(kw["secret_file"], "PLANA_ACCOUNT_WEBHOOK_SECRET_FILE"))
+
+    msg_id = webhook_id(event, spec.tenant.subdomain, generation)
+    body = json.dumps(payload(event, spec, generation), separators=(",", ":")).encode()
+    attempts = 0
+
+    def headers() -> dict[str, Any]:
+        # A fresh timestamp (and so a fresh signature) on every attempt: receivers refuse
+        # timestamps older than their tolerance, and a retry may come minutes later.
+        nonlocal attempts
+        attempts += 1
+        ts = int(time.time())
+        return {
+            "headers": {
+                "content-type": "application/json",
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(ts),
+                "webhook-signature": sign(key, msg_id, ts, body),
+            }
+        }
+
+    job.step("deliver")
+    details: dict[str, Any] = {"type": event, "webhook_id": msg_id, "url": target}
+    with http.client(timeout) as client:
+        response = http.send(
+            client, "POST", target, what="account webhook", deadline=job.deadline,
+            timeout=timeout, prepare=headers, content=body,
+        )  # fmt: skip
+    details.update(status=response.status_code, attempts=attempts)
+    if response.is_success:
+        job.log.info("webhook delivered", **details)
+        return Done("created", details)
+    if response.is_redirect:
+        raise ConfigError(
+            f"accountWebhookUrl: the portal answered HTTP {response.status_code} (a redirect); "
+            "configure the final URL",
+            **details,
+        )
+    # 4xx other than 429 (410 "stop sending" included): the portal refuses this message, and
+    # sending it again would not change that.
+    raise ConflictError(
+        f"account portal refused the webhook: HTTP {response.status_code}: "
+        f"{http.snippet(response)}",
+        **details,
+    )

@@ -1,0 +1,98 @@
+"""HTTP peers (account portal, ERP): httpx with explicit timeouts and the shared retry policy.
+
+A peer's answer is sorted into three kinds here, once, so every job treats them alike: 2xx is
+returned; 5xx and 429 become `RetryLater` (honouring `Retry-After`) and are retried by
+`jobs.retry` until the job's deadline; anything else is returned for the job to classify (a 4xx
+means something different to each peer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from jobs import retry
+from jobs.errors import UsageError
+
+DEFAULT_REQUEST_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 5.0
+USER_AGENT = "plana-jobs"
+
+
+def url(value: str | None, field: str) -> str:
+    """An absolute http(s) URL with a host; anything else is bad input (exit 64)."""
+    if not value:
+        raise UsageError(field, "is required")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(field, "must be an http:// or https:// URL with a host")
+    if parts.username or parts.password:
+        raise UsageError(field, "must not carry credentials (use the secret file)")
+    if any(ch.isspace() for ch in value):
+        raise UsageError(field, "must not contain whitespace")
+    return value.rstrip("/")
+
+
+def request_timeout(value: float | None, field: str = "requestTimeout") -> float:
+    if value is None:
+        return DEFAULT_REQUEST_TIMEOUT_S
+    if not 0 < value <= 300:
+        raise UsageError(field, f"must be between 0 and 300 seconds, got {value}")
+    return float(value)
+
+
+def client(timeout: float = DEFAULT_REQUEST_TIMEOUT_S) -> httpx.Client:
+    """A client with explicit timeouts; redirects are not followed (a peer that moved is a
+    configuration problem, and a redirect could carry our signature or key elsewhere)."""
+    return httpx.Client(
+        timeout=httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT_S, timeout)),
+        follow_redirects=False,
+        headers={"User-Agent": USER_AGENT},
+    )
+
+
+def _bounded(timeout: float, deadline: retry.Deadline) -> httpx.Timeout:
+    # One slow attempt must not overrun the job's deadline: cap it at what is left (≥ 0.1 s).
+    seconds = max(0.1, min(timeout, deadline.remaining()))
+    return httpx.Timeout(seconds, connect=min(CONNECT_TIMEOUT_S, seconds))
+
+
+def send(
+    http: httpx.Client,
+    method: str,
+    target: str,
+    *,
+    what: str,
+    deadline: retry.Deadline,
+    timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
+    prepare: Callable[[], dict[str, Any]] | None = None,
+    **kwargs: Any,
+) -> httpx.Response:
+    """Send a request, retrying transport errors, 5xx and 429 within the deadline (then 75).
+
+    `prepare` is called before every attempt and its keyword arguments are merged in, for
+    headers that must be fresh on each attempt (a signature over the current timestamp).
+    """
+
+    def attempt() -> httpx.Response:
+        extra = prepare() if prepare else {}
+        response = http.request(
+            method, target, timeout=_bounded(timeout, deadline), **{**kwargs, **extra}
+        )
+        if response.status_code >= 500 or response.status_code == 429:
+            raise retry.RetryLater(
+                f"{what}: HTTP {response.status_code}",
+                retry_after=retry.parse_retry_after(response.headers.get("Retry-After")),
+            )
+        return response
+
+    return retry.call(attempt, what=what, deadline=deadline, transient=retry.http_transient)
+
+
+def snippet(response: httpx.Response, limit: int = 200) -> str:
+    """The start of a response body for an error message (redacted by the runner)."""
+    text = " ".join(response.text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
