@@ -19,8 +19,10 @@ from jobs.errors import ExitCode
 # name → "module:attribute" of the click command. Only commands that work are listed.
 COMMANDS: dict[str, str] = {
     "emit-event": "jobs.emit_event:emit_event",
+    "tenant-db": "jobs.tenant_db:tenant_db",
     "filestore-copy": "jobs.filestore_copy:filestore_copy",
     "backup": "jobs.backup:backup",
+    "restore": "jobs.restore:restore",
     "account-webhook": "jobs.account_webhook:account_webhook",
 }
 
