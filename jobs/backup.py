@@ -1,0 +1,591 @@
+"""`plana-job backup`: one tenant's database and filestore as a complete, verifiable set.
+
+Layout under the mounted `--dest`:
+
+    {dest}/{subdomain}/{YYYYMMDDTHHMMSSZ}/db.dump | db.dir/   pg_dump custom | directory format
+                                          filestore.tar       the filestore, paths relative to it
+                                          manifest.json       sizes, sha256, versions, row counts
+
+A set is built as `{ts}.partial` and published by one rename; `manifest.json` is written last
+inside it, so a directory without `.partial` and with a manifest is complete by construction. A
+killed run leaves only a `.partial`, which the next run (holding the tenant's backup lock, so no
+live run's work is touched) deletes. Retention then removes expired sets, each renamed to
+`.deleting` first so a crash mid-delete never leaves a half set that looks complete.
+
+The dump and the manifest's facts (base version, tables, exact row counts) come from one
+exported snapshot, so what the manifest promises is exactly what the dump holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from jobs import locks, marker, naming, options, pg, proc, retention, runner
+from jobs.errors import ConfigError, ConflictError, TransientError, UsageError
+from jobs.result import Done
+
+SET_NAME = re.compile(r"[0-9]{8}T[0-9]{6}Z")
+SET_FORMAT = "%Y%m%dT%H%M%SZ"
+MANIFEST = "manifest.json"
+DUMP_FILE = "db.dump"
+DUMP_DIR = "db.dir"
+FILESTORE_TAR = "filestore.tar"
+PARTIAL = ".partial"
+DELETING = ".deleting"
+MANIFEST_FORMAT = 1
+CHUNK = 1 << 20
+# Marker kinds a backup accepts: databases this project created for a tenant.
+BACKUP_KINDS = ("tenant", "environment")
+LOCK_WAIT_S = 120.0
+
+
+# ---------------------------------------------------------------------------- set layout
+
+
+def set_time(name: str) -> datetime:
+    return datetime.strptime(name, SET_FORMAT).replace(tzinfo=UTC)
+
+
+def set_name(t: datetime) -> str:
+    return t.astimezone(UTC).strftime(SET_FORMAT)
+
+
+def tenant_dir(dest: Path, subdomain: str) -> Path:
+    return dest / subdomain
+
+
+def complete_sets(tdir: Path) -> list[str]:
+    """Names of the complete sets under a tenant's directory, oldest first."""
+    if not tdir.is_dir():
+        return []
+    return sorted(
+        p.name for p in tdir.iterdir() if SET_NAME.fullmatch(p.name) and (p / MANIFEST).is_file()
+    )
+
+
+def load_manifest(set_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((set_dir / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConflictError(f"set {set_dir.name}: no {MANIFEST} (not a complete set)") from None
+    except (OSError, ValueError) as exc:
+        raise ConflictError(f"set {set_dir.name}: unreadable {MANIFEST}: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise ConflictError(f"set {set_dir.name}: {MANIFEST} has an unknown format")
+    return data
+
+
+def pick_set(tdir: Path, wanted: str | None, field: str = "set") -> Path:
+    """The set named `wanted`, or the newest complete one; ConflictError when there is none."""
+    if wanted:
+        if not SET_NAME.fullmatch(wanted):
+            raise UsageError(field, f"must be a set name like 20250131T020000Z, got {wanted!r}")
+        path = tdir / wanted
+        if not (path / MANIFEST).is_file():
+            raise ConflictError(f"set {wanted}: no complete set of that name in {tdir}")
+        return path
+    sets = complete_sets(tdir)
+    if not sets:
+        raise ConflictError(f"no complete backup set in {tdir}")
+    return tdir / sets[-1]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_files(set_dir: Path, manifest: dict[str, Any]) -> list[str]:
+    """Every mismatch between the set's files and the manifest's sizes and checksums."""
+    problems: list[str] = []
+    files: dict[str, dict[str, Any]] = manifest.get("files", {})
+    if not files:
+        problems.append("manifest lists no files")
+    for rel, want in sorted(files.items()):
+        path = set_dir / rel
+        if not path.is_file():
+            problems.append(f"{rel}: missing")
+        elif path.stat().st_size != want.get("size"):
+            problems.append(f"{rel}: size {path.stat().st_size} != {want.get('size')}")
+        elif sha256_file(path) != want.get("sha256"):
+            problems.append(f"{rel}: sha256 mismatch")
+    return problems
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory so that no crash leaves it looking complete: rename, then delete."""
+    if not path.exists():
+        return
+    doomed = path if path.name.endswith(DELETING) else path.with_name(path.name + DELETING)
+    if doomed != path:
+        path.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def clean_leftovers(tdir: Path) -> list[str]:
+    """Remove `.partial` and `.deleting` sets left by killed runs (caller holds the lock)."""
+    removed: list[str] = []
+    if not tdir.is_dir():
+        return removed
+    for p in sorted(tdir.iterdir()):
+        if p.is_dir() and (p.name.endswith(PARTIAL) or p.name.endswith(DELETING)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def dest_dir(value: str | None, field: str = "dest") -> Path:
+    """The mounted backup volume: required (64), and it must exist and be writable (78)."""
+    if not value:
+        raise UsageError(field, "is required (PLANA_BACKUP_DEST)")
+    path = Path(value)
+    if not path.is_dir():
+        raise ConfigError(f"{field}: {value} is not a directory (is the volume mounted?)")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{field}: {value} is not writable")
+    return path
+
+
+# ---------------------------------------------------------------------------- child tools
+
+
+def child_conninfo(dbname: str, dsn: str | None = None) -> tuple[str, dict[str, str]]:
+    """A conninfo for pg_dump/pg_restore without its password, and an env carrying it.
+
+    The password goes through PGPASSWORD so it never shows on argv (`ps`, the logged argv).
+    """
+    params = conninfo_to_dict(pg.conninfo_for(dbname, dsn))
+    env = dict(os.environ)
+    password = params.pop("password", None)
+    if password:
+        env["PGPASSWORD"] = str(password)
+    return make_conninfo("", **{k: str(v) for k, v in params.items() if v is not None}), env
+
+
+def child_failed(what: str, code: int, tail: list[str]) -> Exception:
+    """Classify a failed pg_dump/pg_restore/tar by what it said: config (78) or transient (75)."""
+    said = " | ".join(tail[-3:]) or "(no output)"
+    low = said.lower()
+    if any(
+        s in low
+        for s in ("authentication failed", "no password supplied", "version mismatch", "role ")
+    ):
+        return ConfigError(f"{what} exited {code}: {said}", command=what)
+    return TransientError(f"{what} exited {code}: {said}", command=what)
+
+
+def _stream_to_file(child: proc.Child, path: Path) -> tuple[int, str]:
+    """Copy a child's stdout into `path`, hashing on the way: (size, sha256)."""
+    digest = hashlib.sha256()
+    size = 0
+    assert child.popen.stdout is not None
+    with path.open("wb") as out:
+        while chunk := child.popen.stdout.read(CHUNK):
+            digest.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return size, digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------- observing the db
+
+
+@dataclass
+class Snapshot:
+    """What one exported snapshot says about the database being dumped."""
+
+    snapshot_id: str
+    base_version: str | None
+    tables: dict[str, dict[str, int]]
+    settings: dict[str, Any]
+
+
+def _database_settings(conn: psycopg.Connection[Any], db: str) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), d.datcollate,"
+        " d.datctype, has_database_privilege('public', d.oid, 'CONNECT')"
+        " FROM pg_database d WHERE d.datname = %s",
+        (db,),
+    ).fetchone()
+    assert row is not None
+    return {
+        "owner": row[0],
+        "encoding": row[1],
+        "collate": row[2],
+        "ctype": row[3],
+        "public_connect": bool(row[4]),
+    }
+
+
+def table_names(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition"
+        " AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+        " AND n.nspname NOT LIKE 'pg\\_toast%%' ORDER BY 1, 2"
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def row_counts(conn: psycopg.Connection[Any], names: list[tuple[str, str]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for schema, table in names:
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(table)
+        )
+        row = conn.execute(query).fetchone()
+        counts[f"{schema}.{table}"] = int(row[0]) if row else 0
+    return counts
+
+
+def base_version(conn: psycopg.Connection[Any]) -> str | None:
+    # Probe first: a failed query would abort the snapshot's transaction.
+    found = conn.execute("SELECT to_regclass('ir_module_module')").fetchone()
+    if not found or found[0] is None:
+        return None
+    row = conn.execute(
+        "SELECT latest_version FROM ir_module_module WHERE name = 'base' AND state = 'installed'"
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def odoo_series(version: str | None) -> str | None:
+    """`18.0.1.3` → `18.0` (the Odoo series a module version starts with)."""
+    if not version:
+        return None
+    parts = version.split(".")
+    return ".".join(parts[:2]) if len(parts) >= 2 else version
+
+
+# ---------------------------------------------------------------------------- taking a set
+
+
+@dataclass
+class BackupSet:
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def _new_set_name(tdir: Path) -> str:
+    """A UTC timestamp name that no set (complete or not) uses yet."""
+    while True:
+        name = set_name(datetime.now(UTC))
+        if not (tdir / name).exists() and not (tdir / (name + PARTIAL)).exists():
+            return name
+        time.sleep(0.2)  # two sets within one second: wait for the next second
+
+
+def _filestore_list(fs: Path, list_path: Path) -> tuple[int, int]:
+    """Write the NUL-separated list of files to archive; return (files, bytes)."""
+    files = size = 0
+    with list_path.open("wb") as out:
+        if fs.is_dir():
+            for root, dirs, names in os.walk(fs):
+                dirs.sort()
+                for n in sorted(names):
+                    p = Path(root) / n
+                    rel = p.relative_to(fs)
+                    out.write(os.fsencode(rel) + b"\0")
+                    files += 1
+                    size += p.stat().st_size
+    return files, size
+
+
+def _dump(
+    job: runner.Job,
+    db: str,
+    snap: Snapshot,
+    work: Path,
+    dsn: str | None,
+    jobs_n: int,
+) -> dict[str, dict[str, Any]]:
+    conninfo, env = child_conninfo(db, dsn)
+    argv = [
+        "pg_dump",
+        f"--dbname={conninfo}",
+        f"--snapshot={snap.snapshot_id}",
+        "--lock-wait-timeout=60s",
+        "--no-sync",  # we fsync what we publish ourselves
+    ]
+    files: dict[str, dict[str, Any]] = {}
+    if jobs_n > 1:
+        target = work / DUMP_DIR
+        argv += ["--format=directory", f"--jobs={jobs_n}", f"--file={target}"]
+        done = proc.run(argv, name="pg_dump", env=env, deadline=job.deadline)
+        if done.returncode != 0:
+            raise child_failed("pg_dump", done.returncode, done.tail)
+        for p in sorted(target.iterdir()):
+            files[f"{DUMP_DIR}/{p.name}"] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            with p.open("rb") as fh:
+                os.fsync(fh.fileno())
+        return files
+    argv += ["--format=custom"]
+    with proc.spawn(argv, name="pg_dump", env=env, stdout=subprocess.PIPE) as child:
+        size, digest = _stream_to_file(child, work / DUMP_FILE)
+        code = child.wait(deadline=job.deadline)
+    if code != 0:
+        raise child_failed("pg_dump", code, list(child.tail))
+    files[DUMP_FILE] = {"size": size, "sha256": digest}
+    return files
+
+
+def _archive_filestore(
+    job: runner.Job, fs: Path, work: Path
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    list_path = work / ".filestore.list"
+    n_files, n_bytes = _filestore_list(fs, list_path)
+    # An absent filestore (no attachment ever stored) archives as an empty tar.
+    cwd = fs if fs.is_dir() else work
+    argv = ["tar", "--create", "--file=-", "--no-recursion", "--null", f"--files-from={list_path}"]
+    with proc.spawn(argv, name="tar", cwd=str(cwd), stdout=subprocess.PIPE) as child:
+        size, digest = _stream_to_file(child, work / FILESTORE_TAR)
+        code = child.wait(deadline=job.deadline)
+    if code != 0:
+        raise child_failed("tar", code, list(child.tail))
+    list_path.unlink()
+    info = {"path": FILESTORE_TAR, "files": n_files, "bytes": n_bytes, "present": fs.is_dir()}
+    return {FILESTORE_TAR: {"size": size, "sha256": digest}}, info
+
+
+@contextlib.contextmanager
+def _exported_snapshot(
+    job: runner.Job, db: str, dsn: str | None
+) -> Iterator[tuple[psycopg.Connection[Any], Snapshot]]:
+    """A read-only repeatable-read transaction whose snapshot pg_dump and the counts share."""
+    with pg.connection(db, dsn=dsn, deadline=job.deadline, autocommit=False) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        assert row is not None
+        names = table_names(conn)
+        estimates = dict(
+            conn.execute(
+                "SELECT n.nspname || '.' || c.relname, c.reltuples::bigint FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p')"
+            ).fetchall()
+        )
+        tables = {
+            f"{s}.{t}": {"estimate": max(-1, int(estimates.get(f"{s}.{t}", -1)))} for s, t in names
+        }
+        snap = Snapshot(row[0], base_version(conn), tables, {})
+        yield conn, snap
+        conn.rollback()
+
+
+def _count_in_snapshot(
+    db: str, dsn: str | None, job: runner.Job, snapshot_id: str, out: dict[str, Any]
+) -> None:
+    """Exact row counts in the dump's snapshot, on a second connection while pg_dump runs."""
+    try:
+        with pg.connection(db, dsn=dsn, deadline=job.deadline, autocommit=False) as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
+            out["counts"] = row_counts(conn, table_names(conn))
+            conn.rollback()
+    except Exception as exc:  # reported by the caller, in the job's thread
+        out["error"] = exc
+
+
+def take(
+    job: runner.Job,
+    tenant: naming.Tenant,
+    dest: Path,
+    data_dir: str,
+    dsn: str | None,
+    jobs_n: int = 1,
+    final: bool = False,
+) -> BackupSet:
+    """Write one complete set for `tenant`; the caller holds the tenant's backup lock."""
+    db = tenant.db_name
+    tdir = tenant_dir(dest, tenant.subdomain)
+    job.step("observe")
+    with pg.connection(dsn=dsn, deadline=job.deadline) as conn:
+        if not pg.database_exists(conn, db):
+            raise ConflictError(f"database {db} does not exist", database=db)
+        mark = marker.read(conn, db)
+        if mark is None or mark.kind not in BACKUP_KINDS:
+            raise ConflictError(f"database {db} does not carry this project's marker", database=db)
+        settings = _database_settings(conn, db)
+        server = conn.execute("SHOW server_version").fetchone()
+    tdir.mkdir(parents=True, exist_ok=True)
+    removed = clean_leftovers(tdir)
+    if removed:
+        job.log.info("removed leftovers of interrupted runs", removed=removed)
+
+    name = _new_set_name(tdir)
+    work = tdir / (name + PARTIAL)
+    work.mkdir()
+    started = datetime.now(UTC)
+    job.step("dump")
+    with _exported_snapshot(job, db, dsn) as (_conn, snap):
+        counted: dict[str, Any] = {}
+        counter = threading.Thread(
+            target=_count_in_snapshot, args=(db, dsn, job, snap.snapshot_id, counted), daemon=True
+        )
+        counter.start()
+        files = _dump(job, db, snap, work, dsn, jobs_n)
+        counter.join()
+    if "error" in counted:
+        exc = counted["error"]
+        if isinstance(exc, Exception):
+            raise exc
+    for key, rows in counted.get("counts", {}).items():
+        if key in snap.tables:
+            snap.tables[key]["rows"] = rows
+
+    job.step("filestore")
+    fs = tenant.filestore(data_dir)
+    fs_files, fs_info = _archive_filestore(job, fs, work)
+    files.update(fs_files)
+
+    pg_dump_version = subprocess.run(
+        ["pg_dump", "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "set": name,
+        "subdomain": tenant.subdomain,
+        "database": db,
+        "base_domain": tenant.base_domain,
+        "final": final,
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "dump": {"format": "directory" if jobs_n > 1 else "custom",
+                 "path": DUMP_DIR if jobs_n > 1 else DUMP_FILE},
+        "filestore": fs_info,
+        "files": files,
+        "postgresql": {"server_version": server[0] if server else None,
+                       "pg_dump": pg_dump_version},
+        "odoo": {"series": odoo_series(snap.base_version), "base_version": snap.base_version},
+        "database_settings": settings,
+        "marker": {"kind": mark.kind, "state": mark.state, **mark.data},
+        "tables": snap.tables,
+    }  # fmt: skip
+    job.step("publish")
+    tmp = work / (MANIFEST + ".tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.rename(work / MANIFEST)
+    fsync_dir(work)
+    final_path = tdir / name
+    work.rename(final_path)
+    fsync_dir(tdir)
+    job.log.info("set written", set=name, files=len(files), tables=len(snap.tables))
+    return BackupSet(final_path, manifest)
+
+
+def apply_retention(
+    job: runner.Job, tdir: Path, policy: retention.Policy, just_written: str
+) -> list[str]:
+    """Delete expired sets (never a `final` one: a deprovisioned tenant's last backup)."""
+    candidates: dict[datetime, str] = {}
+    for name in complete_sets(tdir):
+        try:
+            final = bool(load_manifest(tdir / name).get("final"))
+        except ConflictError:
+            final = False
+        if not final:
+            candidates[set_time(name)] = name
+    deleted: list[str] = []
+    for t in retention.expired(candidates, policy, protect_from=set_time(just_written)):
+        remove_tree(tdir / candidates[t])
+        deleted.append(candidates[t])
+    if deleted:
+        job.log.info("retention deleted sets", deleted=deleted)
+    return deleted
+
+
+def lock_name(db: str) -> str:
+    return f"backup:{db}"
+
+
+# ---------------------------------------------------------------------------- the command
+
+backup_options = options.stack(
+    options.option("--dest", env="PLANA_BACKUP_DEST", default=None,
+                   help="Mounted backup volume; sets go to {dest}/{subdomain}/{timestamp}/."),
+    options.option("--jobs", "jobs_n", env="PLANA_BACKUP_JOBS", type=click.IntRange(1, 16),
+                   default=1, show_default=True,
+                   help="pg_dump parallel jobs; above 1 the dump is in directory format."),
+)  # fmt: skip
+
+retention_options = options.stack(
+    options.option("--keep-daily", env="PLANA_BACKUP_KEEP_DAILY", type=click.IntRange(0),
+                   default=7, show_default=True, help="Days (that have sets) to keep one of."),
+    options.option("--keep-weekly", env="PLANA_BACKUP_KEEP_WEEKLY", type=click.IntRange(0),
+                   default=4, show_default=True, help="ISO weeks to keep one set of."),
+    options.option("--keep-monthly", env="PLANA_BACKUP_KEEP_MONTHLY", type=click.IntRange(0),
+                   default=6, show_default=True, help="Months to keep one set of."),
+)  # fmt: skip
+
+
+@click.command("backup")
+@options.subdomain
+@backup_options
+@retention_options
+@options.data_dir
+@options.pg_dsn
+@options.common
+def backup(**kw: Any) -> None:
+    """Dump one tenant's database and filestore into a new set, then apply retention."""
+    runner.run("backup", lambda job: _run(job, kw), timeout=kw["timeout"])
+
+
+def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
+    tenant = naming.Tenant(naming.subdomain(kw["subdomain"]), naming.base_domain(kw["base_domain"]))
+    dest = dest_dir(kw["dest"])
+    policy = retention.Policy(kw["keep_daily"], kw["keep_weekly"], kw["keep_monthly"])
+    dsn = pg.base_conninfo(kw["pg_dsn"])
+    job.bind(tenant=tenant.subdomain)
+    with locks.advisory(lock_name(tenant.db_name), deadline=job.deadline, wait_s=LOCK_WAIT_S,
+                        dsn=dsn):  # fmt: skip
+        made = take(job, tenant, dest, kw["data_dir"], dsn, kw["jobs_n"])
+        job.step("retention")
+        deleted = apply_retention(job, tenant_dir(dest, tenant.subdomain), policy, made.name)
+    return Done(
+        "created",
+        {
+            "set": made.name,
+            "path": str(made.path),
+            "bytes": sum(int(f["size"]) for f in made.manifest["files"].values()),
+            "tables": len(made.manifest["tables"]),
+            "filestore_files": made.manifest["filestore"]["files"],
+            "retention_deleted": deleted,
+        },
+    )

@@ -1,0 +1,365 @@
+"""`plana-job restore`: a backup set into a tenant database and filestore, verified, atomic.
+
+The set is restored aside (database `{db}__rst`, filestore `.{db}.partial`), checked against
+its manifest (base installed at the recorded version, the same tables with the same row
+counts), and only then published by renames:
+
+    [--replace: {db} → {db}__old, filestore → .{db}.old]
+    {db}__rst → {db},  .{db}.partial → filestore
+
+then the tenant marker (with `restored_from`) is written and the old copies are dropped. A
+re-run after a kill at any point either resumes (a verified work database is reused; a
+half-done swap is completed or rolled back) or reports `unchanged` when the set is already the
+tenant's. `--as-copy` gives the restored database its own `database.secret`/`database.uuid`,
+`database.create_date` and `web.base.url`, as Odoo's duplication does.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import psycopg
+from psycopg import sql
+
+from jobs import backup, filestore, locks, marker, naming, options, pg, proc, runner
+from jobs.errors import ConflictError, UsageError
+from jobs.result import Done
+
+WORK_SUFFIX = "__rst"
+OLD_SUFFIX = "__old"
+WORK_KIND = "restore-work"
+
+
+# ---------------------------------------------------------------------------- building blocks
+
+
+def drop_database(conn: psycopg.Connection[Any], name: str) -> None:
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def rename_database(conn: psycopg.Connection[Any], old: str, new: str) -> None:
+    pg.terminate_sessions(conn, old)
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))
+    )
+
+
+def role_exists(conn: psycopg.Connection[Any], role: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
+
+
+def create_empty(conn: psycopg.Connection[Any], name: str, settings: dict[str, Any]) -> None:
+    """An empty database with the source's encoding, collation and (if it exists) owner."""
+    parts = [sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))]
+    if settings.get("encoding"):
+        parts.append(sql.SQL("ENCODING {}").format(sql.Literal(settings["encoding"])))
+    if settings.get("collate"):
+        parts.append(sql.SQL("LC_COLLATE {}").format(sql.Literal(settings["collate"])))
+    if settings.get("ctype"):
+        parts.append(sql.SQL("LC_CTYPE {}").format(sql.Literal(settings["ctype"])))
+    owner = settings.get("owner")
+    if owner and role_exists(conn, owner):
+        parts.append(sql.SQL("OWNER {}").format(sql.Identifier(owner)))
+    conn.execute(sql.SQL(" ").join(parts))
+    if settings.get("public_connect") is False:
+        conn.execute(
+            sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name))
+        )
+
+
+def pg_restore(job: runner.Job, source: Path, db: str, dsn: str | None, jobs_n: int) -> None:
+    conninfo, env = backup.child_conninfo(db, dsn)
+    argv = ["pg_restore", f"--dbname={conninfo}", "--exit-on-error", "--no-comments"]
+    if jobs_n > 1:
+        argv.append(f"--jobs={jobs_n}")
+    argv.append(str(source))
+    done = proc.run(argv, name="pg_restore", env=env, deadline=job.deadline)
+    if done.returncode != 0:
+        raise backup.child_failed("pg_restore", done.returncode, done.tail)
+
+
+def check_restored(conn: psycopg.Connection[Any], manifest: dict[str, Any]) -> list[str]:
+    """What differs between a restored database and its set's manifest (empty: it matches)."""
+    problems: list[str] = []
+    want_version = (manifest.get("odoo") or {}).get("base_version")
+    got_version = backup.base_version(conn)
+    if want_version and got_version != want_version:
+        problems.append(f"base: installed version {got_version} != recorded {want_version}")
+    tables: dict[str, dict[str, int]] = manifest.get("tables", {})
+    names = backup.table_names(conn)
+    got = {f"{s}.{t}" for s, t in names}
+    missing, extra = sorted(set(tables) - got), sorted(got - set(tables))
+    if missing:
+        problems.append(f"tables missing: {', '.join(missing[:10])}")
+    if extra:
+        problems.append(f"tables not in the manifest: {', '.join(extra[:10])}")
+    counts = backup.row_counts(conn, [(s, t) for s, t in names if f"{s}.{t}" in tables])
+    for key, rows in sorted(counts.items()):
+        want = tables[key].get("rows")
+        if want is not None and rows != want:
+            problems.append(f"{key}: {rows} rows != recorded {want}")
+    return problems
+
+
+def new_identity(conn: psycopg.Connection[Any], hostname: str) -> None:
+    """What Odoo's duplication resets: a copy never shares secret or uuid with its original."""
+    values = {
+        "database.secret": str(uuid.uuid4()),
+        "database.uuid": str(uuid.uuid1()),
+        "database.create_date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "web.base.url": f"https://{hostname}",
+    }
+    with conn.transaction():
+        for key, value in values.items():
+            conn.execute(
+                "INSERT INTO ir_config_parameter (key, value) VALUES (%s, %s)"
+                " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                (key, value),
+            )
+
+
+def extract_filestore(job: runner.Job, set_dir: Path, manifest: dict[str, Any], stage: Path) -> int:
+    """Unpack the set's filestore into `stage` (emptied first) and verify it; returns files."""
+    if stage.exists():
+        filestore.discard(stage)
+    stage.mkdir(parents=True)
+    info = manifest.get("filestore") or {}
+    archive = set_dir / str(info.get("path", backup.FILESTORE_TAR))
+    argv = ["tar", "--extract", f"--file={archive}", "--no-same-owner", "--no-same-permissions"]
+    done = proc.run(argv, name="tar", cwd=str(stage), deadline=job.deadline)
+    if done.returncode != 0:
+        raise backup.child_failed("tar", done.returncode, done.tail)
+    report = filestore.verify(stage)
+    if report.bad:
+        raise ConflictError(f"restored filestore: {len(report.bad)} files differ from their names")
+    if info.get("files") is not None and report.files != info["files"]:
+        raise ConflictError(f"restored filestore: {report.files} files != recorded {info['files']}")
+    return report.files
+
+
+# ---------------------------------------------------------------------------- the restore
+
+
+@dataclass(frozen=True)
+class Names:
+    db: str
+    work: str
+    old: str
+    fs: Path
+    fs_stage: Path
+    fs_old: Path
+
+    @classmethod
+    def of(cls, tenant: naming.Tenant, data_dir: str) -> Names:
+        fs = tenant.filestore(data_dir)
+        return cls(
+            db=tenant.db_name,
+            work=tenant.db_name + WORK_SUFFIX,
+            old=tenant.db_name + OLD_SUFFIX,
+            fs=fs,
+            fs_stage=filestore.staging_path(fs),
+            fs_old=fs.parent / f".{fs.name}.old",
+        )
+
+
+def _ours(conn: psycopg.Connection[Any], db: str, kinds: tuple[str, ...]) -> marker.Marker | None:
+    """The marker of `db` if it is one of `kinds`; ConflictError if `db` exists but is not ours."""
+    if not pg.database_exists(conn, db):
+        return None
+    mark = marker.read(conn, db)
+    if mark is None or mark.kind not in kinds:
+        raise ConflictError(
+            f"database {db} exists and is not ours (no matching marker)", database=db
+        )
+    return mark
+
+
+def _roll_back_swap(job: runner.Job, conn: psycopg.Connection[Any], n: Names) -> bool:
+    """A swap killed before the work database took the tenant's name: put the old one back."""
+    if pg.database_exists(conn, n.db) or not pg.database_exists(conn, n.old):
+        return False
+    if n.fs_old.exists() and not n.fs.exists():
+        os.rename(n.fs_old, n.fs)
+    rename_database(conn, n.old, n.db)
+    job.log.warning("rolled back an interrupted swap", database=n.db)
+    return True
+
+
+def _final_marker(manifest: dict[str, Any], set_name: str, as_copy: bool) -> marker.Marker:
+    data = dict(manifest.get("marker") or {"kind": "tenant", "state": "complete"})
+    kind, state = str(data.pop("kind", "tenant")), str(data.pop("state", "complete"))
+    data.update(restored_from=set_name, restored_as_copy=as_copy)
+    return marker.Marker(kind=kind, state=state, data=data)
+
+
+def _cleanup(conn: psycopg.Connection[Any], n: Names) -> bool:
+    did = False
+    if pg.database_exists(conn, n.old):
+        drop_database(conn, n.old)
+        did = True
+    if n.fs_old.exists():
+        filestore.discard(n.fs_old)
+        did = True
+    return did
+
+
+def restore_set(
+    job: runner.Job,
+    conn: psycopg.Connection[Any],
+    set_dir: Path,
+    target: naming.Tenant,
+    data_dir: str,
+    dsn: str | None,
+    *,
+    replace: bool,
+    as_copy: bool,
+    jobs_n: int = 1,
+) -> str:
+    """Restore `set_dir` as `target`; the caller holds the target's lock. Returns the outcome."""
+    n = Names.of(target, data_dir)
+    name = set_dir.name
+    _roll_back_swap(job, conn, n)
+    current = _ours(conn, n.db, (*backup.BACKUP_KINDS, WORK_KIND))
+    manifest = backup.load_manifest(set_dir)
+    final = _final_marker(manifest, name, as_copy)
+
+    if current is not None and current.kind != WORK_KIND:
+        if current.data.get("restored_from") == name:
+            job.log.info("set already restored", set=name, database=n.db)
+            moved = not n.fs.exists() and n.fs_stage.exists()
+            if moved:
+                os.rename(n.fs_stage, n.fs)
+            return "updated" if _cleanup(conn, n) or moved else "unchanged"
+        if not replace:
+            raise ConflictError(f"database {n.db} exists: pass --replace to swap it", database=n.db)
+    elif current is None and n.fs.exists() and not replace:
+        raise ConflictError(f"filestore {n.fs} exists without its database: pass --replace")
+
+    if current is None or current.kind != WORK_KIND:
+        job.step("check-set")
+        problems = backup.check_files(set_dir, manifest)
+        if problems:
+            raise ConflictError(f"set {name}: {'; '.join(problems)}", problems=problems)
+        work = _ours(conn, n.work, (WORK_KIND,))
+        reusable = (
+            work is not None
+            and work.state == "verified"
+            and work.data.get("set") == name
+            and work.data.get("as_copy") == as_copy
+        )
+        if not reusable:
+            job.step("pg_restore")
+            drop_database(conn, n.work)
+            create_empty(conn, n.work, manifest.get("database_settings") or {})
+            marker.write(conn, n.work, marker.Marker(WORK_KIND, "created", {"set": name}))
+            pg_restore(job, set_dir / manifest["dump"]["path"], n.work, dsn, jobs_n)
+            job.step("verify")
+            with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
+                problems = check_restored(wconn, manifest)
+                if problems:
+                    raise ConflictError(
+                        f"restored database differs from set {name}: {'; '.join(problems[:5])}",
+                        problems=problems,
+                    )
+                if as_copy:
+                    new_identity(wconn, target.hostname)
+            state = {"set": name, "as_copy": as_copy}
+            marker.write(conn, n.work, marker.Marker(WORK_KIND, "verified", state))
+        job.step("filestore")
+        extract_filestore(job, set_dir, manifest, n.fs_stage)  # a kept stage may be half done
+        job.step("swap")
+        n.fs.parent.mkdir(parents=True, exist_ok=True)
+        if current is not None:
+            rename_database(conn, n.db, n.old)
+        if n.fs.exists():
+            os.rename(n.fs, n.fs_old)
+        rename_database(conn, n.work, n.db)
+    # From here the tenant's name holds the verified restore; finish publishing it.
+    if not n.fs.exists() and n.fs_stage.exists():
+        os.rename(n.fs_stage, n.fs)
+    marker.write(conn, n.db, final)
+    _cleanup(conn, n)
+    return "created" if current is None else "updated"
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+@click.command("restore")
+@options.subdomain
+@options.option(
+    "--set",
+    "set_name",
+    env="PLANA_BACKUP_SET",
+    default=None,
+    help="Set to restore (e.g. 20250131T020000Z); default: the newest complete set.",
+)
+@options.option(
+    "--to-subdomain",
+    env="PLANA_RESTORE_TO_SUBDOMAIN",
+    default=None,
+    help="Tenant to restore into; default: the set's own tenant.",
+)
+@options.option(
+    "--replace",
+    is_flag=True,
+    env="PLANA_RESTORE_REPLACE",
+    help="Swap over an existing database (kept until the restore is verified).",
+)
+@options.option(
+    "--as-copy",
+    is_flag=True,
+    env="PLANA_RESTORE_AS_COPY",
+    help="Give the restored database its own database.secret/uuid and URL.",
+)
+@options.option("--dest", env="PLANA_BACKUP_DEST", default=None, help="Mounted backup volume.")
+@options.option(
+    "--jobs",
+    "jobs_n",
+    env="PLANA_BACKUP_JOBS",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    help="pg_restore parallel jobs.",
+)
+@options.data_dir
+@options.pg_dsn
+@options.common
+def restore(**kw: Any) -> None:
+    """Restore a backup set into a database that does not exist yet (or --replace one)."""
+    runner.run("restore", lambda job: _run(job, kw), timeout=kw["timeout"])
+
+
+def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
+    domain = naming.base_domain(kw["base_domain"])
+    source = naming.Tenant(naming.subdomain(kw["subdomain"]), domain)
+    to_sub = kw["to_subdomain"] or source.subdomain
+    target = naming.Tenant(naming.subdomain(to_sub, field="to-subdomain"), domain)
+    if target != source and not kw["as_copy"]:
+        # Two live tenants must never share database.secret/uuid.
+        raise UsageError("to-subdomain", "restoring into another tenant needs --as-copy")
+    dest = backup.dest_dir(kw["dest"])
+    set_dir = backup.pick_set(backup.tenant_dir(dest, source.subdomain), kw["set_name"])
+    dsn = pg.base_conninfo(kw["pg_dsn"])
+    job.bind(tenant=target.subdomain)
+    with (
+        locks.advisory(lock_name(target.db_name), deadline=job.deadline, dsn=dsn),
+        pg.connection(dsn=dsn, deadline=job.deadline) as conn,
+    ):
+        outcome = restore_set(
+            job, conn, set_dir, target, kw["data_dir"], dsn,
+            replace=kw["replace"], as_copy=kw["as_copy"], jobs_n=kw["jobs_n"],
+        )  # fmt: skip
+    details = {"set": set_dir.name, "database": target.db_name, "as_copy": kw["as_copy"]}
+    return Done(outcome, details)  # type: ignore[arg-type]
+
+
+def lock_name(db: str) -> str:
+    """The lock every job that replaces or removes a tenant's database takes."""
+    return f"tenant:{db}"

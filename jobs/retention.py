@@ -1,0 +1,78 @@
+"""Grandfather-father-son retention over backup set timestamps: a pure function.
+
+A set is kept when it is the newest set of one of the `daily` most recent days that have a set,
+of one of the `weekly` most recent ISO weeks that have one, or of one of the `monthly` most
+recent calendar months that have one (the rules are independent; their union is kept). Periods
+are counted in UTC, and only periods that hold a set count, so a week without backups (an outage,
+a paused CronJob) does not silently shorten what is kept.
+
+Two guards on top of the rules: the newest set is always kept, and so is every set newer than
+`protect_from` (the set just written), so a clock that jumped backwards never makes a backup
+delete sets it cannot judge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True)
+class Policy:
+    daily: int = 7
+    weekly: int = 4
+    monthly: int = 6
+
+
+def _day(t: datetime) -> Hashable:
+    return t.date()
+
+
+def _week(t: datetime) -> Hashable:
+    iso = t.isocalendar()
+    return (iso.year, iso.week)
+
+
+def _month(t: datetime) -> Hashable:
+    return (t.year, t.month)
+
+
+def _newest_per_period(
+    times: list[datetime], period: Callable[[datetime], Hashable], count: int
+) -> set[datetime]:
+    """The newest time of each of the `count` most recent periods that have one."""
+    kept: set[datetime] = set()
+    seen: set[Hashable] = set()
+    for t in times:  # newest first
+        if len(seen) >= count:
+            break
+        key = period(t)
+        if key not in seen:
+            seen.add(key)
+            kept.add(t)
+    return kept
+
+
+def keep(
+    times: Iterable[datetime], policy: Policy, protect_from: datetime | None = None
+) -> set[datetime]:
+    """The set timestamps to keep; every other one may be deleted."""
+    ordered = sorted(set(times), reverse=True)
+    if not ordered:
+        return set()
+    kept = {ordered[0]}
+    kept |= _newest_per_period(ordered, _day, policy.daily)
+    kept |= _newest_per_period(ordered, _week, policy.weekly)
+    kept |= _newest_per_period(ordered, _month, policy.monthly)
+    if protect_from is not None:
+        kept |= {t for t in ordered if t >= protect_from}
+    return kept
+
+
+def expired(
+    times: Iterable[datetime], policy: Policy, protect_from: datetime | None = None
+) -> list[datetime]:
+    """The complement of `keep`, oldest first."""
+    all_times = set(times)
+    return sorted(all_times - keep(all_times, policy, protect_from))
