@@ -317,7 +317,10 @@ def _filestore_list(fs: Path, list_path: Path) -> tuple[int, int]:
         if fs.is_dir():
             for root, dirs, names in os.walk(fs):
                 dirs.sort()
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
                 for n in sorted(names):
+                    if n.startswith("."):
+                        continue  # staging and temporary names, as jobs.filestore skips them
                     p = Path(root) / n
                     rel = p.relative_to(fs)
                     out.write(os.fsencode(rel) + b"\0")
@@ -414,6 +417,8 @@ def _count_in_snapshot(
         with pg.connection(db, dsn=dsn, deadline=job.deadline, autocommit=False) as conn:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
+            # As pg_dump's --lock-wait-timeout: an exclusive lock held elsewhere fails the run.
+            conn.execute("SET LOCAL lock_timeout = '60s'")
             out["counts"] = row_counts(conn, table_names(conn))
             conn.rollback()
     except Exception as exc:  # reported by the caller, in the job's thread
@@ -459,10 +464,11 @@ def take(
         counter.start()
         files = _dump(job, db, snap, work, dsn, jobs_n)
         counter.join()
-    if "error" in counted:
-        exc = counted["error"]
-        if isinstance(exc, Exception):
-            raise exc
+    exc = counted.get("error")
+    if isinstance(exc, psycopg.Error):
+        raise TransientError(f"counting rows in the dump's snapshot: {type(exc).__name__}: {exc}")
+    if isinstance(exc, Exception):
+        raise exc
     for key, rows in counted.get("counts", {}).items():
         if key in snap.tables:
             snap.tables[key]["rows"] = rows

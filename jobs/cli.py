@@ -18,6 +18,7 @@ from jobs.errors import ExitCode
 
 # name → "module:attribute" of the click command. Only commands that work are listed.
 COMMANDS: dict[str, str] = {
+    "backup-verify": "jobs.backup_verify:backup_verify",
     "emit-event": "jobs.emit_event:emit_event",
     "tenant-db": "jobs.tenant_db:tenant_db",
     "filestore-copy": "jobs.filestore_copy:filestore_copy",

@@ -69,7 +69,9 @@ def create_empty(conn: psycopg.Connection[Any], name: str, settings: dict[str, A
     conn.execute(sql.SQL(" ").join(parts))
     if settings.get("public_connect") is False:
         conn.execute(
-            sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name))
+            sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
+                sql.Identifier(name)
+            )
         )
 
 
@@ -111,7 +113,7 @@ def new_identity(conn: psycopg.Connection[Any], hostname: str) -> None:
     """What Odoo's duplication resets: a copy never shares secret or uuid with its original."""
     values = {
         "database.secret": str(uuid.uuid4()),
-        "database.uuid": str(uuid.uuid1()),
+        "database.uuid": str(uuid.uuid4()),
         "database.create_date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
         "web.base.url": f"https://{hostname}",
     }
@@ -191,10 +193,12 @@ def _roll_back_swap(job: runner.Job, conn: psycopg.Connection[Any], n: Names) ->
     return True
 
 
-def _final_marker(manifest: dict[str, Any], set_name: str, as_copy: bool) -> marker.Marker:
+def _final_marker(
+    manifest: dict[str, Any], set_name: str, as_copy: bool, target: naming.Tenant
+) -> marker.Marker:
     data = dict(manifest.get("marker") or {"kind": "tenant", "state": "complete"})
     kind, state = str(data.pop("kind", "tenant")), str(data.pop("state", "complete"))
-    data.update(restored_from=set_name, restored_as_copy=as_copy)
+    data.update(subdomain=target.subdomain, restored_from=set_name, restored_as_copy=as_copy)
     return marker.Marker(kind=kind, state=state, data=data)
 
 
@@ -227,7 +231,7 @@ def restore_set(
     _roll_back_swap(job, conn, n)
     current = _ours(conn, n.db, (*backup.BACKUP_KINDS, WORK_KIND))
     manifest = backup.load_manifest(set_dir)
-    final = _final_marker(manifest, name, as_copy)
+    final = _final_marker(manifest, name, as_copy, target)
 
     if current is not None and current.kind != WORK_KIND:
         if current.data.get("restored_from") == name:
