@@ -1,0 +1,348 @@
+"""`plana-job template-build` (TemplateSnapshot): the template database tenants are cloned from.
+
+The template `template_{code}_{version}` is identified by a fingerprint: a hash of the Odoo major
+version, the sorted module list, the binary's `--version` line and `PLANA_ADDONS_REVISION`. It is
+kept in the template's marker (`COMMENT ON DATABASE`, readable without connecting: a template has
+`datallowconn = false`) and in its filestore's mark file, so a clone can tell that the two
+belong together.
+
+- Same fingerprint and a healthy template → `unchanged`; only `odoo --version` runs.
+- Otherwise the template is built aside in `template_{code}_{version}__build` (dropped first
+  when stale) with `odoo -i <modules> --without-demo=all --stop-after-init`; every requested
+  module must be `installed` and nothing left `to install`/`to upgrade`, whatever Odoo's exit
+  code said (exit 65 otherwise; the live template is untouched). Then its sessions are ended,
+  it is marked `verified`, made `datistemplate = true, datallowconn = false`, and swapped in for
+  the live template (database renames and marker in one transaction, then the filestore
+  directory) under the exclusive advisory lock "template:{template}" that clones hold shared.
+  The previous template is kept as `…__old` until the swap is done, then dropped.
+- A run killed anywhere converges on the next run: a verified build is swapped in without
+  rebuilding, a half-swapped filestore is completed, leftovers are dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import psycopg
+from psycopg import sql
+
+from jobs import filestore, locks, marker, naming, odoo, options, pg, runner, tenant_db
+from jobs.errors import ConflictError, TransientError, UsageError
+from jobs.result import Done
+
+KIND = "template"
+BUILD_SUFFIX = "__build"
+OLD_SUFFIX = "__old"
+_MODULE_SPLIT = re.compile(r"[\s,]+")
+
+
+def default_modules(code: str, version: int) -> list[str]:
+    """The module list of a template code, from jobs/data/templates.json."""
+    text = importlib.resources.files("jobs").joinpath("data/templates.json").read_text("utf-8")
+    entry = json.loads(text)[code]
+    by_version: dict[str, list[str]] = entry.get("versions", {})
+    return list(by_version.get(str(version), entry["modules"]))
+
+
+def parse_modules(value: str | None, code: str, version: int) -> list[str]:
+    """`--modules` (comma or space separated) or the code's default list; sorted, unique."""
+    if value is None or not value.strip():
+        names = default_modules(code, version)
+    else:
+        names = [n for n in _MODULE_SPLIT.split(value.strip()) if n]
+    for name in names:
+        if not odoo.MODULE_NAME.fullmatch(name):
+            raise UsageError("modules", f"{name!r} is not an Odoo module name ([a-z0-9_])")
+    if not names:
+        raise UsageError("modules", "is empty")
+    return sorted(set(names))
+
+
+def fingerprint(version: int, modules: list[str], binary: str, revision: str | None) -> str:
+    body = {
+        "odoo_version": version,
+        "modules": sorted(set(modules)),
+        "binary": binary,
+        "addons_revision": revision or "",
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+@click.command("template-build")
+@options.option(
+    "--template-code",
+    env="PLANA_TEMPLATE_CODE",
+    help="TemplateSnapshot templateCode: basic | pro | enterprise.",
+)
+@options.odoo_version
+@options.option(
+    "--modules",
+    env="PLANA_TEMPLATE_MODULES",
+    default=None,
+    help="Modules to install (comma separated) instead of the code's default list.",
+)
+@options.option(
+    "--addons-revision",
+    env="PLANA_ADDONS_REVISION",
+    default=None,
+    help="Revision of the addons (part of the fingerprint).",
+)
+@options.option(
+    "--addons-path",
+    env="PLANA_ODOO_ADDONS_PATH",
+    default=None,
+    help="Odoo --addons-path (default: the Odoo config's).",
+)
+@options.option(
+    "--odoo-config",
+    env="PLANA_ODOO_CONFIG",
+    default=None,
+    help="Odoo config file to start from [default: $ODOO_RC].",
+)
+@options.option(
+    "--force",
+    env="PLANA_TEMPLATE_FORCE",
+    is_flag=True,
+    default=False,
+    help="Rebuild even when the fingerprint matches.",
+)
+@options.odoo_bin
+@options.data_dir
+@options.pg_dsn
+@options.common
+def template_build(**kw: Any) -> None:
+    """Build the template database of a TemplateSnapshot aside and swap it in."""
+    runner.run("template-build", lambda job: _run(job, kw), timeout=kw["timeout"])
+
+
+@dataclass
+class _Ctx:
+    job: runner.Job
+    conn: psycopg.Connection[Any]
+    template: str
+    version: int
+    modules: list[str]
+    fingerprint: str
+    data: dict[str, Any]  # the marker's data
+    data_dir: Path
+    dsn: str | None
+
+    @property
+    def build(self) -> str:
+        return self.template + BUILD_SUFFIX
+
+    @property
+    def old(self) -> str:
+        return self.template + OLD_SUFFIX
+
+    def fs(self, db: str) -> Path:
+        return naming.filestore(db, self.data_dir)
+
+
+def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
+    # Input first: every field is validated before anything runs or connects.
+    code = naming.template_code(kw["template_code"])
+    version = naming.odoo_version(kw["odoo_version"])
+    modules = parse_modules(kw["modules"], code, version)
+    data_dir = Path(kw["data_dir"] or naming.DEFAULT_DATA_DIR)
+    odoo_bin = kw["odoo_bin"] or "odoo"
+    template = naming.template_db(code, version)
+    job.bind(template=template)
+
+    job.step("fingerprint")
+    binary = odoo.binary_version(odoo_bin, deadline=job.deadline)
+    if odoo.major(binary) != version:
+        raise ConflictError(
+            f"{odoo_bin} is {binary!r}, not Odoo {version}", binary=binary, odoo_version=version
+        )
+    fp = fingerprint(version, modules, binary, kw["addons_revision"])
+    data = {
+        "fingerprint": fp,
+        "code": code,
+        "odoo_version": version,
+        "modules": modules,
+        "binary": binary,
+        "addons_revision": kw["addons_revision"] or "",
+    }
+
+    with pg.connection(dsn=kw["pg_dsn"], deadline=job.deadline) as conn:
+        ctx = _Ctx(job, conn, template, version, modules, fp, data, data_dir, kw["pg_dsn"])
+        # One build per template at a time; clones are not blocked by this lock.
+        with locks.advisory(f"template-build:{template}", deadline=job.deadline, dsn=ctx.dsn):
+            return _converge(ctx, kw, odoo_bin)
+
+
+def _converge(ctx: _Ctx, kw: dict[str, Any], odoo_bin: str) -> Done:
+    job, conn = ctx.job, ctx.conn
+    job.step("observe")
+    live = marker.read(conn, ctx.template) if pg.database_exists(conn, ctx.template) else None
+    existed = pg.database_exists(conn, ctx.template)
+    if existed and (live is None or live.kind != KIND):
+        raise ConflictError(
+            f"database {ctx.template} exists but was not built by plana-jobs: left untouched"
+        )
+    details = {"template": ctx.template, "fingerprint": ctx.fingerprint, "modules": ctx.modules}
+
+    if not kw["force"] and live is not None and live.data.get("fingerprint") == ctx.fingerprint:
+        if live.state == "complete" and _frozen(conn, ctx.template):
+            if _fs_fingerprint(ctx, ctx.template) == ctx.fingerprint:
+                cleaned = _drop_leftovers(ctx)
+                if cleaned:
+                    return Done("updated", {**details, "cleaned": cleaned})
+                return Done("unchanged", details)
+            if _fs_fingerprint(ctx, ctx.build) == ctx.fingerprint:
+                job.step("swap-filestore")  # a run died between the two halves of the swap
+                with tenant_db.template_lock(
+                    ctx.template, deadline=job.deadline, shared=False, dsn=ctx.dsn
+                ):
+                    _swap_filestore(ctx)
+                _drop_leftovers(ctx)
+                return Done("updated", {**details, "resumed": "filestore swap"})
+
+    build = marker.read(conn, ctx.build) if pg.database_exists(conn, ctx.build) else None
+    resumable = (
+        not kw["force"]
+        and build is not None
+        and build.kind == KIND
+        and build.state == "verified"
+        and build.data.get("fingerprint") == ctx.fingerprint
+        and _fs_fingerprint(ctx, ctx.build) == ctx.fingerprint
+    )
+    if resumable:
+        job.log.info("resuming a verified build", database=ctx.build)
+    else:
+        _build(ctx, kw, odoo_bin)
+
+    job.step("freeze")
+    pg.terminate_sessions(conn, ctx.build)
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} WITH is_template true ALLOW_CONNECTIONS false").format(
+            sql.Identifier(ctx.build)
+        )
+    )
+    pg.terminate_sessions(conn, ctx.build)  # allow_connections does not end existing sessions
+
+    job.step("swap")
+    with tenant_db.template_lock(ctx.template, deadline=job.deadline, shared=False, dsn=ctx.dsn):
+        _swap_database(ctx, existed)
+        _swap_filestore(ctx)
+    job.step("cleanup")
+    _drop_leftovers(ctx)
+    return Done("updated" if existed else "created", details)
+
+
+def _build(ctx: _Ctx, kw: dict[str, Any], odoo_bin: str) -> None:
+    job, conn = ctx.job, ctx.conn
+    job.step("prepare")
+    _drop_database(conn, ctx.build)
+    filestore.discard(ctx.fs(ctx.build))
+
+    job.step("odoo")
+    inv = odoo.Invocation(
+        db=ctx.build, install=ctx.modules, data_dir=ctx.data_dir, addons_path=kw["addons_path"]
+    )
+    done = odoo.run(
+        odoo_bin,
+        ctx.version,
+        inv,
+        dsn=ctx.dsn,
+        base_config=kw["odoo_config"],
+        deadline=job.deadline,
+    )
+    if done.returncode < 0:
+        raise TransientError(f"odoo was killed by signal {-done.returncode}", build=ctx.build)
+
+    job.step("verify")
+    problems: list[str] = []
+    if done.returncode != 0:
+        last = done.tail[-1] if done.tail else ""
+        problems.append(f"odoo exited {done.returncode}: {last}")
+    states: dict[str, str] = {}
+    if pg.database_exists(conn, ctx.build):
+        with pg.connection(ctx.build, dsn=ctx.dsn, deadline=job.deadline) as build_conn:
+            try:
+                states = odoo.module_states(build_conn)
+            except psycopg.errors.UndefinedTable:
+                states = {}
+    problems += odoo.check_modules(states, ctx.modules)
+    if problems:
+        _drop_database(conn, ctx.build)
+        filestore.discard(ctx.fs(ctx.build))
+        raise ConflictError(
+            f"template build failed, live template untouched: {'; '.join(problems)[:600]}",
+            problems=problems[:20],
+        )
+    filestore.write_mark(ctx.fs(ctx.build), {"fingerprint": ctx.fingerprint})
+    marker.write(conn, ctx.build, marker.Marker(KIND, "verified", ctx.data))
+    job.log.info("build verified", modules=len(ctx.modules), installed=len(states))
+
+
+def _swap_database(ctx: _Ctx, existed: bool) -> None:
+    """live → __old and __build → live, with the live marker, in one transaction."""
+    conn = ctx.conn
+    _drop_database(conn, ctx.old)
+    if existed:
+        pg.terminate_sessions(conn, ctx.template)
+    with conn.transaction():
+        if existed:
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                    sql.Identifier(ctx.template), sql.Identifier(ctx.old)
+                )
+            )
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(ctx.build), sql.Identifier(ctx.template)
+            )
+        )
+        marker.write(conn, ctx.template, marker.Marker(KIND, "complete", ctx.data))
+    ctx.job.log.info("template database swapped in", database=ctx.template)
+
+
+def _swap_filestore(ctx: _Ctx) -> None:
+    """Move the build's filestore into place (the previous one goes to __old)."""
+    live, build, old = ctx.fs(ctx.template), ctx.fs(ctx.build), ctx.fs(ctx.old)
+    if live.exists():
+        filestore.discard(old)
+        os.rename(live, old)
+    os.rename(build, live)
+    ctx.job.log.info("template filestore swapped in", path=str(live))
+
+
+def _drop_leftovers(ctx: _Ctx) -> list[str]:
+    cleaned = []
+    if _drop_database(ctx.conn, ctx.old):
+        cleaned.append(ctx.old)
+    if filestore.discard(ctx.fs(ctx.old)):
+        cleaned.append(str(ctx.fs(ctx.old)))
+    return cleaned
+
+
+def _drop_database(conn: psycopg.Connection[Any], name: str) -> bool:
+    if not pg.database_exists(conn, name):
+        return False
+    ident = sql.Identifier(name)
+    conn.execute(sql.SQL("ALTER DATABASE {} WITH is_template false").format(ident))
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+    return True
+
+
+def _frozen(conn: psycopg.Connection[Any], name: str) -> bool:
+    row = conn.execute(
+        "SELECT datistemplate AND NOT datallowconn FROM pg_database WHERE datname = %s", (name,)
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _fs_fingerprint(ctx: _Ctx, db: str) -> str | None:
+    mark = filestore.read_mark(ctx.fs(db))
+    value = mark.get("fingerprint") if mark else None
+    return str(value) if value else None
