@@ -20,6 +20,7 @@ from jobs.errors import ExitCode
 COMMANDS: dict[str, str] = {
     "backup-verify": "jobs.backup_verify:backup_verify",
     "emit-event": "jobs.emit_event:emit_event",
+    "template-build": "jobs.template_build:template_build",
     "tenant-db": "jobs.tenant_db:tenant_db",
     "filestore-copy": "jobs.filestore_copy:filestore_copy",
     "backup": "jobs.backup:backup",
