@@ -1,0 +1,296 @@
+"""One side of a filestore copy: a directory reached directly (`local`) or through `kubectl exec`.
+
+Every operation is an ordinary command (find, tar, sha1sum, mkdir, mv, cp, rm) run through the
+side's argv prefix, so both transports share one code path and the kubectl one is exercised by
+the same tests as the local one. The holder pods run the Odoo images (Debian/Ubuntu), so GNU
+find, tar and coreutils are there.
+"""
+
+from __future__ import annotations
+
+import bisect
+import posixpath
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import IO
+
+from jobs import proc, retry
+from jobs.errors import TransientError
+
+Listing = dict[str, int]  # relative file name → size in bytes
+
+
+@dataclass(frozen=True)
+class Side:
+    label: str  # "source" | "target": names the side in logs and errors
+    root: str  # the filestore root as the side sees it
+    prefix: tuple[str, ...] = ()  # () runs locally; the kubectl exec argv otherwise
+
+    @classmethod
+    def kubectl(
+        cls,
+        label: str,
+        root: str,
+        *,
+        namespace: str,
+        pod: str,
+        container: str | None,
+        kubectl: str = "kubectl",
+    ) -> Side:
+        prefix = [kubectl, "exec", "-i", "-n", namespace, pod]
+        if container:
+            prefix += ["-c", container]
+        return cls(label, root, (*prefix, "--"))
+
+    def argv(self, *cmd: str) -> list[str]:
+        return [*self.prefix, *cmd]
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+
+def _feed(stream: IO[bytes] | None, data: bytes) -> None:
+    if stream is None:
+        return
+    try:
+        stream.write(data)
+    except BrokenPipeError:
+        pass  # the child died early: its exit code tells why
+    finally:
+        try:
+            stream.close()
+        except BrokenPipeError:
+            pass
+
+
+def _drain(stream: IO[bytes] | None, into: list[bytes]) -> None:
+    if stream is not None:
+        into.append(stream.read())
+        stream.close()
+
+
+def _failure(side: Side, what: str, code: int, tail: Sequence[str]) -> TransientError:
+    last = tail[-1] if tail else "no output"
+    return TransientError(
+        f"{side.label}: {what} failed with exit code {code}: {last}", side=side.label, command=what
+    )
+
+
+def run_all(
+    calls: Sequence[tuple[Side, Sequence[str], bytes | None]],
+    *,
+    what: str,
+    deadline: retry.Deadline,
+) -> list[bytes]:
+    """Run commands concurrently (stdin fed, stdout captured); any non-zero exit → error (75).
+
+    The children are started from this thread so that leaving (SIGTERM included) stops them;
+    helper threads only move bytes.
+    """
+    outputs: list[list[bytes]] = [[] for _ in calls]
+    with ExitStack() as stack:
+        children: list[tuple[Side, proc.Child, list[threading.Thread]]] = []
+        for (side, cmd, data), out in zip(calls, outputs, strict=True):
+            child = stack.enter_context(
+                proc.spawn(
+                    side.argv(*cmd),
+                    name=f"{side.label} {cmd[0]}",
+                    stdin=subprocess.PIPE if data is not None else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                )
+            )
+            threads = [threading.Thread(target=_drain, args=(child.popen.stdout, out), daemon=True)]
+            if data is not None:
+                threads.append(
+                    threading.Thread(target=_feed, args=(child.popen.stdin, data), daemon=True)
+                )
+            for thread in threads:
+                thread.start()
+            children.append((side, child, threads))
+        for side, child, threads in children:
+            code = child.wait(deadline=deadline)
+            for thread in threads:
+                thread.join()
+            if code != 0:
+                raise _failure(side, what, code, list(child.tail))
+    return [b"".join(out) for out in outputs]
+
+
+def run(side: Side, cmd: Sequence[str], *, what: str, deadline: retry.Deadline) -> bytes:
+    return run_all([(side, cmd, None)], what=what, deadline=deadline)[0]
+
+
+def children(side: Side, *, deadline: retry.Deadline) -> set[str]:
+    """Names of the directories directly under the side's root (none when it is missing)."""
+    # A missing root is an answer (nothing there yet), not a failure of the command.
+    script = (
+        'test -d "$1" || exit 0; exec find "$1" -mindepth 1 -maxdepth 1 -type d -printf "%f\\0"'
+    )
+    out = run(
+        side,
+        ["sh", "-c", script, "sh", side.root],
+        what=f"look into {side.root}",
+        deadline=deadline,
+    )
+    return {name for name in out.decode("utf-8", "surrogateescape").split("\0") if name}
+
+
+def listing(side: Side, dirs: Sequence[str], *, deadline: retry.Deadline) -> dict[str, Listing]:
+    """Files (name → size) under each of `dirs` (names under the root), in one command."""
+    result: dict[str, Listing] = {d: {} for d in dirs}
+    if not dirs:
+        return result
+    by_path = {side.path(d): d for d in dirs}
+    out = run(
+        side,
+        # Dot-names (staging, marks, temporaries) are never part of a filestore's content,
+        # as in jobs.filestore; -mindepth 1 keeps the (dot-named) staging root itself listed.
+        [
+            "find",
+            *by_path,
+            "-mindepth",
+            "1",
+            "(",
+            "-name",
+            ".*",
+            "-prune",
+            ")",
+            "-o",
+            "-type",
+            "f",
+            "-printf",
+            r"%H\0%P\0%s\0",
+        ],
+        what="list files",
+        deadline=deadline,
+    )
+    fields = out.decode("utf-8", "surrogateescape").split("\0")
+    for i in range(0, len(fields) - 2, 3):
+        result[by_path[fields[i]]][fields[i + 1]] = int(fields[i + 2])
+    return result
+
+
+def sha1s(
+    side: Side, directory: str, names: Sequence[str], *, deadline: retry.Deadline, jobs: int = 2
+) -> dict[str, str]:
+    """sha1 of each of `names` under `directory`, hashed by `jobs` sha1sum processes at once."""
+    if not names:
+        return {}
+    script = 'cd "$1" && exec xargs -0 -r sha1sum --'
+    chunks = [names[i::jobs] for i in range(jobs) if names[i::jobs]]
+    calls = [
+        (side, ["sh", "-c", script, "sh", side.path(directory)], _nul(chunk)) for chunk in chunks
+    ]
+    found: dict[str, str] = {}
+    for out in run_all(calls, what="sha1sum", deadline=deadline):
+        for line in out.decode("utf-8", "surrogateescape").splitlines():
+            digest, _, name = line.partition("  ")
+            found[name] = digest
+    return found
+
+
+def _nul(names: Iterable[str]) -> bytes:
+    return b"".join(n.encode("utf-8", "surrogateescape") + b"\0" for n in names)
+
+
+@dataclass
+class Progress:
+    files: int = 0
+    bytes: int = 0
+
+
+class _Meter:
+    """Progress from the bytes the receiving process has read (its /proc/<pid>/io `rchar`).
+
+    Asking tar for `-v` would cost a flushed write per file and a context switch on our side;
+    counting what the receiver consumed costs nothing per file. The archive holds the files in
+    the order of `names`, each as a 512-byte header plus its data padded to 512, so the offset
+    tells how many files have passed.
+    """
+
+    def __init__(self, pid: int, names: Sequence[str], sizes: Listing) -> None:
+        self.io = f"/proc/{pid}/io"
+        self.ends: list[int] = []
+        self.totals: list[int] = []
+        offset = total = 0
+        for name in names:
+            size = sizes.get(name, 0)
+            offset += 512 + -(-size // 512) * 512
+            total += size
+            self.ends.append(offset)
+            self.totals.append(total)
+
+    def read(self) -> Progress | None:
+        try:
+            with open(self.io, encoding="ascii") as fh:
+                fields = dict(line.split(": ", 1) for line in fh.read().splitlines())
+            consumed = int(fields["rchar"])
+        except (OSError, KeyError, ValueError):
+            return None  # gone already, or /proc not readable here: skip this report
+        done = bisect.bisect_right(self.ends, consumed)
+        return Progress(done, self.totals[done - 1] if done else 0)
+
+
+def tar_pipe(
+    source: Side,
+    source_dir: str,
+    target: Side,
+    target_dir: str,
+    names: Sequence[str],
+    sizes: Listing,
+    *,
+    deadline: retry.Deadline,
+    interval: float,
+    report: Callable[[Progress, float], None],
+) -> Progress:
+    """`tar -c` of `names` on the source piped into `tar -x` on the target; both exits checked.
+
+    The data flows from one child to the other through an OS pipe, never through Python.
+    """
+    create = ["tar", "-cf", "-", "-C", source.path(source_dir)]
+    create += ["--null", "--no-recursion", "-T", "-"]  # the names come on stdin
+    extract = ["tar", "-xf", "-", "-C", target.path(target_dir)]
+    extract += ["--no-same-owner", "--no-same-permissions"]  # the target image's owner and umask
+    started = time.monotonic()
+    with proc.spawn(
+        source.argv(*create), name="source tar", stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as src:
+        with proc.spawn(
+            target.argv(*extract),
+            name="target tar",
+            stdin=src.popen.stdout,
+            stdout=subprocess.DEVNULL,
+        ) as dst:
+            assert src.popen.stdout is not None
+            src.popen.stdout.close()  # the target holds the pipe now: a dying reader is seen
+            feeder = threading.Thread(
+                target=_feed, args=(src.popen.stdin, _nul(names)), daemon=True
+            )
+            feeder.start()
+            meter = _Meter(dst.popen.pid, names, sizes)
+            next_report = started + interval
+            while src.popen.poll() is None or dst.popen.poll() is None:
+                if deadline.expired():
+                    raise TransientError(
+                        f"filestore copy still running after {deadline.seconds:.0f}s"
+                    )
+                time.sleep(0.1)
+                if time.monotonic() >= next_report:
+                    seen = meter.read()
+                    if seen is not None:
+                        report(seen, time.monotonic() - started)
+                    next_report += interval
+            src_code, dst_code = src.wait(), dst.wait()
+            feeder.join()
+            # Both exit codes: a pipeline that hid a failing `tar -c` would publish a partial copy.
+            if src_code != 0:
+                raise _failure(source, "tar -c", src_code, list(src.tail))
+            if dst_code != 0:
+                raise _failure(target, "tar -x", dst_code, list(dst.tail))
+    progress = Progress(len(names), sum(sizes.get(n, 0) for n in names))
+    report(progress, time.monotonic() - started)
+    return progress
