@@ -101,10 +101,13 @@ def http_transient(exc: BaseException) -> bool:
     return httpx is not None and isinstance(exc, httpx.TransportError)
 
 
+_BACKOFF = tenacity.wait_exponential(multiplier=0.2, max=5.0) + tenacity.wait_random(0, 0.3)
+
+
 def _wait(state: tenacity.RetryCallState) -> float:
     exc = state.outcome.exception() if state.outcome else None
     hinted = getattr(exc, "retry_after", None)
-    backoff = tenacity.wait_exponential_jitter(initial=0.2, max=5.0, jitter=0.3)(state)
+    backoff = _BACKOFF(state)
     return float(hinted) if isinstance(hinted, int | float) else backoff
 
 
