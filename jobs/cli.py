@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "backup": "jobs.backup:backup",
     "restore": "jobs.restore:restore",
     "account-webhook": "jobs.account_webhook:account_webhook",
+    "matrix-room": "jobs.matrix_room:matrix_room",
 }
 
 
