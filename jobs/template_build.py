@@ -108,6 +108,12 @@ def fingerprint(version: int, modules: list[str], binary: str, revision: str | N
     help="Odoo config file to start from [default: $ODOO_RC].",
 )
 @options.option(
+    "--template-db",
+    env="PLANA_TEMPLATE_DB",
+    default=None,
+    help="Template database name [default: template_{code}_{version}].",
+)
+@options.option(
     "--force",
     env="PLANA_TEMPLATE_FORCE",
     is_flag=True,
@@ -154,7 +160,11 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     modules = parse_modules(kw["modules"], code, version)
     data_dir = Path(kw["data_dir"] or naming.DEFAULT_DATA_DIR)
     odoo_bin = kw["odoo_bin"] or "odoo"
-    template = naming.template_db(code, version)
+    template = (
+        tenant_db.template_name(kw["template_db"])
+        if kw["template_db"]
+        else naming.template_db(code, version)
+    )
     job.bind(template=template)
 
     job.step("fingerprint")

@@ -86,6 +86,13 @@ def owner_role(value: str | None, field: str = "ownerRole") -> str:
     return value
 
 
+def template_name(value: str | None, field: str = "templateDb") -> str:
+    """An explicit template database name (a blue/green or canary template, or tests)."""
+    if not value or not re.fullmatch(r"template_[a-z0-9_]{1,48}", value, re.ASCII):
+        raise UsageError(field, f"must match template_[a-z0-9_]{{1,48}}, got {value!r}")
+    return value
+
+
 def require_role(conn: psycopg.Connection[Any], role: str) -> None:
     row = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
     if row is None:
@@ -226,6 +233,12 @@ def personalise(conn: psycopg.Connection[Any], identity: Identity) -> dict[str, 
     show_default=True,
     help="PostgreSQL role owning the database (only it may connect).",
 )
+@options.option(
+    "--template-db",
+    env="PLANA_TEMPLATE_DB",
+    default=None,
+    help="Clone this template database instead of the tier's template_{code}_{version}.",
+)
 @options.data_dir
 @options.pg_dsn
 @options.common
@@ -242,6 +255,7 @@ class _Ctx:
     role: str
     data_dir: Path
     dsn: str | None
+    template: str
 
     @property
     def db(self) -> str:
@@ -250,10 +264,6 @@ class _Ctx:
     @property
     def work(self) -> str:
         return work_db(self.db)
-
-    @property
-    def template(self) -> str:
-        return self.spec.template
 
     def mark(self, db: str, state: str, **data: Any) -> None:
         body = {
@@ -270,17 +280,18 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     # Observe the input first: every field is validated before anything is touched.
     spec = options.client(kw)
     role = owner_role(kw["owner_role"])
+    template = template_name(kw["template_db"]) if kw["template_db"] else spec.template
     data_dir = Path(kw["data_dir"] or naming.DEFAULT_DATA_DIR)
     db = spec.tenant.db_name
     if len(work_db(db).encode()) > MAX_DB_NAME:
         raise UsageError("subdomain", f"database name {db!r} is too long for PostgreSQL")
     dsn = kw["pg_dsn"]
-    job.bind(tenant=spec.tenant.subdomain, database=db, template=spec.template)
+    job.bind(tenant=spec.tenant.subdomain, database=db, template=template)
 
     job.step("connect")
     with pg.connection(dsn=dsn, deadline=job.deadline) as conn:
         require_role(conn, role)
-        ctx = _Ctx(job, conn, spec, role, data_dir, dsn)
+        ctx = _Ctx(job, conn, spec, role, data_dir, dsn, template)
         with locks.advisory(f"tenant:{db}", deadline=job.deadline, dsn=dsn):
             return _converge(ctx)
 

@@ -1,0 +1,379 @@
+"""`plana-job tenant-db` against real PostgreSQL, from a template built by `template-build`
+with the Odoo stand-in (tests/standins/odoo)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from jobs import filestore, locks, naming
+from tests.conftest import BIN, STANDINS, Runner, database_names
+
+ODOO = str(STANDINS / "odoo")
+OWNER_ROLE = "plana"
+
+
+def ensure_role(conn: psycopg.Connection[Any], role: str, login: bool = False) -> None:
+    try:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} " + ("LOGIN" if login else "NOLOGIN")).format(
+                sql.Identifier(role)
+            )
+        )
+    except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+        pass  # another test run made it first
+
+
+def drop(conn: psycopg.Connection[Any], name: str) -> None:
+    ident = sql.Identifier(name)
+    if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+        conn.execute(sql.SQL("ALTER DATABASE {} WITH is_template false").format(ident))
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+
+
+@pytest.fixture(scope="module")
+def template(
+    pg_dsn: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """One template (built by the job, with the stand-in) shared by this module's tests."""
+    tmp = tmp_path_factory.mktemp("tpl")
+    data_dir = tmp / "data"
+    name = "template_" + uuid.uuid4().hex[:10]
+    run = Runner(pg_dsn, redis_url, tmp)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        ensure_role(conn, OWNER_ROLE)
+    built = run(
+        ["template-build", "--template-code", "basic", "--odoo-version", "18",
+         "--modules", "base,web,mail,contacts", "--template-db", name,
+         "--odoo-bin", ODOO, "--data-dir", str(data_dir)],
+        ODOO_STANDIN_VERSION="18",
+    )  # fmt: skip
+    assert built.rc == 0, built.output
+    yield {"name": name, "data_dir": data_dir, "fingerprint": built.result["fingerprint"]}
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        drop(conn, name)
+
+
+def tenant_args(sub: str, tpl: dict[str, Any], **over: str) -> list[str]:
+    fields = {
+        "--subdomain": sub,
+        "--project-id": "23",
+        "--tier": "starter",
+        "--odoo-version": "18",
+        "--owner-email": f"owner@{sub}.example.com",
+        "--owner-name": "Ada Lovelace",
+        "--template-db": tpl["name"],
+        "--data-dir": str(tpl["data_dir"]),
+        **over,
+    }
+    return ["tenant-db", *[item for pair in fields.items() for item in pair]]
+
+
+def mine(conn: psycopg.Connection[Any], *tokens: str) -> set[str]:
+    """The cluster's databases named with one of `tokens` (other suites share the cluster)."""
+    return {n for n in database_names(conn) if any(t in n for t in tokens)}
+
+
+def db_of(sub: str) -> str:
+    return naming.db_name(sub)
+
+
+def params(pg_dsn: str, db: str) -> dict[str, str]:
+    with psycopg.connect(pg_dsn, dbname=db) as conn:
+        rows = conn.execute("SELECT key, value FROM ir_config_parameter").fetchall()
+    return dict(rows)
+
+
+def snapshot(pg_dsn: str, db: str, data_dir: Path) -> dict[str, Any]:
+    """What a finished tenant looks like, minus what is new by design (secret, uuid, date)."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        cat = conn.execute(
+            "SELECT pg_get_userbyid(datdba), datistemplate, datallowconn, datacl::text[],"
+            " shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+            (db,),
+        ).fetchone()
+        leftovers = sorted(
+            r[0]
+            for r in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s", (db + "%",)
+            ).fetchall()
+            if r[0] != db
+        )
+    with psycopg.connect(pg_dsn, dbname=db) as conn:
+        admin = conn.execute(
+            "SELECT u.login, u.password, p.name, p.email FROM res_users u"
+            " JOIN res_partner p ON p.id = u.partner_id JOIN ir_model_data d"
+            " ON d.res_id = u.id AND d.model = 'res.users'"
+            " WHERE d.module = 'base' AND d.name = 'user_admin'"
+        ).fetchone()
+        company = conn.execute("SELECT name FROM res_company ORDER BY id").fetchall()
+        tables = conn.execute(
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ).fetchone()
+    conf = params(pg_dsn, db)
+    fs = naming.filestore(db, data_dir)
+    return {
+        "catalog": cat,
+        "leftovers": leftovers,
+        "admin": admin,
+        "company": company,
+        "tables": tables,
+        "keys": sorted(conf),
+        "web.base.url": conf["web.base.url"],
+        "files": sorted(str(p.relative_to(fs)) for p in fs.rglob("*") if p.is_file()),
+        "staging": filestore.staging_path(fs).exists(),
+    }
+
+
+def test_tenant_created_personalised_and_locked_down(
+    run_job: Runner, pg_dsn: str, pg: psycopg.Connection[Any], template: dict[str, Any],
+    uid: str, drop_dbs: list[str],
+) -> None:  # fmt: skip
+    a, b = uid + "a", uid + "b"
+    drop_dbs.extend([db_of(a) + "%", db_of(b) + "%"])
+    first = run_job(tenant_args(a, template))
+    assert first.rc == 0, first.output
+    assert first.result["outcome"] == "created"
+    second = run_job(tenant_args(b, template))
+    assert second.rc == 0, second.output
+
+    pa, pb = params(pg_dsn, db_of(a)), params(pg_dsn, db_of(b))
+    assert pa["database.secret"] != pb["database.secret"]
+    assert pa["database.uuid"] != pb["database.uuid"]
+    assert pa["web.base.url"] == f"https://{a}.planapulse.app"
+    assert pa["web.base.url.freeze"] == "True"
+    # The secret never reaches the result or the logs.
+    assert pa["database.secret"] not in first.output
+
+    snap = snapshot(pg_dsn, db_of(a), template["data_dir"])
+    owner, is_template, allow, acl, comment = snap["catalog"]
+    assert owner == OWNER_ROLE and not is_template and allow
+    assert not any(entry.startswith("=") for entry in acl), acl  # nothing granted to PUBLIC
+    assert any(entry.startswith(f"{OWNER_ROLE}=") and "c" in entry.split("/")[0] for entry in acl)
+    assert json.loads(comment.removeprefix("plana-jobs "))["state"] == "complete"
+    email = f"owner@{a}.example.com"
+    assert snap["admin"] == (email, None, "Ada Lovelace", email)
+    assert ("Ada Lovelace",) in snap["company"]
+    assert snap["leftovers"] == [] and not snap["staging"]
+
+    # The filestore is a verified copy of the template's (its mark file is not copied).
+    tpl_fs = naming.filestore(template["name"], template["data_dir"])
+    tpl_files = sorted(str(p.relative_to(tpl_fs)) for p in tpl_fs.rglob("*") if p.is_file()
+                       and not p.name.startswith("."))  # fmt: skip
+    assert snap["files"] == tpl_files and len(tpl_files) > 10
+    report = filestore.verify(naming.filestore(db_of(a), template["data_dir"]))
+    assert report.ok and report.files == len(tpl_files)
+
+    # A login role that is not the owner cannot connect: CONNECT is revoked from PUBLIC.
+    probe = "probe_" + uid
+    ensure_role(pg, probe, login=True)
+    try:
+        with pytest.raises(psycopg.OperationalError, match="permission denied"):
+            psycopg.connect(pg_dsn, dbname=db_of(b), user=probe).close()
+    finally:
+        pg.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(probe)))
+
+
+def test_second_run_is_unchanged(
+    run_job: Runner, pg_dsn: str, template: dict[str, Any], uid: str, drop_dbs: list[str]
+) -> None:
+    drop_dbs.append(db_of(uid) + "%")
+    assert run_job(tenant_args(uid, template)).rc == 0
+    before = params(pg_dsn, db_of(uid))
+    again = run_job(tenant_args(uid, template))
+    assert again.rc == 0, again.output
+    assert again.result["outcome"] == "unchanged"
+    assert params(pg_dsn, db_of(uid)) == before  # no new secret on a re-run
+
+
+def test_lost_filestore_is_restored(
+    run_job: Runner, template: dict[str, Any], uid: str, drop_dbs: list[str]
+) -> None:
+    drop_dbs.append(db_of(uid) + "%")
+    assert run_job(tenant_args(uid, template)).rc == 0
+    fs = naming.filestore(db_of(uid), template["data_dir"])
+    filestore.discard(fs)
+    again = run_job(tenant_args(uid, template))
+    assert again.rc == 0, again.output
+    assert again.result["outcome"] == "updated" and again.result["repaired"] == ["filestore"]
+    assert filestore.verify(fs).files > 10
+
+
+def _kill_at(run_job: Runner, args: list[str], needle: dict[str, str]) -> int:
+    """Start the job, SIGKILL it on the first log line carrying all of `needle`."""
+    proc = run_job.popen(args)
+    assert proc.stdout is not None
+    seen = False
+    for line in proc.stdout:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if all(obj.get(k) == v for k, v in needle.items()):
+            proc.send_signal(signal.SIGKILL)
+            seen = True
+            break
+    proc.wait(timeout=60)
+    proc.stdout.close()
+    assert proc.stderr is not None
+    proc.stderr.close()
+    assert seen, f"never saw {needle}"
+    return proc.returncode
+
+
+KILL_POINTS = [
+    {"event": "step", "step": "clone"},  # during CREATE DATABASE
+    {"event": "marker", "state": "cloned"},
+    {"event": "step", "step": "filestore"},
+    {"event": "marker", "state": "filestore"},
+    {"event": "marker", "state": "personalised"},
+]
+
+
+def test_sigkill_anywhere_then_rerun_converges(
+    run_job: Runner, pg_dsn: str, pg: psycopg.Connection[Any], template: dict[str, Any],
+    uid: str, drop_dbs: list[str],
+) -> None:  # fmt: skip
+    ref = uid + "ref"
+    drop_dbs.extend([db_of(uid) + "%", db_of(ref) + "%"])
+    assert run_job(tenant_args(ref, template)).rc == 0
+    expected = snapshot(pg_dsn, db_of(ref), template["data_dir"])
+
+    for index, needle in enumerate(KILL_POINTS):
+        sub = f"{uid}k{index}"
+        drop_dbs.append(db_of(sub) + "%")
+        rc = _kill_at(run_job, tenant_args(sub, template), needle)
+        assert rc == -signal.SIGKILL
+        assert db_of(sub) not in mine(pg, sub)  # never published half done
+        rerun = run_job(tenant_args(sub, template))
+        assert rerun.rc == 0, (needle, rerun.output)
+        assert rerun.result["outcome"] == "created"
+        if "state" in needle:  # the marker was written: the rerun resumes from that step
+            resumed = [e["state"] for e in rerun.logs if e.get("event") == "resuming"]
+            assert resumed == [needle["state"]], rerun.stdout
+        got = snapshot(pg_dsn, db_of(sub), template["data_dir"])
+        for key in ("leftovers", "company", "tables", "keys", "files", "staging"):
+            assert got[key] == expected[key], (needle, key)
+        assert got["catalog"][:4] == expected["catalog"][:4], needle
+        assert got["web.base.url"] == f"https://{sub}.planapulse.app"
+        assert got["admin"][1:3] == expected["admin"][1:3]
+
+
+def test_five_concurrent_runs_make_one_database(
+    run_job: Runner, pg: psycopg.Connection[Any], template: dict[str, Any], uid: str,
+    drop_dbs: list[str],
+) -> None:  # fmt: skip
+    drop_dbs.append(db_of(uid) + "%")
+    procs = [run_job.popen(tenant_args(uid, template)) for _ in range(5)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert codes == [0] * 5, outs
+    outcomes = sorted(json.loads(o[0].strip().splitlines()[-1])["outcome"] for o in outs)
+    assert outcomes == ["created"] + ["unchanged"] * 4
+    assert mine(pg, uid) == {db_of(uid)}
+
+
+def test_missing_template_is_transient_and_touches_nothing(
+    run_job: Runner, pg: psycopg.Connection[Any], template: dict[str, Any], uid: str,
+    drop_dbs: list[str],
+) -> None:  # fmt: skip
+    drop_dbs.append(db_of(uid) + "%")
+    before = mine(pg, uid, template["name"])
+    res = run_job(tenant_args(uid, template, **{"--template-db": "template_missing_" + uid}))
+    assert res.rc == 75, res.output
+    assert "does not exist" in res.result["error"]
+    assert mine(pg, uid, template["name"]) == before
+    assert not naming.filestore(db_of(uid), template["data_dir"]).exists()
+
+
+def test_database_not_ours_is_a_conflict_and_untouched(
+    run_job: Runner, pg: psycopg.Connection[Any], template: dict[str, Any], uid: str,
+    drop_dbs: list[str],
+) -> None:  # fmt: skip
+    db = db_of(uid)
+    drop_dbs.append(db + "%")
+    pg.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+    before = mine(pg, uid, template["name"])
+    res = run_job(tenant_args(uid, template))
+    assert res.rc == 65, res.output
+    assert "not created by plana-jobs" in res.result["error"]
+    assert mine(pg, uid, template["name"]) == before
+    row = pg.execute(
+        "SELECT shobj_description(oid, 'pg_database'), datacl FROM pg_database WHERE datname = %s",
+        (db,),
+    ).fetchone()
+    assert row == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("over", "field", "code"),
+    [
+        ({"--subdomain": "Bad_Name"}, "subdomain", 64),
+        ({"--owner-email": "not-an-address"}, "ownerEmail", 64),
+        ({"--tier": "gold"}, "tier", 64),
+        ({"--template-db": "postgres"}, "templateDb", 64),
+        ({"--owner-role": "no_such_role_plana_test"}, "no_such_role_plana_test", 78),
+    ],
+)
+def test_bad_input_and_config_leave_catalog_unchanged(
+    run_job: Runner, pg: psycopg.Connection[Any], template: dict[str, Any], uid: str,
+    drop_dbs: list[str], over: dict[str, str], field: str, code: int,
+) -> None:  # fmt: skip
+    drop_dbs.append(db_of(uid) + "%")
+    before = mine(pg, uid, template["name"])
+    res = run_job(tenant_args(uid, template, **over))
+    assert res.rc == code, res.output
+    assert field in res.stderr.strip().splitlines()[-1]
+    assert mine(pg, uid, template["name"]) == before
+    assert not naming.filestore(db_of(uid), template["data_dir"]).exists()
+
+
+def test_clone_waits_for_a_template_swap(
+    run_job: Runner, pg_dsn: str, template: dict[str, Any], uid: str, drop_dbs: list[str]
+) -> None:
+    """A clone needs the template's lock shared: it waits while a swap holds it exclusively."""
+    drop_dbs.append(db_of(uid) + "%")
+    with psycopg.connect(pg_dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (locks.key(f"template:{template['name']}"),))
+        proc = run_job.popen(tenant_args(uid, template))
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if '"lock busy, waiting"' in line and "template:" in line:
+                break
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            exists = conn.execute(
+                "SELECT count(*) FROM pg_database WHERE datname LIKE %s", (db_of(uid) + "%",)
+            ).fetchone()
+        assert exists == (0,)  # nothing cloned while the swap holds the lock
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert json.loads(out.strip().splitlines()[-1])["outcome"] == "created"
+
+
+def test_password_in_dsn_never_logged(
+    run_job: Runner, pg_dsn: str, template: dict[str, Any], uid: str, drop_dbs: list[str]
+) -> None:
+    drop_dbs.append(db_of(uid) + "%")
+    secret = "pw-" + uid
+    dsn = psycopg.conninfo.make_conninfo(pg_dsn, password=secret)  # trust auth ignores it
+    res = run_job(tenant_args(uid, template), PLANA_PG_DSN=dsn)
+    assert res.rc == 0, res.output
+    assert secret not in res.output
+
+
+def test_help_lists_environment() -> None:
+    out = subprocess.run(
+        [str(BIN / "plana-job"), "tenant-db", "--help"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for var in ("PLANA_SUBDOMAIN", "PLANA_OWNER_ROLE", "PLANA_DATA_DIR", "PLANA_TEMPLATE_DB"):
+        assert var in out
