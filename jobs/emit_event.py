@@ -40,6 +40,37 @@ def event_id(event_type: str, subdomain: str, generation: int | None) -> str:
     return str(uuid.uuid5(EVENT_NAMESPACE, name))
 
 
+def xadd_once(
+    client: redis.Redis[Any],
+    stream: str,
+    eid: str,
+    fields: dict[str, str],
+    *,
+    deadline: retry.Deadline,
+    ttl: int = DEFAULT_DEDUPE_TTL_S,
+    maxlen: int = DEFAULT_MAXLEN,
+) -> tuple[bool, str]:
+    """XADD `fields` to `stream` unless event `eid` was already added: (added, entry id).
+
+    Retries transient Redis failures until the deadline (then exit 75); refused auth → 78.
+    """
+    flat = [item for pair in fields.items() for item in pair]
+    dedupe_key = f"{stream}:dedupe:{eid}"
+    script = client.register_script(XADD_ONCE)
+
+    def attempt() -> tuple[int, str]:
+        try:
+            added, entry = script(keys=[stream, dedupe_key], args=[ttl, maxlen, *flat])
+        except redis.AuthenticationError as exc:
+            raise ConfigError(f"redis: authentication refused: {exc}") from None
+        return int(added), entry.decode() if isinstance(entry, bytes) else str(entry)
+
+    added, entry_id = retry.call(
+        attempt, what="redis XADD", deadline=deadline, transient=retry.redis_transient
+    )
+    return bool(added), entry_id
+
+
 def _event_type(value: str | None) -> str:
     if value not in EVENT_TYPES:
         raise UsageError("type", f"must be one of {', '.join(EVENT_TYPES)}, got {value!r}")
@@ -133,24 +164,16 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         fields["generation"] = str(generation)
     if spec.owner_email:
         fields["owner_email"] = spec.owner_email
-    flat = [item for pair in fields.items() for item in pair]
-    dedupe_key = f"{stream}:dedupe:{eid}"
-
     job.step("xadd")
-    script = client.register_script(XADD_ONCE)
-
-    def attempt() -> tuple[int, str]:
-        try:
-            added, entry = script(
-                keys=[stream, dedupe_key], args=[kw["dedupe_ttl"], kw["maxlen"], *flat]
-            )
-        except redis.AuthenticationError as exc:
-            raise ConfigError(f"redis: authentication refused: {exc}") from None
-        return int(added), entry.decode() if isinstance(entry, bytes) else str(entry)
-
     try:
-        added, entry_id = retry.call(
-            attempt, what="redis XADD", deadline=job.deadline, transient=retry.redis_transient
+        added, entry_id = xadd_once(
+            client,
+            stream,
+            eid,
+            fields,
+            deadline=job.deadline,
+            ttl=kw["dedupe_ttl"],
+            maxlen=kw["maxlen"],
         )
     finally:
         client.close()
