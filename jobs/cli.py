@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "template-build": "jobs.template_build:template_build",
     "tenant-db": "jobs.tenant_db:tenant_db",
     "filestore-copy": "jobs.filestore_copy:filestore_copy",
+    "upgrade": "jobs.upgrade:upgrade",
     "backup": "jobs.backup:backup",
     "restore": "jobs.restore:restore",
     "account-webhook": "jobs.account_webhook:account_webhook",

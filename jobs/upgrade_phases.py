@@ -1,0 +1,537 @@
+"""The snapshot-then-upgrade phases of `plana-job upgrade` (OpenUpgrade, one major per run).
+
+Where a tenant stands is read from three `COMMENT ON DATABASE` markers (`jobs.marker`):
+
+- the live tenant `{db}` (kind "tenant", written by tenant-db): while an upgrade is under way its
+  data carries `upgrading: {from, to, base, attempt}` (the tenant is frozen); after the cutover
+  `odoo_version`, `upgraded_from` and `rollback_db`.
+- the work copy `{db}__up{to}` (kind "upgrade-work"): the `phases` done, in order (each recorded
+  once, alembic-like), the `prefixes` applied, and `running`: the pass under way. A pass found
+  running was killed midway, and a failed pass leaves state "failed": OpenUpgrade migrations
+  cannot be resumed, so such a copy is never passed again; the next `snapshot` drops it and
+  clones a fresh one from the frozen live database.
+- the rollback copy `{db}__rb{from}` (kind "rollback"): the old live database after the cutover.
+
+Suffixes are at most 6 bytes, so with a 40-byte subdomain and the default base domain every
+name stays within PostgreSQL's 63 bytes; longer base domains are refused (64) up front.
+Every phase runs under the tenant's advisory lock "tenant:{db}" (the one tenant-db takes).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from jobs import filestore, marker, naming, odoo, pg, retry, runner
+from jobs.errors import ConfigError, ConflictError, UsageError
+from jobs.result import Done
+
+TENANT_KIND = "tenant"
+WORK_KIND = "upgrade-work"
+ROLLBACK_KIND = "rollback"
+PHASES = ("snapshot", "source-pass", "prefix", "target-pass", "cutover")
+OPENUPGRADE_LOAD = ("base", "web", "openupgrade_framework")
+MAX_DB_NAME = 63
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated TenantUpgrade: tenant, hop, and where this phase's filestores live."""
+
+    tenant: naming.Tenant
+    from_version: int
+    to_version: int
+    data_dir: Path
+    dsn: str | None
+
+    @property
+    def db(self) -> str:
+        return self.tenant.db_name
+
+    @property
+    def work(self) -> str:
+        return f"{self.db}__up{self.to_version}"
+
+    @property
+    def rollback(self) -> str:
+        return f"{self.db}__rb{self.from_version}"
+
+    def fs(self, name: str) -> Path:
+        return naming.filestore(name, self.data_dir)
+
+    def hop(self) -> dict[str, Any]:
+        return {"subdomain": self.tenant.subdomain, "from": self.from_version,
+                "to": self.to_version}  # fmt: skip
+
+
+def spec(kw: dict[str, Any], *, same_major: bool = False) -> Spec:
+    """Validate the TenantUpgrade fields: 64 for malformed input, 65 for an impossible hop."""
+    tenant = naming.Tenant(
+        naming.subdomain(kw.get("subdomain")), naming.base_domain(kw.get("base_domain"))
+    )
+    to_raw, from_raw = kw.get("to_version"), kw.get("from_version")
+    if not to_raw and not (same_major and from_raw):
+        raise UsageError("toVersion", "is required")
+    to_v = naming.odoo_version(to_raw or from_raw, field="toVersion")
+    if not from_raw and not same_major:
+        raise UsageError("fromVersion", "is required")
+    from_v = naming.odoo_version(from_raw or to_v, field="fromVersion")
+    longest = f"{tenant.db_name}__up{to_v}"
+    if len(longest.encode()) > MAX_DB_NAME:
+        raise UsageError("subdomain", f"work database name {longest!r} exceeds 63 bytes")
+    if same_major and from_v != to_v:
+        raise ConflictError(
+            f"strategy same-major needs fromVersion = toVersion, got {from_v} → {to_v}"
+        )
+    if not same_major and to_v != from_v + 1:
+        raise ConflictError(
+            f"OpenUpgrade migrates one major version per run: {from_v} → {to_v} is not a hop"
+        )
+    data_dir = Path(kw.get("data_dir") or naming.DEFAULT_DATA_DIR)
+    return Spec(tenant, from_v, to_v, data_dir, kw.get("pg_dsn"))
+
+
+@dataclass
+class Ctx:
+    job: runner.Job
+    conn: psycopg.Connection[Any]
+    spec: Spec
+
+
+# --------------------------------------------------------------------------- observing
+
+
+def live_marker(ctx: Ctx) -> marker.Marker:
+    """The live tenant's marker; 65 when the database is missing or not ours."""
+    db = ctx.spec.db
+    if not pg.database_exists(ctx.conn, db):
+        raise ConflictError(f"tenant database {db} does not exist", database=db)
+    mark = marker.read(ctx.conn, db)
+    if (
+        mark is None
+        or mark.kind != TENANT_KIND
+        or mark.state != "complete"
+        or mark.data.get("subdomain") != ctx.spec.tenant.subdomain
+    ):
+        raise ConflictError(
+            f"database {db} is not a plana-jobs tenant: left untouched", database=db
+        )
+    return mark
+
+
+def upgraded(ctx: Ctx, mark: marker.Marker) -> bool:
+    return mark.data.get("odoo_version") == ctx.spec.to_version and "upgrading" not in mark.data
+
+
+def allows_connections(conn: psycopg.Connection[Any], db: str) -> bool:
+    row = conn.execute("SELECT datallowconn FROM pg_database WHERE datname = %s", (db,)).fetchone()
+    return bool(row and row[0])
+
+
+def owner_of(conn: psycopg.Connection[Any], db: str) -> str:
+    row = conn.execute(
+        "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (db,)
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def base_version(ctx: Ctx, db: str) -> str:
+    """`latest_version` of the installed `base` module of `db` ("" when there is none)."""
+    try:
+        with pg.connection(db, dsn=ctx.spec.dsn, deadline=ctx.job.deadline) as conn:
+            row = conn.execute(
+                "SELECT latest_version FROM ir_module_module WHERE name = 'base'"
+                " AND state = 'installed'"
+            ).fetchone()
+    except psycopg.errors.UndefinedTable:
+        raise ConflictError(f"database {db} is not an Odoo database", database=db) from None
+    return str(row[0]) if row and row[0] else ""
+
+
+def major_of(version: str) -> int | None:
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def work_marker(ctx: Ctx) -> marker.Marker | None:
+    """The work copy's marker when it is ours and still passable, else None."""
+    mark = marker.read(ctx.conn, ctx.spec.work)
+    if (
+        mark is None
+        or mark.kind != WORK_KIND
+        or {k: mark.data.get(k) for k in ("subdomain", "from", "to")} != ctx.spec.hop()
+        or mark.state in ("failed", "rolled-back")
+        or mark.data.get("running")
+    ):
+        return None
+    return mark
+
+
+def require_work(ctx: Ctx, after: str) -> marker.Marker:
+    """The work copy, which must have completed phase `after` (65 otherwise)."""
+    work = ctx.spec.work
+    mark = work_marker(ctx) if pg.database_exists(ctx.conn, work) else None
+    if mark is None or after not in mark.data.get("phases", []):
+        raise ConflictError(
+            f"work copy {work} is missing, spoilt or not past {after}: run `upgrade snapshot` "
+            "(a fresh copy) and the phases after it",
+            database=work,
+        )
+    return mark
+
+
+def check_binary(odoo_bin: str, version: int, deadline: retry.Deadline) -> None:
+    text = odoo.binary_version(odoo_bin, deadline=deadline)
+    if odoo.major(text) != version:
+        raise ConfigError(f"{odoo_bin} is {text!r}, not Odoo {version}.0", odoo_bin=odoo_bin)
+
+
+def drop_database(conn: psycopg.Connection[Any], db: str) -> None:
+    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+
+
+def rename(conn: psycopg.Connection[Any], old: str, new: str) -> None:
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))
+    )
+
+
+def set_allow_connections(conn: psycopg.Connection[Any], db: str, allow: bool) -> None:
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
+            sql.Identifier(db), sql.Literal(allow)
+        )
+    )
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def snapshot(ctx: Ctx) -> Done:
+    """Freeze the live tenant (checked at fromVersion) and clone it to a fresh work copy."""
+    conn, s, log = ctx.conn, ctx.spec, ctx.job.log
+    live = live_marker(ctx)
+    if upgraded(ctx, live):
+        return Done("unchanged", {"phase": "snapshot", "state": "upgraded"})
+    changed = False
+    up = live.data.get("upgrading")
+    if isinstance(up, dict):
+        if (up.get("from"), up.get("to")) != (s.from_version, s.to_version):
+            raise ConflictError(
+                f"an upgrade {up.get('from')} → {up.get('to')} of {s.db} is under way: finish "
+                "or roll it back first",
+                database=s.db,
+            )
+    else:
+        if not allows_connections(conn, s.db):
+            raise ConflictError(f"{s.db} is frozen, but not by an upgrade: left untouched")
+        base = base_version(ctx, s.db)
+        if major_of(base) != s.from_version:
+            raise ConflictError(
+                f"{s.db}: base is at {base or 'nothing'}, not {s.from_version}.0 (fromVersion)",
+                database=s.db,
+                base=base,
+            )
+        up = {"from": s.from_version, "to": s.to_version, "base": base, "attempt": 0}
+        live.data["upgrading"] = up
+        marker.write(conn, s.db, live)  # recorded before the freeze: a re-run completes it
+        changed = True
+    if allows_connections(conn, s.db):
+        set_allow_connections(conn, s.db, False)
+        changed = True
+    ended = pg.terminate_sessions(conn, s.db)
+    log.info("tenant frozen", database=s.db, sessions_ended=ended)
+
+    if pg.database_exists(conn, s.work):
+        if work_marker(ctx) is not None:
+            return Done("updated" if changed else "unchanged", {"phase": "snapshot", **up})
+        # Failed, killed midway, rolled back or unrecorded: never passed again. Start afresh.
+        log.info("dropping the spoilt work copy", database=s.work)
+        drop_database(conn, s.work)
+    filestore.discard(s.fs(s.work))
+    up["attempt"] = int(up.get("attempt", 0)) + 1
+    marker.write(conn, s.db, live)
+    owner = owner_of(conn, s.db)
+    from jobs.tenant_db import create_clone, restrict_connect  # the clone is tenant-db's
+
+    create_clone(conn, s.db, s.work, owner=owner, deadline=ctx.job.deadline)
+    restrict_connect(conn, s.work, owner)
+    body = {**s.hop(), "attempt": up["attempt"], "phases": ["snapshot"], "prefixes": []}
+    marker.write(conn, s.work, marker.Marker(WORK_KIND, "snapshot", body))
+    log.info("work copy cloned", database=s.work, attempt=up["attempt"])
+    return Done("created", {"phase": "snapshot", "work_db": s.work, **up})
+
+
+def _record(ctx: Ctx, mark: marker.Marker) -> None:
+    marker.write(ctx.conn, ctx.spec.work, mark)
+
+
+def _seed_filestore(ctx: Ctx) -> None:
+    """The work copy's attachments must be readable where Odoo looks: filestore/{work}."""
+    s = ctx.spec
+    src = s.fs(s.db)
+    if src.is_dir():
+        stats = filestore.copy_tree(src, s.fs(s.work))
+        ctx.job.log.info("work filestore seeded", **stats.as_dict())
+
+
+def run_pass(
+    ctx: Ctx,
+    phase: str,
+    after: str,
+    odoo_bin: str,
+    version: int,
+    upgrade_path: str | None = None,
+) -> Done:
+    """One OpenUpgrade pass on the work copy; the work copy is spoilt if it does not verify."""
+    s, log = ctx.spec, ctx.job.log
+    live = live_marker(ctx)
+    if upgraded(ctx, live):
+        return Done("unchanged", {"phase": phase, "state": "upgraded"})
+    mark = require_work(ctx, after)
+    phases: list[str] = list(mark.data.get("phases", []))
+    if phase in phases:
+        return Done("unchanged", {"phase": phase, "phases": phases})
+    check_binary(odoo_bin, version, ctx.job.deadline)
+    _seed_filestore(ctx)
+    mark.data["running"] = phase
+    _record(ctx, mark)  # from here on, an interruption spoils the copy
+    inv = odoo.Invocation(
+        db=s.work,
+        update=["all"],
+        load=OPENUPGRADE_LOAD,
+        upgrade_path=upgrade_path,
+        data_dir=s.data_dir,
+    )
+    done = odoo.run(odoo_bin, version, inv, dsn=s.dsn, deadline=ctx.job.deadline)
+    problems = [] if done.returncode == 0 else [f"odoo exited {done.returncode}"]
+    problems += verify(ctx, s.work, version)
+    if problems:
+        mark.state = "failed"
+        mark.data["failed"] = {"phase": phase, "problems": problems[:10]}
+        _record(ctx, mark)
+        tail = done.tail[-1] if done.tail else ""
+        raise ConflictError(
+            f"{phase} on {s.work} failed: {'; '.join(problems[:5])}"
+            + (f"; last output: {tail}" if tail and done.returncode else "")
+            + " (the next attempt starts from a fresh copy)",
+            phase=phase,
+        )
+    mark.data.pop("running", None)
+    mark.data["phases"] = [*phases, phase]
+    mark.state = phase
+    _record(ctx, mark)
+    log.info("pass done", phase=phase, duration_s=done.duration_s)
+    return Done("updated", {"phase": phase, "phases": mark.data["phases"]})
+
+
+def verify(ctx: Ctx, db: str, version: int) -> list[str]:
+    """What Odoo really did: base at `version`, nothing left to install/upgrade/remove."""
+    try:
+        with pg.connection(db, dsn=ctx.spec.dsn, deadline=ctx.job.deadline) as conn:
+            states = odoo.module_states(conn)
+            row = conn.execute(
+                "SELECT latest_version FROM ir_module_module WHERE name = 'base'"
+            ).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return [f"{db} has no module table"]
+    problems = odoo.check_modules(states, ["base"])
+    base = str(row[0]) if row and row[0] else ""
+    if major_of(base) != version:
+        problems.append(f"base is at {base or 'nothing'}, not {version}.0")
+    return problems
+
+
+def prefix_files(from_v: int, to_v: int) -> list[tuple[str, str]]:
+    """(name, SQL) of sql/upgrade/{from}-{to}/*.sql, in name order."""
+    folder = importlib.resources.files("jobs.sql").joinpath("upgrade").joinpath(f"{from_v}-{to_v}")
+    if not folder.is_dir():
+        return []
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name)
+    return [(p.name, p.read_text(encoding="utf-8")) for p in files]
+
+
+def prefix(ctx: Ctx) -> Done:
+    """Apply this hop's SQL pre-fixes to the work copy, each once, with its record."""
+    s = ctx.spec
+    live = live_marker(ctx)
+    if upgraded(ctx, live):
+        return Done("unchanged", {"phase": "prefix", "state": "upgraded"})
+    mark = require_work(ctx, "source-pass")
+    phases: list[str] = list(mark.data.get("phases", []))
+    if "prefix" in phases:
+        return Done("unchanged", {"phase": "prefix", "prefixes": mark.data.get("prefixes", [])})
+    applied: list[str] = list(mark.data.get("prefixes", []))
+    with pg.connection(s.work, dsn=s.dsn, deadline=ctx.job.deadline) as conn:
+        for name, text in prefix_files(s.from_version, s.to_version):
+            if name in applied:
+                continue
+            # The fix and its record commit together (COMMENT ON DATABASE is transactional):
+            # a kill leaves it either applied and recorded, or neither.
+            with conn.transaction():
+                cur = conn.execute(text)  # a reviewed file shipped with the image, no values
+                applied.append(name)
+                mark.data["prefixes"] = applied
+                marker.write(conn, s.work, mark)
+            ctx.job.log.info("pre-fix applied", file=name, rows=cur.rowcount)
+    mark.data["phases"] = [*phases, "prefix"]
+    mark.state = "prefix"
+    _record(ctx, mark)
+    return Done("updated", {"phase": "prefix", "prefixes": applied})
+
+
+def _move(src: Path, dst: Path) -> None:
+    if dst.exists():
+        filestore.discard(dst)  # a stale leftover of an earlier cycle
+    os.rename(src, dst)
+
+
+def cutover_filestore(ctx: Ctx) -> bool:
+    """filestore/{db} → {rollback}, filestore/{work} → {db}; resumable after a crash."""
+    s = ctx.spec
+    work, live, rb = s.fs(s.work), s.fs(s.db), s.fs(s.rollback)
+    if not work.is_dir():
+        return False
+    if live.is_dir():
+        _move(live, rb)
+    os.rename(work, live)
+    return True
+
+
+def rollback_filestore(ctx: Ctx) -> bool:
+    """The reverse of `cutover_filestore`, while the rollback filestore exists."""
+    s = ctx.spec
+    work, live, rb = s.fs(s.work), s.fs(s.db), s.fs(s.rollback)
+    if not rb.is_dir():
+        return False
+    if live.is_dir():
+        _move(live, work)
+    os.rename(rb, live)
+    return True
+
+
+def _swap(ctx: Ctx, renames: list[tuple[str, str]], marks: dict[str, marker.Marker],
+          allow: str) -> None:  # fmt: skip
+    """Renames, markers and unfreezing in ONE transaction: all of it happens, or none."""
+    conn = ctx.conn
+
+    def attempt() -> None:
+        for old, _ in renames:
+            pg.terminate_sessions(conn, old)
+        with conn.transaction():
+            for old, new in renames:
+                rename(conn, old, new)
+            set_allow_connections(conn, allow, True)
+            for db, mark in marks.items():
+                marker.write(conn, db, mark)
+
+    retry.call(attempt, what="swap databases", deadline=ctx.job.deadline,
+               transient=retry.pg_transient)  # fmt: skip
+
+
+def cutover(ctx: Ctx) -> Done:
+    """Live → rollback name, work copy → live name, connections allowed, markers updated."""
+    s, conn = ctx.spec, ctx.conn
+    live = live_marker(ctx)
+    if upgraded(ctx, live):
+        moved = cutover_filestore(ctx)
+        return Done("updated" if moved else "unchanged", {"phase": "cutover", "state": "upgraded"})
+    mark = require_work(ctx, "target-pass")
+    if pg.database_exists(conn, s.rollback):
+        raise ConflictError(f"rollback name {s.rollback} is taken: left untouched")
+    tenant = {k: v for k, v in live.data.items() if k != "upgrading"}
+    up = live.data.get("upgrading") or {}
+    history = {
+        "attempt": mark.data.get("attempt"),
+        "phases": [*mark.data.get("phases", []), "cutover"],
+        "prefixes": mark.data.get("prefixes", []),
+        "base_before": up.get("base") if isinstance(up, dict) else None,
+    }
+    new_live = marker.Marker(TENANT_KIND, "complete", {**tenant, "odoo_version": s.to_version,
+                             "upgraded_from": s.from_version, "rollback_db": s.rollback,
+                             "upgrade": history})  # fmt: skip
+    old_live = marker.Marker(ROLLBACK_KIND, "complete", {**s.hop(), "tenant": tenant})
+    _swap(ctx, [(s.db, s.rollback), (s.work, s.db)], {s.db: new_live, s.rollback: old_live}, s.db)
+    ctx.job.log.info("cut over", database=s.db, rollback_db=s.rollback)
+    cutover_filestore(ctx)
+    return Done("updated", {"phase": "cutover", "rollback_db": s.rollback, **history})
+
+
+def rollback(ctx: Ctx) -> Done:
+    """Undo a cutover while the rollback copy exists, or unfreeze an unfinished upgrade."""
+    s, conn = ctx.spec, ctx.conn
+    live = live_marker(ctx)
+    details: dict[str, Any] = {"phase": "rollback"}
+    changed = False
+    if pg.database_exists(conn, s.rollback):
+        old = marker.read(conn, s.rollback)
+        if (
+            old is None
+            or old.kind != ROLLBACK_KIND
+            or old.data.get("subdomain") != s.tenant.subdomain
+        ):
+            raise ConflictError(f"{s.rollback} is not this tenant's rollback copy: left untouched")
+        if pg.database_exists(conn, s.work):
+            drop_database(conn, s.work)  # only an abandoned copy can hold the name now
+        restored = marker.Marker(TENANT_KIND, "complete", dict(old.data.get("tenant", {})))
+        upgraded_mark = marker.Marker(WORK_KIND, "rolled-back", {**s.hop(), "was": live.data})
+        _swap(ctx, [(s.db, s.work), (s.rollback, s.db)],
+              {s.db: restored, s.work: upgraded_mark}, s.db)  # fmt: skip
+        ctx.job.log.info("rolled back", database=s.db, upgraded_copy=s.work)
+        details["upgraded_copy"] = s.work
+        changed = True
+    elif "upgrading" in live.data:
+        live.data.pop("upgrading")
+        with conn.transaction():
+            set_allow_connections(conn, s.db, True)
+            marker.write(conn, s.db, live)
+        mark = work_marker(ctx) if pg.database_exists(conn, s.work) else None
+        if mark is not None:
+            mark.state = "rolled-back"
+            _record(ctx, mark)
+        ctx.job.log.info("unfrozen without cutover", database=s.db)
+        changed = True
+    if not upgraded(ctx, live_marker(ctx)):
+        changed = rollback_filestore(ctx) or changed
+    return Done("updated" if changed else "unchanged", details)
+
+
+def status(ctx: Ctx) -> Done:
+    """Where the tenant stands (read-only)."""
+    s, conn = ctx.spec, ctx.conn
+    live = live_marker(ctx)
+    info: dict[str, Any] = {
+        "phase": "status",
+        "database": s.db,
+        "accepts_connections": allows_connections(conn, s.db),
+        "odoo_version": live.data.get("odoo_version"),
+    }
+    if upgraded(ctx, live):
+        info["state"] = "upgraded"
+        info["rollback_available"] = pg.database_exists(conn, s.rollback)
+        return Done("unchanged", info)
+    if "upgrading" not in live.data:
+        info["state"] = "not-started"
+        return Done("unchanged", info)
+    info["upgrading"] = live.data["upgrading"]
+    raw = marker.read(conn, s.work) if pg.database_exists(conn, s.work) else None
+    if raw is None:
+        info["state"] = "frozen"
+        info["next"] = "snapshot"
+    else:
+        done = list(raw.data.get("phases", []))
+        info.update(state=raw.state, phases=done, prefixes=raw.data.get("prefixes", []))
+        if raw.data.get("running"):
+            info["interrupted"] = raw.data["running"]
+        if raw.state == "failed" or raw.data.get("running"):
+            info["next"] = "snapshot"
+        else:
+            info["next"] = next((p for p in PHASES if p not in done), None)
+    return Done("unchanged", info)
