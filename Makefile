@@ -27,3 +27,12 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Images (issue 7): every target of images/Dockerfile via buildx bake; needs a Docker engine.
+.PHONY: images demo
+images:
+	docker buildx bake -f images/docker-bake.hcl $(BAKE_ARGS)
+
+# Provision a demo tenant end to end on local services, twice (the second run: all unchanged).
+demo: venv
+	$(BIN)/python -m demo

@@ -1,0 +1,62 @@
+# `make images` = `docker buildx bake -f images/docker-bake.hcl` (all targets of images/Dockerfile).
+#   REGISTRY=ghcr.io/plana TAG=0.1.0 docker buildx bake -f images/docker-bake.hcl --push
+# Plain jobs are tagged {REGISTRY}/plana-job-{cmd}:{TAG}; the Odoo-running ones once per major
+# version: {REGISTRY}/plana-job-{cmd}:{TAG}-odoo{17,18,19}.
+
+variable "REGISTRY" {
+  default = "ghcr.io/plana"
+}
+
+variable "TAG" {
+  default = "dev"
+}
+
+variable "PG_MAJOR" {
+  default = "15"
+}
+
+group "default" {
+  targets = ["plain", "odoo"]
+}
+
+target "_common" {
+  context    = "."
+  dockerfile = "images/Dockerfile"
+  args = {
+    PG_MAJOR = PG_MAJOR
+  }
+  labels = {
+    "org.opencontainers.image.source" = "https://github.com/plana/plana-jobs"
+  }
+}
+
+target "plain" {
+  inherits = ["_common"]
+  name     = cmd
+  matrix = {
+    cmd = [
+      "emit-event", "matrix-room", "account-webhook", "erp-callback", "tenant-db",
+      "backup", "restore", "backup-verify", "filestore-copy",
+    ]
+  }
+  target = cmd
+  tags   = ["${REGISTRY}/plana-job-${cmd}:${TAG}"]
+}
+
+target "odoo" {
+  inherits = ["_common"]
+  name     = "${cmd}-odoo${v}"
+  matrix = {
+    cmd = ["template-build", "upgrade"]
+    v   = ["17", "18", "19"]
+  }
+  target = cmd
+  args = {
+    PG_MAJOR     = PG_MAJOR
+    ODOO_VERSION = v
+    # The odoo package creates user `odoo` without a fixed UID: 101 in the 17 image, 100 in
+    # 18 and 19 (the Dockerfile checks it at build time, so a change fails the build).
+    ODOO_UID = v == "17" ? "101" : "100"
+  }
+  tags = ["${REGISTRY}/plana-job-${cmd}:${TAG}-odoo${v}"]
+}
