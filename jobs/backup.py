@@ -55,6 +55,8 @@ CHUNK = 1 << 20
 # Marker kinds a backup accepts: databases this project created for a tenant.
 BACKUP_KINDS = ("tenant", "environment")
 LOCK_WAIT_S = 120.0
+# How long pg_dump (and the row counts) wait for a table lock held elsewhere (an upgrade).
+DEFAULT_LOCK_WAIT_S = 60.0
 
 
 # ---------------------------------------------------------------------------- set layout
@@ -336,13 +338,14 @@ def _dump(
     work: Path,
     dsn: str | None,
     jobs_n: int,
+    lock_wait: float,
 ) -> dict[str, dict[str, Any]]:
     conninfo, env = child_conninfo(db, dsn)
     argv = [
         "pg_dump",
         f"--dbname={conninfo}",
         f"--snapshot={snap.snapshot_id}",
-        "--lock-wait-timeout=60s",
+        f"--lock-wait-timeout={int(lock_wait * 1000)}ms",
         "--no-sync",  # we fsync what we publish ourselves
     ]
     files: dict[str, dict[str, Any]] = {}
@@ -410,7 +413,12 @@ def _exported_snapshot(
 
 
 def _count_in_snapshot(
-    db: str, dsn: str | None, job: runner.Job, snapshot_id: str, out: dict[str, Any]
+    db: str,
+    dsn: str | None,
+    job: runner.Job,
+    snapshot_id: str,
+    lock_wait: float,
+    out: dict[str, Any],
 ) -> None:
     """Exact row counts in the dump's snapshot, on a second connection while pg_dump runs."""
     try:
@@ -418,7 +426,11 @@ def _count_in_snapshot(
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
             # As pg_dump's --lock-wait-timeout: an exclusive lock held elsewhere fails the run.
-            conn.execute("SET LOCAL lock_timeout = '60s'")
+            conn.execute(
+                sql.SQL("SET LOCAL lock_timeout = {}").format(
+                    sql.Literal(f"{int(lock_wait * 1000)}ms")
+                )
+            )
             out["counts"] = row_counts(conn, table_names(conn))
             conn.rollback()
     except Exception as exc:  # reported by the caller, in the job's thread
@@ -433,6 +445,7 @@ def take(
     dsn: str | None,
     jobs_n: int = 1,
     final: bool = False,
+    lock_wait: float = DEFAULT_LOCK_WAIT_S,
 ) -> BackupSet:
     """Write one complete set for `tenant`; the caller holds the tenant's backup lock."""
     db = tenant.db_name
@@ -459,10 +472,12 @@ def take(
     with _exported_snapshot(job, db, dsn) as (_conn, snap):
         counted: dict[str, Any] = {}
         counter = threading.Thread(
-            target=_count_in_snapshot, args=(db, dsn, job, snap.snapshot_id, counted), daemon=True
+            target=_count_in_snapshot,
+            args=(db, dsn, job, snap.snapshot_id, lock_wait, counted),
+            daemon=True,
         )
         counter.start()
-        files = _dump(job, db, snap, work, dsn, jobs_n)
+        files = _dump(job, db, snap, work, dsn, jobs_n, lock_wait)
         counter.join()
     exc = counted.get("error")
     if isinstance(exc, psycopg.Error):
@@ -549,6 +564,9 @@ backup_options = options.stack(
     options.option("--jobs", "jobs_n", env="PLANA_BACKUP_JOBS", type=click.IntRange(1, 16),
                    default=1, show_default=True,
                    help="pg_dump parallel jobs; above 1 the dump is in directory format."),
+    options.option("--lock-wait", env="PLANA_BACKUP_LOCK_WAIT", type=click.FloatRange(0.1),
+                   default=DEFAULT_LOCK_WAIT_S, show_default=True,
+                   help="Seconds to wait for a table lock held elsewhere before failing (75)."),
 )  # fmt: skip
 
 retention_options = options.stack(
@@ -581,7 +599,8 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     job.bind(tenant=tenant.subdomain)
     with locks.advisory(lock_name(tenant.db_name), deadline=job.deadline, wait_s=LOCK_WAIT_S,
                         dsn=dsn):  # fmt: skip
-        made = take(job, tenant, dest, kw["data_dir"], dsn, kw["jobs_n"])
+        made = take(job, tenant, dest, kw["data_dir"], dsn, kw["jobs_n"],
+                    lock_wait=kw["lock_wait"])  # fmt: skip
         job.step("retention")
         deleted = apply_retention(job, tenant_dir(dest, tenant.subdomain), policy, made.name)
     return Done(

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "restore": "jobs.restore:restore",
     "account-webhook": "jobs.account_webhook:account_webhook",
     "matrix-room": "jobs.matrix_room:matrix_room",
+    "deprovision": "jobs.deprovision:deprovision",
 }
 
 
