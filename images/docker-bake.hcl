@@ -36,7 +36,7 @@ target "plain" {
   matrix = {
     cmd = [
       "emit-event", "matrix-room", "account-webhook", "erp-callback", "tenant-db",
-      "backup", "restore", "backup-verify", "filestore-copy",
+      "backup", "restore", "backup-verify", "filestore-copy", "deprovision", "environment-db",
     ]
   }
   target = cmd
