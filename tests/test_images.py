@@ -89,8 +89,11 @@ def last(stages: dict[str, Stage], name: str, instr: str) -> str | None:
     return None
 
 
+Parsed = tuple[dict[str, str], dict[str, Stage]]
+
+
 @pytest.fixture(scope="module")
-def dockerfile() -> tuple[dict[str, str], dict[str, Stage]]:
+def dockerfile() -> Parsed:
     return parse(DOCKERFILE)
 
 
@@ -126,7 +129,7 @@ def test_every_hadolint_ignore_says_why(path: Path) -> None:
                 assert code in context, f"{path}:{i + 1}: the reason does not name {code}"
 
 
-def test_a_target_per_subcommand_with_its_entrypoint(dockerfile: tuple) -> None:  # type: ignore[type-arg]
+def test_a_target_per_subcommand_with_its_entrypoint(dockerfile: Parsed) -> None:
     _, stages = dockerfile
     for cmd in COMMANDS:
         assert cmd in stages, f"images/Dockerfile has no target {cmd!r}"
@@ -134,8 +137,8 @@ def test_a_target_per_subcommand_with_its_entrypoint(dockerfile: tuple) -> None:
         assert entry is not None and json.loads(entry) == ["plana-job", cmd], (cmd, entry)
 
 
-def test_shipped_targets_run_as_numeric_non_root(dockerfile: tuple) -> None:  # type: ignore[type-arg]
-    args, stages = dockerfile
+def test_shipped_targets_run_as_numeric_non_root(dockerfile: Parsed) -> None:
+    _, stages = dockerfile
     for cmd in COMMANDS:
         user = last(stages, cmd, "USER")
         assert user is not None, cmd
@@ -154,7 +157,7 @@ def test_shipped_targets_run_as_numeric_non_root(dockerfile: tuple) -> None:  # 
         assert uid.isdigit() and int(uid) != 0, f"{cmd}: USER {user}"
 
 
-def test_no_compilers_in_shipped_stages(dockerfile: tuple) -> None:  # type: ignore[type-arg]
+def test_no_compilers_in_shipped_stages(dockerfile: Parsed) -> None:
     _, stages = dockerfile
     for cmd in COMMANDS:
         for stage in chain(stages, cmd):
@@ -164,7 +167,7 @@ def test_no_compilers_in_shipped_stages(dockerfile: tuple) -> None:  # type: ign
                         assert word not in rest, f"{cmd} (stage {stage.name}) installs {word}"
 
 
-def test_bases_are_pinned(dockerfile: tuple) -> None:  # type: ignore[type-arg]
+def test_bases_are_pinned(dockerfile: Parsed) -> None:
     args, stages = dockerfile
     assert re.fullmatch(r"3\.11\.\d+", args["PYTHON_VERSION"]), args["PYTHON_VERSION"]
     for stage in stages.values():
@@ -176,7 +179,7 @@ def test_bases_are_pinned(dockerfile: tuple) -> None:  # type: ignore[type-arg]
             assert base == "python:${PYTHON_VERSION}-slim-bookworm", base
 
 
-def test_tools_where_jobs_need_them(dockerfile: tuple) -> None:  # type: ignore[type-arg]
+def test_tools_where_jobs_need_them(dockerfile: Parsed) -> None:
     _, stages = dockerfile
 
     def text(cmd: str) -> str:
@@ -193,7 +196,7 @@ def test_tools_where_jobs_need_them(dockerfile: tuple) -> None:  # type: ignore[
         assert all(not s.base.startswith("odoo:") for s in chain(stages, cmd)), cmd
 
 
-def test_read_only_root_friendly(dockerfile: tuple) -> None:  # type: ignore[type-arg]
+def test_read_only_root_friendly(dockerfile: Parsed) -> None:
     _, stages = dockerfile
     for cmd in COMMANDS:
         envs = " ".join(r for s in chain(stages, cmd) for i, r in s.lines if i == "ENV")
@@ -201,7 +204,7 @@ def test_read_only_root_friendly(dockerfile: tuple) -> None:  # type: ignore[typ
         assert last(stages, cmd, "WORKDIR") == "/tmp", cmd
 
 
-def test_the_wheel_stage_copies_what_exists(dockerfile: tuple) -> None:  # type: ignore[type-arg]
+def test_the_wheel_stage_copies_what_exists(dockerfile: Parsed) -> None:
     _, stages = dockerfile
     for instr, rest in stages["wheels"].lines:
         if instr == "COPY":
