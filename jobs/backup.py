@@ -233,7 +233,7 @@ class Snapshot:
     settings: dict[str, Any]
 
 
-def _database_settings(conn: psycopg.Connection[Any], db: str) -> dict[str, Any]:
+def database_settings(conn: psycopg.Connection[Any], db: str) -> dict[str, Any]:
     row = conn.execute(
         "SELECT pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), d.datcollate,"
         " d.datctype, has_database_privilege('public', d.oid, 'CONNECT')"
@@ -457,7 +457,7 @@ def take(
         mark = marker.read(conn, db)
         if mark is None or mark.kind not in BACKUP_KINDS:
             raise ConflictError(f"database {db} does not carry this project's marker", database=db)
-        settings = _database_settings(conn, db)
+        settings = database_settings(conn, db)
         server = conn.execute("SHOW server_version").fetchone()
     tdir.mkdir(parents=True, exist_ok=True)
     removed = clean_leftovers(tdir)

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "account-webhook": "jobs.account_webhook:account_webhook",
     "matrix-room": "jobs.matrix_room:matrix_room",
     "deprovision": "jobs.deprovision:deprovision",
+    "environment-db": "jobs.environment_db:environment_db",
 }
 
 

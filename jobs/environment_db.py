@@ -1,0 +1,327 @@
+"""`plana-job environment-db` (TenantEnvironment): environment `{env}` of a tenant as its own
+database, `{subdomain}-{env}`, so database, filestore and hostname follow the naming contract.
+
+Two sources:
+- fresh (default): a clone of the tier's template, personalised, exactly as `tenant-db` does it
+  (its `create_clone`, `restrict_connect`, `personalise`, under the template's shared lock);
+- `--copy-from-production`: `pg_dump | pg_restore` of the tenant's database, streamed, and a
+  content-verified copy of its filestore. pg_dump reads one MVCC snapshot and takes only ACCESS
+  SHARE locks: production keeps serving, no session of it is ended, nothing is frozen.
+
+Either way the environment is built aside (`{db}__env`, `.{db}.env`), gets its own
+`database.secret`/`database.uuid`/`web.base.url`, is neutralised the way Odoo neutralises a
+duplicate (`sql/environment/{module}.sql` for each installed module), and is verified neutralised
+before it is published by renames (the old environment, on `--refresh`, is kept until then).
+Idempotent: an existing environment is `unchanged`; `--refresh` rebuilds it once per
+`--generation` (the XR's), so a re-created Job does not refresh again.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import psycopg
+
+from jobs import (
+    backup,
+    filestore,
+    locks,
+    marker,
+    naming,
+    options,
+    pg,
+    proc,
+    restore,
+    retry,
+    runner,
+    tenant_db,
+)
+from jobs.errors import ConflictError, UsageError
+from jobs.result import Done
+
+KIND = "environment"
+WORK_KIND = "environment-work"
+WORK_SUFFIX = "__env"
+OLD_SUFFIX = "__old"
+
+
+def neutralise(conn: psycopg.Connection[Any]) -> list[str]:
+    """Apply sql/environment/{module}.sql for every installed module that has one."""
+    installed = {
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM ir_module_module WHERE state IN ('installed', 'to upgrade')"
+        ).fetchall()
+    }
+    folder = importlib.resources.files("jobs.sql").joinpath("environment")
+    applied: list[str] = []
+    with conn.transaction():
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+            module = entry.name.removesuffix(".sql")
+            if entry.name.endswith(".sql") and module in installed:
+                conn.execute(entry.read_text(encoding="utf-8"))  # a script: no parameters
+                applied.append(module)
+    return applied
+
+
+def check_neutralised(conn: psycopg.Connection[Any]) -> list[str]:
+    query = importlib.resources.files("jobs.sql").joinpath("environment/check.sql")
+    row = conn.execute(query.read_text(encoding="utf-8")).fetchone()
+    assert row is not None
+    problems = []
+    if row[0] != "true":
+        problems.append(f"database.is_neutralized is {row[0]!r}")
+    if row[1]:
+        problems.append(f"{row[1]} outgoing mail servers still active")
+    if row[2]:
+        problems.append(f"{row[2]} scheduled actions still active")
+    return problems
+
+
+@dataclass(frozen=True)
+class Names:
+    db: str
+    work: str
+    old: str
+    fs: Path
+    fs_work: Path
+    fs_old: Path
+
+    @classmethod
+    def of(cls, env: naming.Tenant, data_dir: str) -> Names:
+        fs = env.filestore(data_dir)
+        return cls(
+            db=env.db_name,
+            work=env.db_name + WORK_SUFFIX,
+            old=env.db_name + OLD_SUFFIX,
+            fs=fs,
+            fs_work=fs.parent / f".{fs.name}.env",
+            fs_old=fs.parent / f".{fs.name}.old",
+        )
+
+
+def _copy_database(job: runner.Job, source: str, work: str, dsn: str | None) -> None:
+    """pg_dump | pg_restore, streamed: no dump file, and production is only read."""
+    src_info, env = backup.child_conninfo(source, dsn)
+    dst_info, _ = backup.child_conninfo(work, dsn)
+    dump_argv = ["pg_dump", f"--dbname={src_info}", "--format=custom", "--compress=0",
+                 "--lock-wait-timeout=60000ms"]  # fmt: skip
+    restore_argv = ["pg_restore", f"--dbname={dst_info}", "--exit-on-error", "--no-comments"]
+    with proc.spawn(dump_argv, name="pg_dump", env=env, stdout=subprocess.PIPE) as dump:
+        with proc.spawn(restore_argv, name="pg_restore", env=env, stdin=dump.popen.stdout) as rst:
+            assert dump.popen.stdout is not None
+            dump.popen.stdout.close()  # pg_restore holds the pipe now; pg_dump sees it close
+            restored = rst.wait(deadline=job.deadline)
+        dumped = dump.wait(deadline=job.deadline)
+    if dumped != 0:
+        raise backup.child_failed("pg_dump", dumped, list(dump.tail))
+    if restored != 0:
+        raise backup.child_failed("pg_restore", restored, list(rst.tail))
+
+
+def _build(job: runner.Job, conn: psycopg.Connection[Any], ctx: dict[str, Any]) -> dict[str, Any]:
+    """The environment as `{db}__env` + `.{db}.env`, neutralised and verified."""
+    n: Names = ctx["names"]
+    env_tenant: naming.Tenant = ctx["env_tenant"]
+    dsn = ctx["dsn"]
+    restore.drop_database(conn, n.work)
+    filestore.discard(n.fs_work)
+    facts: dict[str, Any] = {}
+    if ctx["copy"]:
+        prod: str = ctx["production"]
+        job.step("copy-database")
+        settings = backup.database_settings(conn, prod)
+        settings["owner"] = ctx["role"]
+        settings["public_connect"] = False
+        restore.create_empty(conn, n.work, settings)
+        marker.write(conn, n.work, marker.Marker(WORK_KIND, "created", {}))
+        _copy_database(job, prod, n.work, dsn)
+        job.step("copy-filestore")
+        facts["filestore"] = filestore.copy_tree(ctx["production_fs"], n.fs_work).as_dict()
+        with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
+            restore.new_identity(wconn, env_tenant.hostname)
+    else:
+        template = ctx["template"]
+        job.step("clone")
+        with tenant_db.template_lock(template, deadline=job.deadline, dsn=dsn):
+            tenant_db.check_template(conn, template, Path(ctx["data_dir"]))
+            tenant_db.create_clone(conn, template, n.work, owner=ctx["role"], deadline=job.deadline)
+            tenant_db.restrict_connect(conn, n.work, ctx["role"])
+            marker.write(conn, n.work, marker.Marker(WORK_KIND, "created", {}))
+            src_fs = naming.filestore(template, ctx["data_dir"])
+            facts["filestore"] = filestore.copy_tree(src_fs, n.fs_work).as_dict()
+        with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
+            identity = tenant_db.Identity(
+                env_tenant.hostname, ctx["owner_email"], ctx["owner_name"]
+            )
+            facts["identity"] = tenant_db.personalise(wconn, identity)
+    job.step("neutralise")
+    with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
+        facts["neutralised"] = neutralise(wconn)
+        problems = check_neutralised(wconn)
+    if problems:
+        raise ConflictError(f"environment not neutralised: {'; '.join(problems)}")
+    return facts
+
+
+def _publish(
+    conn: psycopg.Connection[Any], n: Names, final: marker.Marker, job: runner.Job
+) -> None:
+    """Old environment aside, work database and filestore in, marker: then drop the old."""
+    n.fs.parent.mkdir(parents=True, exist_ok=True)
+    if pg.database_exists(conn, n.db):
+        restore.rename_database(conn, n.db, n.old)
+    if n.fs.exists():
+        os.rename(n.fs, n.fs_old)
+
+    def attempt() -> None:
+        pg.terminate_sessions(conn, n.work)
+        with conn.transaction():
+            restore.rename_database(conn, n.work, n.db)
+            marker.write(conn, n.db, final)
+
+    retry.call(attempt, what=f"rename {n.work}", deadline=job.deadline,
+               transient=retry.pg_transient)  # fmt: skip
+    _finish(conn, n)
+
+
+def _finish(conn: psycopg.Connection[Any], n: Names) -> bool:
+    """Complete a publication: filestore into place, old copies dropped. True if it did work."""
+    did = False
+    if not n.fs.exists() and n.fs_work.exists():
+        os.rename(n.fs_work, n.fs)
+        did = True
+    if pg.database_exists(conn, n.old):
+        restore.drop_database(conn, n.old)
+        did = True
+    if n.fs_old.exists():
+        filestore.discard(n.fs_old)
+        did = True
+    return did
+
+
+@click.command("environment-db")
+@options.subdomain
+@options.option(
+    "--env",
+    "env_name",
+    env="PLANA_ENVIRONMENT",
+    default=None,
+    help="Environment name (DNS label), e.g. staging: {subdomain}-{env}.",
+)
+@options.tier
+@options.odoo_version
+@options.owner_email
+@options.owner_name
+@options.generation
+@options.option(
+    "--copy-from-production",
+    is_flag=True,
+    env="PLANA_COPY_FROM_PRODUCTION",
+    help="Copy the tenant's database and filestore instead of the tier's template.",
+)
+@options.option(
+    "--refresh",
+    is_flag=True,
+    env="PLANA_REFRESH",
+    help="Rebuild an existing environment (once per --generation).",
+)
+@options.option(
+    "--owner-role",
+    env="PLANA_OWNER_ROLE",
+    default=tenant_db.DEFAULT_OWNER_ROLE,
+    show_default=True,
+    help="PostgreSQL role owning the database.",
+)
+@options.option(
+    "--template-db",
+    env="PLANA_TEMPLATE_DB",
+    default=None,
+    help="Clone this template database instead of the tier's template_{code}_{version}.",
+)
+@options.data_dir
+@options.pg_dsn
+@options.common
+def environment_db(**kw: Any) -> None:
+    """Create (or --refresh) a tenant environment, fresh or copied, always neutralised."""
+    runner.run("environment-db", lambda job: _run(job, kw), timeout=kw["timeout"])  # fmt: skip
+
+
+def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
+    domain = naming.base_domain(kw["base_domain"])
+    sub = naming.subdomain(kw["subdomain"])
+    env_name = kw["env_name"]
+    if not env_name:
+        raise UsageError("env", "is required")
+    naming.subdomain(env_name, field="env")
+    env_tenant = naming.Tenant(naming.subdomain(f"{sub}-{env_name}", field="env"), domain)
+    copy = bool(kw["copy_from_production"])
+    ctx: dict[str, Any] = {
+        "copy": copy, "env_tenant": env_tenant, "data_dir": kw["data_dir"],
+        "role": tenant_db.owner_role(kw["owner_role"]),
+        "names": Names.of(env_tenant, kw["data_dir"]),
+    }  # fmt: skip
+    if len(ctx["names"].work.encode()) > tenant_db.MAX_DB_NAME:
+        raise UsageError("env", f"database name {env_tenant.db_name!r} is too long")
+    if copy:
+        prod = naming.Tenant(sub, domain)
+        ctx.update(production=prod.db_name, production_fs=prod.filestore(kw["data_dir"]))
+    else:
+        tier = naming.tier(kw["tier"])
+        version = naming.odoo_version(kw["odoo_version"])
+        ctx.update(
+            template=tenant_db.template_name(kw["template_db"], field="template-db")
+            if kw["template_db"]
+            else naming.template_db(naming.template_for_tier(tier), version),
+            owner_email=naming.owner_email(kw["owner_email"]),
+            owner_name=naming.owner_name(kw["owner_name"]),
+        )
+    generation = options.generation_value(kw["generation"])
+    dsn = ctx["dsn"] = kw["pg_dsn"]
+    n: Names = ctx["names"]
+    job.bind(tenant=sub, environment=env_tenant.subdomain)
+
+    with (
+        pg.connection(dsn=dsn, deadline=job.deadline) as conn,
+        locks.advisory(f"tenant:{n.db}", deadline=job.deadline, dsn=dsn),
+    ):
+        tenant_db.require_role(conn, ctx["role"])
+        job.step("observe")
+        if not pg.database_exists(conn, n.db) and pg.database_exists(conn, n.old):
+            restore.rename_database(conn, n.old, n.db)  # a killed swap: the old one comes back
+            if n.fs_old.exists() and not n.fs.exists():
+                os.rename(n.fs_old, n.fs)
+        current = marker.read(conn, n.db) if pg.database_exists(conn, n.db) else None
+        if pg.database_exists(conn, n.db) and (
+            current is None or current.kind != KIND or current.data.get("tenant") != sub
+        ):
+            raise ConflictError(f"database {n.db} exists and is not this tenant's environment")
+        if current is not None:
+            repaired = _finish(conn, n)
+            same_generation = (
+                generation is not None and current.data.get("generation") == generation
+            )
+            if not kw["refresh"] or same_generation:
+                details = {"database": n.db, "source": current.data.get("source")}
+                return Done("updated" if repaired else "unchanged", details)
+        if copy:
+            mark = marker.read(conn, ctx["production"]) if pg.database_exists(
+                conn, ctx["production"]) else None  # fmt: skip
+            if mark is None or mark.kind != "tenant":
+                raise ConflictError(f"production database {ctx['production']} is not a tenant")
+        facts = _build(job, conn, ctx)
+        final = marker.Marker(KIND, "complete", {
+            "subdomain": env_tenant.subdomain, "tenant": sub, "env": env_name,
+            "source": "production" if copy else "template", "generation": generation,
+        })  # fmt: skip
+        job.step("publish")
+        _publish(conn, n, final, job)
+    details = {"database": n.db, "hostname": env_tenant.hostname,
+               "source": final.data["source"], **facts}  # fmt: skip
+    return Done("updated" if current is not None else "created", details)

@@ -1,0 +1,165 @@
+"""environment-db: a neutralised copy of production (production keeps serving), or fresh."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from jobs import marker, naming
+from tests.conftest import STANDINS, Runner
+from tests.test_backup import config, make_tenant, table_digests, tree
+from tests.test_tenant_db import OWNER_ROLE, drop, ensure_role
+
+ODOO = str(STANDINS / "odoo")
+
+
+def active(pg_dsn: str, db: str) -> dict[str, Any]:
+    with psycopg.connect(pg_dsn, dbname=db, autocommit=True) as conn:
+        crons = conn.execute("SELECT name FROM ir_cron WHERE active ORDER BY 1").fetchall()
+        servers = conn.execute(
+            "SELECT name, smtp_host FROM ir_mail_server WHERE active ORDER BY 1"
+        ).fetchall()
+    return {"crons": [r[0] for r in crons], "servers": servers}
+
+
+@pytest.fixture
+def production(pg_dsn: str, uid: str, tmp_path: Path, drop_dbs: list[str]) -> dict[str, Any]:
+    drop_dbs.append(f"{uid}%")
+    data_dir = tmp_path / "data"
+    db = make_tenant(pg_dsn, uid, data_dir, partners=20)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        ensure_role(conn, OWNER_ROLE)
+    with psycopg.connect(pg_dsn, dbname=db, autocommit=True) as conn:
+        conn.execute("INSERT INTO ir_mail_server (name, smtp_host) VALUES ('live', 'smtp.x.test')")
+    return {"sub": uid, "db": db, "data_dir": data_dir}
+
+
+def test_copy_from_production_is_neutralised_and_production_keeps_serving(
+    production: dict[str, Any], run_job: Runner, pg_dsn: str
+) -> None:
+    sub, db, data_dir = production["sub"], production["db"], production["data_dir"]
+    env_db = naming.db_name(f"{sub}-staging")
+    before = active(pg_dsn, db)
+    prod_rows = table_digests(pg_dsn, db)
+    # A production session connected throughout, mid-transaction: it must not be ended.
+    session = psycopg.connect(pg_dsn, dbname=db)
+    pid = session.execute("SELECT pg_backend_pid()").fetchone()
+    args = ["environment-db", "--subdomain", sub, "--env", "staging", "--copy-from-production",
+            "--data-dir", str(data_dir), "--generation", "1"]  # fmt: skip
+    try:
+        done = run_job(args)
+        assert done.rc == 0, done.output
+        assert session.execute("SELECT pg_backend_pid()").fetchone() == pid
+        session.execute("SELECT count(*) FROM res_partner").fetchone()
+    finally:
+        session.close()
+    assert done.result["outcome"] == "created"
+
+    # Neutralised as Odoo does it: only the autovacuum runs, mail goes to the dummy server.
+    env = active(pg_dsn, env_db)
+    assert env["crons"] == ["Base: Auto-vacuum internal data"]
+    assert env["servers"] == [("neutralization - disable emails", "invalid")]
+    assert config(pg_dsn, env_db)["database.is_neutralized"] == "true"
+    # Its own identity.
+    prod_cfg, env_cfg = config(pg_dsn, db), config(pg_dsn, env_db)
+    assert env_cfg["database.secret"] != prod_cfg["database.secret"]
+    assert env_cfg["database.uuid"] != prod_cfg["database.uuid"]
+    assert env_cfg["web.base.url"] == f"https://{sub}-staging.{naming.DEFAULT_BASE_DOMAIN}"
+    # The business data and the filestore are production's.
+    skip = ("ir_config_parameter", "ir_cron", "ir_mail_server")
+    assert table_digests(pg_dsn, env_db, skip) == table_digests(pg_dsn, db, skip)
+    assert tree(naming.filestore(env_db, data_dir)) == tree(naming.filestore(db, data_dir))
+    # Production itself is untouched.
+    assert active(pg_dsn, db) == before and table_digests(pg_dsn, db) == prod_rows
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        mark = marker.read(conn, env_db)
+        assert mark is not None and mark.kind == "environment" and mark.data["tenant"] == sub
+
+    again = run_job(args)
+    assert again.rc == 0 and again.result["outcome"] == "unchanged", again.output
+    same_gen = run_job([*args, "--refresh"])
+    assert same_gen.rc == 0 and same_gen.result["outcome"] == "unchanged"
+
+    # --refresh (new generation) swaps in a new copy that sees production's latest rows.
+    with psycopg.connect(pg_dsn, dbname=db, autocommit=True) as conn:
+        conn.execute("INSERT INTO res_partner (name) VALUES ('after the first copy')")
+    old_secret = env_cfg["database.secret"]
+    refreshed = run_job([*args[:-1], "2", "--refresh"])
+    assert refreshed.rc == 0 and refreshed.result["outcome"] == "updated", refreshed.output
+    with psycopg.connect(pg_dsn, dbname=env_db, autocommit=True) as conn:
+        assert conn.execute(
+            "SELECT 1 FROM res_partner WHERE name = 'after the first copy'"
+        ).fetchone()
+    assert config(pg_dsn, env_db)["database.secret"] != old_secret
+    assert active(pg_dsn, env_db)["crons"] == ["Base: Auto-vacuum internal data"]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        names = {r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()}
+    assert env_db + "__old" not in names and env_db + "__env" not in names
+    assert not list((data_dir / "filestore").glob(".*"))
+
+
+def test_environment_over_a_database_that_is_not_ours_is_refused(
+    production: dict[str, Any], run_job: Runner, pg_dsn: str
+) -> None:
+    env_db = naming.db_name(f"{production['sub']}-dev")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(env_db)))
+    args = ["environment-db", "--subdomain", production["sub"], "--env", "dev",
+            "--copy-from-production", "--data-dir", str(production["data_dir"])]  # fmt: skip
+    done = run_job(args)
+    assert done.rc == 65, done.output
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert marker.read(conn, env_db) is None
+
+
+def test_bad_environment_names_are_refused(production: dict[str, Any], run_job: Runner) -> None:
+    for env in ("", "Staging", "x" * 40):
+        done = run_job(["environment-db", "--subdomain", production["sub"], "--env", env,
+                        "--copy-from-production"])  # fmt: skip
+        assert done.rc == 64 and "env" in done.stderr, done.output
+
+
+@pytest.fixture
+def template(pg_dsn: str, run_job: Runner, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    name = "template_" + uuid.uuid4().hex[:10]
+    data_dir = tmp_path / "tdata"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        ensure_role(conn, OWNER_ROLE)
+    built = run_job(
+        ["template-build", "--template-code", "pro", "--odoo-version", "18",
+         "--modules", "base,web,mail", "--template-db", name,
+         "--odoo-bin", ODOO, "--data-dir", str(data_dir)],
+        ODOO_STANDIN_VERSION="18",
+    )  # fmt: skip
+    assert built.rc == 0, built.output
+    yield {"name": name, "data_dir": data_dir}
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        drop(conn, name)
+
+
+def test_fresh_environment_from_the_tier_template(
+    template: dict[str, Any], run_job: Runner, pg_dsn: str, uid: str, drop_dbs: list[str]
+) -> None:
+    drop_dbs.append(f"{uid}%")
+    env_db = naming.db_name(f"{uid}-test")
+    done = run_job(["environment-db", "--subdomain", uid, "--env", "test", "--tier", "pro",
+                    "--owner-email", "owner@x.test", "--owner-name", "Owner",
+                    "--template-db", template["name"],
+                    "--data-dir", str(template["data_dir"])])  # fmt: skip
+    assert done.rc == 0, done.output
+    assert done.result["source"] == "template"
+    assert config(pg_dsn, env_db)["web.base.url"] == f"https://{uid}-test.planapulse.app"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        mark = marker.read(conn, env_db)
+        assert mark is not None and mark.kind == "environment"
+        assert mark.data["source"] == "template"
+    assert active(pg_dsn, env_db)["crons"] == ["Base: Auto-vacuum internal data"]
+    copied = tree(naming.filestore(template["name"], template["data_dir"]))
+    content = {k: v for k, v in copied.items() if not k.startswith(".")}  # not the template's marks
+    assert tree(naming.filestore(env_db, template["data_dir"])) == content
