@@ -218,3 +218,19 @@ def test_bake_builds_every_target() -> None:
     named = set(re.findall(r'"([a-z][a-z0-9-]+)"', text))
     for cmd in COMMANDS:
         assert cmd in named, f"images/docker-bake.hcl does not build {cmd!r}"
+
+
+def test_compose_has_a_job_service_per_subcommand() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "docker-compose.test.yml").read_text())
+    services = compose["services"]
+    for cmd in COMMANDS:
+        service = services.get(cmd)
+        assert service is not None, f"docker-compose.test.yml has no service {cmd!r}"
+        assert service["profiles"] == ["jobs"], cmd  # `docker compose up` must not run jobs
+        assert service["build"]["dockerfile"] == "images/Dockerfile"
+        assert service["build"]["target"] == cmd
+        assert service["read_only"] is True and "/tmp" in service["tmpfs"]
+        for secret in service.get("secrets", []):
+            assert secret in compose["secrets"], (cmd, secret)
