@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "matrix-room": "jobs.matrix_room:matrix_room",
     "deprovision": "jobs.deprovision:deprovision",
     "environment-db": "jobs.environment_db:environment_db",
+    "erp-callback": "jobs.erp_callback:erp_callback",
 }
 
 

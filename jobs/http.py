@@ -60,6 +60,36 @@ def _bounded(timeout: float, deadline: retry.Deadline) -> httpx.Timeout:
     return httpx.Timeout(seconds, connect=min(CONNECT_TIMEOUT_S, seconds))
 
 
+def attempt(
+    http: httpx.Client,
+    method: str,
+    target: str,
+    *,
+    what: str,
+    deadline: retry.Deadline,
+    timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
+    retry_statuses: bool = True,
+    **kwargs: Any,
+) -> httpx.Response:
+    """One request, bounded by the deadline. 5xx and 429 raise RetryLater (with Retry-After)
+    unless `retry_statuses` is false (for a peer whose error bodies say more than the status)."""
+    response = http.request(method, target, timeout=_bounded(timeout, deadline), **kwargs)
+    if retry_statuses and retryable(response):
+        raise later(response, what)
+    return response
+
+
+def retryable(response: httpx.Response) -> bool:
+    return response.status_code >= 500 or response.status_code == 429
+
+
+def later(response: httpx.Response, what: str) -> retry.RetryLater:
+    return retry.RetryLater(
+        f"{what}: HTTP {response.status_code}: {snippet(response, 120)}",
+        retry_after=retry.parse_retry_after(response.headers.get("Retry-After")),
+    )
+
+
 def send(
     http: httpx.Client,
     method: str,
@@ -77,19 +107,19 @@ def send(
     headers that must be fresh on each attempt (a signature over the current timestamp).
     """
 
-    def attempt() -> httpx.Response:
+    def once() -> httpx.Response:
         extra = prepare() if prepare else {}
-        response = http.request(
-            method, target, timeout=_bounded(timeout, deadline), **{**kwargs, **extra}
+        return attempt(
+            http,
+            method,
+            target,
+            what=what,
+            deadline=deadline,
+            timeout=timeout,
+            **{**kwargs, **extra},
         )
-        if response.status_code >= 500 or response.status_code == 429:
-            raise retry.RetryLater(
-                f"{what}: HTTP {response.status_code}",
-                retry_after=retry.parse_retry_after(response.headers.get("Retry-After")),
-            )
-        return response
 
-    return retry.call(attempt, what=what, deadline=deadline, transient=retry.http_transient)
+    return retry.call(once, what=what, deadline=deadline, transient=retry.http_transient)
 
 
 def snippet(response: httpx.Response, limit: int = 200) -> str:
