@@ -14,8 +14,19 @@ $(BIN)/plana-job: pyproject.toml
 
 venv: $(BIN)/plana-job
 
-test: venv
+test: venv synapse
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Synapse (the matrix-room tests' homeserver) in its own virtualenv: its pins must not meet ours.
+SYNAPSE_VENV ?= .venv-synapse
+SYNAPSE_SPEC ?= matrix-synapse~=1.163
+.PHONY: synapse
+$(SYNAPSE_VENV)/bin/synapse_homeserver:
+	$(PYTHON) -m venv $(SYNAPSE_VENV)
+	$(SYNAPSE_VENV)/bin/pip install --quiet '$(SYNAPSE_SPEC)'
+	touch $@
+
+synapse: $(SYNAPSE_VENV)/bin/synapse_homeserver
 
 lint: venv
 	$(BIN)/ruff check jobs tests bench
@@ -26,7 +37,7 @@ bench: venv
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SYNAPSE_VENV) .pytest_cache .mypy_cache .ruff_cache
 
 # Images (issue 7): every target of images/Dockerfile via buildx bake; needs a Docker engine.
 .PHONY: images demo

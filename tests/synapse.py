@@ -5,6 +5,9 @@ that before the tests). The interpreter is `PLANA_TEST_SYNAPSE_PYTHON` or
 `.venv-synapse/bin/python`; when neither exists the tests FAIL (they are never skipped: a
 missing homeserver must not pass for a green suite).
 
+With `PLANA_TEST_SYNAPSE_URL` (and `PLANA_TEST_SYNAPSE_SHARED_SECRET`) the tests use a running
+homeserver instead, e.g. the `synapse` service of docker-compose.test.yml.
+
 The homeserver runs in a temporary directory with SQLite, a `registration_shared_secret` for
 creating users, and rate limits relaxed for everything but room creation: users made with
 `limited=True` keep the room-creation limit (to exercise M_LIMIT_EXCEEDED); every other user gets
@@ -115,19 +118,30 @@ class User:
 
 
 class Synapse:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, url: str | None = None, shared_secret: str = "") -> None:
         self.workdir = workdir
+        self.external = url is not None
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server_name = SERVER_NAME
-        self._shared_secret = secrets.token_hex(16)
+        self.url = (url or f"http://127.0.0.1:{self.port}").rstrip("/")
+        self.server_name = os.environ.get("PLANA_TEST_SYNAPSE_SERVER_NAME", SERVER_NAME)
+        self._shared_secret = shared_secret or secrets.token_hex(16)
         self.proc: subprocess.Popen[bytes] | None = None
         self.admin: User | None = None
         self.http = httpx.Client(base_url=self.url, timeout=30)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    @classmethod
+    def from_env(cls, workdir: Path) -> Synapse:
+        url = os.environ.get("PLANA_TEST_SYNAPSE_URL")
+        if url:
+            return cls(workdir, url, os.environ.get("PLANA_TEST_SYNAPSE_SHARED_SECRET", ""))
+        return cls(workdir)
+
     def start(self, timeout: float = 60) -> Synapse:
+        if self.external:
+            self.admin = self.register("admin-" + secrets.token_hex(3), admin=True, limited=True)
+            return self
         python = synapse_python()
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "media").mkdir(exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from tests.synapse import Synapse, User, free_port
 
 @pytest.fixture(scope="session")
 def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synapse]:
-    server = Synapse(tmp_path_factory.mktemp("synapse")).start()
+    server = Synapse.from_env(tmp_path_factory.mktemp("synapse")).start()
     try:
         yield server
     finally:
@@ -24,12 +25,13 @@ def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synapse]:
 
 @pytest.fixture(scope="session")
 def bot(synapse: Synapse) -> User:
-    return synapse.register("plana-bot")
+    return synapse.register(f"plana-bot-{secrets.token_hex(3)}")
 
 
 @pytest.fixture(scope="session")
 def staff(synapse: Synapse) -> list[User]:
-    return [synapse.register("staff-ana"), synapse.register("staff-bo")]
+    suffix = secrets.token_hex(3)  # unique per session: a shared homeserver keeps its users
+    return [synapse.register(f"staff-ana-{suffix}"), synapse.register(f"staff-bo-{suffix}")]
 
 
 @pytest.fixture
