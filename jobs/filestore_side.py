@@ -74,7 +74,8 @@ def _drain(stream: IO[bytes] | None, into: list[bytes]) -> None:
 
 
 def _failure(side: Side, what: str, code: int, tail: Sequence[str]) -> TransientError:
-    last = tail[-1] if tail else "no output"
+    # tar ends with a generic "Exiting with failure status"; the cause is a line or two above.
+    last = " | ".join(tail[-3:]) if tail else "no output"
     return TransientError(
         f"{side.label}: {what} failed with exit code {code}: {last}", side=side.label, command=what
     )
