@@ -218,11 +218,11 @@ def test_failing_source_tar_leaves_target_untouched(
         (["--verify", "md5"], "verify"),
         (["--transport", "kubectl", "--db", DB, "--source-pod", "p"], "source-namespace"),
         (["--transport", "kubectl", "--db", DB, "--from-version", "17", "--source-pod", "p",
-          "--to-version", "18"], "target-pod"),  # fmt: skip
+          "--to-version", "18"], "target-pod"),
         (["--transport", "local", "--db", "../etc"], "db"),
         (["--transport", "local", "--db", DB, "--source-root", "rel"], "source-root"),
         (["--transport", "local", "--db", DB, "--source-root", "/x", "--target-root", "/x"],
-         "target-root"),  # fmt: skip
+         "target-root"),
     ],
 )
 def test_bad_input_is_refused_before_anything(
