@@ -238,7 +238,13 @@ def main(argv: list[str] | None = None) -> int:
 
     failed = True
     try:
-        with services(workdir) as (synapse, receiver, erp, webhook_secret):
+        stack = ExitStack()
+        try:
+            synapse, receiver, erp, webhook_secret = stack.enter_context(services(workdir))
+        except RuntimeError as exc:  # no Synapse installed: say how to get one
+            print(f"demo: cannot start the local services: {exc}", file=sys.stderr)
+            return 1
+        with stack:
             bot = synapse.register("plana-bot-" + secrets.token_hex(3))
             staff = synapse.register("staff-" + secrets.token_hex(3))
             secrets_dir = workdir / "secrets"

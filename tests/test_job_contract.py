@@ -10,6 +10,7 @@ value: set in the manifest or defaulted. A new subcommand without a manifest fai
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -104,8 +105,6 @@ def image_target(image: str) -> str:
 
 def argv(box: Box) -> list[str]:
     """What the container executes: its command, or the image's ENTRYPOINT, then args."""
-    import json
-
     command = box.spec.get("command")
     if command is None:
         entry = last(STAGES, image_target(box.spec["image"]), "ENTRYPOINT")
