@@ -45,5 +45,5 @@ images:
 	docker buildx bake -f images/docker-bake.hcl $(BAKE_ARGS)
 
 # Provision a demo tenant end to end on local services, twice (the second run: all unchanged).
-demo: venv
+demo: venv synapse
 	$(BIN)/python -m demo
