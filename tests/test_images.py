@@ -35,7 +35,10 @@ COMPILERS = ("gcc", "g++", "build-essential", "clang", "make ", "python3-dev", "
 def dockerfiles() -> list[Path]:
     found = []
     for path in ROOT.rglob("*Dockerfile*"):
-        if SKIP_DIRS & set(path.relative_to(ROOT).parts) or path.suffix == ".dockerignore":
+        parts = path.relative_to(ROOT).parts
+        if SKIP_DIRS & set(parts) or any(p.startswith(".venv") for p in parts):
+            continue  # virtualenvs (.venv, .venv-synapse) and caches are not ours
+        if path.suffix == ".dockerignore":
             continue
         found.append(path)
     return sorted(found)
