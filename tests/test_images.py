@@ -9,6 +9,7 @@ shipped stages, the tools each job shells out to, and the bake file building eve
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -33,14 +34,13 @@ COMPILERS = ("gcc", "g++", "build-essential", "clang", "make ", "python3-dev", "
 
 
 def dockerfiles() -> list[Path]:
+    """Every Dockerfile of the repository (virtualenvs and caches pruned, not walked)."""
     found = []
-    for path in ROOT.rglob("*Dockerfile*"):
-        parts = path.relative_to(ROOT).parts
-        if SKIP_DIRS & set(parts) or any(p.startswith(".venv") for p in parts):
-            continue  # virtualenvs (.venv, .venv-synapse) and caches are not ours
-        if path.suffix == ".dockerignore":
-            continue
-        found.append(path)
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        dirnames[:] = [d for d in dirnames if d not in SKIP_DIRS and not d.startswith(".venv")]
+        for name in filenames:
+            if "Dockerfile" in name and not name.endswith(".dockerignore"):
+                found.append(Path(dirpath) / name)
     return sorted(found)
 
 
