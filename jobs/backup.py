@@ -205,21 +205,6 @@ def child_failed(what: str, code: int, tail: list[str]) -> Exception:
     return TransientError(f"{what} exited {code}: {said}", command=what)
 
 
-def _stream_to_file(child: proc.Child, path: Path) -> tuple[int, str]:
-    """Copy a child's stdout into `path`, hashing on the way: (size, sha256)."""
-    digest = hashlib.sha256()
-    size = 0
-    assert child.popen.stdout is not None
-    with path.open("wb") as out:
-        while chunk := child.popen.stdout.read(CHUNK):
-            digest.update(chunk)
-            out.write(chunk)
-            size += len(chunk)
-        out.flush()
-        os.fsync(out.fileno())
-    return size, digest.hexdigest()
-
-
 # ---------------------------------------------------------------------------- observing the db
 
 
@@ -313,21 +298,26 @@ def _new_set_name(tdir: Path) -> str:
 
 
 def _filestore_list(fs: Path, list_path: Path) -> tuple[int, int]:
-    """Write the NUL-separated list of files to archive; return (files, bytes)."""
+    """Write the NUL-separated list of files to archive; return (files, bytes).
+
+    Names starting with "." (staging and temporary names) are skipped, as jobs.filestore does.
+    """
     files = size = 0
     with list_path.open("wb") as out:
-        if fs.is_dir():
-            for root, dirs, names in os.walk(fs):
-                dirs.sort()
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                for n in sorted(names):
-                    if n.startswith("."):
-                        continue  # staging and temporary names, as jobs.filestore skips them
-                    p = Path(root) / n
-                    rel = p.relative_to(fs)
-                    out.write(os.fsencode(rel) + b"\0")
-                    files += 1
-                    size += p.stat().st_size
+        stack = [""] if fs.is_dir() else []
+        while stack:
+            rel = stack.pop()
+            with os.scandir(fs / rel if rel else fs) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    sub = f"{rel}/{entry.name}" if rel else entry.name
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(sub)
+                    elif entry.is_file(follow_symlinks=False):
+                        out.write(os.fsencode(sub) + b"\0")
+                        files += 1
+                        size += entry.stat(follow_symlinks=False).st_size
     return files, size
 
 
@@ -356,18 +346,32 @@ def _dump(
         if done.returncode != 0:
             raise child_failed("pg_dump", done.returncode, done.tail)
         for p in sorted(target.iterdir()):
-            files[f"{DUMP_DIR}/{p.name}"] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
-            with p.open("rb") as fh:
-                os.fsync(fh.fileno())
+            files[f"{DUMP_DIR}/{p.name}"] = _seal(p)
         return files
-    argv += ["--format=custom"]
-    with proc.spawn(argv, name="pg_dump", env=env, stdout=subprocess.PIPE) as child:
-        size, digest = _stream_to_file(child, work / DUMP_FILE)
-        code = child.wait(deadline=job.deadline)
-    if code != 0:
-        raise child_failed("pg_dump", code, list(child.tail))
-    files[DUMP_FILE] = {"size": size, "sha256": digest}
+    # Written by pg_dump itself (not through a pipe): a seekable file gets data offsets in its
+    # TOC, which parallel pg_restore needs, and it is faster.
+    target = work / DUMP_FILE
+    argv += ["--format=custom", f"--file={target}"]
+    done = proc.run(argv, name="pg_dump", env=env, deadline=job.deadline)
+    if done.returncode != 0:
+        raise child_failed("pg_dump", done.returncode, done.tail)
+    files[DUMP_FILE] = _seal(target)
     return files
+
+
+def _seal(path: Path) -> dict[str, Any]:
+    """Size and sha256 of a finished file, and fsync it (the set must survive a node crash).
+
+    The fsync (waiting on the disk) runs beside the hashing (CPU), not after it.
+    """
+    with path.open("rb") as fh:
+        syncer = threading.Thread(target=os.fsync, args=(fh.fileno(),), daemon=True)
+        syncer.start()
+        digest = hashlib.sha256()
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+        syncer.join()
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def _archive_filestore(
@@ -377,15 +381,22 @@ def _archive_filestore(
     n_files, n_bytes = _filestore_list(fs, list_path)
     # An absent filestore (no attachment ever stored) archives as an empty tar.
     cwd = fs if fs.is_dir() else work
-    argv = ["tar", "--create", "--file=-", "--no-recursion", "--null", f"--files-from={list_path}"]
-    with proc.spawn(argv, name="tar", cwd=str(cwd), stdout=subprocess.PIPE) as child:
-        size, digest = _stream_to_file(child, work / FILESTORE_TAR)
-        code = child.wait(deadline=job.deadline)
-    if code != 0:
-        raise child_failed("tar", code, list(child.tail))
+    target = work / FILESTORE_TAR
+    argv = ["tar", "--create", f"--file={target}", "--no-recursion", "--null",
+            f"--files-from={list_path}"]  # fmt: skip
+    done = proc.run(argv, name="tar", cwd=str(cwd), deadline=job.deadline)
+    if done.returncode != 0:
+        raise child_failed("tar", done.returncode, done.tail)
     list_path.unlink()
     info = {"path": FILESTORE_TAR, "files": n_files, "bytes": n_bytes, "present": fs.is_dir()}
-    return {FILESTORE_TAR: {"size": size, "sha256": digest}}, info
+    return {FILESTORE_TAR: _seal(target)}, info
+
+
+def _archive_in_thread(job: runner.Job, fs: Path, work: Path, out: dict[str, Any]) -> None:
+    try:
+        out["result"] = _archive_filestore(job, fs, work)
+    except Exception as exc:  # re-raised by the caller, in the job's thread
+        out["error"] = exc
 
 
 @contextlib.contextmanager
@@ -477,8 +488,19 @@ def take(
             daemon=True,
         )
         counter.start()
-        files = _dump(job, db, snap, work, dsn, jobs_n, lock_wait)
-        counter.join()
+        # The filestore is archived while pg_dump runs: its files are content-addressed and
+        # only ever added, so every file the snapshot references is there to be listed.
+        fs = tenant.filestore(data_dir)
+        archived: dict[str, Any] = {}
+        archiver = threading.Thread(
+            target=_archive_in_thread, args=(job, fs, work, archived), daemon=True
+        )
+        archiver.start()
+        try:
+            files = _dump(job, db, snap, work, dsn, jobs_n, lock_wait)
+        finally:
+            counter.join()
+            archiver.join()
     exc = counted.get("error")
     if isinstance(exc, psycopg.Error):
         raise TransientError(f"counting rows in the dump's snapshot: {type(exc).__name__}: {exc}")
@@ -488,9 +510,9 @@ def take(
         if key in snap.tables:
             snap.tables[key]["rows"] = rows
 
-    job.step("filestore")
-    fs = tenant.filestore(data_dir)
-    fs_files, fs_info = _archive_filestore(job, fs, work)
+    if "error" in archived:
+        raise archived["error"]
+    fs_files, fs_info = archived["result"]
     files.update(fs_files)
 
     pg_dump_version = subprocess.run(

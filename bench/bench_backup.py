@@ -1,0 +1,116 @@
+"""`make bench`: `plana-job backup` of the benchmark tenant against raw `pg_dump -Fc` + `tar`.
+
+The benchmark tenant is an Odoo (stand-in) database with BENCH_PARTNERS partner rows and
+BENCH_FILES filestore attachments of 32 KiB of random bytes. Baseline and job run in the same
+process, interleaved for BENCH_ROUNDS rounds (best of each side is reported), on the same data,
+each as a fresh process (the job's time is the wall clock of the whole `plana-job backup`,
+Python start-up, manifest, checksums and fsync included). Target: 1.1 x baseline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from jobs import marker, naming
+
+ROOT = Path(__file__).resolve().parent.parent
+ODOO = ROOT / "tests" / "standins" / "odoo"
+PARTNERS = int(os.environ.get("BENCH_PARTNERS", "3000000"))
+FILES = int(os.environ.get("BENCH_FILES", "3000"))
+TARGET = 1.1
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+
+
+def _dsn() -> str:
+    return os.environ.get("PLANA_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _make_tenant(dsn: str, sub: str, data_dir: Path) -> str:
+    db = naming.db_name(sub)
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    env = {
+        **os.environ,
+        "PGHOST": str(params.get("host", "127.0.0.1")),
+        "PGPORT": str(params.get("port", 5432)),
+        "PGUSER": str(params.get("user", "postgres")),
+    }
+    subprocess.run(
+        [sys.executable, str(ODOO), "-d", db, "-i", "base,mail,contacts", "--without-demo=all",
+         "--stop-after-init", "-D", str(data_dir)],
+        env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        marker.write(conn, db, marker.Marker("tenant", "complete", {"subdomain": sub}))
+    with psycopg.connect(dsn, dbname=db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO res_partner (name, email, is_company) SELECT 'Partner ' || i || ' '"
+            " || md5(i::text), 'p' || i || '@example.com', i %% 7 = 0"
+            " FROM generate_series(1, %s) i",
+            (PARTNERS,),
+        )
+        conn.execute("VACUUM ANALYZE res_partner")
+    fs = naming.filestore(db, data_dir)
+    for _ in range(FILES):
+        content = os.urandom(32 * 1024)
+        sha = hashlib.sha1(content).hexdigest()
+        (fs / sha[:2]).mkdir(parents=True, exist_ok=True)
+        (fs / sha[:2] / sha).write_bytes(content)
+    return db
+
+
+def _timed(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> float:
+    started = time.monotonic()
+    subprocess.run(argv, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    return time.monotonic() - started
+
+
+def main() -> int:
+    dsn = _dsn()
+    sub = "bench" + os.urandom(4).hex()
+    work = Path(tempfile.mkdtemp(prefix="bench-backup-"))
+    db = ""
+    try:
+        data_dir, dest, raw = work / "data", work / "dest", work / "raw"
+        dest.mkdir()
+        raw.mkdir()
+        print(f"building the benchmark tenant ({PARTNERS} partners, {FILES} files)...", flush=True)
+        db = _make_tenant(dsn, sub, data_dir)
+        conninfo = psycopg.conninfo.make_conninfo(dsn, dbname=db)
+        env = {**os.environ, "PLANA_PG_DSN": dsn, "PLANA_LOG_FORMAT": "json",
+               "PLANA_TERMINATION_LOG": ""}  # fmt: skip
+        fs = str(naming.filestore(db, data_dir))
+        bases: list[float] = []
+        jobs: list[float] = []
+        # Interleaved rounds, best of each side: a shared CI machine is noisy, and the first
+        # round warms the caches for both.
+        for _ in range(ROUNDS):
+            base = _timed(["pg_dump", "-Fc", "-f", str(raw / "db.dump"), "-d", conninfo])
+            base += _timed(["tar", "-cf", str(raw / "fs.tar"), "."], cwd=fs)
+            bases.append(base)
+            jobs.append(_timed([str(Path(sys.executable).parent / "plana-job"), "backup",
+                                "--subdomain", sub, "--dest", str(dest), "--data-dir",
+                                str(data_dir), "--keep-daily", "1"], env=env))  # fmt: skip
+        baseline, job = min(bases), min(jobs)
+        ratio = job / baseline
+        ok = ratio <= TARGET
+        print(f"{'case':<34}{'baseline_s':>11}{'job_s':>9}{'ratio':>8}{'target':>8}")
+        print(f"{'backup vs pg_dump -Fc + tar':<34}{baseline:>11.2f}{job:>9.2f}{ratio:>8.2f}"
+              f"{TARGET:>8.2f}  {'ok' if ok else 'MISSED'}")  # fmt: skip
+        return 0 if ok else 1
+    finally:
+        if db:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
+                )
+        shutil.rmtree(work, ignore_errors=True)
