@@ -125,54 +125,51 @@ def run(side: Side, cmd: Sequence[str], *, what: str, deadline: retry.Deadline) 
     return run_all([(side, cmd, None)], what=what, deadline=deadline)[0]
 
 
-def children(side: Side, *, deadline: retry.Deadline) -> set[str]:
-    """Names of the directories directly under the side's root (none when it is missing)."""
-    # A missing root is an answer (nothing there yet), not a failure of the command.
-    script = (
-        'test -d "$1" || exit 0; exec find "$1" -mindepth 1 -maxdepth 1 -type d -printf "%f\\0"'
-    )
-    out = run(
-        side,
-        ["sh", "-c", script, "sh", side.root],
-        what=f"look into {side.root}",
-        deadline=deadline,
-    )
-    return {name for name in out.decode("utf-8", "surrogateescape").split("\0") if name}
+# Lists the files under those of the directories "$2"… (names under the root "$1") that exist:
+# `D <dir>` for each of them, then `F <dir> <name> <size>` per file, NUL-separated. A missing
+# root or directory is an answer (nothing there yet), not a failure. Dot-names (staging, marks,
+# temporaries) are never part of a filestore's content, as in jobs.filestore; -mindepth 1 keeps
+# a dot-named starting point (the staging directory) itself listed.
+_OBSERVE = r"""
+cd "$1" 2>/dev/null || exit 0
+shift; n=$#
+for d; do [ -d "$d" ] && set -- "$@" "$d"; done
+shift "$n"
+[ $# -gt 0 ] || exit 0
+printf 'D\0%s\0' "$@"
+exec find "$@" -mindepth 1 \( -name '.*' -prune \) -o -type f -printf 'F\0%H\0%P\0%s\0'
+"""
 
 
-def listing(side: Side, dirs: Sequence[str], *, deadline: retry.Deadline) -> dict[str, Listing]:
-    """Files (name → size) under each of `dirs` (names under the root), in one command."""
-    result: dict[str, Listing] = {d: {} for d in dirs}
-    if not dirs:
-        return result
-    by_path = {side.path(d): d for d in dirs}
-    out = run(
-        side,
-        # Dot-names (staging, marks, temporaries) are never part of a filestore's content,
-        # as in jobs.filestore; -mindepth 1 keeps the (dot-named) staging root itself listed.
-        [
-            "find",
-            *by_path,
-            "-mindepth",
-            "1",
-            "(",
-            "-name",
-            ".*",
-            "-prune",
-            ")",
-            "-o",
-            "-type",
-            "f",
-            "-printf",
-            r"%H\0%P\0%s\0",
-        ],
-        what="list files",
-        deadline=deadline,
-    )
+def _observe_cmd(side: Side, dirs: Sequence[str]) -> list[str]:
+    return ["sh", "-c", _OBSERVE, "sh", side.root, *dirs]
+
+
+def _parse(out: bytes) -> dict[str, Listing]:
     fields = out.decode("utf-8", "surrogateescape").split("\0")
-    for i in range(0, len(fields) - 2, 3):
-        result[by_path[fields[i]]][fields[i + 1]] = int(fields[i + 2])
-    return result
+    found: dict[str, Listing] = {}
+    i = 0
+    while i < len(fields) - 1:
+        if fields[i] == "D":
+            found[fields[i + 1]] = {}
+            i += 2
+        else:  # "F"
+            found[fields[i + 1]][fields[i + 2]] = int(fields[i + 3])
+            i += 4
+    return found
+
+
+def observe(side: Side, dirs: Sequence[str], *, deadline: retry.Deadline) -> dict[str, Listing]:
+    """{dir: files (name → size)} for those of `dirs` (names under the root) that exist."""
+    return observe_all([(side, dirs)], deadline=deadline)[0]
+
+
+def observe_all(
+    sides: Sequence[tuple[Side, Sequence[str]]], *, deadline: retry.Deadline
+) -> list[dict[str, Listing]]:
+    """`observe` on several sides at once (one command per side, concurrently)."""
+    calls = [(side, _observe_cmd(side, dirs), None) for side, dirs in sides]
+    return [_parse(out) for out in run_all(calls, what="list files", deadline=deadline)]
 
 
 def sha1s(
