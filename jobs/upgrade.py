@@ -28,22 +28,34 @@ STRATEGIES = ("same-major", "snapshot-then-upgrade")
 
 hop = options.stack(
     options.subdomain,
-    options.option("--from-version", env="PLANA_FROM_VERSION", default=None,
-                   help="TenantUpgrade fromVersion (17, 18)."),
-    options.option("--to-version", env="PLANA_TO_VERSION", default=None,
-                   help="TenantUpgrade toVersion (fromVersion + 1; same-major: the version)."),
+    options.option(
+        "--from-version",
+        env="PLANA_FROM_VERSION",
+        default=None,
+        help="TenantUpgrade fromVersion (17, 18).",
+    ),
+    options.option(
+        "--to-version",
+        env="PLANA_TO_VERSION",
+        default=None,
+        help="TenantUpgrade toVersion (fromVersion + 1; same-major: the version).",
+    ),
     options.data_dir,
     options.pg_dsn,
     options.common,
-)  # fmt: skip
+)
 upgrade_path = options.option(
-    "--upgrade-path", env="PLANA_UPGRADE_PATH", default=None,
+    "--upgrade-path",
+    env="PLANA_UPGRADE_PATH",
+    default=None,
     help="OpenUpgrade's openupgrade_scripts/scripts directory (target pass).",
-)  # fmt: skip
+)
 addons_revision = options.option(
-    "--addons-revision", env="PLANA_ADDONS_REVISION", default=None,
+    "--addons-revision",
+    env="PLANA_ADDONS_REVISION",
+    default=None,
     help="Revision of the image's addons (e.g. its digest); default: `odoo --version`.",
-)  # fmt: skip
+)
 
 
 @contextmanager
@@ -94,8 +106,7 @@ def same_major(ctx: ph.Ctx, odoo_bin: str, revision: str | None) -> Done:
     live = ph.live_marker(ctx)
     if "upgrading" in live.data:
         raise ConflictError(f"a major upgrade of {s.db} is under way: finish or roll it back")
-    text = odoo.binary_version(odoo_bin, deadline=ctx.job.deadline)
-    ph.check_binary(odoo_bin, version, ctx.job.deadline)
+    text = ph.check_binary(odoo_bin, version, ctx.job.deadline)
     rev = revision or text
     base = ph.base_version(ctx, s.db)
     if ph.major_of(base) != version:
@@ -138,13 +149,17 @@ def run_all(ctx: ph.Ctx, source_bin: str, target_bin: str, path: str) -> Done:
     s = ctx.spec
     steps: list[tuple[str, Callable[[ph.Ctx], Done]]] = [
         ("snapshot", ph.snapshot),
-        ("source-pass", lambda c: ph.run_pass(c, "source-pass", "snapshot", source_bin,
-                                              s.from_version)),
+        (
+            "source-pass",
+            lambda c: ph.run_pass(c, "source-pass", "snapshot", source_bin, s.from_version),
+        ),
         ("prefix", ph.prefix),
-        ("target-pass", lambda c: ph.run_pass(c, "target-pass", "prefix", target_bin,
-                                              s.to_version, path)),
+        (
+            "target-pass",
+            lambda c: ph.run_pass(c, "target-pass", "prefix", target_bin, s.to_version, path),
+        ),
         ("cutover", ph.cutover),
-    ]  # fmt: skip
+    ]
     outcomes: dict[str, str] = {}
     last = Done("unchanged")
     for name, fn in steps:
@@ -180,13 +195,21 @@ def _strategy(value: str | None) -> str | None:
 
 run_options = options.stack(
     options.odoo_bin,
-    options.option("--source-odoo-bin", env="PLANA_SOURCE_ODOO_BIN", default=None,
-                   help="run: the fromVersion Odoo executable [default: --odoo-bin]."),
-    options.option("--target-odoo-bin", env="PLANA_TARGET_ODOO_BIN", default=None,
-                   help="run: the toVersion Odoo executable [default: --odoo-bin]."),
+    options.option(
+        "--source-odoo-bin",
+        env="PLANA_SOURCE_ODOO_BIN",
+        default=None,
+        help="run: the fromVersion Odoo executable [default: --odoo-bin].",
+    ),
+    options.option(
+        "--target-odoo-bin",
+        env="PLANA_TARGET_ODOO_BIN",
+        default=None,
+        help="run: the toVersion Odoo executable [default: --odoo-bin].",
+    ),
     upgrade_path,
     addons_revision,
-)  # fmt: skip
+)
 
 
 @click.group("upgrade", invoke_without_command=True)
@@ -204,7 +227,7 @@ def upgrade(ctx: click.Context, /, **kw: Any) -> None:
 
     Without a phase, --strategy chooses: same-major runs `-u all`; snapshot-then-upgrade runs
     every phase (like `upgrade run`).
-    """  # fmt: skip
+    """
     if ctx.invoked_subcommand is not None:
         return  # the phase reads its own options (and the same PLANA_* variables)
     strategy = _strategy(kw.pop("strategy"))
@@ -236,8 +259,11 @@ def snapshot_command(**kw: Any) -> None:
 @options.odoo_bin
 def source_pass_command(**kw: Any) -> None:
     """fromVersion binary, --load=base,web,openupgrade_framework -u all, on the work copy."""
-    _phase("source-pass", kw, lambda c: ph.run_pass(
-        c, "source-pass", "snapshot", kw["odoo_bin"], c.spec.from_version))  # fmt: skip
+    _phase(
+        "source-pass",
+        kw,
+        lambda c: ph.run_pass(c, "source-pass", "snapshot", kw["odoo_bin"], c.spec.from_version),
+    )
 
 
 @upgrade.command("prefix")
@@ -253,9 +279,14 @@ def prefix_command(**kw: Any) -> None:
 @upgrade_path
 def target_pass_command(**kw: Any) -> None:
     """toVersion binary with OpenUpgrade (--upgrade-path) -u all; base must reach toVersion."""
-    _phase("target-pass", kw, lambda c: ph.run_pass(
-        c, "target-pass", "prefix", kw["odoo_bin"], c.spec.to_version, kw["upgrade_path"]),
-        check=lambda: _upgrade_path(kw["upgrade_path"]))  # fmt: skip
+    _phase(
+        "target-pass",
+        kw,
+        lambda c: ph.run_pass(
+            c, "target-pass", "prefix", kw["odoo_bin"], c.spec.to_version, kw["upgrade_path"]
+        ),
+        check=lambda: _upgrade_path(kw["upgrade_path"]),
+    )
 
 
 @upgrade.command("cutover")

@@ -31,6 +31,7 @@ from psycopg import sql
 from jobs import filestore, marker, naming, odoo, pg, retry, runner
 from jobs.errors import ConfigError, ConflictError, UsageError
 from jobs.result import Done
+from jobs.tenant_db import create_clone, restrict_connect  # a clone is made as tenant-db makes it
 
 TENANT_KIND = "tenant"
 WORK_KIND = "upgrade-work"
@@ -66,8 +67,11 @@ class Spec:
         return naming.filestore(name, self.data_dir)
 
     def hop(self) -> dict[str, Any]:
-        return {"subdomain": self.tenant.subdomain, "from": self.from_version,
-                "to": self.to_version}  # fmt: skip
+        return {
+            "subdomain": self.tenant.subdomain,
+            "from": self.from_version,
+            "to": self.to_version,
+        }
 
 
 def spec(kw: dict[str, Any], *, same_major: bool = False) -> Spec:
@@ -187,10 +191,12 @@ def require_work(ctx: Ctx, after: str) -> marker.Marker:
     return mark
 
 
-def check_binary(odoo_bin: str, version: int, deadline: retry.Deadline) -> None:
+def check_binary(odoo_bin: str, version: int, deadline: retry.Deadline) -> str:
+    """The binary's version line; 78 when the image holds another major version."""
     text = odoo.binary_version(odoo_bin, deadline=deadline)
     if odoo.major(text) != version:
         raise ConfigError(f"{odoo_bin} is {text!r}, not Odoo {version}.0", odoo_bin=odoo_bin)
+    return text
 
 
 def drop_database(conn: psycopg.Connection[Any], db: str) -> None:
@@ -259,8 +265,6 @@ def snapshot(ctx: Ctx) -> Done:
     up["attempt"] = int(up.get("attempt", 0)) + 1
     marker.write(conn, s.db, live)
     owner = owner_of(conn, s.db)
-    from jobs.tenant_db import create_clone, restrict_connect  # the clone is tenant-db's
-
     create_clone(conn, s.db, s.work, owner=owner, deadline=ctx.job.deadline)
     restrict_connect(conn, s.work, owner)
     body = {**s.hop(), "attempt": up["attempt"], "phases": ["snapshot"], "prefixes": []}
@@ -417,8 +421,9 @@ def rollback_filestore(ctx: Ctx) -> bool:
     return True
 
 
-def _swap(ctx: Ctx, renames: list[tuple[str, str]], marks: dict[str, marker.Marker],
-          allow: str) -> None:  # fmt: skip
+def _swap(
+    ctx: Ctx, renames: list[tuple[str, str]], marks: dict[str, marker.Marker], allow: str
+) -> None:
     """Renames, markers and unfreezing in ONE transaction: all of it happens, or none."""
     conn = ctx.conn
 
@@ -432,8 +437,9 @@ def _swap(ctx: Ctx, renames: list[tuple[str, str]], marks: dict[str, marker.Mark
             for db, mark in marks.items():
                 marker.write(conn, db, mark)
 
-    retry.call(attempt, what="swap databases", deadline=ctx.job.deadline,
-               transient=retry.pg_transient)  # fmt: skip
+    retry.call(
+        attempt, what="swap databases", deadline=ctx.job.deadline, transient=retry.pg_transient
+    )
 
 
 def cutover(ctx: Ctx) -> Done:
@@ -454,9 +460,17 @@ def cutover(ctx: Ctx) -> Done:
         "prefixes": mark.data.get("prefixes", []),
         "base_before": up.get("base") if isinstance(up, dict) else None,
     }
-    new_live = marker.Marker(TENANT_KIND, "complete", {**tenant, "odoo_version": s.to_version,
-                             "upgraded_from": s.from_version, "rollback_db": s.rollback,
-                             "upgrade": history})  # fmt: skip
+    new_live = marker.Marker(
+        TENANT_KIND,
+        "complete",
+        {
+            **tenant,
+            "odoo_version": s.to_version,
+            "upgraded_from": s.from_version,
+            "rollback_db": s.rollback,
+            "upgrade": history,
+        },
+    )
     old_live = marker.Marker(ROLLBACK_KIND, "complete", {**s.hop(), "tenant": tenant})
     _swap(ctx, [(s.db, s.rollback), (s.work, s.db)], {s.db: new_live, s.rollback: old_live}, s.db)
     ctx.job.log.info("cut over", database=s.db, rollback_db=s.rollback)
@@ -482,8 +496,9 @@ def rollback(ctx: Ctx) -> Done:
             drop_database(conn, s.work)  # only an abandoned copy can hold the name now
         restored = marker.Marker(TENANT_KIND, "complete", dict(old.data.get("tenant", {})))
         upgraded_mark = marker.Marker(WORK_KIND, "rolled-back", {**s.hop(), "was": live.data})
-        _swap(ctx, [(s.db, s.work), (s.rollback, s.db)],
-              {s.db: restored, s.work: upgraded_mark}, s.db)  # fmt: skip
+        _swap(
+            ctx, [(s.db, s.work), (s.rollback, s.db)], {s.db: restored, s.work: upgraded_mark}, s.db
+        )
         ctx.job.log.info("rolled back", database=s.db, upgraded_copy=s.work)
         details["upgraded_copy"] = s.work
         changed = True

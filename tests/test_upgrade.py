@@ -140,6 +140,9 @@ def test_chain_17_to_18_with_filestore_rerun_and_rollback(
                                                      "--upgrade-path", env.scripts)])
     assert early.rc == 65 and "prefix" in early.result["error"], early.output
 
+    # The wrong image for a pass is a configuration error (78), found before the copy is touched.
+    wrong = run_job(["upgrade", "source-pass", *hop(sub, d17, "--odoo-bin", env.odoo18)])
+    assert wrong.rc == 78 and "not Odoo 17.0" in wrong.result["error"], wrong.output
     assert phase("source-pass", d17, "--odoo-bin", env.odoo17)["outcome"] == "updated"
     # Between the images: the work copy's filestore goes to the target volume.
     copied = run_job(["filestore-copy", "--transport", "local", "--db", work,
