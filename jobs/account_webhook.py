@@ -145,7 +145,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
 
     job.step("deliver")
     details: dict[str, Any] = {"type": event, "webhook_id": msg_id, "url": target}
-    with http.client(timeout) as client:
+    with http.client(timeout, target) as client:
         response = http.send(
             client, "POST", target, what="account webhook", deadline=job.deadline,
             timeout=timeout, prepare=headers, content=body,

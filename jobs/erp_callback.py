@@ -326,7 +326,7 @@ def erp_callback(**kw: Any) -> None:
 def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     # Everything is validated before the key is read or a request is sent.
     spec = options.client(kw, owner=False)
-    base = http.url(kw["erp_url"], "erpUrl")
+    base = http.url(kw["erp_url"], "erpUrl").rstrip("/")
     api_name = _choice(kw["erp_api"], APIS, "erpApi")
     model = _pattern(kw["erp_model"], _MODEL, "erpModel", "an Odoo model name (a.b)")
     names = field_map(kw["erp_fields"])
@@ -354,7 +354,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     domain = [[key_field, "=", spec.tenant.subdomain]]
     details: dict[str, Any] = {"model": model, "api": api_name}
 
-    with http.client(timeout) as client:
+    with http.client(timeout, base) as client:
         caller = Caller(client, base, job, timeout)
         api: Api = (
             JsonRpc(caller, db, login, key) if api_name == "jsonrpc" else Json2(caller, db, key)

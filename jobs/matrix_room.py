@@ -325,7 +325,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     # All input is validated before the token is read or the homeserver contacted.
     spec = options.client(kw, owner=False)
     owner = naming.owner_name(kw.get("owner_name"))
-    homeserver = http.url(kw["homeserver"], "matrixHomeserver")
+    homeserver = http.url(kw["homeserver"], "matrixHomeserver").rstrip("/")
     server = naming.server_name(kw["server_name"])
     staff = invitees(kw["invite"])
     timeout = http.request_timeout(kw["request_timeout"])

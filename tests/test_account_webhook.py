@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Runner
+from tests.servers import HangingServer
 from tests.servers.webhook import Reply, WebhookReceiver
 
 SPEC = [
@@ -228,3 +231,19 @@ def test_missing_or_malformed_secret_is_78(
     assert receiver.attempts == []
     if content:
         assert content not in run.output
+
+
+def test_sigterm_while_waiting_on_the_portal_is_75(run_job: Runner, secret_file: str) -> None:
+    with HangingServer() as hang:
+        proc = run_job.popen(
+            ["account-webhook", *SPEC],
+            PLANA_ACCOUNT_WEBHOOK_URL=hang.url + "/hook",
+            PLANA_ACCOUNT_WEBHOOK_SECRET_FILE=secret_file,
+            PLANA_HTTP_TIMEOUT="60",
+        )
+        while not hang.hits and proc.poll() is None:  # wait until the job is in the request
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 75, out + err
+    assert "terminated by signal" in err

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import JobRun, Runner
-from tests.servers import Handler, Server
+from tests.servers import Handler, HangingServer, Server
 from tests.synapse import Synapse, User, free_port
 
 
@@ -283,3 +285,18 @@ def test_bad_input_is_64_before_any_request(
     assert run.rc == 64, run.output
     assert run.stderr.strip().splitlines()[-1].startswith(f"plana-job matrix-room: error: {field}")
     assert recorder.hits == []
+
+
+def test_sigterm_while_waiting_on_the_homeserver_is_75(
+    run_job: Runner, tenant: Tenant, token_file: str, bot: User
+) -> None:
+    with HangingServer() as hang:
+        env = tenant.env(token_file, PLANA_MATRIX_HOMESERVER=hang.url, PLANA_HTTP_TIMEOUT="60")
+        proc = run_job.popen(tenant.args(), **env)
+        while not hang.hits and proc.poll() is None:  # wait until the job is in a request
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 75, out + err
+    assert "terminated by signal" in err
+    assert bot.access_token not in out + err

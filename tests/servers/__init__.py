@@ -55,3 +55,25 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+class _Hang(Handler):
+    """Accepts the request and answers only when the test is over (a peer that hangs)."""
+
+    def do_GET(self) -> None:
+        self.app.hits.append(self.path)
+        self.app.release.wait(60)
+        self.reply(503)
+
+    do_POST = do_PUT = do_GET
+
+
+class HangingServer(Server):
+    def __init__(self) -> None:
+        super().__init__(_Hang)
+        self.hits: list[str] = []
+        self.release = threading.Event()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        super().__exit__(*exc)
