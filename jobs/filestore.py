@@ -8,7 +8,9 @@ Stable API (tenant-db, template-build, environment and restore jobs):
   (`.{name}.partial`, reused after a crash) and published with one `rename`; when `dst` exists
   the missing files are added to it in place. Either way each file is written to a temporary name
   and renamed, so a file present under its final name is complete, and files already present by
-  name (and size) are skipped: a re-run after a crash only copies what is missing.
+  name (and size) are skipped: a re-run after a crash only copies what is missing. (In the
+  staging tree files are written in place: a killed write leaves a short file, which the size
+  check copies again.)
   Odoo names attachments by content (`ab/ab12…` = sha1 of the bytes): each such file is hashed
   as it is copied and a mismatch is refused (`FilestoreError`, exit 65). Names starting with "."
   (staging and marker files) are never copied. A missing `src` is an empty filestore.
@@ -32,6 +34,7 @@ import os
 import re
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ from typing import Any
 from jobs.errors import ConflictError
 
 CHUNK = 1 << 20
+COPY_THREADS = 4
 MARK_FILE = ".plana-mark.json"
 _SHA1 = re.compile(r"[0-9a-f]{40}", re.ASCII)
 
@@ -113,13 +117,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _copy_file(src: Path, dst: Path, rel: str, durable: bool) -> int:
-    """Copy through a temporary name, hashing content-addressed files; returns bytes written."""
-    tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}"
+def _copy_file(src: Path, dst: Path, rel: str, durable: bool, atomic: bool) -> int:
+    """Copy one file, hashing content-addressed ones; returns the bytes written.
+
+    `atomic`: write a temporary name and rename (the target tree is live). In a staging tree
+    the file is written in place: a run killed mid-write leaves it short, and the size check
+    of the next run copies it again.
+    """
+    out = dst.parent / f".{dst.name}.tmp-{os.getpid()}" if atomic else dst
     check = is_content_name(rel)
     digest = hashlib.sha1(usedforsecurity=False)
     written = 0
-    with open(src, "rb") as fin, open(tmp, "wb") as fout:
+    with open(src, "rb") as fin, open(out, "wb") as fout:
         while chunk := fin.read(CHUNK):
             if check:
                 digest.update(chunk)
@@ -129,12 +138,13 @@ def _copy_file(src: Path, dst: Path, rel: str, durable: bool) -> int:
             fout.flush()
             os.fsync(fout.fileno())
     if check and digest.hexdigest() != dst.name:
-        tmp.unlink(missing_ok=True)
+        out.unlink(missing_ok=True)
         raise FilestoreError(
             f"filestore file {rel} does not match its content address (sha1 {digest.hexdigest()})",
             path=rel,
         )
-    os.replace(tmp, dst)
+    if atomic:
+        os.replace(out, dst)
     return written
 
 
@@ -142,9 +152,11 @@ def copy_tree(src: str | Path, dst: str | Path, *, durable: bool = False) -> Cop
     """Make `dst` hold every file of `src` (see the module docstring); idempotent."""
     src, dst = Path(src), Path(dst)
     stats = CopyStats()
-    target = dst if dst.is_dir() else staging_path(dst)
+    live = dst.is_dir()
+    target = dst if live else staging_path(dst)
     target.mkdir(parents=True, exist_ok=True)
     made: set[Path] = {target}
+    todo: list[str] = []
     for rel, size in sorted(_walk(src)):
         stats.files += 1
         out = target / rel
@@ -157,8 +169,14 @@ def copy_tree(src: str | Path, dst: str | Path, *, durable: bool = False) -> Cop
         if out.parent not in made:
             out.parent.mkdir(parents=True, exist_ok=True)
             made.add(out.parent)
-        stats.bytes_copied += _copy_file(src / rel, out, rel, durable)
-        stats.copied += 1
+        todo.append(rel)
+    # Threads overlap the system calls and hashing of many small files (both release the GIL).
+    with ThreadPoolExecutor(max_workers=COPY_THREADS) as pool:
+        for written in pool.map(
+            lambda rel: _copy_file(src / rel, target / rel, rel, durable, live), todo
+        ):
+            stats.bytes_copied += written
+            stats.copied += 1
     if durable:
         for directory in made:
             _fsync_dir(directory)
