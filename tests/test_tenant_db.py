@@ -3,6 +3,7 @@ with the Odoo stand-in (tests/standins/odoo)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -377,3 +378,46 @@ def test_help_lists_environment() -> None:
     ).stdout  # fmt: skip
     for var in ("PLANA_SUBDOMAIN", "PLANA_OWNER_ROLE", "PLANA_DATA_DIR", "PLANA_TEMPLATE_DB"):
         assert var in out
+
+
+def _put(root: Path, content: bytes) -> str:
+    digest = hashlib.sha1(content).hexdigest()
+    (root / digest[:2]).mkdir(parents=True, exist_ok=True)
+    (root / digest[:2] / digest).write_bytes(content)
+    (root / "checklist" / digest[:2]).mkdir(parents=True, exist_ok=True)
+    (root / "checklist" / digest[:2] / digest).write_bytes(b"")  # Odoo's GC marker: empty
+    return f"{digest[:2]}/{digest}"
+
+
+def test_filestore_copy_is_staged_incremental_and_verified(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "filestore" / "db"
+    names = [_put(src, f"attachment {i}\n".encode() * (i + 1)) for i in range(30)]
+    filestore.write_mark(src, {"fingerprint": "x"})
+    # A run killed mid-write left a short file in the staging tree.
+    staging = filestore.staging_path(dst)
+    (staging / names[0]).parent.mkdir(parents=True)
+    (staging / names[0]).write_bytes(b"att")
+
+    first = filestore.copy_tree(src, dst)
+    assert first.published and not staging.exists()
+    assert (first.files, first.copied, first.skipped) == (60, 60, 0)
+    assert filestore.verify(dst).ok and filestore.verify(dst).files == 60
+    assert filestore.read_mark(dst) is None  # dot files (marks) are never copied
+
+    again = filestore.copy_tree(src, dst)
+    assert (again.copied, again.skipped, again.published) == (0, 60, False)
+
+    (dst / names[1]).unlink()
+    bad = src / "ab" / ("ab" + "0" * 38)
+    bad.parent.mkdir(exist_ok=True)
+    bad.write_bytes(b"content that is not what its name says")
+    with pytest.raises(filestore.FilestoreError):
+        filestore.copy_tree(src, dst)
+    assert not (dst / "ab" / bad.name).exists()
+    bad.unlink()
+    healed = filestore.copy_tree(src, dst)  # the good file may have landed before the error
+    assert healed.copied <= 1 and (dst / names[1]).exists()
+    assert filestore.verify(dst).ok and filestore.verify(dst).files == 60
+
+    assert filestore.discard(dst) and not dst.exists()
+    assert [p.name for p in dst.parent.iterdir()] == []
