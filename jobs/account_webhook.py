@@ -1,8 +1,12 @@
 """`plana-job account-webhook`: the tenant event, POSTed to the account portal, signed.
 
 Signed per the Standard Webhooks specification. The `webhook-id` is derived from (event,
-tenant, generation), so every re-run of the Job re-delivers the same message id and the portal
-deduplicates it: a re-run changes nothing at the receiver.
+tenant, generation), so a re-delivery carries the same message id and the portal deduplicates it.
+
+With `PLANA_REDIS_URL` set, each delivery the portal acknowledged is recorded in a ledger key
+(`{ledger prefix}:delivered:{webhook-id}`), and a re-run that finds its id there reports
+`unchanged` without sending. The record is written only after a 2xx, so a crash between the
+delivery and the record means one more (deduplicated) delivery, never a lost one.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 import click
 
-from jobs import http, options, runner, secrets
+from jobs import http, options, retry, runner, secrets
 from jobs.errors import ConfigError, ConflictError, UsageError
 from jobs.naming import ClientSpec
 from jobs.result import Done
@@ -28,6 +32,8 @@ from jobs.result import Done
 WEBHOOK_NAMESPACE = uuid.UUID("2b0d3f0e-9a51-4c61-8f55-3c2f7e6b9d42")
 EVENTS = ("tenant.provisioned", "tenant.updated", "tenant.deprovisioned")
 SECRET_PREFIX = "whsec_"
+DEFAULT_LEDGER_PREFIX = "PLANA:webhooks"
+LEDGER_TTL_S = 90 * 24 * 3600
 
 
 def webhook_id(event: str, subdomain: str, generation: int | None) -> str:
@@ -108,6 +114,19 @@ def _event(value: str | None) -> str:
     default=None,
     help=f"Seconds per HTTP attempt [default: {http.DEFAULT_REQUEST_TIMEOUT_S:g}].",
 )
+@options.option(
+    "--redis-url",
+    env="PLANA_REDIS_URL",
+    default=None,
+    help="Redis holding the delivery ledger; without it every run delivers (the portal dedupes).",
+)
+@options.option(
+    "--ledger-prefix",
+    env="PLANA_WEBHOOK_LEDGER_PREFIX",
+    default=DEFAULT_LEDGER_PREFIX,
+    show_default=True,
+    help="Key prefix of the delivery ledger.",
+)
 @options.common
 def account_webhook(**kw: Any) -> None:
     """POST the tenant event to the account portal, signed per Standard Webhooks."""
@@ -121,10 +140,18 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     generation = options.generation_value(kw["generation"])
     target = http.url(kw["url"], "accountWebhookUrl")
     timeout = http.request_timeout(kw["request_timeout"])
+    ledger = Ledger.open(kw["redis_url"], kw["ledger_prefix"], job.deadline)
     job.bind(tenant=spec.tenant.subdomain)
     key = signing_key(secrets.read_file(kw["secret_file"], "PLANA_ACCOUNT_WEBHOOK_SECRET_FILE"))
 
     msg_id = webhook_id(event, spec.tenant.subdomain, generation)
+    details: dict[str, Any] = {"type": event, "webhook_id": msg_id, "url": target}
+    if ledger is not None:
+        job.step("ledger")
+        delivered_at = ledger.delivered(msg_id)
+        if delivered_at is not None:
+            job.log.info("already delivered", delivered_at=delivered_at, **details)
+            return Done("unchanged", {**details, "delivered_at": delivered_at})
     body = json.dumps(payload(event, spec, generation), separators=(",", ":")).encode()
     attempts = 0
 
@@ -144,7 +171,6 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         }
 
     job.step("deliver")
-    details: dict[str, Any] = {"type": event, "webhook_id": msg_id, "url": target}
     with http.client(timeout, target) as client:
         response = http.send(
             client, "POST", target, what="account webhook", deadline=job.deadline,
@@ -153,6 +179,8 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     details.update(status=response.status_code, attempts=attempts)
     if response.is_success:
         job.log.info("webhook delivered", **details)
+        if ledger is not None:
+            ledger.record(msg_id)
         return Done("created", details)
     if response.is_redirect:
         raise ConfigError(
@@ -167,3 +195,47 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         f"{http.snippet(response)}",
         **details,
     )
+
+
+class Ledger:
+    """Which webhook ids the portal has acknowledged, in Redis (optional)."""
+
+    def __init__(self, client: Any, prefix: str, deadline: retry.Deadline) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.deadline = deadline
+
+    @classmethod
+    def open(cls, url: str | None, prefix: str | None, deadline: retry.Deadline) -> Ledger | None:
+        if not url:
+            return None
+        if not prefix or any(ch.isspace() for ch in prefix) or not prefix.isprintable():
+            raise UsageError("ledgerPrefix", f"must be a Redis key prefix, got {prefix!r}")
+        import redis  # only jobs with a ledger pay for the driver
+
+        try:
+            client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+        except ValueError as exc:
+            raise ConfigError(f"PLANA_REDIS_URL: {exc}") from None
+        return cls(client, prefix, deadline)
+
+    def _key(self, msg_id: str) -> str:
+        return f"{self.prefix}:delivered:{msg_id}"
+
+    def delivered(self, msg_id: str) -> str | None:
+        value = retry.call(
+            lambda: self.client.get(self._key(msg_id)),
+            what="redis GET delivery ledger",
+            deadline=self.deadline,
+            transient=retry.redis_transient,
+        )
+        return value.decode() if isinstance(value, bytes) else value
+
+    def record(self, msg_id: str) -> None:
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        retry.call(
+            lambda: self.client.set(self._key(msg_id), stamp, ex=LEDGER_TTL_S),
+            what="redis SET delivery ledger",
+            deadline=self.deadline,
+            transient=retry.redis_transient,
+        )

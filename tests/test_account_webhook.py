@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +41,13 @@ def receiver(secret: str) -> Iterator[WebhookReceiver]:
         yield rcv
 
 
+# The delivery ledger lives in the test Redis: each receiver (test) gets a prefix of its own.
+_LEDGERS: dict[int, str] = {}
+
+
 def hook(run_job: Runner, receiver: WebhookReceiver, secret_file: str, *extra: str, **env: str):  # type: ignore[no-untyped-def]
+    prefix = _LEDGERS.setdefault(id(receiver), f"test:{uuid.uuid4().hex}")
+    env.setdefault("PLANA_WEBHOOK_LEDGER_PREFIX", prefix)
     env.setdefault("PLANA_ACCOUNT_WEBHOOK_URL", receiver.url)
     env.setdefault("PLANA_ACCOUNT_WEBHOOK_SECRET_FILE", secret_file)
     return run_job(["account-webhook", *SPEC, *extra], **env)
@@ -75,18 +82,48 @@ def test_delivers_a_verified_event(
     assert_no_secret(run.output, secret)
 
 
-def test_rerun_sends_the_same_id_and_the_receiver_dedupes(
+def test_rerun_with_the_ledger_is_unchanged_and_sends_nothing(
     run_job: Runner, receiver: WebhookReceiver, secret_file: str
 ) -> None:
     first = hook(run_job, receiver, secret_file, "--generation", "7")
     second = hook(run_job, receiver, secret_file, "--generation", "7")
+    assert first.rc == second.rc == 0, first.output + second.output
+    assert first.result["outcome"] == "created"
+    assert second.result["outcome"] == "unchanged"
+    assert second.result["webhook_id"] == first.result["webhook_id"]
+    assert second.result["delivered_at"]
+    assert len(receiver.attempts) == 1
+
+    other = hook(run_job, receiver, secret_file, "--generation", "8")
+    assert other.rc == 0, other.output
+    assert other.result["outcome"] == "created"
+    assert len(receiver.delivered) == 2
+
+
+def test_a_refused_delivery_is_not_recorded(
+    run_job: Runner, receiver: WebhookReceiver, secret_file: str
+) -> None:
+    receiver.plan = [Reply(400)]
+    refused = hook(run_job, receiver, secret_file, "--generation", "9")
+    assert refused.rc == 65, refused.output
+    again = hook(run_job, receiver, secret_file, "--generation", "9")
+    assert again.rc == 0, again.output
+    assert again.result["outcome"] == "created"
+    assert len(receiver.delivered) == 1
+
+
+def test_rerun_without_a_ledger_sends_the_same_id_and_the_receiver_dedupes(
+    run_job: Runner, receiver: WebhookReceiver, secret_file: str
+) -> None:
+    first = hook(run_job, receiver, secret_file, "--generation", "7", PLANA_REDIS_URL="")
+    second = hook(run_job, receiver, secret_file, "--generation", "7", PLANA_REDIS_URL="")
     assert first.rc == second.rc == 0, first.output + second.output
     assert first.result["webhook_id"] == second.result["webhook_id"]
     assert len(receiver.attempts) == 2
     assert all(a.verified for a in receiver.attempts)
     assert len(receiver.delivered) == 1
 
-    other = hook(run_job, receiver, secret_file, "--generation", "8")
+    other = hook(run_job, receiver, secret_file, "--generation", "8", PLANA_REDIS_URL="")
     assert other.rc == 0, other.output
     assert other.result["webhook_id"] != first.result["webhook_id"]
     assert len(receiver.delivered) == 2
