@@ -9,6 +9,7 @@ find, tar and coreutils are there.
 from __future__ import annotations
 
 import bisect
+import fcntl
 import posixpath
 import subprocess
 import threading
@@ -22,6 +23,7 @@ from jobs import proc, retry
 from jobs.errors import TransientError
 
 Listing = dict[str, int]  # relative file name → size in bytes
+PIPE_SIZE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -233,6 +235,14 @@ class _Meter:
         return Progress(done, self.totals[done - 1] if done else 0)
 
 
+def _widen(fd: int) -> None:
+    """A 1 MiB pipe between the two sides instead of 64 KiB: fewer stalls of either tar."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except (OSError, AttributeError):
+        pass  # above fs.pipe-max-size, or not Linux: the default pipe works, a little slower
+
+
 def tar_pipe(
     source: Side,
     source_dir: str,
@@ -249,14 +259,19 @@ def tar_pipe(
 
     The data flows from one child to the other through an OS pipe, never through Python.
     """
-    create = ["tar", "-cf", "-", "-C", source.path(source_dir)]
+    # 128 KiB records instead of tar's 10 KiB: fewer writes, reads and wake-ups across the pipe
+    # (and kubectl's stream); the reader takes whole records whatever the pipe hands it.
+    records = ["--blocking-factor=256"]
+    create = ["tar", "-cf", "-", *records, "-C", source.path(source_dir)]
     create += ["--null", "--no-recursion", "-T", "-"]  # the names come on stdin
-    extract = ["tar", "-xf", "-", "-C", target.path(target_dir)]
+    extract = ["tar", "-xf", "-", *records, "--read-full-records", "-C", target.path(target_dir)]
     extract += ["--no-same-owner", "--no-same-permissions"]  # the target image's owner and umask
     started = time.monotonic()
     with proc.spawn(
         source.argv(*create), name="source tar", stdin=subprocess.PIPE, stdout=subprocess.PIPE
     ) as src:
+        assert src.popen.stdout is not None
+        _widen(src.popen.stdout.fileno())
         with proc.spawn(
             target.argv(*extract),
             name="target tar",
