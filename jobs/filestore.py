@@ -2,18 +2,18 @@
 
 Stable API (tenant-db, template-build, environment and restore jobs):
 
-- `copy_tree(src, dst, *, durable=False)` → `CopyStats`. Copies the tree `src` (usually
-  `{data_dir}/filestore/{template}`) to `dst` (`{data_dir}/filestore/{db}`).
+- `copy_tree(src, dst, *, durable=False, hashed=True)` → `CopyStats`. Copies the tree `src`
+  (usually `{data_dir}/filestore/{template}`) to `dst` (`{data_dir}/filestore/{db}`).
   When `dst` does not exist the copy is made in a staging directory beside it
   (`.{name}.partial`, reused after a crash) and published with one `rename`; when `dst` exists
-  the missing files are added to it in place. Either way each file is written to a temporary name
-  and renamed, so a file present under its final name is complete, and files already present by
-  name (and size) are skipped: a re-run after a crash only copies what is missing. (In the
-  staging tree files are written in place: a killed write leaves a short file, which the size
-  check copies again.)
+  the missing files are added to it in place, each through a temporary name and a rename.
+  Files already present by name and size are skipped: a re-run after a crash only copies what is
+  missing (inside the staging tree files are written in place: a killed write leaves a short
+  file, which the size check copies again).
   Odoo names attachments by content (`ab/ab12…` = sha1 of the bytes): each such file is hashed
-  as it is copied and a mismatch is refused (`FilestoreError`, exit 65). Names starting with "."
-  (staging and marker files) are never copied. A missing `src` is an empty filestore.
+  as it is copied and a mismatch is refused (`FilestoreError`, exit 65). `hashed=False` leaves
+  the bytes to the kernel (sendfile) and verifies by name and size only. Names starting with
+  "." (staging and marker files) are never copied. A missing `src` is an empty filestore.
   `durable=True` also fsyncs files and directories (survives a node crash, not only a pod kill).
 - `verify(path)` → `VerifyReport`: re-hashes every content-addressed file.
 - `discard(path)`: removes a tree by first renaming it aside (`.{name}.trash-…`), so a crash
@@ -117,38 +117,47 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _copy_file(src: Path, dst: Path, rel: str, durable: bool, atomic: bool) -> int:
-    """Copy one file, hashing content-addressed ones; returns the bytes written.
+def _copy_file(src: Path, dst: Path, rel: str, durable: bool, atomic: bool, hashed: bool) -> int:
+    """Copy one file; returns the bytes written.
 
     `atomic`: write a temporary name and rename (the target tree is live). In a staging tree
     the file is written in place: a run killed mid-write leaves it short, and the size check
-    of the next run copies it again.
+    of the next run copies it again. `hashed`: the bytes of a content-addressed file are hashed
+    on the way and must match its name; otherwise the kernel copies it (sendfile), as `cp` does.
     """
     out = dst.parent / f".{dst.name}.tmp-{os.getpid()}" if atomic else dst
-    check = is_content_name(rel)
-    digest = hashlib.sha1(usedforsecurity=False)
-    written = 0
-    with open(src, "rb") as fin, open(out, "wb") as fout:
-        while chunk := fin.read(CHUNK):
-            if check:
+    if hashed and is_content_name(rel):
+        digest = hashlib.sha1(usedforsecurity=False)
+        written = 0
+        with open(src, "rb") as fin, open(out, "wb") as fout:
+            while chunk := fin.read(CHUNK):
                 digest.update(chunk)
-            fout.write(chunk)
-            written += len(chunk)
-        if durable:
-            fout.flush()
-            os.fsync(fout.fileno())
-    if check and digest.hexdigest() != dst.name:
-        out.unlink(missing_ok=True)
-        raise FilestoreError(
-            f"filestore file {rel} does not match its content address (sha1 {digest.hexdigest()})",
-            path=rel,
-        )
+                fout.write(chunk)
+                written += len(chunk)
+        if digest.hexdigest() != dst.name:
+            out.unlink(missing_ok=True)
+            raise FilestoreError(
+                f"filestore file {rel} does not match its content address "
+                f"(sha1 {digest.hexdigest()})",
+                path=rel,
+            )
+    else:
+        shutil.copyfile(src, out)
+        written = out.stat().st_size
+    if durable:
+        fd = os.open(out, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     if atomic:
         os.replace(out, dst)
     return written
 
 
-def copy_tree(src: str | Path, dst: str | Path, *, durable: bool = False) -> CopyStats:
+def copy_tree(
+    src: str | Path, dst: str | Path, *, durable: bool = False, hashed: bool = True
+) -> CopyStats:
     """Make `dst` hold every file of `src` (see the module docstring); idempotent."""
     src, dst = Path(src), Path(dst)
     stats = CopyStats()
@@ -173,7 +182,7 @@ def copy_tree(src: str | Path, dst: str | Path, *, durable: bool = False) -> Cop
     # Threads overlap the system calls and hashing of many small files (both release the GIL).
     with ThreadPoolExecutor(max_workers=COPY_THREADS) as pool:
         for written in pool.map(
-            lambda rel: _copy_file(src / rel, target / rel, rel, durable, live), todo
+            lambda rel: _copy_file(src / rel, target / rel, rel, durable, live, hashed), todo
         ):
             stats.bytes_copied += written
             stats.copied += 1
