@@ -283,6 +283,10 @@ def _build(ctx: _Ctx, kw: dict[str, Any], odoo_bin: str) -> None:
             except psycopg.errors.UndefinedTable:
                 states = {}
     problems += odoo.check_modules(states, ctx.modules)
+    if not problems:
+        # Tenants copy this filestore trusting names; check its content once, here.
+        report = filestore.verify(ctx.fs(ctx.build))
+        problems += [f"filestore {rel}: content does not match its name" for rel in report.bad]
     if problems:
         _drop_database(conn, ctx.build)
         filestore.discard(ctx.fs(ctx.build))

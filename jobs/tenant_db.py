@@ -6,8 +6,8 @@ kind "tenant"), so that a run killed anywhere is resumed by the next one:
 1. `cloned`: `CREATE DATABASE "{db}__new" TEMPLATE "{template}" OWNER … STRATEGY FILE_COPY`
    under the template's SHARED advisory lock ("template:{template}"; template-build takes it
    exclusively to swap), CONNECT revoked from PUBLIC and granted to the owner role.
-2. `filestore`: the template's filestore copied to `{data_dir}/filestore/{db}` (staged, renamed,
-   verified by content address), still under the shared lock.
+2. `filestore`: the template's filestore copied to `{data_dir}/filestore/{db}` while the
+   database is being cloned (staged, renamed, verified by content address), under the same lock.
 3. `personalised`: `sql/tenant/personalise.sql` in one transaction: new `database.secret` and
    `database.uuid`, `database.create_date`, frozen `web.base.url`, the admin's login/email and
    the company/partner names.
@@ -32,11 +32,15 @@ Reusable API (issue 6's environment-db uses it for `{subdomain}-{env}` environme
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
+import hashlib
 import importlib.resources
 import re
+import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +48,7 @@ from typing import Any
 
 import click
 import psycopg
+import structlog
 from psycopg import sql
 
 from jobs import filestore, locks, marker, naming, options, pg, retry, runner
@@ -84,6 +89,37 @@ def owner_role(value: str | None, field: str = "ownerRole") -> str:
     if len(value.encode()) > MAX_DB_NAME or not value.isprintable():
         raise UsageError(field, f"must be a PostgreSQL role name, got {value!r}")
     return value
+
+
+def session_name(db: str) -> str:
+    """The application_name of a run's sessions for `db` (≤ 63 bytes, unique per database)."""
+    tail = db if len(db) <= 40 else hashlib.sha1(db.encode(), usedforsecurity=False).hexdigest()
+    return f"plana-job tenant-db {tail}"
+
+
+def end_orphans(conn: psycopg.Connection[Any], app: str, deadline: retry.Deadline) -> int:
+    """End the sessions a killed run left behind (e.g. a CREATE DATABASE still running).
+
+    Called holding the tenant's lock: any other session named `app` belongs to a dead run.
+    """
+    rows = conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name = %s AND pid <> pg_backend_pid()",
+        (app,),
+    ).fetchall()
+    while rows and not deadline.expired():
+        left = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (app,),
+        ).fetchone()
+        if not left or not left[0]:
+            structlog.get_logger().info("ended sessions of a previous run", sessions=len(rows))
+            return len(rows)
+        time.sleep(0.1)
+    if rows:
+        raise TransientError(f"sessions of a previous run on {app!r} did not end")
+    return 0
 
 
 def template_name(value: str | None, field: str = "templateDb") -> str:
@@ -289,10 +325,14 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     job.bind(tenant=spec.tenant.subdomain, database=db, template=template)
 
     job.step("connect")
+    app = session_name(db)
     with pg.connection(dsn=dsn, deadline=job.deadline) as conn:
         require_role(conn, role)
         ctx = _Ctx(job, conn, spec, role, data_dir, dsn, template)
         with locks.advisory(f"tenant:{db}", deadline=job.deadline, dsn=dsn):
+            # Named only once the lock is ours: runs still waiting for it are not orphans.
+            conn.execute("SELECT set_config('application_name', %s, false)", (app,))
+            end_orphans(conn, app, job.deadline)
             return _converge(ctx)
 
 
@@ -313,22 +353,31 @@ def _converge(ctx: _Ctx) -> Done:
                 _drop_work(ctx)
                 state = None
             fingerprint = current
-            if state is None:
-                job.step("clone")
-                create_clone(conn, ctx.template, ctx.work, owner=ctx.role, deadline=job.deadline)
-                restrict_connect(conn, ctx.work, ctx.role)
-                ctx.mark(ctx.work, "cloned", template_fingerprint=fingerprint)
-            job.step("filestore")
-            copied = filestore.copy_tree(
-                naming.filestore(ctx.template, ctx.data_dir), naming.filestore(db, ctx.data_dir)
-            )
+            src_fs, dst_fs = (naming.filestore(n, ctx.data_dir) for n in (ctx.template, db))
+            # The filestore is copied while PostgreSQL copies the database: the two are
+            # independent I/O, and the copy is staged, so a crash in either leaves nothing
+            # that the next run does not redo or skip.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                copying = pool.submit(contextvars.copy_context().run, filestore.copy_tree,
+                                      src_fs, dst_fs)  # fmt: skip
+                if state is None:
+                    job.step("clone")
+                    create_clone(
+                        conn, ctx.template, ctx.work, owner=ctx.role, deadline=job.deadline
+                    )
+                    restrict_connect(conn, ctx.work, ctx.role)
+                    ctx.mark(ctx.work, "cloned", template_fingerprint=fingerprint)
+                job.step("filestore")
+                copied = copying.result()
             stats["filestore"] = copied.as_dict()
             ctx.mark(ctx.work, "filestore", template_fingerprint=fingerprint)
             state = "filestore"
 
     if state == "filestore":
         job.step("personalise")
-        with pg.connection(ctx.work, dsn=ctx.dsn, deadline=job.deadline) as tenant_conn:
+        with pg.connection(
+            ctx.work, dsn=ctx.dsn, deadline=job.deadline, application_name=session_name(db)
+        ) as tenant_conn:
             stats["identity"] = personalise(tenant_conn, Identity.of(ctx.spec))
         ctx.mark(ctx.work, "personalised", template_fingerprint=fingerprint)
 
