@@ -6,6 +6,7 @@ databases that carry the case's names) and Redis (keys under the test's unique p
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -79,15 +80,18 @@ CASES: list[tuple[str, str, str | None, str]] = [
     ("unknown-option", "--colour", "blue", "--colour"),
 ]
 
-# Jobs that take the whole PLANAClient spec: each is checked against every case.
-JOBS: list[list[str]] = [["emit-event", "--type", "client.provisioned"]]
+# Jobs that take the whole PLANAClient spec: each is checked against every case. "{uid}" in
+# their extra arguments is the test's unique token.
+JOBS: list[list[str]] = [
+    ["emit-event", "--type", "client.provisioned", "--stream", "{uid}:events"],
+    ["tenant-db", "--data-dir", "/tmp/{uid}-data", "--owner-role", "postgres"],
+]
 
 
 def _argv(job: list[str], option: str, value: str | None, uid: str) -> list[str]:
     # A base domain of the test's own, so anything the job created would carry the uid.
     values: dict[str, str | None] = {**GOOD, "--base-domain": f"{uid}.test", option: value}
-    stream = f"{uid}:events"
-    argv = [*job, "--stream", stream]
+    argv = [arg.replace("{uid}", uid) for arg in job]
     for opt, val in values.items():
         if val is not None:
             argv += [opt, val]
@@ -133,6 +137,7 @@ def test_bad_input_exits_64_before_any_side_effect(
         d for d in new if uid in d or "acme" in d or (value and len(value) > 2 and value in d)
     }
     assert _redis_keys(redis_url, uid) == []
+    assert not Path(f"/tmp/{uid}-data").exists()
 
 
 def test_good_twin_does_write(run_job: Runner, redis_url: str, uid: str) -> None:
