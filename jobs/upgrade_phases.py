@@ -278,12 +278,23 @@ def _record(ctx: Ctx, mark: marker.Marker) -> None:
 
 
 def _seed_filestore(ctx: Ctx) -> None:
-    """The work copy's attachments must be readable where Odoo looks: filestore/{work}."""
+    """The work copy's attachments must be readable where Odoo looks: filestore/{work}.
+
+    Seeded from the live filestore when this data dir has it (one volume for both versions);
+    on the target volume `filestore-copy --db {work}` brings it. Neither: refused (65), since
+    a pass or a cutover without the files would leave attachments pointing at nothing.
+    """
     s = ctx.spec
     src = s.fs(s.db)
     if src.is_dir():
         stats = filestore.copy_tree(src, s.fs(s.work))
         ctx.job.log.info("work filestore seeded", **stats.as_dict())
+    elif not s.fs(s.work).is_dir():
+        raise ConflictError(
+            f"no filestore for {s.work} under {s.data_dir}: copy it there first "
+            f"(filestore-copy --db {s.work})",
+            data_dir=str(s.data_dir),
+        )
 
 
 def run_pass(
@@ -450,6 +461,7 @@ def cutover(ctx: Ctx) -> Done:
         moved = cutover_filestore(ctx)
         return Done("updated" if moved else "unchanged", {"phase": "cutover", "state": "upgraded"})
     mark = require_work(ctx, "target-pass")
+    _seed_filestore(ctx)  # refuses to publish a database without its files
     if pg.database_exists(conn, s.rollback):
         raise ConflictError(f"rollback name {s.rollback} is taken: left untouched")
     tenant = {k: v for k, v in live.data.items() if k != "upgrading"}

@@ -144,12 +144,16 @@ def test_chain_17_to_18_with_filestore_rerun_and_rollback(
     wrong = run_job(["upgrade", "source-pass", *hop(sub, d17, "--odoo-bin", env.odoo18)])
     assert wrong.rc == 78 and "not Odoo 17.0" in wrong.result["error"], wrong.output
     assert phase("source-pass", d17, "--odoo-bin", env.odoo17)["outcome"] == "updated"
+    assert phase("prefix", d18)["prefixes"] == [n for n, _ in prefix_files(17, 18)]
+    # The target volume has no filestore for the copy yet: refused, and the copy stays usable.
+    bare = run_job(["upgrade", "target-pass", *hop(sub, d18, "--odoo-bin", env.odoo18,
+                                                    "--upgrade-path", env.scripts)])
+    assert bare.rc == 65 and "filestore-copy" in bare.result["error"], bare.output
     # Between the images: the work copy's filestore goes to the target volume.
     copied = run_job(["filestore-copy", "--transport", "local", "--db", work,
                       "--source-root", str(d17 / "filestore"),
                       "--target-root", str(d18 / "filestore")])  # fmt: skip
     assert copied.rc == 0 and copied.result["outcome"] == "created", copied.output
-    assert phase("prefix", d18)["prefixes"] == [n for n, _ in prefix_files(17, 18)]
     status = run_job(["upgrade", "status", *hop(sub, d18)])
     assert status.result["next"] == "target-pass", status.output
     assert phase("target-pass", d18, "--odoo-bin", env.odoo18,
