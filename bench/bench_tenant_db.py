@@ -1,0 +1,256 @@
+"""Benchmark: `tenant-db` against a bare `CREATE DATABASE … TEMPLATE` + `cp -r`, and against
+`pg_dump -Fc | pg_restore`, on a realistic template (≥ 700 tables, ≥ 300 MB, ≥ 2,000 files).
+
+Run with `make bench` (or `.venv/bin/python -m bench bench_tenant_db`). Needs PostgreSQL
+(PLANA_TEST_PG_DSN, default postgresql://postgres@127.0.0.1:5432/postgres), psql, pg_dump,
+pg_restore and cp on PATH, and the Odoo stand-in (tests/standins/odoo) for the Odoo core schema.
+Every figure is measured in the same run; the targets are ratios, never absolute times.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from jobs import filestore, marker, naming
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+ODOO = ROOT / "tests" / "standins" / "odoo"
+DSN = os.environ.get("PLANA_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+TABLES = 720  # on top of the stand-in's core tables
+BULK_ROWS = 240_000  # ~1.2 KB each with the index: ~300 MB, plus the tables
+FILES = 2_400
+REPEAT = 3
+CONCURRENT = 10
+OWNER = "plana"
+
+TARGET_SINGLE = 1.25  # tenant-db / bare clone
+TARGET_DUMP = 5.0  # dump-restore / tenant-db
+TARGET_CONCURRENT = 1.2  # 10 tenant-db / 10 bare clones
+
+
+def _drop(conn: psycopg.Connection[Any], name: str) -> None:
+    ident = sql.Identifier(name)
+    if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+        conn.execute(sql.SQL("ALTER DATABASE {} WITH is_template false").format(ident))
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
+
+
+def build_template(conn: psycopg.Connection[Any], name: str, data_dir: Path) -> dict[str, Any]:
+    """The Odoo core from the stand-in, then bulk tables, rows and files by SQL and Python."""
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    params = psycopg.conninfo.conninfo_to_dict(DSN)
+    for key, var in (("host", "PGHOST"), ("port", "PGPORT"), ("user", "PGUSER")):
+        if params.get(key):
+            env[var] = str(params[key])
+    subprocess.run(
+        [str(ODOO), "-d", name, "-i", "base,web,mail,contacts", "--without-demo=all",
+         "--stop-after-init", "--no-http", "-D", str(data_dir), "--log-level=warn"],
+        env=env, check=True,
+    )  # fmt: skip
+    with psycopg.connect(DSN, dbname=name, autocommit=True) as db:
+        with db.transaction(), db.pipeline():
+            for i in range(TABLES):
+                table = sql.Identifier(f"bench_model_{i}")
+                db.execute(sql.SQL(
+                    "CREATE TABLE {} (id serial PRIMARY KEY, name varchar NOT NULL,"
+                    " company_id integer, active boolean DEFAULT true,"
+                    " create_date timestamp DEFAULT now())").format(table))  # fmt: skip
+                db.execute(sql.SQL("CREATE INDEX ON {} (company_id)").format(table))
+                db.execute(sql.SQL(
+                    "INSERT INTO {} (name, company_id) SELECT 'r' || g, 1"
+                    " FROM generate_series(1, 20) g").format(table))  # fmt: skip
+        db.execute(
+            "CREATE TABLE bench_mail_message (id bigserial PRIMARY KEY, res_id integer,"
+            " body text, create_date timestamp DEFAULT now())"
+        )
+        db.execute(
+            "INSERT INTO bench_mail_message (res_id, body) SELECT g %% 5000,"
+            " repeat(md5(g::text), 30) FROM generate_series(1, %s) g",
+            (BULK_ROWS,),
+        )
+        db.execute("CREATE INDEX ON bench_mail_message (res_id)")
+        db.execute("VACUUM ANALYZE")
+        tables = db.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
+        size = db.execute("SELECT pg_database_size(current_database())").fetchone()
+    fs = naming.filestore(name, data_dir)
+    rnd = os.urandom(1 << 20)
+    for i in range(FILES):
+        size_i = 4096 + (i * 7919) % 65536
+        start = (i * 104729) % (len(rnd) - size_i)
+        content = rnd[start : start + size_i] + i.to_bytes(4, "big")
+        digest = hashlib.sha1(content).hexdigest()
+        (fs / digest[:2]).mkdir(parents=True, exist_ok=True)
+        (fs / digest[:2] / digest).write_bytes(content)
+    filestore.write_mark(fs, {"fingerprint": "bench"})
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} WITH is_template true ALLOW_CONNECTIONS false").format(
+            sql.Identifier(name)
+        )
+    )
+    marker.write(conn, name, marker.Marker("template", "complete", {"fingerprint": "bench"}))
+    conn.execute("CHECKPOINT")
+    report = filestore.verify(fs)
+    return {
+        "tables": tables[0] if tables else 0,
+        "db_mb": round((size[0] if size else 0) / 1e6),
+        "files": report.files,
+        "fs_mb": round(report.bytes / 1e6),
+    }
+
+
+def timed(fn: Callable[[], None]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def psql(command: str) -> None:
+    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", DSN, "-c", command],
+                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+
+
+def bare(template: str, target: str, data_dir: Path) -> None:
+    """What an operator's shell script would do: psql + cp -r."""
+    psql(f'CREATE DATABASE "{target}" TEMPLATE "{template}" STRATEGY FILE_COPY')
+    subprocess.run(
+        ["cp", "-r", str(naming.filestore(template, data_dir)),
+         str(naming.filestore(target, data_dir))],
+        check=True,
+    )  # fmt: skip
+
+
+def tenant_db(template: str, sub: str, data_dir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANA_", "PG"))}
+    env.update(PLANA_PG_DSN=DSN, PLANA_LOG_FORMAT="json", PLANA_TERMINATION_LOG="",
+               PLANA_TIMEOUT="300")  # fmt: skip
+    done = subprocess.run(
+        [str(BIN / "plana-job"), "tenant-db", "--subdomain", sub, "--project-id", "1",
+         "--tier", "starter", "--owner-email", "bench@example.com", "--owner-name", "Bench",
+         "--template-db", template, "--data-dir", str(data_dir)],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"tenant-db failed ({done.returncode}): {done.stdout[-500:]}")
+
+
+def dump_restore(conn: psycopg.Connection[Any], template: str, tag: str) -> float:
+    """pg_dump -Fc | pg_restore of the same database (a connectable copy of the template)."""
+    src, dst = f"bench_dump_src_{tag}", f"bench_dump_dst_{tag}"
+    conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
+        sql.Identifier(src), sql.Identifier(template)))  # fmt: skip
+    src_dsn = psycopg.conninfo.make_conninfo(DSN, dbname=src)
+    dst_dsn = psycopg.conninfo.make_conninfo(DSN, dbname=dst)
+
+    def run() -> None:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dst)))
+        dump = subprocess.Popen(["pg_dump", "-Fc", "-d", src_dsn], stdout=subprocess.PIPE)
+        subprocess.run(["pg_restore", "--no-owner", "-d", dst_dsn], stdin=dump.stdout,
+                       check=True)  # fmt: skip
+        assert dump.stdout is not None
+        dump.stdout.close()
+        if dump.wait() != 0:
+            raise RuntimeError("pg_dump failed")
+
+    try:
+        return timed(run)
+    finally:
+        _drop(conn, src)
+        _drop(conn, dst)
+
+
+def main() -> int:
+    tag = uuid.uuid4().hex[:8]
+    template = f"template_bench_{tag}"
+    work = Path(tempfile.mkdtemp(prefix="bench-tenant-db-"))
+    data_dir = work / "data"
+    made: list[str] = [template]
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        try:
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (OWNER,)).fetchone():
+                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(OWNER)))
+            t0 = time.perf_counter()
+            shape = build_template(conn, template, data_dir)
+            print(f"template: {shape['tables']} tables, {shape['db_mb']} MB, "
+                  f"{shape['files']} files ({shape['fs_mb']} MB); built in "
+                  f"{time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
+
+            def drop_all(names: list[str]) -> None:
+                for n in names:
+                    _drop(conn, n)
+                    shutil.rmtree(naming.filestore(n, data_dir), ignore_errors=True)
+
+            # Warm-up (page cache, first checkpoint), not measured.
+            bare(template, f"bench_warm_{tag}", data_dir)
+            drop_all([f"bench_warm_{tag}"])
+
+            singles_bare, singles_job = [], []
+            for i in range(REPEAT):
+                name, sub = f"bench_bare_{tag}_{i}", f"bench{tag}s{i}"
+                made += [name, naming.db_name(sub)]
+                runs = [
+                    (singles_bare, lambda n=name: bare(template, n, data_dir), name),
+                    (singles_job, lambda s=sub: tenant_db(template, s, data_dir),
+                     naming.db_name(sub)),
+                ]  # fmt: skip
+                for times, fn, db in runs if i % 2 == 0 else reversed(runs):  # alternate order
+                    times.append(timed(fn))
+                    drop_all([db])
+            # Best of REPEAT: other work on the machine only ever adds time, so the minimum is the
+            # least noisy estimate of each one's own cost.
+            bare_s, job_s = min(singles_bare), min(singles_job)
+
+            made += [f"bench_dump_src_{tag}", f"bench_dump_dst_{tag}"]
+            dump_s = dump_restore(conn, template, tag)
+
+            names = [f"bench_cbare_{tag}_{i}" for i in range(CONCURRENT)]
+            subs = [f"bench{tag}c{i}" for i in range(CONCURRENT)]
+            made += names + [naming.db_name(s) for s in subs]
+            with ThreadPoolExecutor(CONCURRENT) as pool:
+                conc_bare = timed(lambda: list(pool.map(
+                    lambda n: bare(template, n, data_dir), names)))  # fmt: skip
+            drop_all(names)
+            with ThreadPoolExecutor(CONCURRENT) as pool:
+                conc_job = timed(lambda: list(pool.map(
+                    lambda s: tenant_db(template, s, data_dir), subs)))  # fmt: skip
+            drop_all([naming.db_name(s) for s in subs])
+        finally:
+            for name in made:
+                _drop(conn, name)
+            shutil.rmtree(work, ignore_errors=True)
+
+    rows = [
+        ("tenant-db vs bare clone + cp -r", bare_s, job_s, job_s / bare_s, f"<= {TARGET_SINGLE}",
+         job_s / bare_s <= TARGET_SINGLE),
+        ("dump|restore vs tenant-db", job_s, dump_s, dump_s / job_s, f">= {TARGET_DUMP}",
+         dump_s / job_s >= TARGET_DUMP),
+        (f"{CONCURRENT}x tenant-db vs {CONCURRENT}x bare", conc_bare, conc_job,
+         conc_job / conc_bare, f"<= {TARGET_CONCURRENT}",
+         conc_job / conc_bare <= TARGET_CONCURRENT),
+    ]  # fmt: skip
+    print(f"{'measure':36} {'baseline_s':>10} {'measured_s':>10} {'ratio':>7} {'target':>8}  ok")
+    for label, base, job, ratio, target, ok in rows:
+        mark = "yes" if ok else "NO"
+        print(f"{label:36} {base:10.2f} {job:10.2f} {ratio:7.2f} {target:>8}  {mark}")
+    print(f"(single runs: best of {REPEAT}; bare {[round(x, 2) for x in singles_bare]}, "
+          f"tenant-db {[round(x, 2) for x in singles_job]})")  # fmt: skip
+    return 0 if all(r[-1] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
