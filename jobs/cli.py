@@ -18,19 +18,19 @@ from jobs.errors import ExitCode
 
 # name → "module:attribute" of the click command. Only commands that work are listed.
 COMMANDS: dict[str, str] = {
-    "backup-verify": "jobs.backup_verify:backup_verify",
-    "emit-event": "jobs.emit_event:emit_event",
     "template-build": "jobs.template_build:template_build",
     "tenant-db": "jobs.tenant_db:tenant_db",
-    "filestore-copy": "jobs.filestore_copy:filestore_copy",
-    "upgrade": "jobs.upgrade:upgrade",
-    "backup": "jobs.backup:backup",
-    "restore": "jobs.restore:restore",
-    "account-webhook": "jobs.account_webhook:account_webhook",
-    "matrix-room": "jobs.matrix_room:matrix_room",
-    "deprovision": "jobs.deprovision:deprovision",
     "environment-db": "jobs.environment_db:environment_db",
+    "upgrade": "jobs.upgrade:upgrade",
+    "filestore-copy": "jobs.filestore_copy:filestore_copy",
+    "matrix-room": "jobs.matrix_room:matrix_room",
+    "account-webhook": "jobs.account_webhook:account_webhook",
     "erp-callback": "jobs.erp_callback:erp_callback",
+    "emit-event": "jobs.emit_event:emit_event",
+    "backup": "jobs.backup:backup",
+    "backup-verify": "jobs.backup_verify:backup_verify",
+    "restore": "jobs.restore:restore",
+    "deprovision": "jobs.deprovision:deprovision",
 }
 
 
