@@ -32,7 +32,6 @@ Reusable API (issue 6's environment-db uses it for `{subdomain}-{env}` environme
 
 from __future__ import annotations
 
-import contextvars
 import datetime as dt
 import hashlib
 import importlib.resources
@@ -40,7 +39,6 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -354,21 +352,16 @@ def _converge(ctx: _Ctx) -> Done:
                 state = None
             fingerprint = current
             src_fs, dst_fs = (naming.filestore(n, ctx.data_dir) for n in (ctx.template, db))
-            # The filestore is copied while PostgreSQL copies the database: the two are
-            # independent I/O, and the copy is staged, so a crash in either leaves nothing
-            # that the next run does not redo or skip.
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                copying = pool.submit(contextvars.copy_context().run, filestore.copy_tree,
-                                      src_fs, dst_fs)  # fmt: skip
-                if state is None:
-                    job.step("clone")
-                    create_clone(
-                        conn, ctx.template, ctx.work, owner=ctx.role, deadline=job.deadline
-                    )
-                    restrict_connect(conn, ctx.work, ctx.role)
-                    ctx.mark(ctx.work, "cloned", template_fingerprint=fingerprint)
-                job.step("filestore")
-                copied = copying.result()
+            # The filestore is copied after the clone, not beside it: measured here with ten
+            # tenants at once, a copy running beside CREATE DATABASE made every clone slower
+            # (its fsyncs flush the copy's dirty pages too, ext4 data=ordered), 2x overall.
+            if state is None:
+                job.step("clone")
+                create_clone(conn, ctx.template, ctx.work, owner=ctx.role, deadline=job.deadline)
+                restrict_connect(conn, ctx.work, ctx.role)
+                ctx.mark(ctx.work, "cloned", template_fingerprint=fingerprint)
+            job.step("filestore")
+            copied = filestore.copy_tree(src_fs, dst_fs)
             stats["filestore"] = copied.as_dict()
             ctx.mark(ctx.work, "filestore", template_fingerprint=fingerprint)
             state = "filestore"
