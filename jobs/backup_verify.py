@@ -70,7 +70,7 @@ def verify_set(
             mark = marker.read(conn, scratch)
             if mark is None or mark.kind != SCRATCH_KIND:
                 raise ConflictError(f"database {scratch} exists and is not our scratch database")
-            restore.drop_database(conn, scratch)
+            pg.drop_database(conn, scratch)
         job.step("restore")
         settings = dict(manifest.get("database_settings") or {})
         settings.pop("owner", None)  # the scratch copy needs no tenant role
@@ -85,7 +85,7 @@ def verify_set(
             with pg.connection(scratch, dsn=dsn, deadline=job.deadline) as sconn:
                 problems += restore.check_restored(sconn, manifest)
         finally:
-            restore.drop_database(conn, scratch)
+            pg.drop_database(conn, scratch)
     return problems
 
 

@@ -23,7 +23,6 @@ from typing import Any
 
 import click
 import redis
-from psycopg import sql
 
 from jobs import backup, emit_event, filestore, locks, marker, naming, options, pg, runner
 from jobs.errors import ConfigError, ConflictError
@@ -118,7 +117,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
                 )
             details["final_backup"] = kept
             job.step("drop")
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(db)))
+            pg.drop_database(conn, db, missing_ok=False)  # it was seen under our lock: must exist
             changed.append("database")
         else:
             details["final_backup"] = final_set(dest, tenant.subdomain)

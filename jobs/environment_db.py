@@ -130,7 +130,7 @@ def _build(job: runner.Job, conn: psycopg.Connection[Any], ctx: dict[str, Any]) 
     n: Names = ctx["names"]
     env_tenant: naming.Tenant = ctx["env_tenant"]
     dsn = ctx["dsn"]
-    restore.drop_database(conn, n.work)
+    pg.drop_database(conn, n.work)
     filestore.discard(n.fs_work)
     facts: dict[str, Any] = {}
     if ctx["copy"]:
@@ -198,7 +198,7 @@ def _finish(conn: psycopg.Connection[Any], n: Names) -> bool:
         os.rename(n.fs_work, n.fs)
         did = True
     if pg.database_exists(conn, n.old):
-        restore.drop_database(conn, n.old)
+        pg.drop_database(conn, n.old)
         did = True
     if n.fs_old.exists():
         filestore.discard(n.fs_old)

@@ -108,6 +108,19 @@ def set_database_comment(conn: psycopg.Connection[Any], name: str, comment: str)
     )
 
 
+def drop_database(conn: psycopg.Connection[Any], name: str, *, missing_ok: bool = True) -> None:
+    """`DROP DATABASE … WITH (FORCE)`: sessions still on it are ended, not waited for."""
+    if_exists = sql.SQL("IF EXISTS ") if missing_ok else sql.SQL("")
+    conn.execute(sql.SQL("DROP DATABASE {}{} WITH (FORCE)").format(if_exists, sql.Identifier(name)))
+
+
+def rename_database(conn: psycopg.Connection[Any], old: str, new: str) -> None:
+    """`ALTER DATABASE … RENAME TO …`; fails while `old` has sessions (see terminate_sessions)."""
+    conn.execute(
+        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))
+    )
+
+
 def terminate_sessions(conn: psycopg.Connection[Any], name: str) -> int:
     """End every other session on `name`; returns how many were ended."""
     rows = conn.execute(

@@ -39,15 +39,9 @@ WORK_KIND = "restore-work"
 # ---------------------------------------------------------------------------- building blocks
 
 
-def drop_database(conn: psycopg.Connection[Any], name: str) -> None:
-    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 def rename_database(conn: psycopg.Connection[Any], old: str, new: str) -> None:
-    pg.terminate_sessions(conn, old)
-    conn.execute(
-        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))
-    )
+    pg.terminate_sessions(conn, old)  # a straggling session would make the rename fail
+    pg.rename_database(conn, old, new)
 
 
 def role_exists(conn: psycopg.Connection[Any], role: str) -> bool:
@@ -205,7 +199,7 @@ def _final_marker(
 def _cleanup(conn: psycopg.Connection[Any], n: Names) -> bool:
     did = False
     if pg.database_exists(conn, n.old):
-        drop_database(conn, n.old)
+        pg.drop_database(conn, n.old)
         did = True
     if n.fs_old.exists():
         filestore.discard(n.fs_old)
@@ -259,7 +253,7 @@ def restore_set(
         )
         if not reusable:
             job.step("pg_restore")
-            drop_database(conn, n.work)
+            pg.drop_database(conn, n.work)
             create_empty(conn, n.work, manifest.get("database_settings") or {})
             marker.write(conn, n.work, marker.Marker(WORK_KIND, "created", {"set": name}))
             pg_restore(job, set_dir / manifest["dump"]["path"], n.work, dsn, jobs_n)

@@ -307,16 +307,8 @@ def _swap_database(ctx: _Ctx, existed: bool) -> None:
         pg.terminate_sessions(conn, ctx.template)
     with conn.transaction():
         if existed:
-            conn.execute(
-                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                    sql.Identifier(ctx.template), sql.Identifier(ctx.old)
-                )
-            )
-        conn.execute(
-            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                sql.Identifier(ctx.build), sql.Identifier(ctx.template)
-            )
-        )
+            pg.rename_database(conn, ctx.template, ctx.old)
+        pg.rename_database(conn, ctx.build, ctx.template)
         marker.write(conn, ctx.template, marker.Marker(KIND, "complete", ctx.data))
     ctx.job.log.info("template database swapped in", database=ctx.template)
 
@@ -345,7 +337,7 @@ def _drop_database(conn: psycopg.Connection[Any], name: str) -> bool:
         return False
     ident = sql.Identifier(name)
     conn.execute(sql.SQL("ALTER DATABASE {} WITH is_template false").format(ident))
-    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+    pg.drop_database(conn, name)
     return True
 
 

@@ -405,9 +405,7 @@ def _work_state(ctx: _Ctx, fingerprint: str | None) -> str | None:
 
 
 def _drop_work(ctx: _Ctx) -> None:
-    ctx.conn.execute(
-        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(ctx.work))
-    )
+    pg.drop_database(ctx.conn, ctx.work)
     filestore.discard(filestore.staging_path(naming.filestore(ctx.db, ctx.data_dir)))
 
 
@@ -428,11 +426,7 @@ def _publish(ctx: _Ctx, fingerprint: str | None) -> None:
     def attempt() -> None:
         pg.terminate_sessions(conn, ctx.work)  # e.g. a killed run's backend not yet gone
         with conn.transaction():
-            conn.execute(
-                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                    sql.Identifier(ctx.work), sql.Identifier(ctx.db)
-                )
-            )
+            pg.rename_database(conn, ctx.work, ctx.db)
             marker.write(conn, ctx.db, done)
 
     retry.call(

@@ -199,16 +199,6 @@ def check_binary(odoo_bin: str, version: int, deadline: retry.Deadline) -> str:
     return text
 
 
-def drop_database(conn: psycopg.Connection[Any], db: str) -> None:
-    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
-
-
-def rename(conn: psycopg.Connection[Any], old: str, new: str) -> None:
-    conn.execute(
-        sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))
-    )
-
-
 def set_allow_connections(conn: psycopg.Connection[Any], db: str, allow: bool) -> None:
     conn.execute(
         sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
@@ -260,7 +250,7 @@ def snapshot(ctx: Ctx) -> Done:
             return Done("updated" if changed else "unchanged", {"phase": "snapshot", **up})
         # Failed, killed midway, rolled back or unrecorded: never passed again. Start afresh.
         log.info("dropping the spoilt work copy", database=s.work)
-        drop_database(conn, s.work)
+        pg.drop_database(conn, s.work)
     filestore.discard(s.fs(s.work))
     up["attempt"] = int(up.get("attempt", 0)) + 1
     marker.write(conn, s.db, live)
@@ -443,7 +433,7 @@ def _swap(
             pg.terminate_sessions(conn, old)
         with conn.transaction():
             for old, new in renames:
-                rename(conn, old, new)
+                pg.rename_database(conn, old, new)
             set_allow_connections(conn, allow, True)
             for db, mark in marks.items():
                 marker.write(conn, db, mark)
@@ -505,7 +495,7 @@ def rollback(ctx: Ctx) -> Done:
         ):
             raise ConflictError(f"{s.rollback} is not this tenant's rollback copy: left untouched")
         if pg.database_exists(conn, s.work):
-            drop_database(conn, s.work)  # only an abandoned copy can hold the name now
+            pg.drop_database(conn, s.work)  # only an abandoned copy can hold the name now
         restored = marker.Marker(TENANT_KIND, "complete", dict(old.data.get("tenant", {})))
         upgraded_mark = marker.Marker(WORK_KIND, "rolled-back", {**s.hop(), "was": live.data})
         _swap(
