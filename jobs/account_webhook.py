@@ -107,13 +107,7 @@ def _event(value: str | None) -> str:
     default=None,
     help="File holding the signing secret (whsec_…).",
 )
-@options.option(
-    "--request-timeout",
-    env="PLANA_HTTP_TIMEOUT",
-    type=float,
-    default=None,
-    help=f"Seconds per HTTP attempt [default: {http.DEFAULT_REQUEST_TIMEOUT_S:g}].",
-)
+@options.request_timeout
 @options.option(
     "--redis-url",
     env="PLANA_REDIS_URL",

@@ -98,16 +98,7 @@ def verify_set(
     default=None,
     help="Set to verify; default: the newest complete set.",
 )
-@options.option("--dest", env="PLANA_BACKUP_DEST", default=None, help="Mounted backup volume.")
-@options.option(
-    "--jobs",
-    "jobs_n",
-    env="PLANA_BACKUP_JOBS",
-    type=click.IntRange(1, 16),
-    default=1,
-    show_default=True,
-    help="pg_restore parallel jobs.",
-)
+@options.backup_set_source
 @options.pg_dsn
 @options.common
 def backup_verify(**kw: Any) -> None:

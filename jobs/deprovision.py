@@ -50,20 +50,7 @@ def final_set(dest: Path, subdomain: str) -> str | None:
 @options.tier
 @options.generation
 @backup.backup_options
-@options.option(
-    "--redis-url",
-    env="PLANA_REDIS_URL",
-    default="redis://127.0.0.1:6379/0",
-    show_default=True,
-    help="Redis URL (a password in it is never logged).",
-)
-@options.option(
-    "--stream",
-    env="PLANA_EVENTS_STREAM",
-    default=naming.EVENTS_STREAM,
-    show_default=True,
-    help="Stream key.",
-)
+@options.events_stream
 @options.data_dir
 @options.pg_dsn
 @options.common

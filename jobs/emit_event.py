@@ -13,7 +13,7 @@ from typing import Any
 import click
 import redis
 
-from jobs import naming, options, retry, runner
+from jobs import options, retry, runner
 from jobs.errors import ConfigError, UsageError
 from jobs.result import Done
 
@@ -99,20 +99,7 @@ def _stream(value: str | None) -> str:
     show_default=True,
     help=f"Event type: {', '.join(EVENT_TYPES)}.",
 )
-@options.option(
-    "--redis-url",
-    env="PLANA_REDIS_URL",
-    default="redis://127.0.0.1:6379/0",
-    show_default=True,
-    help="Redis URL (a password in it is never logged).",
-)
-@options.option(
-    "--stream",
-    env="PLANA_EVENTS_STREAM",
-    default=naming.EVENTS_STREAM,
-    show_default=True,
-    help="Stream key.",
-)
+@options.events_stream
 @options.option(
     "--maxlen",
     env="PLANA_EVENTS_MAXLEN",

@@ -239,12 +239,7 @@ def _finish(conn: psycopg.Connection[Any], n: Names) -> bool:
     show_default=True,
     help="PostgreSQL role owning the database.",
 )
-@options.option(
-    "--template-db",
-    env="PLANA_TEMPLATE_DB",
-    default=None,
-    help="Clone this template database instead of the tier's template_{code}_{version}.",
-)
+@options.template_db
 @options.data_dir
 @options.pg_dsn
 @options.common

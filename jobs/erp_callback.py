@@ -310,13 +310,7 @@ def _pattern(value: str | None, pattern: re.Pattern[str], field: str, what: str)
     show_default=True,
     help="Value of the record's state field.",
 )
-@options.option(
-    "--request-timeout",
-    env="PLANA_HTTP_TIMEOUT",
-    type=float,
-    default=None,
-    help=f"Seconds per HTTP attempt [default: {http.DEFAULT_REQUEST_TIMEOUT_S:g}].",
-)
+@options.request_timeout
 @options.common
 def erp_callback(**kw: Any) -> None:
     """Upsert the tenant's subscription record in the PLANA ERP (Odoo external API)."""

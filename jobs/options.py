@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from jobs import naming
+from jobs import http, naming
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -54,6 +54,28 @@ odoo_bin = option("--odoo-bin", env="PLANA_ODOO_BIN", default="odoo", show_defau
                   help="The Odoo executable.")  # fmt: skip
 generation = option("--generation", env="PLANA_GENERATION", default=None,
                     help="The XR's metadata.generation (part of the idempotency key).")  # fmt: skip
+
+template_db = option("--template-db", env="PLANA_TEMPLATE_DB", default=None,
+                     help="Clone this template database instead of the tier's "
+                          "template_{code}_{version}.")  # fmt: skip
+request_timeout = option("--request-timeout", env="PLANA_HTTP_TIMEOUT", type=float, default=None,
+                         help="Seconds per HTTP attempt "
+                              f"[default: {http.DEFAULT_REQUEST_TIMEOUT_S:g}].")  # fmt: skip
+
+# The tenant events stream: emit-event writes it, deprovision emits client.deprovisioned to it.
+events_stream = stack(
+    option("--redis-url", env="PLANA_REDIS_URL", default="redis://127.0.0.1:6379/0",
+           show_default=True, help="Redis URL (a password in it is never logged)."),
+    option("--stream", env="PLANA_EVENTS_STREAM", default=naming.EVENTS_STREAM,
+           show_default=True, help="Stream key."),
+)  # fmt: skip
+
+# Jobs that read a backup set (restore, backup-verify); backup's own --dest/--jobs say more.
+backup_set_source = stack(
+    option("--dest", env="PLANA_BACKUP_DEST", default=None, help="Mounted backup volume."),
+    option("--jobs", "jobs_n", env="PLANA_BACKUP_JOBS", type=click.IntRange(1, 16), default=1,
+           show_default=True, help="pg_restore parallel jobs."),
+)  # fmt: skip
 
 
 def client(kw: dict[str, Any], *, owner: bool = True) -> naming.ClientSpec:

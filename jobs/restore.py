@@ -316,16 +316,7 @@ def restore_set(
     env="PLANA_RESTORE_AS_COPY",
     help="Give the restored database its own database.secret/uuid and URL.",
 )
-@options.option("--dest", env="PLANA_BACKUP_DEST", default=None, help="Mounted backup volume.")
-@options.option(
-    "--jobs",
-    "jobs_n",
-    env="PLANA_BACKUP_JOBS",
-    type=click.IntRange(1, 16),
-    default=1,
-    show_default=True,
-    help="pg_restore parallel jobs.",
-)
+@options.backup_set_source
 @options.data_dir
 @options.pg_dsn
 @options.common

@@ -267,12 +267,7 @@ def personalise(conn: psycopg.Connection[Any], identity: Identity) -> dict[str, 
     show_default=True,
     help="PostgreSQL role owning the database (only it may connect).",
 )
-@options.option(
-    "--template-db",
-    env="PLANA_TEMPLATE_DB",
-    default=None,
-    help="Clone this template database instead of the tier's template_{code}_{version}.",
-)
+@options.template_db
 @options.data_dir
 @options.pg_dsn
 @options.common
