@@ -205,13 +205,9 @@ class Ledger:
             return None
         if not prefix or any(ch.isspace() for ch in prefix) or not prefix.isprintable():
             raise UsageError("ledgerPrefix", f"must be a Redis key prefix, got {prefix!r}")
-        import redis  # only jobs with a ledger pay for the driver
+        from jobs import redis_client  # only jobs with a ledger pay for the driver
 
-        try:
-            client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
-        except ValueError as exc:
-            raise ConfigError(f"PLANA_REDIS_URL: {exc}") from None
-        return cls(client, prefix, deadline)
+        return cls(redis_client.from_url(url), prefix, deadline)
 
     def _key(self, msg_id: str) -> str:
         return f"{self.prefix}:delivered:{msg_id}"

@@ -22,10 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import click
-import redis
 
-from jobs import backup, emit_event, filestore, locks, marker, naming, options, pg, runner
-from jobs.errors import ConfigError, ConflictError
+from jobs import (
+    backup,
+    emit_event,
+    filestore,
+    locks,
+    marker,
+    naming,
+    options,
+    pg,
+    redis_client,
+    runner,
+)
+from jobs.errors import ConflictError
 from jobs.result import Done
 
 EVENT_TYPE = "client.deprovisioned"
@@ -67,10 +77,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     generation = options.generation_value(kw["generation"])
     dest = backup.dest_dir(kw["dest"])
     dsn = pg.base_conninfo(kw["pg_dsn"])
-    try:
-        client = redis.Redis.from_url(kw["redis_url"], socket_connect_timeout=5, socket_timeout=10)
-    except ValueError as exc:
-        raise ConfigError(f"PLANA_REDIS_URL: {exc}") from None
+    client = redis_client.from_url(kw["redis_url"])
     db, fs = tenant.db_name, tenant.filestore(kw["data_dir"])
     job.bind(tenant=tenant.subdomain)
     details: dict[str, Any] = {"database": db}

@@ -13,7 +13,7 @@ from typing import Any
 import click
 import redis
 
-from jobs import options, retry, runner
+from jobs import options, redis_client, retry, runner
 from jobs.errors import ConfigError, UsageError
 from jobs.result import Done
 
@@ -128,11 +128,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     event_type = _event_type(kw["event_type"])
     generation = options.generation_value(kw["generation"])
     stream = _stream(kw["stream"])
-    url = kw["redis_url"]
-    try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
-    except ValueError as exc:
-        raise ConfigError(f"PLANA_REDIS_URL: {exc}") from None
+    client = redis_client.from_url(kw["redis_url"])
     job.bind(tenant=spec.tenant.subdomain)
 
     eid = event_id(event_type, spec.tenant.subdomain, generation)
