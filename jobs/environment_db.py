@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib.resources
 import os
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from jobs import (
     restore,
     retry,
     runner,
+    swap,
     tenant_db,
 )
 from jobs.errors import ConflictError, UsageError
@@ -48,7 +48,6 @@ from jobs.result import Done
 KIND = "environment"
 WORK_KIND = "environment-work"
 WORK_SUFFIX = "__env"
-OLD_SUFFIX = "__old"
 
 
 def neutralise(conn: psycopg.Connection[Any]) -> list[str]:
@@ -84,26 +83,10 @@ def check_neutralised(conn: psycopg.Connection[Any]) -> list[str]:
     return problems
 
 
-@dataclass(frozen=True)
-class Names:
-    db: str
-    work: str
-    old: str
-    fs: Path
-    fs_work: Path
-    fs_old: Path
-
-    @classmethod
-    def of(cls, env: naming.Tenant, data_dir: str) -> Names:
-        fs = env.filestore(data_dir)
-        return cls(
-            db=env.db_name,
-            work=env.db_name + WORK_SUFFIX,
-            old=env.db_name + OLD_SUFFIX,
-            fs=fs,
-            fs_work=fs.parent / f".{fs.name}.env",
-            fs_old=fs.parent / f".{fs.name}.old",
-        )
+def _names(env: naming.Tenant, data_dir: str) -> swap.Names:
+    return swap.Names.of(
+        env, data_dir, work_suffix=WORK_SUFFIX, fs_work=lambda fs: fs.parent / f".{fs.name}.env"
+    )
 
 
 def _copy_database(job: runner.Job, source: str, work: str, dsn: str | None) -> None:
@@ -127,7 +110,7 @@ def _copy_database(job: runner.Job, source: str, work: str, dsn: str | None) -> 
 
 def _build(job: runner.Job, conn: psycopg.Connection[Any], ctx: dict[str, Any]) -> dict[str, Any]:
     """The environment as `{db}__env` + `.{db}.env`, neutralised and verified."""
-    n: Names = ctx["names"]
+    n: swap.Names = ctx["names"]
     env_tenant: naming.Tenant = ctx["env_tenant"]
     dsn = ctx["dsn"]
     pg.drop_database(conn, n.work)
@@ -171,7 +154,7 @@ def _build(job: runner.Job, conn: psycopg.Connection[Any], ctx: dict[str, Any]) 
 
 
 def _publish(
-    conn: psycopg.Connection[Any], n: Names, final: marker.Marker, job: runner.Job
+    conn: psycopg.Connection[Any], n: swap.Names, final: marker.Marker, job: runner.Job
 ) -> None:
     """Old environment aside, work database and filestore in, marker: then drop the old."""
     n.fs.parent.mkdir(parents=True, exist_ok=True)
@@ -191,19 +174,10 @@ def _publish(
     _finish(conn, n)
 
 
-def _finish(conn: psycopg.Connection[Any], n: Names) -> bool:
+def _finish(conn: psycopg.Connection[Any], n: swap.Names) -> bool:
     """Complete a publication: filestore into place, old copies dropped. True if it did work."""
-    did = False
-    if not n.fs.exists() and n.fs_work.exists():
-        os.rename(n.fs_work, n.fs)
-        did = True
-    if pg.database_exists(conn, n.old):
-        pg.drop_database(conn, n.old)
-        did = True
-    if n.fs_old.exists():
-        filestore.discard(n.fs_old)
-        did = True
-    return did
+    moved = swap.place_filestore(n)
+    return swap.drop_old(conn, n) or moved
 
 
 @click.command("environment-db")
@@ -260,7 +234,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     ctx: dict[str, Any] = {
         "copy": copy, "env_tenant": env_tenant, "data_dir": kw["data_dir"],
         "role": tenant_db.owner_role(kw["owner_role"]),
-        "names": Names.of(env_tenant, kw["data_dir"]),
+        "names": _names(env_tenant, kw["data_dir"]),
     }  # fmt: skip
     if len(ctx["names"].work.encode()) > tenant_db.MAX_DB_NAME:
         raise UsageError("env", f"database name {env_tenant.db_name!r} is too long")
@@ -279,7 +253,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         )
     generation = options.generation_value(kw["generation"])
     dsn = ctx["dsn"] = kw["pg_dsn"]
-    n: Names = ctx["names"]
+    n: swap.Names = ctx["names"]
     job.bind(tenant=sub, environment=env_tenant.subdomain)
 
     with (

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,12 +26,11 @@ import click
 import psycopg
 from psycopg import sql
 
-from jobs import backup, filestore, locks, marker, naming, options, pg, proc, runner
+from jobs import backup, filestore, locks, marker, naming, options, pg, proc, runner, swap
 from jobs.errors import ConflictError, UsageError
 from jobs.result import Done
 
 WORK_SUFFIX = "__rst"
-OLD_SUFFIX = "__old"
 WORK_KIND = "restore-work"
 
 
@@ -142,28 +140,6 @@ def extract_filestore(job: runner.Job, set_dir: Path, manifest: dict[str, Any], 
 # ---------------------------------------------------------------------------- the restore
 
 
-@dataclass(frozen=True)
-class Names:
-    db: str
-    work: str
-    old: str
-    fs: Path
-    fs_stage: Path
-    fs_old: Path
-
-    @classmethod
-    def of(cls, tenant: naming.Tenant, data_dir: str) -> Names:
-        fs = tenant.filestore(data_dir)
-        return cls(
-            db=tenant.db_name,
-            work=tenant.db_name + WORK_SUFFIX,
-            old=tenant.db_name + OLD_SUFFIX,
-            fs=fs,
-            fs_stage=filestore.staging_path(fs),
-            fs_old=fs.parent / f".{fs.name}.old",
-        )
-
-
 def _ours(conn: psycopg.Connection[Any], db: str, kinds: tuple[str, ...]) -> marker.Marker | None:
     """The marker of `db` if it is one of `kinds`; ConflictError if `db` exists but is not ours."""
     if not pg.database_exists(conn, db):
@@ -176,7 +152,7 @@ def _ours(conn: psycopg.Connection[Any], db: str, kinds: tuple[str, ...]) -> mar
     return mark
 
 
-def _roll_back_swap(job: runner.Job, conn: psycopg.Connection[Any], n: Names) -> bool:
+def _roll_back_swap(job: runner.Job, conn: psycopg.Connection[Any], n: swap.Names) -> bool:
     """A swap killed before the work database took the tenant's name: put the old one back."""
     if pg.database_exists(conn, n.db) or not pg.database_exists(conn, n.old):
         return False
@@ -196,17 +172,6 @@ def _final_marker(
     return marker.Marker(kind=kind, state=state, data=data)
 
 
-def _cleanup(conn: psycopg.Connection[Any], n: Names) -> bool:
-    did = False
-    if pg.database_exists(conn, n.old):
-        pg.drop_database(conn, n.old)
-        did = True
-    if n.fs_old.exists():
-        filestore.discard(n.fs_old)
-        did = True
-    return did
-
-
 def restore_set(
     job: runner.Job,
     conn: psycopg.Connection[Any],
@@ -220,7 +185,7 @@ def restore_set(
     jobs_n: int = 1,
 ) -> str:
     """Restore `set_dir` as `target`; the caller holds the target's lock. Returns the outcome."""
-    n = Names.of(target, data_dir)
+    n = swap.Names.of(target, data_dir, work_suffix=WORK_SUFFIX, fs_work=filestore.staging_path)
     name = set_dir.name
     _roll_back_swap(job, conn, n)
     current = _ours(conn, n.db, (*backup.BACKUP_KINDS, WORK_KIND))
@@ -230,10 +195,8 @@ def restore_set(
     if current is not None and current.kind != WORK_KIND:
         if current.data.get("restored_from") == name:
             job.log.info("set already restored", set=name, database=n.db)
-            moved = not n.fs.exists() and n.fs_stage.exists()
-            if moved:
-                os.rename(n.fs_stage, n.fs)
-            return "updated" if _cleanup(conn, n) or moved else "unchanged"
+            moved = swap.place_filestore(n)
+            return "updated" if swap.drop_old(conn, n) or moved else "unchanged"
         if not replace:
             raise ConflictError(f"database {n.db} exists: pass --replace to swap it", database=n.db)
     elif current is None and n.fs.exists() and not replace:
@@ -270,7 +233,7 @@ def restore_set(
             state = {"set": name, "as_copy": as_copy}
             marker.write(conn, n.work, marker.Marker(WORK_KIND, "verified", state))
         job.step("filestore")
-        extract_filestore(job, set_dir, manifest, n.fs_stage)  # a kept stage may be half done
+        extract_filestore(job, set_dir, manifest, n.fs_work)  # a kept stage may be half done
         job.step("swap")
         n.fs.parent.mkdir(parents=True, exist_ok=True)
         if current is not None:
@@ -279,10 +242,9 @@ def restore_set(
             os.rename(n.fs, n.fs_old)
         rename_database(conn, n.work, n.db)
     # From here the tenant's name holds the verified restore; finish publishing it.
-    if not n.fs.exists() and n.fs_stage.exists():
-        os.rename(n.fs_stage, n.fs)
+    swap.place_filestore(n)
     marker.write(conn, n.db, final)
-    _cleanup(conn, n)
+    swap.drop_old(conn, n)
     return "created" if current is None else "updated"
 
 
