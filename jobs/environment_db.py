@@ -263,9 +263,12 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         tenant_db.require_role(conn, ctx["role"])
         job.step("observe")
         if not pg.database_exists(conn, n.db) and pg.database_exists(conn, n.old):
-            restore.rename_database(conn, n.old, n.db)  # a killed swap: the old one comes back
+            # A killed swap: the old pair comes back, filestore first. Renaming the database
+            # first would let a kill in between leave the old database under the live name with
+            # its filestore still aside, and the next run would take the work filestore for it.
             if n.fs_old.exists() and not n.fs.exists():
                 os.rename(n.fs_old, n.fs)
+            restore.rename_database(conn, n.old, n.db)
         current = marker.read(conn, n.db) if pg.database_exists(conn, n.db) else None
         if pg.database_exists(conn, n.db) and (
             current is None or current.kind != KIND or current.data.get("tenant") != sub

@@ -163,3 +163,39 @@ def test_fresh_environment_from_the_tier_template(
     copied = tree(naming.filestore(template["name"], template["data_dir"]))
     content = {k: v for k, v in copied.items() if not k.startswith(".")}  # not the template's marks
     assert tree(naming.filestore(env_db, template["data_dir"])) == content
+
+
+@pytest.mark.parametrize("killed_after", ["database-aside", "both-aside", "filestore-back"])
+def test_a_refresh_killed_mid_swap_brings_the_old_pair_back(
+    production: dict[str, Any], run_job: Runner, pg_dsn: str, killed_after: str
+) -> None:
+    """The states a kill can leave inside the publish swap (and inside its own recovery)."""
+    sub, data_dir = production["sub"], production["data_dir"]
+    env_db = naming.db_name(f"{sub}-staging")
+    args = ["environment-db", "--subdomain", sub, "--env", "staging", "--copy-from-production",
+            "--data-dir", str(data_dir), "--generation", "1"]  # fmt: skip
+    assert run_job(args).rc == 0
+    fs = naming.filestore(env_db, data_dir)
+    fs_old = fs.parent / f".{fs.name}.old"
+    files = tree(fs)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        if killed_after in ("database-aside", "both-aside"):
+            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(env_db), sql.Identifier(env_db + "__old")))  # fmt: skip
+        if killed_after in ("both-aside", "filestore-back"):
+            fs.rename(fs_old)
+        if killed_after == "filestore-back":  # recovery killed after its first step
+            fs_old.rename(fs)
+            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
+                sql.Identifier(env_db), sql.Identifier(env_db + "__old")))  # fmt: skip
+    again = run_job(args)
+    assert again.rc == 0, again.output
+    assert again.result["outcome"] in ("unchanged", "updated")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        mark = marker.read(conn, env_db)
+        assert mark is not None and mark.state == "complete"
+        assert not conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (env_db + "__old",)
+        ).fetchone()
+    assert tree(fs) == files  # the environment's own filestore, whole
+    assert not fs_old.exists()
