@@ -16,8 +16,8 @@ import httpx
 
 from jobs import retry
 from jobs.errors import UsageError
+from jobs.options import DEFAULT_REQUEST_TIMEOUT_S
 
-DEFAULT_REQUEST_TIMEOUT_S = 10.0
 CONNECT_TIMEOUT_S = 5.0
 USER_AGENT = "plana-jobs"
 

@@ -313,7 +313,7 @@ class Room:
     env="PLANA_HTTP_TIMEOUT",
     type=float,
     default=None,
-    help=f"Seconds per request [default: {http.DEFAULT_REQUEST_TIMEOUT_S:g}].",
+    help=f"Seconds per request [default: {options.DEFAULT_REQUEST_TIMEOUT_S:g}].",
 )
 @options.common
 def matrix_room(**kw: Any) -> None:

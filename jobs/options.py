@@ -11,9 +11,13 @@ from typing import Any, TypeVar
 
 import click
 
-from jobs import http, naming
+from jobs import naming
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Seconds per HTTP attempt. Here rather than in jobs.http so that declaring the option does not
+# import httpx into every job (tenant-db and friends never make an HTTP request).
+DEFAULT_REQUEST_TIMEOUT_S = 10.0
 
 
 def option(*decls: str, env: str, **kwargs: Any) -> Callable[[F], F]:
@@ -60,7 +64,7 @@ template_db = option("--template-db", env="PLANA_TEMPLATE_DB", default=None,
                           "template_{code}_{version}.")  # fmt: skip
 request_timeout = option("--request-timeout", env="PLANA_HTTP_TIMEOUT", type=float, default=None,
                          help="Seconds per HTTP attempt "
-                              f"[default: {http.DEFAULT_REQUEST_TIMEOUT_S:g}].")  # fmt: skip
+                              f"[default: {DEFAULT_REQUEST_TIMEOUT_S:g}].")  # fmt: skip
 
 # The tenant events stream: emit-event writes it, deprovision emits client.deprovisioned to it.
 events_stream = stack(
