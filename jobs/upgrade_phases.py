@@ -398,28 +398,26 @@ def _move(src: Path, dst: Path) -> None:
     os.rename(src, dst)
 
 
+def _promote(incoming: Path, live: Path, aside: Path) -> bool:
+    """Live filestore aside, `incoming` into its place; False when there is nothing to bring in."""
+    if not incoming.is_dir():
+        return False
+    if live.is_dir():
+        _move(live, aside)
+    os.rename(incoming, live)
+    return True
+
+
 def cutover_filestore(ctx: Ctx) -> bool:
     """filestore/{db} → {rollback}, filestore/{work} → {db}; resumable after a crash."""
     s = ctx.spec
-    work, live, rb = s.fs(s.work), s.fs(s.db), s.fs(s.rollback)
-    if not work.is_dir():
-        return False
-    if live.is_dir():
-        _move(live, rb)
-    os.rename(work, live)
-    return True
+    return _promote(incoming=s.fs(s.work), live=s.fs(s.db), aside=s.fs(s.rollback))
 
 
 def rollback_filestore(ctx: Ctx) -> bool:
     """The reverse of `cutover_filestore`, while the rollback filestore exists."""
     s = ctx.spec
-    work, live, rb = s.fs(s.work), s.fs(s.db), s.fs(s.rollback)
-    if not rb.is_dir():
-        return False
-    if live.is_dir():
-        _move(live, work)
-    os.rename(rb, live)
-    return True
+    return _promote(incoming=s.fs(s.rollback), live=s.fs(s.db), aside=s.fs(s.work))
 
 
 def _swap(
