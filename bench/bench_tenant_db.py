@@ -5,6 +5,13 @@ Run with `make bench` (or `.venv/bin/python -m bench bench_tenant_db`). Needs Po
 (PLANA_TEST_PG_DSN, default postgresql://postgres@127.0.0.1:5432/postgres), psql, pg_dump,
 pg_restore and cp on PATH, and the Odoo stand-in (tests/standins/odoo) for the Odoo core schema.
 Every figure is measured in the same run; the targets are ratios, never absolute times.
+
+Nothing is dropped until the end (about 70 databases: ~30 GB on disk while it runs). Dropping
+between runs made every run after a drop slower, whichever kind it was: on an ext4 file system
+without a journal (this machine's), the inode allocator skips every inode freed in the last 60 s
+(`recently_deleted()`, one buffer look-up each), so the ~6,000 files of a dropped clone made the
+next clone's file creations scan past them (seen with `perf record -a`: a 1 s clone took 4.5 s).
+A tenant is created on a server that keeps its databases; that is what is measured.
 """
 
 from __future__ import annotations
@@ -32,11 +39,11 @@ BIN = Path(sys.executable).parent
 ODOO = ROOT / "tests" / "standins" / "odoo"
 DSN = os.environ.get("PLANA_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
-TABLES = 720  # on top of the stand-in's core tables
-BULK_ROWS = 240_000  # ~1.2 KB each with the index: ~300 MB, plus the tables
+SHAPE = Path(__file__).with_name("odoo_shape.sql")  # ~720 Odoo-shaped tables, ~340 MB
 FILES = 2_400
 REPEAT = 3
 CONCURRENT = 10
+CONCURRENT_ROUNDS = 3
 OWNER = "plana"
 
 TARGET_SINGLE = 1.25  # tenant-db / bare clone
@@ -52,7 +59,7 @@ def _drop(conn: psycopg.Connection[Any], name: str) -> None:
 
 
 def build_template(conn: psycopg.Connection[Any], name: str, data_dir: Path) -> dict[str, Any]:
-    """The Odoo core from the stand-in, then bulk tables, rows and files by SQL and Python."""
+    """The Odoo core from the stand-in, then Odoo-shaped data (odoo_shape.sql) and files."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     params = psycopg.conninfo.conninfo_to_dict(DSN)
     for key, var in (("host", "PGHOST"), ("port", "PGPORT"), ("user", "PGUSER")):
@@ -64,30 +71,17 @@ def build_template(conn: psycopg.Connection[Any], name: str, data_dir: Path) -> 
         env=env, check=True,
     )  # fmt: skip
     with psycopg.connect(DSN, dbname=name, autocommit=True) as db:
-        with db.transaction(), db.pipeline():
-            for i in range(TABLES):
-                table = sql.Identifier(f"bench_model_{i}")
-                db.execute(sql.SQL(
-                    "CREATE TABLE {} (id serial PRIMARY KEY, name varchar NOT NULL,"
-                    " company_id integer, active boolean DEFAULT true,"
-                    " create_date timestamp DEFAULT now())").format(table))  # fmt: skip
-                db.execute(sql.SQL("CREATE INDEX ON {} (company_id)").format(table))
-                db.execute(sql.SQL(
-                    "INSERT INTO {} (name, company_id) SELECT 'r' || g, 1"
-                    " FROM generate_series(1, 20) g").format(table))  # fmt: skip
-        db.execute(
-            "CREATE TABLE bench_mail_message (id bigserial PRIMARY KEY, res_id integer,"
-            " body text, create_date timestamp DEFAULT now())"
-        )
-        db.execute(
-            "INSERT INTO bench_mail_message (res_id, body) SELECT g %% 5000,"
-            " repeat(md5(g::text), 30) FROM generate_series(1, %s) g",
-            (BULK_ROWS,),
-        )
-        db.execute("CREATE INDEX ON bench_mail_message (res_id)")
+        with db.transaction():
+            db.execute(SHAPE.read_text(encoding="utf-8").encode())
         db.execute("VACUUM ANALYZE")
-        tables = db.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
-        size = db.execute("SELECT pg_database_size(current_database())").fetchone()
+        shape = db.execute(
+            "SELECT (SELECT count(*) FROM pg_tables WHERE schemaname = 'public'),"
+            " (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            "   WHERE n.nspname = 'public'),"
+            " (SELECT count(*) FROM pg_constraint WHERE contype = 'f'),"
+            " pg_database_size(current_database())"
+        ).fetchone()
+        assert shape is not None
     fs = naming.filestore(name, data_dir)
     rnd = os.urandom(1 << 20)
     for i in range(FILES):
@@ -107,11 +101,31 @@ def build_template(conn: psycopg.Connection[Any], name: str, data_dir: Path) -> 
     conn.execute("CHECKPOINT")
     report = filestore.verify(fs)
     return {
-        "tables": tables[0] if tables else 0,
-        "db_mb": round((size[0] if size else 0) / 1e6),
+        "tables": shape[0],
+        "relations": shape[1],
+        "foreign_keys": shape[2],
+        "db_mb": round(shape[3] / 1e6),
         "files": report.files,
         "fs_mb": round(report.bytes / 1e6),
     }
+
+
+def settle(conn: psycopg.Connection[Any]) -> None:
+    """Start every measured run from the same state: no dirty buffers, no write-back pending.
+
+    Without this the write-back of the run before (and the checkpoint it forces) lands on
+    whichever run comes next.
+    """
+    conn.execute("CHECKPOINT")
+    os.sync()
+    give_up = time.monotonic() + 60
+    while time.monotonic() < give_up:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            info = dict(line.split(":", 1) for line in fh)
+        pending_kb = sum(int(info.get(k, "0 kB").split()[0]) for k in ("Dirty", "Writeback"))
+        if pending_kb < 32 * 1024:
+            break
+        time.sleep(0.2)
 
 
 def timed(fn: Callable[[], None]) -> float:
@@ -167,11 +181,8 @@ def dump_restore(conn: psycopg.Connection[Any], template: str, tag: str) -> floa
         if dump.wait() != 0:
             raise RuntimeError("pg_dump failed")
 
-    try:
-        return timed(run)
-    finally:
-        _drop(conn, src)
-        _drop(conn, dst)
+    settle(conn)
+    return timed(run)  # both databases are dropped with the others at the end
 
 
 def main() -> int:
@@ -186,31 +197,32 @@ def main() -> int:
                 conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(OWNER)))
             t0 = time.perf_counter()
             shape = build_template(conn, template, data_dir)
-            print(f"template: {shape['tables']} tables, {shape['db_mb']} MB, "
+            print(f"template: {shape['tables']} tables, {shape['relations']} relations, "
+                  f"{shape['foreign_keys']} foreign keys, {shape['db_mb']} MB, "
                   f"{shape['files']} files ({shape['fs_mb']} MB); built in "
                   f"{time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
 
-            def drop_all(names: list[str]) -> None:
-                for n in names:
-                    _drop(conn, n)
-                    shutil.rmtree(naming.filestore(n, data_dir), ignore_errors=True)
-
+            need = (2 * REPEAT + 3 + 2 * CONCURRENT * CONCURRENT_ROUNDS) * (
+                shape["db_mb"] + shape["fs_mb"]) * 1e6  # fmt: skip
+            if shutil.disk_usage(work).free < need:
+                print(f"not enough disk: the bench keeps its databases until the end and needs "
+                      f"{need / 1e9:.0f} GB free", file=sys.stderr)  # fmt: skip
+                return 1
             # Warm-up (page cache, first checkpoint), not measured.
+            made.append(f"bench_warm_{tag}")
             bare(template, f"bench_warm_{tag}", data_dir)
-            drop_all([f"bench_warm_{tag}"])
 
             singles_bare, singles_job = [], []
             for i in range(REPEAT):
                 name, sub = f"bench_bare_{tag}_{i}", f"bench{tag}s{i}"
                 made += [name, naming.db_name(sub)]
                 runs = [
-                    (singles_bare, lambda n=name: bare(template, n, data_dir), name),
-                    (singles_job, lambda s=sub: tenant_db(template, s, data_dir),
-                     naming.db_name(sub)),
-                ]  # fmt: skip
-                for times, fn, db in runs if i % 2 == 0 else reversed(runs):  # alternate order
+                    (singles_bare, lambda n=name: bare(template, n, data_dir)),
+                    (singles_job, lambda s=sub: tenant_db(template, s, data_dir)),
+                ]
+                for times, fn in runs if i % 2 == 0 else reversed(runs):  # alternate order
+                    settle(conn)
                     times.append(timed(fn))
-                    drop_all([db])
             # Best of REPEAT: other work on the machine only ever adds time, so the minimum is the
             # least noisy estimate of each one's own cost.
             bare_s, job_s = min(singles_bare), min(singles_job)
@@ -218,11 +230,10 @@ def main() -> int:
             made += [f"bench_dump_src_{tag}", f"bench_dump_dst_{tag}"]
             dump_s = dump_restore(conn, template, tag)
 
-            # Concurrent runs, twice, in alternating order (bare, job, job, bare): each run is
-            # followed by dropping ten databases, whose deferred I/O would otherwise always
-            # land on whichever kind runs second.
+            # Concurrent runs, CONCURRENT_ROUNDS times in alternating order (bare, job, job,
+            # bare, ...), each from a settled state.
             conc_bares, conc_jobs = [], []
-            for r in range(2):
+            for r in range(CONCURRENT_ROUNDS):
                 names = [f"bench_cbare_{tag}_{r}_{i}" for i in range(CONCURRENT)]
                 subs = [f"bench{tag}c{r}x{i}" for i in range(CONCURRENT)]
                 made += names + [naming.db_name(s) for s in subs]
@@ -231,15 +242,14 @@ def main() -> int:
                     with ThreadPoolExecutor(CONCURRENT) as pool:
                         conc_bares.append(timed(lambda: list(pool.map(
                             lambda n: bare(template, n, data_dir), names))))  # fmt: skip
-                    drop_all(names)
 
                 def run_jobs(subs: list[str] = subs) -> None:
                     with ThreadPoolExecutor(CONCURRENT) as pool:
                         conc_jobs.append(timed(lambda: list(pool.map(
-                            lambda s: tenant_db(template, s, data_dir), subs))))  # fmt: skip
-                    drop_all([naming.db_name(s) for s in subs])
+                            lambda sub: tenant_db(template, sub, data_dir), subs))))  # fmt: skip
 
-                for fn in (run_bare, run_jobs) if r == 0 else (run_jobs, run_bare):
+                for fn in (run_bare, run_jobs) if r % 2 == 0 else (run_jobs, run_bare):
+                    settle(conn)
                     fn()
             conc_bare, conc_job = min(conc_bares), min(conc_jobs)
         finally:

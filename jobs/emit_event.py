@@ -41,7 +41,7 @@ def event_id(event_type: str, subdomain: str, generation: int | None) -> str:
 
 
 def xadd_once(
-    client: redis.Redis[Any],
+    client: redis.Redis,
     stream: str,
     eid: str,
     fields: dict[str, str],

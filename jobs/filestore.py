@@ -2,7 +2,8 @@
 
 Stable API (tenant-db, template-build, environment and restore jobs):
 
-- `copy_tree(src, dst, *, durable=False, hashed=True)` → `CopyStats`. Copies the tree `src`
+- `copy_tree(src, dst, *, durable=False, hashed=True, publish=True, stop=None)` → `CopyStats`.
+  Copies the tree `src`
   (usually `{data_dir}/filestore/{template}`) to `dst` (`{data_dir}/filestore/{db}`).
   When `dst` does not exist the copy is made in a staging directory beside it
   (`.{name}.partial`, reused after a crash) and published with one `rename`; when `dst` exists
@@ -15,6 +16,9 @@ Stable API (tenant-db, template-build, environment and restore jobs):
   the bytes to the kernel (sendfile) and verifies by name and size only. Names starting with
   "." (staging and marker files) are never copied. A missing `src` is an empty filestore.
   `durable=True` also fsyncs files and directories (survives a node crash, not only a pod kill).
+  `publish=False` fills the staging tree and stops before the rename: a later `copy_tree` of
+  the same trees finds every file there (one `stat` each) and publishes. `stop`, a
+  `threading.Event`, ends a copy running in a thread between two files (`CopyStats.stopped`).
 - `verify(path)` → `VerifyReport`: re-hashes every content-addressed file.
 - `discard(path)`: removes a tree by first renaming it aside (`.{name}.trash-…`), so a crash
   mid-delete never leaves half a tree under the real name; leftovers are swept next time.
@@ -58,6 +62,7 @@ class CopyStats:
     skipped: int = 0  # already present by name and size
     bytes_copied: int = 0
     published: bool = False  # the staging directory was renamed into place
+    stopped: bool = False  # `stop` was set before every file was copied
 
     def as_dict(self) -> dict[str, int | bool]:
         return {
@@ -186,7 +191,13 @@ def _copy_file(src: str, dst: str, rel: str, durable: bool, atomic: bool, hashed
 
 
 def copy_tree(
-    src: str | Path, dst: str | Path, *, durable: bool = False, hashed: bool = True
+    src: str | Path,
+    dst: str | Path,
+    *,
+    durable: bool = False,
+    hashed: bool = True,
+    publish: bool = True,
+    stop: threading.Event | None = None,
 ) -> CopyStats:
     """Make `dst` hold every file of `src` (see the module docstring); idempotent."""
     src, dst = Path(src), Path(dst)
@@ -218,6 +229,9 @@ def copy_tree(
     # copy already runs hidden beside the database clone; ten tenants at once are CPU-bound.
     src_s, target_s = str(src), str(target)
     for rel in todo:
+        if stop is not None and stop.is_set():
+            stats.stopped = True
+            return stats
         stats.bytes_copied += _copy_file(
             os.path.join(src_s, rel), os.path.join(target_s, rel), rel, durable, live, hashed
         )
@@ -225,7 +239,7 @@ def copy_tree(
     if durable:
         for directory in made:
             _fsync_dir(target / directory if directory else target)
-    if target != dst:
+    if target != dst and publish:
         os.rename(target, dst)  # publish: dst appears complete or not at all
         stats.published = True
         if durable:

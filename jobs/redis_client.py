@@ -4,14 +4,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis
 
 from jobs.errors import ConfigError
 
 
-def from_url(url: str) -> redis.Redis[Any]:
+def from_url(url: str) -> redis.Redis:
     try:
         return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
     except ValueError as exc:

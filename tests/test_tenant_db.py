@@ -7,6 +7,8 @@ import hashlib
 import json
 import signal
 import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -421,3 +423,68 @@ def test_filestore_copy_is_staged_incremental_and_verified(tmp_path: Path) -> No
 
     assert filestore.discard(dst) and not dst.exists()
     assert [p.name for p in dst.parent.iterdir()] == []
+
+
+def test_filestore_staging_waits_to_publish_and_stops_between_files(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "filestore" / "db"
+    for i in range(20):
+        _put(src, f"attachment {i}\n".encode() * (i + 1))
+    staging = filestore.staging_path(dst)
+
+    stopped = threading.Event()
+    stopped.set()
+    none = filestore.copy_tree(src, dst, stop=stopped)
+    assert none.stopped and none.copied == 0 and not dst.exists()
+
+    staged = filestore.copy_tree(src, dst, publish=False)
+    assert (staged.copied, staged.published) == (40, False)
+    assert not dst.exists() and filestore.verify(staging).files == 40
+
+    published = filestore.copy_tree(src, dst)  # finds every staged file and renames the tree
+    assert (published.copied, published.skipped, published.published) == (0, 40, True)
+    assert not staging.exists() and filestore.verify(dst).ok
+
+
+def test_filestore_staged_beside_a_blocked_clone_is_never_published(
+    run_job: Runner, pg_dsn: str, pg: psycopg.Connection[Any], template: dict[str, Any],
+    uid: str, drop_dbs: list[str],
+) -> None:  # fmt: skip
+    """The clone waits on a lock: the staged filestore must wait too, then SIGTERM → 75."""
+    drop_dbs.append(db_of(uid) + "%")
+    fs = naming.filestore(db_of(uid), template["data_dir"])
+    staging = filestore.staging_path(fs)
+    want = filestore.verify(naming.filestore(template["name"], template["data_dir"])).files
+    with psycopg.connect(pg_dsn) as blocker:
+        # COMMENT ON DATABASE holds the template's object lock until rollback; CREATE DATABASE
+        # needs a ShareLock on it, so the clone waits while the staging thread runs on.
+        blocker.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(template["name"]),
+            sql.Literal(pg_database_comment(blocker, template["name"]))))  # fmt: skip
+        proc = run_job.popen(tenant_args(uid, template))
+        deadline = time.monotonic() + 30
+        while not (staging.is_dir() and filestore.verify(staging).files == want):
+            assert time.monotonic() < deadline, "the filestore was not staged beside the clone"
+            assert proc.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert not fs.exists() and db_of(uid) + "__new" not in mine(pg, uid)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        blocker.rollback()
+    result = json.loads(out.strip().splitlines()[-1])
+    assert proc.returncode == 75 and result["outcome"] == "failed", out
+    assert not fs.exists() and db_of(uid) not in mine(pg, uid)
+
+    rerun = run_job(tenant_args(uid, template))
+    assert rerun.rc == 0 and rerun.result["outcome"] == "created", rerun.output
+    assert rerun.result["filestore"]["skipped"] == want  # the staged files were kept and reused
+    assert filestore.verify(fs).ok and filestore.verify(fs).files == want
+    assert not staging.exists()
+
+
+def pg_database_comment(conn: psycopg.Connection[Any], db: str) -> str:
+    row = conn.execute(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (db,)
+    ).fetchone()
+    assert row is not None and row[0]
+    return str(row[0])
