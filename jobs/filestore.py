@@ -16,8 +16,8 @@ Stable API (tenant-db, template-build, environment and restore jobs):
   the bytes to the kernel (sendfile) and verifies by name and size only. Names starting with
   "." (staging and marker files) are never copied. A missing `src` is an empty filestore.
   `durable=True` also fsyncs files and directories (survives a node crash, not only a pod kill).
-  `publish=False` fills the staging tree and stops before the rename: a later `copy_tree` of
-  the same trees finds every file there (one `stat` each) and publishes. `stop`, a
+  `publish=False` fills the staging tree and stops before the rename; `publish_staged(dst)`
+  renames it into place later (so does a later `copy_tree`, after one `stat` per file). `stop`, a
   `threading.Event`, ends a copy running in a thread between two files (`CopyStats.stopped`).
 - `verify(path)` → `VerifyReport`: re-hashes every content-addressed file.
 - `discard(path)`: removes a tree by first renaming it aside (`.{name}.trash-…`), so a crash
@@ -240,11 +240,24 @@ def copy_tree(
         for directory in made:
             _fsync_dir(target / directory if directory else target)
     if target != dst and publish:
-        os.rename(target, dst)  # publish: dst appears complete or not at all
-        stats.published = True
-        if durable:
-            _fsync_dir(dst.parent)
+        stats.published = publish_staged(dst, durable=durable)
     return stats
+
+
+def publish_staged(dst: str | Path, *, durable: bool = False) -> bool:
+    """Rename the staging tree of `dst` into place (dst appears complete or not at all).
+
+    False when there is nothing to publish: no staging tree, or `dst` already exists (a copy
+    into a live tree writes in place).
+    """
+    dst = Path(dst)
+    staging = staging_path(dst)
+    if dst.exists() or not staging.is_dir():
+        return False
+    os.rename(staging, dst)
+    if durable:
+        _fsync_dir(dst.parent)
+    return True
 
 
 def verify(path: str | Path) -> VerifyReport:

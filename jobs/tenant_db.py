@@ -359,9 +359,9 @@ def _converge(ctx: _Ctx) -> Done:
                     restrict_connect(conn, ctx.work, ctx.role)
                     ctx.mark(ctx.work, "cloned", template_fingerprint=fingerprint)
                 job.step("filestore")
-            # Finds every staged file in place (one stat each) and renames the tree into place.
-            published = filestore.copy_tree(src_fs, dst_fs)
-            stats["filestore"] = {**staged.result().as_dict(), "published": published.published}
+            copied = staged.result()
+            copied.published = filestore.publish_staged(dst_fs)
+            stats["filestore"] = copied.as_dict()
             ctx.mark(ctx.work, "filestore", template_fingerprint=fingerprint)
             state = "filestore"
 
