@@ -194,3 +194,24 @@ def test_help_lists_commands_and_usage_errors_exit_64(run_job: Any) -> None:
     bad = run_job(["no-such-job"])
     assert bad.rc == 64
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_job_body_runs_with_the_collector_on_and_start_up_frozen() -> None:
+    """main() pauses the cyclic collector while modules load (a CPU saving, see jobs/cli.py);
+    loading the command must turn it back on, or a long job would never collect, and freeze
+    what start-up allocated. Fails if either half is dropped."""
+    probe = (
+        "import gc, click\n"
+        "from jobs import cli\n"
+        "@click.command('probe')\n"
+        "def probe():\n"
+        "    print(gc.isenabled(), gc.get_freeze_count() > 0)\n"
+        "cli.COMMANDS['probe'] = '__main__:probe'\n"
+        "print(gc.isenabled())\n"
+        "cli.main(['probe'])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["True", "True True"]
