@@ -6,17 +6,18 @@ Run with `make bench` (or `.venv/bin/python -m bench bench_tenant_db`). Needs Po
 pg_restore and cp on PATH, and the Odoo stand-in (tests/standins/odoo) for the Odoo core schema.
 Every figure is measured in the same run; the targets are ratios, never absolute times.
 
-Memory is filled first (see `fill_page_cache`: free memory on this VM is handed back to the
-host, and touching it again is slow). Nothing is dropped until the end (about 100 databases:
-~45 GB on disk while it runs, plus the scratch file as large as free memory). Dropping
-between runs made every run after a drop slower, whichever kind it was: on an ext4 file system
-without a journal (this machine's), the inode allocator skips every inode freed in the last 60 s
-(`recently_deleted()`, one buffer look-up each), so the ~6,000 files of a dropped clone made the
-next clone's file creations scan past them (seen with `perf record -a`: a 1 s clone took 4.5 s).
-A tenant is created on a server that keeps its databases; that is what is measured. For the
-same reason `make bench` runs this bench first: files deleted in the minutes before (another
-bench's scratch data, a test run) slow down its file creations too — the window is 60 s, and
-360 s while the inode table block is being written again, as it is by every clone here.
+Memory is filled first where free memory is handed back to the host, as on this VM (see
+`fill_page_cache`: touching such memory again is slow). Nothing is dropped until the end (about
+100 databases: ~45 GB on disk while it runs, plus that scratch file: up to free memory, at most
+32 GB). Dropping between runs made every run after a drop slower, whichever kind it was: on an
+ext4 file system without a journal (this machine's), the inode allocator skips every inode freed
+in the last 60 s (`recently_deleted()`, one buffer look-up each), so the ~6,000 files of a
+dropped clone made the next clone's file creations scan past them (seen with `perf record -a`: a
+1 s clone took 4.5 s). A tenant is created on a server that keeps its databases; that is what is
+measured. For the same reason `make bench` runs this bench first: files deleted in the minutes
+before (another bench's scratch data, a test run) slow down its file creations too — the window
+is 60 s, and 360 s while the inode table block is being written again, as it is by every clone
+here.
 """
 
 from __future__ import annotations
@@ -127,17 +128,39 @@ def _meminfo_kb(key: str) -> int:
     return 0
 
 
-def fill_page_cache(path: Path, keep_free_mb: int = 1024) -> int:
-    """Write a scratch file as large as the free memory (less `keep_free_mb`) and keep it.
+BALLOON = Path("/sys/bus/virtio/drivers/virtio_balloon")
+BALLOON_F_REPORTING = 5  # VIRTIO_BALLOON_F_REPORTING: free page reporting
+FILL_MAX_MB = int(os.environ.get("BENCH_FILL_MAX_GB", "32")) * 1024
+
+
+def reports_free_memory() -> bool:
+    """A virtio balloon with free page reporting: freed guest memory goes back to the host."""
+    for features in BALLOON.glob("virtio*/features"):
+        bits = features.read_text(encoding="ascii").strip()
+        if len(bits) > BALLOON_F_REPORTING and bits[BALLOON_F_REPORTING] == "1":
+            return True
+    return False
+
+
+def fill_size_mb(keep_free_mb: int = 1024) -> int:
+    """How much `fill_page_cache` writes: free memory less `keep_free_mb`, at most
+    BENCH_FILL_MAX_GB (32); nothing where free memory stays with the machine."""
+    if not reports_free_memory():
+        return 0
+    return max(0, min(FILL_MAX_MB, _meminfo_kb("MemFree") // 1024 - keep_free_mb))
+
+
+def fill_page_cache(path: Path) -> int:
+    """Write a scratch file of `fill_size_mb()` and keep it; returns MB written.
 
     This machine is a VM whose balloon reports free memory back to the host: the first touch
     of each such page then costs a host page fault. A freshly started run (after the previous
     one dropped its ~30 GB) would pay for that in whichever runs come first, until the page
     cache had filled memory once; measured here, ten bare clones took 9.4 s in the first round
     and 4.7 s in the next. Filled (and written back) first, every measured run allocates by
-    evicting clean cache pages, as on a server that has been up for a while. Returns MB written.
+    evicting clean cache pages, as on a server that has been up for a while.
     """
-    size = max(0, _meminfo_kb("MemFree") // 1024 - keep_free_mb)
+    size = fill_size_mb()
     block = os.urandom(1 << 20)
     with open(path, "wb") as fh:
         for _ in range(size):
@@ -254,7 +277,7 @@ def main() -> int:
                   f"{time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
 
             need = (2 * REPEAT + 3 + 3 * CONCURRENT * CONCURRENT_ROUNDS) * (
-                shape["db_mb"] + shape["fs_mb"]) * 1e6 + _meminfo_kb("MemFree") * 1e3  # fmt: skip
+                shape["db_mb"] + shape["fs_mb"]) * 1e6 + fill_size_mb() * 1e6  # fmt: skip
             if shutil.disk_usage(work).free < need:
                 print(f"not enough disk: the bench keeps its databases until the end and needs "
                       f"{need / 1e9:.0f} GB free", file=sys.stderr)  # fmt: skip
@@ -262,8 +285,9 @@ def main() -> int:
             # Warm-up (memory, page cache, first checkpoint), not measured.
             t0 = time.perf_counter()
             filled = fill_page_cache(work / "page-cache-fill")
-            print(f"page cache filled with {filled / 1024:.1f} GB in "
-                  f"{time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
+            if filled:
+                print(f"page cache filled with {filled / 1024:.1f} GB in "
+                      f"{time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
             made.append(f"bench_warm_{tag}")
             bare(template, f"bench_warm_{tag}", data_dir)
 
