@@ -119,13 +119,10 @@ def build_template(conn: psycopg.Connection[Any], name: str, data_dir: Path) -> 
     }
 
 
-def _meminfo_kb(key: str) -> int:
+def _meminfo_kb() -> dict[str, int]:
+    """/proc/meminfo, in kB by field name."""
     with open("/proc/meminfo", encoding="ascii") as fh:
-        for line in fh:
-            name, _, value = line.partition(":")
-            if name == key:
-                return int(value.split()[0])
-    return 0
+        return {name: int(value.split()[0]) for name, value in (ln.split(":", 1) for ln in fh)}
 
 
 BALLOON = Path("/sys/bus/virtio/drivers/virtio_balloon")
@@ -147,11 +144,11 @@ def fill_size_mb(keep_free_mb: int = 1024) -> int:
     BENCH_FILL_MAX_GB (32); nothing where free memory stays with the machine."""
     if not reports_free_memory():
         return 0
-    return max(0, min(FILL_MAX_MB, _meminfo_kb("MemFree") // 1024 - keep_free_mb))
+    return max(0, min(FILL_MAX_MB, _meminfo_kb()["MemFree"] // 1024 - keep_free_mb))
 
 
-def fill_page_cache(path: Path) -> int:
-    """Write a scratch file of `fill_size_mb()` and keep it; returns MB written.
+def fill_page_cache(path: Path, size_mb: int) -> None:
+    """Write a scratch file of `size_mb` (see `fill_size_mb`) and keep it.
 
     This machine is a VM whose balloon reports free memory back to the host: the first touch
     of each such page then costs a host page fault. A freshly started run (after the previous
@@ -160,13 +157,11 @@ def fill_page_cache(path: Path) -> int:
     and 4.7 s in the next. Filled (and written back) first, every measured run allocates by
     evicting clean cache pages, as on a server that has been up for a while.
     """
-    size = fill_size_mb()
     block = os.urandom(1 << 20)
     with open(path, "wb") as fh:
-        for _ in range(size):
+        for _ in range(size_mb):
             fh.write(block)
     os.sync()
-    return size
 
 
 def settle(conn: psycopg.Connection[Any]) -> None:
@@ -179,9 +174,8 @@ def settle(conn: psycopg.Connection[Any]) -> None:
     os.sync()
     give_up = time.monotonic() + 60
     while time.monotonic() < give_up:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            info = dict(line.split(":", 1) for line in fh)
-        pending_kb = sum(int(info.get(k, "0 kB").split()[0]) for k in ("Dirty", "Writeback"))
+        info = _meminfo_kb()
+        pending_kb = info.get("Dirty", 0) + info.get("Writeback", 0)
         if pending_kb < 32 * 1024:
             break
         time.sleep(0.2)
@@ -276,17 +270,18 @@ def main() -> int:
                   f"{shape['files']} files ({shape['fs_mb']} MB); built in "
                   f"{time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
 
+            fill_mb = fill_size_mb()
             need = (2 * REPEAT + 3 + 3 * CONCURRENT * CONCURRENT_ROUNDS) * (
-                shape["db_mb"] + shape["fs_mb"]) * 1e6 + fill_size_mb() * 1e6  # fmt: skip
+                shape["db_mb"] + shape["fs_mb"]) * 1e6 + fill_mb * 1e6  # fmt: skip
             if shutil.disk_usage(work).free < need:
                 print(f"not enough disk: the bench keeps its databases until the end and needs "
                       f"{need / 1e9:.0f} GB free", file=sys.stderr)  # fmt: skip
                 return 1
             # Warm-up (memory, page cache, first checkpoint), not measured.
             t0 = time.perf_counter()
-            filled = fill_page_cache(work / "page-cache-fill")
-            if filled:
-                print(f"page cache filled with {filled / 1024:.1f} GB in "
+            if fill_mb:
+                fill_page_cache(work / "page-cache-fill", fill_mb)
+                print(f"page cache filled with {fill_mb / 1024:.1f} GB in "
                       f"{time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
             made.append(f"bench_warm_{tag}")
             bare(template, f"bench_warm_{tag}", data_dir)
