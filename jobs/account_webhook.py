@@ -18,6 +18,7 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -212,20 +213,28 @@ class Ledger:
     def _key(self, msg_id: str) -> str:
         return f"{self.prefix}:delivered:{msg_id}"
 
+    def _call(self, fn: Callable[[], Any], what: str) -> Any:
+        """Run one Redis command: transient failures retried; a refused password (78) and
+        the rest named by `redis_client.classify`, the same rules as emit-event's."""
+        from jobs import redis_client
+
+        try:
+            return retry.call(
+                fn, what=what, deadline=self.deadline, transient=redis_client.transient
+            )
+        except Exception as exc:
+            known = redis_client.classify(exc, what)
+            if known is None:
+                raise
+            raise known from None
+
     def delivered(self, msg_id: str) -> str | None:
-        value = retry.call(
-            lambda: self.client.get(self._key(msg_id)),
-            what="redis GET delivery ledger",
-            deadline=self.deadline,
-            transient=retry.redis_transient,
-        )
+        value = self._call(lambda: self.client.get(self._key(msg_id)), "redis GET delivery ledger")
         return value.decode() if isinstance(value, bytes) else value
 
     def record(self, msg_id: str) -> None:
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
-        retry.call(
+        self._call(
             lambda: self.client.set(self._key(msg_id), stamp, ex=LEDGER_TTL_S),
-            what="redis SET delivery ledger",
-            deadline=self.deadline,
-            transient=retry.redis_transient,
+            "redis SET delivery ledger",
         )

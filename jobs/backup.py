@@ -586,7 +586,7 @@ backup_options = options.stack(
     options.option("--jobs", "jobs_n", env="PLANA_BACKUP_JOBS", type=click.IntRange(1, 16),
                    default=1, show_default=True,
                    help="pg_dump parallel jobs; above 1 the dump is in directory format."),
-    options.option("--lock-wait", env="PLANA_BACKUP_LOCK_WAIT", type=click.FloatRange(0.1),
+    options.option("--lock-wait", env="PLANA_BACKUP_LOCK_WAIT", type=options.Seconds(0.1, 86400),
                    default=DEFAULT_LOCK_WAIT_S, show_default=True,
                    help="Seconds to wait for a table lock held elsewhere before failing (75)."),
 )  # fmt: skip

@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         # One line naming the problem, never click's multi-line usage dump, and exit 64 (not 2).
         message = " ".join(exc.format_message().split())
-        click.echo(f"plana-job: error: {message}", err=True)
+        job = _job_name(args)
+        click.echo(f"plana-job{' ' + job if job in COMMANDS else ''}: error: {message}", err=True)
         runner.finish(_job_name(args), started, int(ExitCode.USAGE), "failed", {"error": message})
     except click.Abort:
         click.echo("plana-job: aborted", err=True)

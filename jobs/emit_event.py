@@ -1,7 +1,8 @@
 """`plana-job emit-event`: one tenant event on the Redis stream, exactly once.
 
-The event id is derived from (type, subdomain, generation), and a Lua script makes "claim the
-dedupe key, then XADD" one atomic step, so re-runs and racing pods add the entry once.
+The event id is derived from (type, subdomain, generation), and a Lua script makes "look the
+dedupe key up, XADD, then record the entry id under it" one atomic step, so re-runs and racing
+pods add the entry once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import click
 import redis
 
 from jobs import options, redis_client, retry, runner
-from jobs.errors import ConfigError, UsageError
+from jobs.errors import UsageError
 from jobs.result import Done
 
 # Namespace for uuid5 event ids: fixed forever, or re-runs would stop deduplicating.
@@ -25,14 +26,26 @@ EVENT_TYPES = ("client.provisioned", "client.updated", "client.deprovisioned")
 
 # KEYS[1] stream, KEYS[2] dedupe key; ARGV[1] ttl, ARGV[2] maxlen, ARGV[3..] field/value pairs.
 # Returns {1, id} when added, {0, id} when the event was already there.
+#
+# A script is atomic (nothing else runs meanwhile) but not transactional: a command that fails
+# aborts the script and leaves every earlier write in place. So the dedupe key is written only
+# after XADD succeeded: a failing XADD (a stream key of another type, say) writes nothing, and a
+# re-run starts from scratch. The SET after it cannot fail on a valid ttl (checked as an option).
 XADD_ONCE = """
-if not redis.call('SET', KEYS[2], 'pending', 'NX', 'EX', ARGV[1]) then
-  return {0, redis.call('GET', KEYS[2])}
+local known = redis.call('GET', KEYS[2])
+if known then
+  return {0, known}
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
 redis.call('SET', KEYS[2], id, 'EX', ARGV[1])
 return {1, id}
 """
+
+# What Redis accepts: MAXLEN is a signed 64-bit count; EX is capped so that now + ttl in
+# milliseconds still fits (ten years is far below that, and far above any use).
+MAXLEN_MAX = 2**63 - 1
+DEDUPE_TTL_MIN_S = 60
+DEDUPE_TTL_MAX_S = 10 * 365 * 24 * 3600
 
 
 def event_id(event_type: str, subdomain: str, generation: int | None) -> str:
@@ -52,22 +65,26 @@ def xadd_once(
 ) -> tuple[bool, str]:
     """XADD `fields` to `stream` unless event `eid` was already added: (added, entry id).
 
-    Retries transient Redis failures until the deadline (then exit 75); refused auth → 78.
+    Retries transient Redis failures until the deadline (then exit 75); refused auth → 78; a
+    stream key holding another type → 65 (`redis_client.classify`).
     """
     flat = [item for pair in fields.items() for item in pair]
     dedupe_key = f"{stream}:dedupe:{eid}"
     script = client.register_script(XADD_ONCE)
 
     def attempt() -> tuple[int, str]:
-        try:
-            added, entry = script(keys=[stream, dedupe_key], args=[ttl, maxlen, *flat])
-        except redis.AuthenticationError as exc:
-            raise ConfigError(f"redis: authentication refused: {exc}") from None
+        added, entry = script(keys=[stream, dedupe_key], args=[ttl, maxlen, *flat])
         return int(added), entry.decode() if isinstance(entry, bytes) else str(entry)
 
-    added, entry_id = retry.call(
-        attempt, what="redis XADD", deadline=deadline, transient=retry.redis_transient
-    )
+    try:
+        added, entry_id = retry.call(
+            attempt, what="redis XADD", deadline=deadline, transient=redis_client.transient
+        )
+    except redis.RedisError as exc:
+        known = redis_client.classify(exc, f"redis XADD to {stream}")
+        if known is None:
+            raise
+        raise known from None
     return bool(added), entry_id
 
 
@@ -103,7 +120,7 @@ def _stream(value: str | None) -> str:
 @options.option(
     "--maxlen",
     env="PLANA_EVENTS_MAXLEN",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAXLEN_MAX),
     default=DEFAULT_MAXLEN,
     show_default=True,
     help="Approximate stream cap.",
@@ -111,7 +128,7 @@ def _stream(value: str | None) -> str:
 @options.option(
     "--dedupe-ttl",
     env="PLANA_EVENTS_DEDUPE_TTL",
-    type=click.IntRange(min=60),
+    type=click.IntRange(min=DEDUPE_TTL_MIN_S, max=DEDUPE_TTL_MAX_S),
     default=DEFAULT_DEDUPE_TTL_S,
     show_default=True,
     help="Seconds an event id is remembered.",

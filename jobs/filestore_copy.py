@@ -216,7 +216,7 @@ def plan(kw: dict[str, Any]) -> Plan:
 @options.option(
     "--progress-interval",
     env="PLANA_PROGRESS_INTERVAL",
-    type=click.FloatRange(min=0.1),
+    type=options.Seconds(0.1, 3600),
     default=5.0,
     show_default=True,
     help="Seconds between progress log lines.",

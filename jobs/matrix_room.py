@@ -311,7 +311,7 @@ class Room:
 @options.option(
     "--request-timeout",
     env="PLANA_HTTP_TIMEOUT",
-    type=float,
+    type=options.Seconds(0, 300, min_open=True),
     default=None,
     help=f"Seconds per request [default: {options.DEFAULT_REQUEST_TIMEOUT_S:g}].",
 )

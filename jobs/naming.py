@@ -67,7 +67,8 @@ def project_id(value: str | int | None, field: str = "projectId") -> int:
 
 
 def odoo_version(value: str | int | None, field: str = "odooVersion") -> int:
-    if value is None or value == "":
+    # Not given (None) means the default; given but empty is a mistake to refuse, not a default.
+    if value is None:
         return DEFAULT_ODOO_VERSION
     text = str(value).strip()
     if text not in {str(v) for v in ODOO_VERSIONS}:

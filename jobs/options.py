@@ -6,6 +6,7 @@ missing ones included, is refused the same way: exit 64 and one line naming the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -18,6 +19,44 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Seconds per HTTP attempt. Here rather than in jobs.http so that declaring the option does not
 # import httpx into every job (tenant-db and friends never make an HTTP request).
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
+# The longest deadline a job accepts: a week, far beyond any job, far below float trouble.
+MAX_SECONDS = 7 * 24 * 3600.0
+
+
+class Seconds(click.ParamType[float, Any]):
+    """A finite number of seconds in [min, max]: every float option of every job uses it.
+
+    `float()` takes "nan", "inf" and "-1" alike, and a NaN compares false with every bound, so
+    click.FloatRange would let it through; here anything else is refused by click before the
+    job body runs: exit 64, one line naming the flag and its variable, no side effect.
+    """
+
+    name = "seconds"
+
+    def __init__(
+        self, min: float = 0.0, max: float = MAX_SECONDS, *, min_open: bool = False
+    ) -> None:
+        self.min, self.max, self.min_open = float(min), float(max), min_open
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        low_ok = number > self.min if self.min_open else number >= self.min
+        if not math.isfinite(number) or not low_ok or number > self.max:
+            low = "(" if self.min_open else "["
+            self.fail(
+                f"{value!r} is not a finite number of seconds in {low}{self.min:g}, {self.max:g}]",
+                param,
+                ctx,
+            )
+        return number
+
+    def __repr__(self) -> str:
+        return f"Seconds({self.min:g}, {self.max:g})"
 
 
 def option(*decls: str, env: str, **kwargs: Any) -> Callable[[F], F]:
@@ -36,15 +75,17 @@ def stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
 common = stack(
     option("--base-domain", env="PLANA_BASE_DOMAIN", default=naming.DEFAULT_BASE_DOMAIN,
            show_default=True, help="Base domain of tenant hostnames and databases."),
-    option("--timeout", env="PLANA_TIMEOUT", type=float, default=None,
+    option("--timeout", env="PLANA_TIMEOUT", type=Seconds(0, MAX_SECONDS, min_open=True),
+           default=None,
            help="Total deadline in seconds for retries and waits [default: 600]."),
 )  # fmt: skip
 
 subdomain = option("--subdomain", env="PLANA_SUBDOMAIN", help="Tenant subdomain (DNS label).")
 project_id = option("--project-id", env="PLANA_PROJECT_ID", help="PLANAClient projectId.")
 tier = option("--tier", env="PLANA_TIER", help="starter | pro | enterprise.")
-odoo_version = option("--odoo-version", env="PLANA_ODOO_VERSION", default="18",
-                      show_default=True, help="Odoo major version: 17, 18 or 19.")  # fmt: skip
+# No click default: "not given" (None, meaning 18) must stay apart from an explicit "" (refused).
+odoo_version = option("--odoo-version", env="PLANA_ODOO_VERSION", default=None,
+                      help="Odoo major version: 17, 18 or 19 [default: 18].")  # fmt: skip
 owner_email = option("--owner-email", env="PLANA_OWNER_EMAIL", help="Owner's email address.")
 owner_name = option("--owner-name", env="PLANA_OWNER_NAME", help="Owner's display name.")
 
@@ -62,7 +103,8 @@ generation = option("--generation", env="PLANA_GENERATION", default=None,
 template_db = option("--template-db", env="PLANA_TEMPLATE_DB", default=None,
                      help="Clone this template database instead of the tier's "
                           "template_{code}_{version}.")  # fmt: skip
-request_timeout = option("--request-timeout", env="PLANA_HTTP_TIMEOUT", type=float, default=None,
+request_timeout = option("--request-timeout", env="PLANA_HTTP_TIMEOUT",
+                         type=Seconds(0, 300, min_open=True), default=None,
                          help="Seconds per HTTP attempt "
                               f"[default: {DEFAULT_REQUEST_TIMEOUT_S:g}].")  # fmt: skip
 

@@ -15,7 +15,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from jobs import redact, retry
-from jobs.errors import ConfigError, UsageError
+from jobs.errors import ConfigError, JobError, TransientError, UsageError
 
 MAINTENANCE_DB = "postgres"
 
@@ -32,15 +32,59 @@ def base_conninfo(dsn: str | None = None) -> str:
     return dsn
 
 
+# SQLSTATEs worth retrying outside the OperationalError family (serialization failure, deadlock).
+_TRANSIENT_STATES = frozenset({"40001", "40P01"})
+# OperationalError classes that a retry cannot change: program limits (54), configuration file
+# errors (F0), refused authorization (28).
+_NEVER_TRANSIENT_CLASSES = ("54", "F0", "28")
+# A failed connect carries no SQLSTATE (libpq reports it as text before any session exists), so
+# refused credentials can only be recognised by what the server said.
+_AUTH_TEXT = ("authentication failed", "no password supplied", "no pg_hba.conf entry")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return redact.text(text.splitlines()[0] if text else repr(exc))
+
+
+def config_problem(exc: BaseException) -> bool:
+    """Refused credentials or a missing role: configuration (78), never worth a retry."""
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate or ""
+    if state.startswith(("28", "F0")):
+        return True
+    low = str(exc).lower()
+    return any(s in low for s in _AUTH_TEXT) or ("role" in low and "does not exist" in low)
+
+
+def transient(exc: BaseException) -> bool:
+    """A failure a later attempt may not meet: the connection was refused, reset or terminated
+    (`pg_terminate_backend`, a restart, a network cut: OperationalError with or without
+    SQLSTATE, AdminShutdown 57P01), the server is starting or out of connections, a lock or
+    serialization conflict. Refused authentication and program limits are not."""
+    if not isinstance(exc, psycopg.Error):
+        return False
+    state = exc.sqlstate or ""
+    if state in _TRANSIENT_STATES or state.startswith("08"):
+        return True
+    if not isinstance(exc, psycopg.OperationalError) or config_problem(exc):
+        return False
+    return not state.startswith(_NEVER_TRANSIENT_CLASSES)
+
+
+def classify(exc: BaseException) -> JobError | None:
+    """The JobError a PostgreSQL failure stands for, or None when it is not one we can name."""
+    if config_problem(exc):
+        return ConfigError(f"postgresql: {_first_line(exc)}")
+    if transient(exc):
+        return TransientError(f"postgresql: {type(exc).__name__}: {_first_line(exc)}")
+    return None
+
+
 def _classify_connect(exc: psycopg.OperationalError) -> Exception:
-    msg = redact.text(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
-    low = msg.lower()
-    if (
-        "authentication failed" in low
-        or "no password supplied" in low
-        or ("role" in low and "does not exist" in low)
-    ):
-        return ConfigError(f"postgresql: {msg}")
+    if config_problem(exc):
+        return ConfigError(f"postgresql: {_first_line(exc)}")
     return exc
 
 
@@ -70,7 +114,7 @@ def connect(
         attempt,
         what=f"connect to postgresql database {dbname or '(default)'}",
         deadline=deadline or retry.Deadline(),
-        transient=retry.pg_transient,
+        transient=transient,
     )
 
 

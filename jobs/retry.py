@@ -62,36 +62,25 @@ def parse_retry_after(header: str | None) -> float | None:
         return None
 
 
-_PG_TRANSIENT_STATES = {"40001", "40P01", "55006", "57P03", "53300", "55P03", "57P01"}
-
-
-# The classifiers look the driver up in sys.modules instead of importing it: an exception of its
-# type can only exist once it is imported, and a job should not pay for drivers it never uses.
+# The predicates below only route to the dependency's own classifier (`jobs.pg.transient`,
+# `jobs.redis_client.transient`), and only once its driver is loaded: an exception of its types
+# cannot exist before, and a job should not pay for drivers it never uses.
 
 
 def pg_transient(exc: BaseException) -> bool:
-    psycopg: Any = sys.modules.get("psycopg")
-    if psycopg is not None and isinstance(exc, psycopg.Error):
-        state = exc.sqlstate or ""
-        if state in _PG_TRANSIENT_STATES or state.startswith("08"):
-            return True
-        # Connection-level failures carry no SQLSTATE: refused, reset, server starting up.
-        return isinstance(exc, psycopg.OperationalError) and not state and not _auth(exc)
-    return False
+    if "psycopg" not in sys.modules:
+        return False
+    from jobs import pg
 
-
-def _auth(exc: BaseException) -> bool:
-    msg = str(exc).lower()
-    return "authentication failed" in msg or "no password supplied" in msg or "role" in msg
+    return pg.transient(exc)
 
 
 def redis_transient(exc: BaseException) -> bool:
-    redis: Any = sys.modules.get("redis")
-    if redis is None:
+    if "redis" not in sys.modules:
         return False
-    return isinstance(
-        exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError
-    ) and not isinstance(exc, redis.AuthenticationError)
+    from jobs import redis_client
+
+    return redis_client.transient(exc)
 
 
 def http_transient(exc: BaseException) -> bool:

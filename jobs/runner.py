@@ -55,8 +55,42 @@ def finish(job: str, started: float, code: int, outcome: str, extra: dict[str, A
     sys.exit(code)
 
 
+def classify(exc: BaseException) -> JobError | None:
+    """The JobError an unhandled driver exception stands for (None: a bug, exit 70).
+
+    Each dependency decides what its own failures mean, in one place (`pg.classify`,
+    `redis_client.classify`): a PostgreSQL connection lost mid-job is transient (75) whichever
+    step, job or thread it hit, not a bug. A driver is asked only if it is loaded: an exception
+    of its types cannot exist otherwise, and a job should not import drivers it never uses.
+    """
+    if "psycopg" in sys.modules:
+        from jobs import pg
+
+        known = pg.classify(exc)
+        if known is not None:
+            return known
+    if "redis" in sys.modules:
+        from jobs import redis_client
+
+        return redis_client.classify(exc)
+    return None
+
+
+def _fail(name: str, job: Job, started: float, exc: JobError) -> NoReturn:
+    message = redact.text(exc.message)
+    level = job.log.warning if exc.code == ExitCode.TEMPFAIL else job.log.error
+    level("failed", error=message, exit_code=int(exc.code))
+    print(f"plana-job {name}: error: {' '.join(message.split())}", file=sys.stderr)
+    extra = {**job.context, **redact.value(exc.details), "error": message}
+    finish(name, started, int(exc.code), "failed", extra)
+
+
 def run(name: str, body: Callable[[Job], result.Done], timeout: float | None = None) -> NoReturn:
-    """Run `body` and exit with the code its outcome calls for; never returns."""
+    """Run `body` and exit with the code its outcome calls for; never returns.
+
+    Every failure, a bug (70) included, ends with one `plana-job {name}: error: …` line on
+    stderr, the log line and the result object.
+    """
     started = time.monotonic()
     log.configure()
     structlog.contextvars.clear_contextvars()
@@ -67,15 +101,16 @@ def run(name: str, body: Callable[[Job], result.Done], timeout: float | None = N
     try:
         done = body(job)
     except JobError as exc:
-        message = redact.text(exc.message)
-        level = job.log.warning if exc.code == ExitCode.TEMPFAIL else job.log.error
-        level("failed", error=message, exit_code=int(exc.code))
-        print(f"plana-job {name}: error: {' '.join(message.split())}", file=sys.stderr)
-        extra = {**job.context, **redact.value(exc.details), "error": message}
-        finish(name, started, int(exc.code), "failed", extra)
+        _fail(name, job, started, exc)
     except Exception as exc:
+        known = classify(exc)
+        if known is not None:
+            _fail(name, job, started, known)
         message = redact.text(f"{type(exc).__name__}: {exc}")
-        job.log.error("unexpected error", error=message, traceback=traceback.format_exc())
+        job.log.error(
+            "unexpected error", error=message, traceback=redact.text(traceback.format_exc())
+        )
+        print(f"plana-job {name}: error: {' '.join(message.split())}", file=sys.stderr)
         finish(name, started, int(ExitCode.SOFTWARE), "failed", {**job.context, "error": message})
     log.step("done")
     job.log.info("done", outcome=done.outcome)
