@@ -65,6 +65,7 @@ CASES: list[tuple[str, str, str | None, str]] = [
     ("version-16", "--odoo-version", "16", "odooVersion"),
     ("version-18.0", "--odoo-version", "18.0", "odooVersion"),
     ("version-text", "--odoo-version", "latest", "odooVersion"),
+    ("version-empty", "--odoo-version", "", "odooVersion"),
     ("email-no-at", "--owner-email", "owner.example.com", "ownerEmail"),
     ("email-no-domain", "--owner-email", "owner@", "ownerEmail"),
     ("email-spaces", "--owner-email", "own er@example.com", "ownerEmail"),
