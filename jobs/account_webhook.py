@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from jobs import http, options, retry, runner, secrets
+from jobs import http, options, redact, retry, runner, secrets
 from jobs.errors import ConfigError, ConflictError, UsageError
 from jobs.naming import ClientSpec
 from jobs.result import Done
@@ -44,6 +44,8 @@ def webhook_id(event: str, subdomain: str, generation: int | None) -> str:
 
 def signing_key(secret: str) -> bytes:
     """The HMAC key of a `whsec_<base64>` secret; a malformed secret is configuration (78)."""
+    # The base64 body alone is as secret as the whole: a peer or a library may echo it unprefixed.
+    redact.register(secret.removeprefix(SECRET_PREFIX))
     if not secret.startswith(SECRET_PREFIX):
         raise ConfigError("PLANA_ACCOUNT_WEBHOOK_SECRET_FILE: secret must start with whsec_")
     try:

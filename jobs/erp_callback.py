@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import click
 import httpx
 
-from jobs import http, options, retry, runner, secrets
+from jobs import http, options, redact, retry, runner, secrets
 from jobs.errors import ConfigError, ConflictError, UsageError
 from jobs.result import Done
 
@@ -334,6 +334,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         db = _pattern(db, re.compile(r"[A-Za-z0-9_.-]{1,63}"), "erpDb", "a database name")
     job.bind(tenant=spec.tenant.subdomain)
     key = secrets.read_file(kw["erp_api_key_file"], KEY_FILE)
+    redact.register_basic(login, key)  # a peer may echo the pair as HTTP Basic credentials
 
     wanted_by_name: dict[str, Any] = {
         "subdomain": spec.tenant.subdomain,

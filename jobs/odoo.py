@@ -9,11 +9,15 @@ Stable API (used by template-build, upgrade and backup):
   Always `--stop-after-init --no-http`.
 - `run(odoo_bin, version, inv, *, dsn=None, base_config=None, deadline=None, timeout=None)`
   → `proc.Completed`. Connection parameters come from `PLANA_PG_DSN` (or `dsn`) and libpq's own
-  `PG*` environment, and never reach argv (which is logged): they go into a 0600 temporary
-  config file passed with `-c` (merged over `base_config`, default `$ODOO_RC`, so the image's
-  addons_path and friends are kept) and into the child's `PG*` environment. `PGDATABASE` is
-  removed from the child's environment (Odoo 19 would treat it like `-d`). Output is streamed
-  into the log through `jobs.proc`; SIGTERM stops the child.
+  `PG*` environment, and never reach argv (which is logged): host, port, user and sslmode go
+  into a 0600 temporary config file passed with `-c` (merged over `base_config`, default
+  `$ODOO_RC`, so the image's addons_path and friends are kept), and everything into the child's
+  `PG*` environment. The password reaches Odoo only through that environment (`PGPASSWORD`:
+  Odoo passes no password to libpq when `db_password` is unset, and libpq then reads it); it is
+  never written to the config file, which a SIGKILL would leave behind in `$TMPDIR`. A
+  `db_password` of the base config is moved the same way. `PGDATABASE` is removed from the
+  child's environment (Odoo 19 would treat it like `-d`). Output is streamed into the log
+  through `jobs.proc`; SIGTERM stops the child.
 - `binary_version(odoo_bin)` → the `--version` line (e.g. "Odoo Server 18.0");
   `major(text)` → 18.
 - `module_states(conn)` → `{name: state}` from `ir_module_module`; `check_modules(states,
@@ -46,14 +50,15 @@ MODULE_NAME = re.compile(r"[a-z0-9_]{1,128}", re.ASCII)
 VERSION_TIMEOUT_S = 60.0
 
 # libpq conninfo keyword → Odoo config option. Only these have an Odoo option; everything else
-# (sslrootcert, passfile, options, …) reaches the child through its PG* environment.
+# (sslrootcert, passfile, options, …) reaches the child through its PG* environment. The
+# password has an option too (db_password) but never goes there: see `config_file`.
 _CONF_KEYS = {
     "host": "db_host",
     "port": "db_port",
     "user": "db_user",
-    "password": "db_password",
     "sslmode": "db_sslmode",
 }
+_PASSWORD_OPTION = "db_password"
 # libpq conninfo keyword → the libpq environment variable the child reads.
 _ENV_KEYS = {
     "host": "PGHOST",
@@ -136,8 +141,26 @@ def config_file(params: Mapping[str, str], base_config: str | Path | None = None
     """A 0600 Odoo config holding the connection options, deleted when the block ends.
 
     It is `base_config` (default `$ODOO_RC`, the image's config) with the db_* options of
-    `params` laid over it, so `-c` does not lose the image's addons_path or data_dir.
+    `params` laid over it, so `-c` does not lose the image's addons_path or data_dir. It never
+    holds a password: a SIGKILL skips the deletion, and the file would stay in `$TMPDIR`.
     """
+    parser = _base_config(base_config)
+    parser.remove_option("options", _PASSWORD_OPTION)
+    for key, option in _CONF_KEYS.items():
+        if key in params:
+            parser.set("options", option, params[key])
+    # mkstemp creates the file 0600 in a private name.
+    fd, name = tempfile.mkstemp(prefix="plana-odoo-", suffix=".conf")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            parser.write(fh)
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _base_config(base_config: str | Path | None) -> configparser.RawConfigParser:
     parser = configparser.RawConfigParser()
     base = base_config if base_config is not None else os.environ.get("ODOO_RC")
     if base:
@@ -150,18 +173,14 @@ def config_file(params: Mapping[str, str], base_config: str | Path | None = None
             raise ConfigError(f"odoo config {base}: not a valid config file: {exc}") from None
     if not parser.has_section("options"):
         parser.add_section("options")
-    for key, option in _CONF_KEYS.items():
-        if key in params:
-            parser.set("options", option, params[key])
-    # mkstemp creates the file 0600 in a private name; nothing else can read the password.
-    fd, name = tempfile.mkstemp(prefix="plana-odoo-", suffix=".conf")
-    path = Path(name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            parser.write(fh)
-        yield path
-    finally:
-        path.unlink(missing_ok=True)
+    return parser
+
+
+def base_password(base_config: str | Path | None = None) -> str | None:
+    """`db_password` of the base config (Odoo writes "False" for none), if it sets one."""
+    parser = _base_config(base_config)
+    value = parser.get("options", _PASSWORD_OPTION, fallback="")
+    return value if value and value.lower() != "false" else None
 
 
 def run(
@@ -180,6 +199,11 @@ def run(
     The caller decides what the exit code means, and checks `module_states` afterwards.
     """
     params = connection_params(dsn)
+    if "password" not in params:
+        # The image's config may carry one; it moves to the environment like the DSN's.
+        password = base_password(base_config)
+        if password:
+            params = {**params, "password": password}
     redact.register(params.get("password"))
     child = child_env(params, env)
     with config_file(params, base_config) as conf:
