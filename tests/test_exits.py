@@ -6,7 +6,9 @@ type, a refused Redis password, a PostgreSQL backend terminated while the job wa
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -19,8 +21,9 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import ROOT, Runner, job_env
+from tests.conftest import ROOT, STANDINS, Runner, job_env
 from tests.servers.webhook import WebhookReceiver
+from tests.test_tenant_db import OWNER_ROLE, ensure_role
 
 SPEC = ["--subdomain", "acme", "--project-id", "23", "--tier", "pro", "--odoo-version", "18"]
 
@@ -92,7 +95,6 @@ def test_account_webhook_ledger_with_a_wrong_password_is_78(
     run_job: Runner, redis_url: str, tmp_path: Path
 ) -> None:
     import base64
-    import os
 
     secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
     path = tmp_path / "secret"
@@ -221,3 +223,50 @@ def test_a_backend_terminated_while_a_thread_waits_on_it_is_75(
     assert len(error_lines(err)) == 1 and err.startswith("plana-job exits-driver: error: ")
     res = json.loads(out.strip().splitlines()[-1])
     assert res["exit_code"] == 75 and "postgresql" in res["error"]
+
+
+def _local_ports(pid: int) -> set[int]:
+    """Local TCP ports of the sockets process `pid` holds (its PostgreSQL sessions among them)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                cols = row.split()
+                if cols[9] in inodes:
+                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_template_build_whose_sessions_are_terminated_mid_odoo_exits_75(
+    run_job: Runner, pg: psycopg.Connection[Any], uid: str, tmp_path: Path, drop_dbs: list[str]
+) -> None:
+    ensure_role(pg, OWNER_ROLE)
+    drop_dbs.append(f"template_{uid}%")
+    args = ["template-build", "--template-code", "basic", "--odoo-version", "18",
+            "--modules", "base,web", "--template-db", f"template_{uid}",
+            "--odoo-bin", str(STANDINS / "odoo"), "--data-dir", str(tmp_path / "data")]  # fmt: skip
+    proc = run_job.popen(args, ODOO_STANDIN_SLEEP="8", ODOO_STANDIN_VERSION="18")
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:  # the job is waiting on Odoo, its own sessions idle
+            if "standin: sleeping" in line:
+                break
+        ports = _local_ports(proc.pid)  # the job's sessions, not Odoo's (another process)
+        killed = pg.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE client_port = ANY(%s) AND pid <> pg_backend_pid()",
+            (sorted(ports),),
+        ).fetchall()
+        assert killed  # at least its main session and its lock session
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 75, out + err
+    assert len(error_lines(err)) == 1
+    assert err.strip().splitlines()[-1].startswith("plana-job template-build: error: ")
