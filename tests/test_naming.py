@@ -58,5 +58,6 @@ def test_valid_subdomains(value: str) -> None:
 
 def test_defaults() -> None:
     assert naming.odoo_version(None) == 18
-    assert naming.odoo_version("") == 18
+    with pytest.raises(UsageError):  # given but empty is refused, not taken as the default
+        naming.odoo_version("")
     assert naming.base_domain(None) == "planapulse.app"
