@@ -42,6 +42,11 @@ class Job:
         _check_locks()
         self.log.info("step", step=name)
 
+    def check_locks(self) -> None:
+        """75 if a lock this job holds was lost: for a mutation inside a step, after a long wait
+        (a clone, an Odoo pass, a copy) during which the lock session may have been ended."""
+        _check_locks()
+
 
 # Looked up in sys.modules, not imported: jobs that never touch PostgreSQL do not pay for the
 # driver at start-up, and a module that is not loaded holds no lock and no connection.

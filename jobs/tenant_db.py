@@ -356,10 +356,12 @@ def _converge(ctx: _Ctx) -> Done:
                     create_clone(
                         conn, ctx.template, ctx.work, owner=ctx.role, deadline=job.deadline
                     )
+                    job.check_locks()  # the clone may have waited long: still ours?
                     restrict_connect(conn, ctx.work, ctx.role)
                     ctx.mark(ctx.work, "cloned", template_fingerprint=fingerprint)
                 job.step("filestore")
             copied = staged.result()
+            job.check_locks()
             copied.published = filestore.publish_staged(dst_fs)
             stats["filestore"] = copied.as_dict()
             ctx.mark(ctx.work, "filestore", template_fingerprint=fingerprint)
