@@ -138,8 +138,10 @@ def _busy(conn: psycopg.Connection[Any]) -> bool:
     return not conn.closed and conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE
 
 
-def _monitor(opened: list[tuple[psycopg.Connection[Any], _Opened]]) -> psycopg.Connection[Any]:
-    """An idle session of this thread to watch the others from, or a new one."""
+def _idle_session(
+    opened: list[tuple[psycopg.Connection[Any], _Opened]],
+) -> psycopg.Connection[Any] | None:
+    """An idle session of this thread (the lock session, usually) to watch the others from."""
     me = threading.get_ident()
     for conn, info in opened:
         if info.thread != me or conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
@@ -148,9 +150,20 @@ def _monitor(opened: list[tuple[psycopg.Connection[Any], _Opened]]) -> psycopg.C
         if conn.lock.acquire(blocking=False):
             conn.lock.release()
             return conn
-    conninfo, kwargs = opened[0][1].conninfo, opened[0][1].kwargs
-    extra = {**kwargs, "connect_timeout": 5, "application_name": "plana-job cancel"}
-    return psycopg.connect(conninfo, **extra)
+    return None
+
+
+def _watch(watcher: psycopg.Connection[Any], pids: list[int], until: float) -> list[int]:
+    """Re-send `pg_cancel_backend` until none of `pids` is active (or `until`); those left."""
+    while True:
+        rows = watcher.execute(
+            "SELECT pid, pg_cancel_backend(pid) FROM pg_stat_activity"
+            " WHERE pid = ANY(%s) AND state = 'active'",
+            (pids,),
+        ).fetchall()
+        if not rows or time.monotonic() >= until:
+            return [int(r[0]) for r in rows]
+        time.sleep(0.05)
 
 
 def cancel_running(wait_s: float = CANCEL_WAIT_S) -> list[int]:
@@ -160,9 +173,9 @@ def cancel_running(wait_s: float = CANCEL_WAIT_S) -> list[int]:
     (a CREATE DATABASE waiting for a lock, say) would otherwise finish after the job released
     its locks. Sends the cancel request of each busy connection, then watches
     `pg_stat_activity` from another session — an idle one of this thread (the lock session) or
-    a new one — re-sending `pg_cancel_backend` until none of those backends is active (a cancel
-    that reaches a backend before it starts the statement is ignored by the server). Bounded
-    by `wait_s`; returns the backend pids that were cancelled. Never raises: the job is
+    else a new one — re-sending `pg_cancel_backend` until none of those backends is active (a
+    cancel that reaches a backend before it starts the statement is ignored by the server).
+    Bounded by `wait_s`; returns the backend pids that were cancelled. Never raises: the job is
     stopping anyway, and the server ends a session whose client is gone at its next read.
     """
     log = structlog.get_logger()
@@ -176,31 +189,27 @@ def cancel_running(wait_s: float = CANCEL_WAIT_S) -> list[int]:
             conn.cancel_safe(timeout=min(2.0, wait_s))
         except Exception as exc:  # the watch below re-sends it through pg_cancel_backend
             log.warning("cancel request failed", pid=conn.info.backend_pid, error=_brief(exc))
-    watcher: psycopg.Connection[Any] | None = None
-    own = False
-    try:
-        watcher = _monitor([(c, o) for c, o in opened if c not in busy] or opened)
-        own = all(watcher is not c for c, _ in opened)
-        until = time.monotonic() + wait_s
-        while True:
-            rows = watcher.execute(
-                "SELECT pid, pg_cancel_backend(pid) FROM pg_stat_activity"
-                " WHERE pid = ANY(%s) AND state = 'active'",
-                (pids,),
-            ).fetchall()
-            if not rows:
-                log.info("cancelled running statements", pids=pids)
-                return pids
-            if time.monotonic() >= until:
-                log.warning("statements still running after cancel", pids=[r[0] for r in rows])
-                return pids
-            time.sleep(0.05)
-    except Exception as exc:
-        log.warning("could not confirm the cancel", pids=pids, error=_brief(exc))
-        return pids
-    finally:
-        if own and watcher is not None:
-            watcher.close()
+    until = time.monotonic() + wait_s
+    reused = _idle_session([(c, o) for c, o in opened if c not in busy])
+    if reused is not None:
+        try:
+            left = _watch(reused, pids, until)
+        except psycopg.Error:
+            reused = None  # e.g. the lock session was the one that got cut: use a new one
+    if reused is None:
+        info = opened[0][1]
+        extra = {**info.kwargs, "connect_timeout": 5, "application_name": "plana-job cancel"}
+        try:
+            with psycopg.connect(info.conninfo, **extra) as fresh:
+                left = _watch(fresh, pids, until)
+        except Exception as exc:
+            log.warning("could not confirm the cancel", pids=pids, error=_brief(exc))
+            return pids
+    if left:
+        log.warning("statements still running after cancel", pids=left)
+    else:
+        log.info("cancelled running statements", pids=pids)
+    return pids
 
 
 def _brief(exc: BaseException) -> str:
