@@ -65,6 +65,7 @@ def verify_set(
     problems += check_archive(
         set_dir / str(manifest["filestore"]["path"]), manifest.get("filestore") or {}
     )
+    job.check_locks()  # after reading the whole archive: still ours before touching scratch
     with pg.connection(dsn=dsn, deadline=job.deadline) as conn:
         if pg.database_exists(conn, scratch):
             mark = marker.read(conn, scratch)

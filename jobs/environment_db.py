@@ -135,6 +135,7 @@ def _build(job: runner.Job, conn: psycopg.Connection[Any], ctx: dict[str, Any]) 
         with tenant_db.template_lock(template, deadline=job.deadline, dsn=dsn):
             tenant_db.check_template(conn, template, Path(ctx["data_dir"]))
             tenant_db.create_clone(conn, template, n.work, owner=ctx["role"], deadline=job.deadline)
+            job.check_locks()
             tenant_db.restrict_connect(conn, n.work, ctx["role"])
             marker.write(conn, n.work, marker.Marker(WORK_KIND, "created", {}))
             src_fs = naming.filestore(template, ctx["data_dir"])

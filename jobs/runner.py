@@ -32,14 +32,47 @@ class Job:
         log.bind(**context)
 
     def step(self, name: str) -> None:
+        """Enter step `name`; 75 first if a lock this job holds was lost (see jobs.locks).
+
+        Called before every step that changes state: a job whose lock session was ended
+        (terminated, timed out, cut off) must not act, because another run may already hold
+        the lock and be acting on the same tenant.
+        """
         log.step(name)
+        _check_locks()
         self.log.info("step", step=name)
+
+    def check_locks(self) -> None:
+        """75 if a lock this job holds was lost: for a mutation inside a step, after a long wait
+        (a clone, an Odoo pass, a copy) during which the lock session may have been ended."""
+        _check_locks()
+
+
+# Looked up in sys.modules, not imported: jobs that never touch PostgreSQL do not pay for the
+# driver at start-up, and a module that is not loaded holds no lock and no connection.
+
+
+def _check_locks() -> None:
+    locks: Any = sys.modules.get("jobs.locks")
+    if locks is not None:
+        locks.check_held()
+
+
+def _cancel_statements() -> None:
+    pg: Any = sys.modules.get("jobs.pg")
+    if pg is not None:
+        pg.cancel_running()
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
     # Ignore repeats so the cleanup triggered by this one (stop child, release locks) can finish.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Before unwinding (which closes the lock sessions): a statement still running on the server
+    # (CREATE DATABASE waiting for a lock, a row count in a thread) would go on after we exit
+    # and after our locks are released. psycopg cancels only on KeyboardInterrupt/SystemExit,
+    # and Terminated is neither.
+    _cancel_statements()
     raise Terminated(signum)
 
 

@@ -344,7 +344,7 @@ def _converge(ctx: _Ctx) -> Done:
             # Re-observe under the lock: a swap may have finished while we waited for it.
             current = check_template(conn, ctx.template, ctx.data_dir)
             if state is not None and current != fingerprint:
-                _drop_work(ctx)
+                _drop_work(ctx, staged=True)
                 state = None
             fingerprint = current
             src_fs, dst_fs = (naming.filestore(n, ctx.data_dir) for n in (ctx.template, db))
@@ -356,10 +356,12 @@ def _converge(ctx: _Ctx) -> Done:
                     create_clone(
                         conn, ctx.template, ctx.work, owner=ctx.role, deadline=job.deadline
                     )
+                    job.check_locks()  # the clone may have waited long: still ours?
                     restrict_connect(conn, ctx.work, ctx.role)
                     ctx.mark(ctx.work, "cloned", template_fingerprint=fingerprint)
                 job.step("filestore")
             copied = staged.result()
+            job.check_locks()
             copied.published = filestore.publish_staged(dst_fs)
             stats["filestore"] = copied.as_dict()
             ctx.mark(ctx.work, "filestore", template_fingerprint=fingerprint)
@@ -392,20 +394,25 @@ def _work_state(ctx: _Ctx, fingerprint: str | None) -> str | None:
     )
     if not ours or mark is None:
         # `{db}__new` is this job's own work name: unmarked means the run died between CREATE
-        # DATABASE and the marker, so the clone is complete but unrecorded. Start it over.
+        # DATABASE and the marker, so the clone is complete but unrecorded. Start the clone
+        # over; the staged files stay (each was verified by its content address as it was
+        # copied, and a short one left by a kill is copied again by the size check).
         ctx.job.log.info("dropping an unfinished work database", database=work)
-        _drop_work(ctx)
+        _drop_work(ctx, staged=False)
         return None
     if mark.state == "cloned" and mark.data.get("template_fingerprint") != fingerprint:
-        _drop_work(ctx)  # cloned from a template since replaced: its filestore is gone
+        # Cloned from a template since replaced: its staged files are that template's.
+        _drop_work(ctx, staged=True)
         return None
     ctx.job.log.info("resuming", database=work, state=mark.state)
     return mark.state
 
 
-def _drop_work(ctx: _Ctx) -> None:
+def _drop_work(ctx: _Ctx, *, staged: bool) -> None:
+    """Drop the work database; `staged`: also the staged filestore (the template changed)."""
     pg.drop_database(ctx.conn, ctx.work)
-    filestore.discard(filestore.staging_path(naming.filestore(ctx.db, ctx.data_dir)))
+    if staged:
+        filestore.discard(filestore.staging_path(naming.filestore(ctx.db, ctx.data_dir)))
 
 
 def _publish(ctx: _Ctx, fingerprint: str | None) -> None:

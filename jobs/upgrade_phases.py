@@ -256,6 +256,7 @@ def snapshot(ctx: Ctx) -> Done:
     marker.write(conn, s.db, live)
     owner = owner_of(conn, s.db)
     create_clone(conn, s.db, s.work, owner=owner, deadline=ctx.job.deadline)
+    ctx.job.check_locks()  # a long copy: the lock may have been lost meanwhile
     restrict_connect(conn, s.work, owner)
     body = {**s.hop(), "attempt": up["attempt"], "phases": ["snapshot"], "prefixes": []}
     marker.write(conn, s.work, marker.Marker(WORK_KIND, "snapshot", body))
@@ -318,6 +319,7 @@ def run_pass(
     done = odoo.run(odoo_bin, version, inv, dsn=s.dsn, deadline=ctx.job.deadline)
     problems = [] if done.returncode == 0 else [f"odoo exited {done.returncode}"]
     problems += verify(ctx, s.work, version)
+    ctx.job.check_locks()  # the pass may have run for long: record it only while still ours
     if problems:
         mark.state = "failed"
         mark.data["failed"] = {"phase": phase, "problems": problems[:10]}
@@ -472,6 +474,7 @@ def cutover(ctx: Ctx) -> Done:
         },
     )
     old_live = marker.Marker(ROLLBACK_KIND, "complete", {**s.hop(), "tenant": tenant})
+    ctx.job.check_locks()  # after seeding the filestore (a copy): still ours before the swap
     _swap(ctx, [(s.db, s.rollback), (s.work, s.db)], {s.db: new_live, s.rollback: old_live}, s.db)
     ctx.job.log.info("cut over", database=s.db, rollback_db=s.rollback)
     cutover_filestore(ctx)

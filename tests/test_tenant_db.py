@@ -18,7 +18,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import filestore, locks, marker, naming
+from jobs import filestore, locks, marker, naming, tenant_db
 from tests.conftest import BIN, STANDINS, Runner, database_names
 
 ODOO = str(STANDINS / "odoo")
@@ -456,10 +456,16 @@ def test_filestore_staged_beside_a_blocked_clone_is_never_published(
     run_job: Runner, pg_dsn: str, pg: psycopg.Connection[Any], template: dict[str, Any],
     uid: str, drop_dbs: list[str],
 ) -> None:  # fmt: skip
-    """The clone waits on a lock: the staged filestore must wait too, then SIGTERM → 75."""
+    """The clone waits on a lock: the staged filestore must wait too, then SIGTERM → 75.
+
+    The stopped job leaves no statement of its own running (its CREATE DATABASE would
+    otherwise finish after it exited, leaving an unmarked work database), and the re-run
+    reuses every staged file.
+    """
     drop_dbs.append(db_of(uid) + "%")
     fs = naming.filestore(db_of(uid), template["data_dir"])
     staging = filestore.staging_path(fs)
+    app = tenant_db.session_name(db_of(uid))
     want = filestore.verify(naming.filestore(template["name"], template["data_dir"])).files
     with psycopg.connect(pg_dsn) as blocker:
         # COMMENT ON DATABASE holds the template's object lock until rollback; CREATE DATABASE
@@ -468,25 +474,56 @@ def test_filestore_staged_beside_a_blocked_clone_is_never_published(
             sql.Identifier(template["name"]),
             sql.Literal(pg_database_comment(blocker, template["name"]))))  # fmt: skip
         proc = run_job.popen(tenant_args(uid, template))
-        deadline = time.monotonic() + 30
-        while not (staging.is_dir() and filestore.verify(staging).files == want):
-            assert time.monotonic() < deadline, "the filestore was not staged beside the clone"
-            assert proc.poll() is None
-            time.sleep(0.05)
-        time.sleep(0.3)
+        # Synchronise on the server: the job's CREATE DATABASE is queued behind the blocker...
+        wait_until(lambda: waiting_clones(pg, app) == 1, proc, "the clone never waited")
+        # ... and the whole filestore is staged beside it, still unpublished.
+        wait_until(
+            lambda: staging.is_dir() and filestore.verify(staging).files == want,
+            proc, "the filestore was not staged beside the clone",
+        )  # fmt: skip
         assert not fs.exists() and db_of(uid) + "__new" not in mine(pg, uid)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
+        # The job is gone and so is its statement, while the blocker still holds the lock.
+        assert active_sessions(pg, app) == 0
         blocker.rollback()
     result = json.loads(out.strip().splitlines()[-1])
     assert proc.returncode == 75 and result["outcome"] == "failed", out
     assert not fs.exists() and db_of(uid) not in mine(pg, uid)
+    assert db_of(uid) + "__new" not in mine(pg, uid)
 
     rerun = run_job(tenant_args(uid, template))
     assert rerun.rc == 0 and rerun.result["outcome"] == "created", rerun.output
     assert rerun.result["filestore"]["skipped"] == want  # the staged files were kept and reused
     assert filestore.verify(fs).ok and filestore.verify(fs).files == want
     assert not staging.exists()
+
+
+def wait_until(check: Any, proc: subprocess.Popen[str], what: str, timeout: float = 120) -> None:
+    """Poll observable state while the job runs (no fixed sleeps: the machine may be loaded)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        assert proc.poll() is None, f"{what}: the job exited {proc.returncode}"
+        time.sleep(0.05)
+
+
+def waiting_clones(conn: psycopg.Connection[Any], app: str) -> int:
+    """Sessions named `app` whose CREATE DATABASE waits for a heavyweight lock."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+        " AND state = 'active' AND wait_event_type = 'Lock' AND query LIKE 'CREATE DATABASE%%'",
+        (app,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def active_sessions(conn: psycopg.Connection[Any], app: str) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = 'active'",
+        (app,),
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def pg_database_comment(conn: psycopg.Connection[Any], db: str) -> str:
