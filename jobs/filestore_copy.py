@@ -39,7 +39,7 @@ class Plan:
 
     @property
     def staging(self) -> str:
-        return filestore.staging_path(self.db).name
+        return filestore.staging_path(self.db, "copy").name
 
 
 def _db(kw: dict[str, Any]) -> str:
