@@ -305,3 +305,49 @@ def test_tenant_db_after_a_killed_restore_of_another_tenant_holds_only_the_templ
     }
     assert not published & (s_files - template_files)  # not one of S's files
     assert published == template_files
+
+
+def _local_copy(run_job: Runner, src_root: Path, dst_root: Path, db: str, **env: str) -> Any:
+    return run_job(["filestore-copy", "--transport", "local", "--db", db, "--source-root",
+                    str(src_root), "--target-root", str(dst_root)], **env)  # fmt: skip
+
+
+def test_filestore_copy_local_never_reads_or_writes_through_a_symlink(
+    run_job: Runner, tmp_path: Path
+) -> None:
+    db = "acme.planapulse.app"
+    src_root, dst_root, outside = tmp_path / "src", tmp_path / "dst", tmp_path / "pod-secrets"
+    fs = src_root / db
+    victim = _put(fs, b"an attachment whose directory the tenant swaps")
+    for i in range(5):
+        _put(fs, f"attachment {i}".encode())
+    outside.mkdir()
+    (outside / Path(victim).name).write_bytes(SECRET)
+    # A path-based `tar -c` on the source would see the directory swapped as it starts.
+    swapped = fs / Path(victim).parent
+    swap = (
+        f'if [ "$1" = -cf ] && [ ! -L "{swapped}" ]; then mv "{swapped}" "{tmp_path / "aside"}";'
+        f' ln -s "{outside}" "{swapped}"; fi\nexec /usr/bin/tar "$@"'
+    )
+    path = _tar_shim(tmp_path, swap) + os.pathsep + run_job.env["PATH"]
+    done = _local_copy(run_job, src_root, dst_root, db, PATH=path)
+    assert SECRET not in b"".join(_files(dst_root).values())  # staging included
+    assert done.rc == 0, done.output
+
+    # The source filestore a link to another tenant's: refused, nothing copied.
+    other = src_root / "other.planapulse.app"
+    _put(other, b"another tenant's invoice")
+    linked = "linked.planapulse.app"
+    (src_root / linked).symlink_to(other)
+    refused = _local_copy(run_job, src_root, dst_root, linked)
+    assert refused.rc == 65, refused.output
+    assert not (dst_root / linked).exists()
+
+    # The target's own directory planted as a link elsewhere: the merge never writes through it.
+    (dst_root / db / Path(victim).parent).rename(tmp_path / "target-aside")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (dst_root / db / Path(victim).parent).symlink_to(elsewhere)
+    merged = _local_copy(run_job, src_root, dst_root, db)
+    assert merged.rc == 65, merged.output
+    assert os.listdir(elsewhere) == []
