@@ -1,33 +1,47 @@
 """Odoo filestores: staged, incremental, content-verified copies, and crash-safe removal.
 
-Stable API (tenant-db, template-build, environment and restore jobs):
+Every tree is read and written by file descriptor (jobs.fstree), never by a path the tenant
+could have swapped: the root is opened `O_DIRECTORY|O_NOFOLLOW`, each level relative to its
+parent, each file `O_NOFOLLOW` and `fstat`-ed as regular before a byte is read; the target is
+written by `mkdir`/`open` relative to opened directories. A filestore (source or target) that
+is itself a symlink is refused (`FilestoreError`, exit 65), never followed.
 
-- `copy_tree(src, dst, *, durable=False, hashed=True, publish=True, stop=None)` → `CopyStats`.
-  Copies the tree `src`
-  (usually `{data_dir}/filestore/{template}`) to `dst` (`{data_dir}/filestore/{db}`).
-  When `dst` does not exist the copy is made in a staging directory beside it
-  (`.{name}.partial`, reused after a crash) and published with one `rename`; when `dst` exists
-  the missing files are added to it in place, each through a temporary name and a rename.
-  Files already present by name and size are skipped: a re-run after a crash only copies what is
-  missing (inside the staging tree files are written in place: a killed write leaves a short
-  file, which the size check copies again).
+Stable API (tenant-db, template-build, environment, upgrade and restore jobs):
+
+- `copy_tree(src, dst, *, kind="clone", durable=False, hashed=True, publish=True, stop=None)`
+  → `CopyStats`. Copies the tree `src` (usually `{data_dir}/filestore/{template}`) to `dst`
+  (`{data_dir}/filestore/{db}`). When `dst` does not exist the copy is made in the staging
+  directory of that job kind beside it (`staging_path(dst, kind)`, reused after a crash of the
+  same job) and published with one `rename`; a staging tree is published as exactly the
+  source's file set (whatever else it holds is removed first). When `dst` exists the missing
+  files are added to it in place, each through a temporary name and a rename. Files already
+  present by name and size are skipped: a re-run after a crash only copies what is missing
+  (inside the staging tree files are written in place: a killed write leaves a short file,
+  which the size check replaces with a new one).
   Odoo names attachments by content (`ab/ab12…` = sha1 of the bytes): each such file is hashed
   as it is copied and a mismatch is refused (`FilestoreError`, exit 65). `hashed=False` leaves
   the bytes to the kernel (sendfile) and verifies by name and size only. Names starting with
   "." (staging and marker files) are never copied. A missing `src` is an empty filestore.
   `durable=True` also fsyncs files and directories (survives a node crash, not only a pod kill).
-  `publish=False` fills the staging tree and stops before the rename; `publish_staged(dst)`
-  renames it into place later (so does a later `copy_tree`, after one `stat` per file). `stop`, a
+  `publish=False` fills the staging tree and stops before the rename; `publish_staged(dst,
+  kind=…)` renames it into place later (so does a later `copy_tree`). `stop`, a
   `threading.Event`, ends a copy running in a thread between two files (`CopyStats.stopped`).
 - `verify(path)` → `VerifyReport`: re-hashes every content-addressed file.
 - `discard(path)`: removes a tree by first renaming it aside (`.{name}.trash-…`), so a crash
-  mid-delete never leaves half a tree under the real name; leftovers are swept next time.
+  mid-delete never leaves half a tree under the real name, then by descriptor (shutil.rmtree,
+  which never follows a link on Linux); leftovers are swept next time. A symlink at `path` (or
+  a leftover `.trash-` link) is unlinked itself: its target is never touched.
+- `discard_staging(dst)`: every job kind's staging tree of `dst` (deprovision's sweep).
+- `present(path)`: True for a real directory, False when absent, `FilestoreError` for a link.
 - `write_mark(path, data)` / `read_mark(path)`: a small JSON file (`.plana-mark.json`) kept
   inside a tree and moved with it by renames (never copied: dot-name). template-build records
   the template's fingerprint there so a clone can tell that a template's database and its
   filestore belong together.
-- `staging_path(dst)`, `is_content_name(rel)` (only top-level `ab/ab…` files; Odoo's
-  `checklist/ab/ab…` GC markers are empty and copied unchecked).
+- `staging_path(dst, kind)`: `.{name}.{kind}.partial`, one name per job kind (`STAGING_KINDS`:
+  clone = tenant-db, restore, env, upgrade, copy = filestore-copy), so no job ever takes up
+  another's stage (a restore of tenant S killed mid-extraction is never published as X's
+  filestore by a tenant-db of X). `is_content_name(rel)` (only top-level `ab/ab…` files;
+  Odoo's `checklist/ab/ab…` GC markers are empty and copied unchecked).
 """
 
 from __future__ import annotations
