@@ -38,7 +38,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from jobs import locks, marker, naming, options, pg, proc, retention, runner
+from jobs import fstree, locks, marker, naming, options, pg, proc, retention, runner
 from jobs.errors import ConfigError, ConflictError, TransientError, UsageError
 from jobs.result import Done
 
@@ -297,30 +297,6 @@ def _new_set_name(tdir: Path) -> str:
         time.sleep(0.2)  # two sets within one second: wait for the next second
 
 
-def _filestore_list(fs: Path, list_path: Path) -> tuple[int, int]:
-    """Write the NUL-separated list of files to archive; return (files, bytes).
-
-    Names starting with "." (staging and temporary names) are skipped, as jobs.filestore does.
-    """
-    files = size = 0
-    with list_path.open("wb") as out:
-        stack = [""] if fs.is_dir() else []
-        while stack:
-            rel = stack.pop()
-            with os.scandir(fs / rel if rel else fs) as entries:
-                for entry in entries:
-                    if entry.name.startswith("."):
-                        continue
-                    sub = f"{rel}/{entry.name}" if rel else entry.name
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(sub)
-                    elif entry.is_file(follow_symlinks=False):
-                        out.write(os.fsencode(sub) + b"\0")
-                        files += 1
-                        size += entry.stat(follow_symlinks=False).st_size
-    return files, size
-
-
 def _dump(
     job: runner.Job,
     db: str,
@@ -377,18 +353,37 @@ def _seal(path: Path) -> dict[str, Any]:
 def _archive_filestore(
     job: runner.Job, fs: Path, work: Path
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    list_path = work / ".filestore.list"
-    n_files, n_bytes = _filestore_list(fs, list_path)
-    # An absent filestore (no attachment ever stored) archives as an empty tar.
-    cwd = fs if fs.is_dir() else work
+    """`filestore.tar` of the tenant's filestore, built from descriptors (jobs.fstree).
+
+    Not `tar --files-from`: tar opens each listed name by path and follows a directory the
+    tenant swapped for a symlink after the listing. Here each directory is opened relative to
+    its parent with O_NOFOLLOW and each file's bytes come from its own descriptor (sendfile),
+    so nothing outside the tenant's tree can get into its set. A symlinked filestore root is
+    refused (FilestoreError, 65). An absent filestore (no attachment ever stored) archives as
+    an empty tar.
+    """
     target = work / FILESTORE_TAR
-    argv = ["tar", "--create", f"--file={target}", "--no-recursion", "--null",
-            f"--files-from={list_path}"]  # fmt: skip
-    done = proc.run(argv, name="tar", cwd=str(cwd), deadline=job.deadline)
-    if done.returncode != 0:
-        raise child_failed("tar", done.returncode, done.tail)
-    list_path.unlink()
-    info = {"path": FILESTORE_TAR, "files": n_files, "bytes": n_bytes, "present": fs.is_dir()}
+    root = fstree.open_root(fs)
+    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        tar = fstree.TarWriter(out)
+        if root is not None:
+            for rel, dir_fd, listed in fstree.walk(root):
+                if job.deadline.expired():
+                    raise TransientError("filestore archive still running at the deadline")
+                for name, _size in listed:
+                    tar.add(dir_fd, name, f"{rel}/{name}" if rel else name)
+        tar.close()
+    finally:
+        os.close(out)
+        if root is not None:
+            os.close(root)
+    info = {
+        "path": FILESTORE_TAR,
+        "files": tar.files,
+        "bytes": tar.bytes,
+        "present": root is not None,
+    }
     return {FILESTORE_TAR: _seal(target)}, info
 
 

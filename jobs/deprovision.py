@@ -123,7 +123,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
             job.step("filestore")
             filestore.discard(fs)
             changed.append("filestore")
-        filestore.discard(filestore.staging_path(fs))  # a tenant-db or restore stage, if any
+        filestore.discard_staging(fs)  # every job's stage (tenant-db, restore, …), if any
 
     job.step("event")
     fields = {

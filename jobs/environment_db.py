@@ -126,7 +126,9 @@ def _build(job: runner.Job, conn: psycopg.Connection[Any], ctx: dict[str, Any]) 
         marker.write(conn, n.work, marker.Marker(WORK_KIND, "created", {}))
         _copy_database(job, prod, n.work, dsn)
         job.step("copy-filestore")
-        facts["filestore"] = filestore.copy_tree(ctx["production_fs"], n.fs_work).as_dict()
+        facts["filestore"] = filestore.copy_tree(
+            ctx["production_fs"], n.fs_work, kind="env"
+        ).as_dict()
         with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
             restore.new_identity(wconn, env_tenant.hostname)
     else:
@@ -139,7 +141,7 @@ def _build(job: runner.Job, conn: psycopg.Connection[Any], ctx: dict[str, Any]) 
             tenant_db.restrict_connect(conn, n.work, ctx["role"])
             marker.write(conn, n.work, marker.Marker(WORK_KIND, "created", {}))
             src_fs = naming.filestore(template, ctx["data_dir"])
-            facts["filestore"] = filestore.copy_tree(src_fs, n.fs_work).as_dict()
+            facts["filestore"] = filestore.copy_tree(src_fs, n.fs_work, kind="env").as_dict()
         with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
             identity = tenant_db.Identity(
                 env_tenant.hostname, ctx["owner_email"], ctx["owner_name"]

@@ -2,9 +2,11 @@
 
 `tar -c` on the source piped into `tar -x --no-same-owner --no-same-permissions` on the target,
 so the files get the target image's owner (UID 101 on 17 → 100 on 18). Only what the target
-lacks is sent, into a staging directory beside the target (`.{db}.partial`), which is verified
-and then renamed into place (or, when the target already holds part of the files, hard-linked
-into it file by file). The source is never written.
+lacks is sent, into a staging directory beside the target (`.{db}.copy.partial`), which is
+verified and then renamed into place (or, when the target already holds part of the files,
+hard-linked into it file by file). The source is never written. A local side is walked by file
+descriptor (see jobs.filestore_side): nothing outside `{root}/{db}` is read or written, and a
+`{db}` that is a symlink is refused (65).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class Plan:
 
     @property
     def staging(self) -> str:
-        return filestore.staging_path(self.db).name
+        return filestore.staging_path(self.db, "copy").name
 
 
 def _db(kw: dict[str, Any]) -> str:
@@ -264,12 +266,7 @@ def copy(job: runner.Job, p: Plan) -> Done:
     }
     if p.staging in present and (not need or set(staged) - set(need)):
         # Leftovers of another attempt that do not fit this one: start the staging afresh.
-        fs.run(
-            p.target,
-            ["rm", "-rf", "--", p.target.path(p.staging)],
-            what="clear staging",
-            deadline=dl,
-        )
+        fs.clear(p.target, p.staging, deadline=dl)
         staged = {}
     if not need:
         log.info("target already complete", **details)
@@ -285,12 +282,7 @@ def copy(job: runner.Job, p: Plan) -> Done:
 
     if fetch:
         job.step("copy")
-        fs.run(
-            p.target,
-            ["mkdir", "-p", "--", p.target.path(p.staging)],
-            what="create staging",
-            deadline=dl,
-        )
+        fs.make_dir(p.target, p.staging, deadline=dl)
 
         def report(progress: fs.Progress, elapsed: float) -> None:
             rate = progress.bytes / elapsed if elapsed > 0 else 0.0
@@ -324,34 +316,12 @@ def copy(job: runner.Job, p: Plan) -> Done:
     job.step("publish")
     if not existed:
         # The common case: the whole directory appears at once.
-        fs.run(
-            p.target,
-            ["mv", "-T", "--", p.target.path(p.staging), p.target.path(p.db)],
-            what="publish",
-            deadline=dl,
-        )
+        fs.rename(p.target, p.staging, p.db, deadline=dl)
     else:
         # Merge: each file appears whole (a link to the verified staged inode), then the staging
         # goes. A crash in between leaves complete files on both sides; a re-run finishes.
-        fs.run(
-            p.target,
-            [
-                "cp",
-                "-al",
-                "--remove-destination",
-                "--",
-                p.target.path(p.staging) + "/.",
-                p.target.path(p.db) + "/",
-            ],
-            what="publish",
-            deadline=dl,
-        )
-        fs.run(
-            p.target,
-            ["rm", "-rf", "--", p.target.path(p.staging)],
-            what="clear staging",
-            deadline=dl,
-        )
+        fs.merge(p.target, p.staging, p.db, deadline=dl)
+        fs.clear(p.target, p.staging, deadline=dl)
 
     if existed and p.verify != "none":
         # After a merge, the target as a whole is checked; a renamed staging was checked already.

@@ -1,25 +1,31 @@
 """One side of a filestore copy: a directory reached directly (`local`) or through `kubectl exec`.
 
-Every operation is an ordinary command (find, tar, sha1sum, mkdir, mv, cp, rm) run through the
-side's argv prefix, so both transports share one code path and the kubectl one is exercised by
-the same tests as the local one. The holder pods run the Odoo images (Debian/Ubuntu), so GNU
-find, tar and coreutils are there.
+Through kubectl every operation is an ordinary command (find, tar, sha1sum, mkdir, mv, cp, rm)
+run in the holder pod (the Odoo images: Debian/Ubuntu, so GNU find, tar and coreutils are
+there). A local side is walked by file descriptor instead (jobs.fstree), never by a path the
+tenant could have swapped: the listing, the hashing, the source half of the tar pipe (a tar
+stream written from descriptors, fed to the target's `tar -x`), the merge of the staging into
+an existing target (hard links made relative to opened directories) and the removal of the
+staging. `{root}/{db}` that is a symlink is refused (`FilestoreError`, 65) on either side.
 """
 
 from __future__ import annotations
 
 import bisect
+import errno
 import fcntl
+import hashlib
+import os
 import posixpath
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import IO
 
-from jobs import proc, retry
+from jobs import fstree, proc, retry
 from jobs.errors import TransientError
 
 Listing = dict[str, int]  # relative file name → size in bytes
@@ -47,6 +53,10 @@ class Side:
         if container:
             prefix += ["-c", container]
         return cls(label, root, (*prefix, "--"))
+
+    @property
+    def local(self) -> bool:
+        return not self.prefix
 
     def argv(self, *cmd: str) -> list[str]:
         return [*self.prefix, *cmd]
@@ -170,8 +180,71 @@ def observe_all(
     sides: Sequence[tuple[Side, Sequence[str]]], *, deadline: retry.Deadline
 ) -> list[dict[str, Listing]]:
     """`observe` on several sides at once (one command per side, concurrently)."""
-    calls = [(side, _observe_cmd(side, dirs), None) for side, dirs in sides]
-    return [_parse(out) for out in run_all(calls, what="list files", deadline=deadline)]
+    remote = [(side, dirs) for side, dirs in sides if not side.local]
+    calls = [(side, _observe_cmd(side, dirs), None) for side, dirs in remote]
+    answers = iter(_parse(out) for out in run_all(calls, what="list files", deadline=deadline))
+    return [_observe_local(side, dirs) if side.local else next(answers) for side, dirs in sides]
+
+
+@contextmanager
+def _opened(side: Side, directory: str) -> Iterator[int | None]:
+    """The descriptor of `{root}/{directory}` (None if absent); a symlink there: 65."""
+    root = os.open(side.root, fstree.DIR_FLAGS & ~os.O_NOFOLLOW)  # the configured mount
+    try:
+        try:
+            fd = os.open(directory, fstree.DIR_FLAGS, dir_fd=root)
+        except FileNotFoundError:
+            fd = None
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            raise fstree.FilestoreError(
+                f"{side.label}: {side.path(directory)} is a symlink or not a directory:"
+                " refused, never followed",
+                side=side.label,
+            ) from None
+    finally:
+        os.close(root)
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _observe_local(side: Side, dirs: Sequence[str]) -> dict[str, Listing]:
+    found: dict[str, Listing] = {}
+    if not os.path.isdir(side.root):
+        return found
+    for directory in dirs:
+        with _opened(side, directory) as fd:
+            if fd is None:
+                continue
+            found[directory] = {
+                f"{rel}/{name}" if rel else name: size
+                for rel, _dir_fd, files in fstree.walk(fd)
+                for name, size in files
+            }
+    return found
+
+
+class _Dirs:
+    """Opened subdirectories of a tree, each opened relative to its parent with O_NOFOLLOW."""
+
+    def __init__(self, root_fd: int) -> None:
+        self.fds: dict[str, int | None] = {"": root_fd}
+
+    def get(self, rel: str) -> int | None:
+        if rel not in self.fds:
+            head, _, name = rel.rpartition("/")
+            parent = self.get(head)
+            self.fds[rel] = None if parent is None else fstree.open_dir(parent, name)
+        return self.fds[rel]
+
+    def close(self) -> None:
+        for rel, fd in self.fds.items():
+            if rel and fd is not None:
+                os.close(fd)
 
 
 def sha1s(
@@ -180,6 +253,8 @@ def sha1s(
     """sha1 of each of `names` under `directory`, hashed by `jobs` sha1sum processes at once."""
     if not names:
         return {}
+    if side.local:
+        return _sha1s_local(side, directory, names)
     script = 'cd "$1" && exec xargs -0 -r sha1sum --'
     chunks = [names[i::jobs] for i in range(jobs) if names[i::jobs]]
     calls = [
@@ -190,6 +265,34 @@ def sha1s(
         for line in out.decode("utf-8", "surrogateescape").splitlines():
             digest, _, name = line.partition("  ")
             found[name] = digest
+    return found
+
+
+def _sha1s_local(side: Side, directory: str, names: Sequence[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    with _opened(side, directory) as fd:
+        if fd is None:
+            return found
+        dirs = _Dirs(fd)
+        try:
+            for name in names:
+                head, _, base = name.rpartition("/")
+                parent = dirs.get(head)
+                opened = None if parent is None else fstree.open_file(parent, base)
+                if opened is None:
+                    continue  # not a regular file reached without a link: no digest
+                file_fd, _st = opened
+                digest = hashlib.sha1(usedforsecurity=False)
+                try:
+                    while n := os.readv(file_fd, [buf]):
+                        digest.update(view[:n])
+                finally:
+                    os.close(file_fd)
+                found[name] = digest.hexdigest()
+        finally:
+            dirs.close()
     return found
 
 
@@ -257,8 +360,15 @@ def tar_pipe(
 ) -> Progress:
     """`tar -c` of `names` on the source piped into `tar -x` on the target; both exits checked.
 
-    The data flows from one child to the other through an OS pipe, never through Python.
+    The data flows from one child to the other through an OS pipe, never through Python. A
+    local source is not a `tar -c` child: its files are opened by descriptor and written into
+    the pipe as a tar stream (`sendfile`, so the bytes still never pass through Python).
     """
+    if source.local:
+        return _tar_pipe_local(
+            source, source_dir, target, target_dir, names, sizes,
+            deadline=deadline, interval=interval, report=report,
+        )  # fmt: skip
     # 128 KiB records instead of tar's 10 KiB: fewer writes, reads and wake-ups across the pipe
     # (and kubectl's stream); the reader takes whole records whatever the pipe hands it.
     records = ["--blocking-factor=256"]
@@ -307,3 +417,157 @@ def tar_pipe(
     progress = Progress(len(names), sum(sizes.get(n, 0) for n in names))
     report(progress, time.monotonic() - started)
     return progress
+
+
+def _write_tar(source: Side, source_dir: str, names: Sequence[str], out: int) -> None:
+    """The tar stream of `names` under `{root}/{source_dir}`, from descriptors, into `out`."""
+    with _opened(source, source_dir) as fd:
+        if fd is None:
+            raise TransientError(f"source: {source.path(source_dir)} vanished", side="source")
+        dirs = _Dirs(fd)
+        try:
+            tar = fstree.TarWriter(out)
+            for name in names:
+                head, _, base = name.rpartition("/")
+                parent = dirs.get(head)
+                if parent is None or not tar.add(parent, base, name):
+                    # Listed as a file, now not one reached without a link: observe again.
+                    raise TransientError(
+                        f"source: {name} changed since it was listed", side="source"
+                    )
+            tar.close()
+        finally:
+            dirs.close()
+
+
+def _tar_pipe_local(
+    source: Side,
+    source_dir: str,
+    target: Side,
+    target_dir: str,
+    names: Sequence[str],
+    sizes: Listing,
+    *,
+    deadline: retry.Deadline,
+    interval: float,
+    report: Callable[[Progress, float], None],
+) -> Progress:
+    extract = ["tar", "-xf", "-", "--blocking-factor=256", "--read-full-records"]
+    extract += ["-C", target.path(target_dir), "--no-same-owner", "--no-same-permissions"]
+    started = time.monotonic()
+    read_end, write_end = os.pipe()
+    _widen(write_end)
+    failed: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            _write_tar(source, source_dir, names, write_end)
+        except BrokenPipeError:
+            pass  # the target tar died early: its exit code tells why
+        except BaseException as exc:  # re-raised in the job's thread
+            failed.append(exc)
+        finally:
+            os.close(write_end)
+
+    try:
+        with proc.spawn(
+            target.argv(*extract), name="target tar", stdin=read_end, stdout=subprocess.DEVNULL
+        ) as dst:
+            os.close(read_end)
+            read_end = -1
+            writer = threading.Thread(target=produce, daemon=True)
+            writer.start()
+            meter = _Meter(dst.popen.pid, names, sizes)
+            next_report = started + interval
+            while dst.popen.poll() is None:
+                if deadline.expired():
+                    raise TransientError(
+                        f"filestore copy still running after {deadline.seconds:.0f}s"
+                    )
+                time.sleep(0.1)
+                if time.monotonic() >= next_report:
+                    seen = meter.read()
+                    if seen is not None:
+                        report(seen, time.monotonic() - started)
+                    next_report += interval
+            dst_code = dst.wait()
+            writer.join()
+            if failed:
+                raise failed[0]
+            if dst_code != 0:
+                raise _failure(target, "tar -x", dst_code, list(dst.tail))
+    finally:
+        if read_end >= 0:
+            os.close(read_end)
+    progress = Progress(len(names), sum(sizes.get(n, 0) for n in names))
+    report(progress, time.monotonic() - started)
+    return progress
+
+
+def make_dir(side: Side, directory: str, *, deadline: retry.Deadline) -> None:
+    """`{root}/{directory}` exists (the staging directory; created by us, never through a link)."""
+    if not side.local:
+        run(side, ["mkdir", "-p", "--", side.path(directory)], what="create staging",
+            deadline=deadline)  # fmt: skip
+        return
+    os.makedirs(side.root, exist_ok=True)
+    root = os.open(side.root, fstree.DIR_FLAGS & ~os.O_NOFOLLOW)
+    try:
+        os.close(fstree.make_dir(root, directory, replace=True))
+    finally:
+        os.close(root)
+
+
+def clear(side: Side, directory: str, *, deadline: retry.Deadline) -> None:
+    """Remove `{root}/{directory}` (a link there is unlinked, a tree removed by descriptor)."""
+    if not side.local:
+        run(side, ["rm", "-rf", "--", side.path(directory)], what="clear staging",
+            deadline=deadline)  # fmt: skip
+        return
+    fstree.remove_path(side.path(directory))
+
+
+def rename(side: Side, src: str, dst: str, *, deadline: retry.Deadline) -> None:
+    """Publish `{root}/{src}` as `{root}/{dst}` by one rename."""
+    if not side.local:
+        run(side, ["mv", "-T", "--", side.path(src), side.path(dst)], what="publish",
+            deadline=deadline)  # fmt: skip
+        return
+    os.rename(side.path(src), side.path(dst))
+
+
+def merge(side: Side, staging: str, directory: str, *, deadline: retry.Deadline) -> None:
+    """Hard-link every staged file into `{root}/{directory}`, replacing what has its name.
+
+    Locally the links are made relative to opened directories: a directory of the target
+    that is a symlink is refused (65), never written through.
+    """
+    if not side.local:
+        run(side, ["cp", "-al", "--remove-destination", "--", side.path(staging) + "/.",
+                   side.path(directory) + "/"], what="publish", deadline=deadline)  # fmt: skip
+        return
+    with _opened(side, staging) as src, _opened(side, directory) as dst:
+        if src is None or dst is None:
+            raise TransientError(f"{side.label}: staging or target vanished", side=side.label)
+        _link_tree(src, dst)
+
+
+def _link_tree(src: int, dst: int) -> None:
+    files, dirs = fstree.list_dir(src)
+    for name, _size in files:
+        tmp = f".{name}.link-{os.getpid()}"
+        fstree.remove(dst, tmp)
+        os.link(name, tmp, src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
+        os.replace(tmp, name, src_dir_fd=dst, dst_dir_fd=dst)
+    for name in dirs:
+        sub = fstree.open_dir(src, name)
+        if sub is None:
+            continue
+        try:
+            target = fstree.make_dir(dst, name, replace=False)
+            try:
+                _link_tree(sub, target)
+            finally:
+                os.close(target)
+        finally:
+            os.close(sub)

@@ -185,7 +185,7 @@ def restore_set(
     jobs_n: int = 1,
 ) -> str:
     """Restore `set_dir` as `target`; the caller holds the target's lock. Returns the outcome."""
-    n = swap.Names.of(target, data_dir, work_suffix=WORK_SUFFIX, fs_work=filestore.staging_path)
+    n = swap.Names.of(target, data_dir, work_suffix=WORK_SUFFIX, fs_work=swap.restore_stage)
     name = set_dir.name
     _roll_back_swap(job, conn, n)
     current = _ours(conn, n.db, (*backup.BACKUP_KINDS, WORK_KIND))

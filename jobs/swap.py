@@ -3,6 +3,10 @@
 The new copy is built as `{db}{work_suffix}` plus a hidden filestore beside the live one; the
 swap moves the live pair to `{db}__old` / `.{fs}.old` and the work pair into place. What is left
 once the new pair holds the names is the same for every such job, so it is done here.
+
+The filestore names are looked at with `lstat` only: a live filestore that is a symlink (to
+another tenant's, say) is refused when the names are taken (`FilestoreError`, 65), and the
+work and old names are moved or removed as links, never through them.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from jobs import filestore, naming, pg
+from jobs import filestore, fstree, naming, pg
 
 OLD_SUFFIX = "__old"
 
@@ -38,8 +42,13 @@ class Names:
         work_suffix: str,
         fs_work: Callable[[Path], Path],
     ) -> Names:
-        """`fs_work` names the work filestore from the live one (each job hides it its own way)."""
+        """`fs_work` names the work filestore from the live one (each job hides it its own way).
+
+        Refuses (65) a live filestore that is a symlink: the job would read or replace
+        whatever it points at.
+        """
         fs = tenant.filestore(data_dir)
+        filestore.present(fs)
         return cls(
             db=tenant.db_name,
             work=tenant.db_name + work_suffix,
@@ -50,9 +59,14 @@ class Names:
         )
 
 
+def restore_stage(fs: Path) -> Path:
+    """Where restore unpacks a set's filestore: its own staging name, no other job's."""
+    return filestore.staging_path(fs, "restore")
+
+
 def place_filestore(n: Names) -> bool:
     """Move the work filestore into place unless the live one is there; True if it moved."""
-    if not n.fs.exists() and n.fs_work.exists():
+    if fstree.kind_of(n.fs) == "missing" and fstree.kind_of(n.fs_work) == "dir":
         os.rename(n.fs_work, n.fs)
         return True
     return False
@@ -64,7 +78,6 @@ def drop_old(conn: psycopg.Connection[Any], n: Names) -> bool:
     if pg.database_exists(conn, n.old):
         pg.drop_database(conn, n.old)
         did = True
-    if n.fs_old.exists():
-        filestore.discard(n.fs_old)
+    if filestore.discard(n.fs_old):  # a link there is unlinked, its target left alone
         did = True
     return did

@@ -348,9 +348,12 @@ def _converge(ctx: _Ctx) -> Done:
                 state = None
             fingerprint = current
             src_fs, dst_fs = (naming.filestore(n, ctx.data_dir) for n in (ctx.template, db))
+            filestore.present(dst_fs)  # a symlink there is refused (65) before anything is made
             # The filestore is staged while PostgreSQL copies the database (the backend does
             # that work; this process only waits), and published only once the clone exists.
-            with background.beside(filestore.copy_tree, src_fs, dst_fs, publish=False) as staged:
+            with background.beside(
+                filestore.copy_tree, src_fs, dst_fs, kind="clone", publish=False
+            ) as staged:
                 if state is None:
                     job.step("clone")
                     create_clone(
@@ -362,7 +365,7 @@ def _converge(ctx: _Ctx) -> Done:
                 job.step("filestore")
             copied = staged.result()
             job.check_locks()
-            copied.published = filestore.publish_staged(dst_fs)
+            copied.published = filestore.publish_staged(dst_fs, kind="clone")
             stats["filestore"] = copied.as_dict()
             ctx.mark(ctx.work, "filestore", template_fingerprint=fingerprint)
             state = "filestore"
@@ -412,7 +415,7 @@ def _drop_work(ctx: _Ctx, *, staged: bool) -> None:
     """Drop the work database; `staged`: also the staged filestore (the template changed)."""
     pg.drop_database(ctx.conn, ctx.work)
     if staged:
-        filestore.discard(filestore.staging_path(naming.filestore(ctx.db, ctx.data_dir)))
+        filestore.discard(filestore.staging_path(naming.filestore(ctx.db, ctx.data_dir), "clone"))
 
 
 def _publish(ctx: _Ctx, fingerprint: str | None) -> None:
@@ -460,11 +463,11 @@ def _existing(ctx: _Ctx) -> Done:
         restrict_connect(conn, db, ctx.role)
         repaired.append("connect")
     fs = naming.filestore(db, ctx.data_dir)
-    if not fs.is_dir():
+    if not filestore.present(fs):  # a symlink there is refused (65), never followed
         # Lost (or never published by a pre-marker run): copy it again from the template.
         with template_lock(ctx.template, deadline=ctx.job.deadline, dsn=ctx.dsn):
             check_template(conn, ctx.template, ctx.data_dir)
-            filestore.copy_tree(naming.filestore(ctx.template, ctx.data_dir), fs)
+            filestore.copy_tree(naming.filestore(ctx.template, ctx.data_dir), fs, kind="clone")
         repaired.append("filestore")
     details = {"database": db, "template_fingerprint": mark.data.get("template_fingerprint")}
     if repaired:

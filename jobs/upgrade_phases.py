@@ -277,8 +277,8 @@ def _seed_filestore(ctx: Ctx) -> None:
     """
     s = ctx.spec
     src = s.fs(s.db)
-    if src.is_dir():
-        stats = filestore.copy_tree(src, s.fs(s.work))
+    if filestore.present(src):  # a symlinked live filestore is refused (65), never followed
+        stats = filestore.copy_tree(src, s.fs(s.work), kind="upgrade")
         ctx.job.log.info("work filestore seeded", **stats.as_dict())
     elif not s.fs(s.work).is_dir():
         raise ConflictError(
@@ -402,9 +402,9 @@ def _move(src: Path, dst: Path) -> None:
 
 def _promote(incoming: Path, live: Path, aside: Path) -> bool:
     """Live filestore aside, `incoming` into its place; False when there is nothing to bring in."""
-    if not incoming.is_dir():
+    if not filestore.present(incoming):  # a symlink is refused (65), never moved into place
         return False
-    if live.is_dir():
+    if filestore.present(live):
         _move(live, aside)
     os.rename(incoming, live)
     return True

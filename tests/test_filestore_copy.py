@@ -63,7 +63,7 @@ def test_local_copy_created_unchanged_incremental(
     assert tree(target) == tree(source)
     # --no-same-owner: the files belong to the extracting user, not to the source's UID 101.
     assert {p.stat().st_uid for p in target.rglob("*")} == {os.geteuid()}
-    assert not (dst_root / f".{DB}.partial").exists()
+    assert not (dst_root / f".{DB}.copy.partial").exists()
     assert any(e.get("event") == "progress" for e in first.logs)
 
     again = local(run_job, source, dst_root)
@@ -78,15 +78,15 @@ def test_local_copy_created_unchanged_incremental(
     assert third.rc == 0 and third.result["outcome"] == "updated", third.output
     assert third.result["copied_files"] == 3  # the new file, its marker, the damaged one
     assert tree(target) == tree(source) and added in tree(target)
-    assert not (dst_root / f".{DB}.partial").exists()
+    assert not (dst_root / f".{DB}.copy.partial").exists()
     # The source is never written.
-    assert not (source.parent / f".{DB}.partial").exists()
+    assert not (source.parent / f".{DB}.copy.partial").exists()
 
 
 def test_interrupted_copy_is_resumed(run_job: Runner, source: Path, tmp_path: Path) -> None:
     """What a killed run leaves in the staging directory is reused or replaced, then published."""
     dst_root = tmp_path / "dst"
-    staging = dst_root / f".{DB}.partial"
+    staging = dst_root / f".{DB}.copy.partial"
     names = sorted(n for n in tree(source) if not n.startswith("checklist"))
     for name in names[:10]:  # complete files, as tar wrote them before the kill
         (staging / name).parent.mkdir(parents=True, exist_ok=True)
