@@ -260,7 +260,8 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
 
         job.step("drop")
         # The live database first: from then on the final set is what proves the rest ours.
-        for name in sorted(found, key=lambda n: n != db):
+        dropped = sorted(found, key=lambda n: n != db)
+        for name in dropped:
             pg.drop_database(conn, name)
         job.step("filestore")
         for name in entries:
@@ -272,7 +273,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
             changed.append("database")
         if entries:
             changed.append("filestore")
-        details.update(databases=list(found), filestores=list(entries))
+        details.update(databases=dropped, filestores=list(entries))
 
     job.step("event")
     fields = {
