@@ -161,7 +161,6 @@ def test_deprovision_of_acme_stg_never_touches_the_environment_stg_of_acme(
 ) -> None:
     sub, data_dir = setup["sub"], setup["data_dir"]
     env_db = environment(run_job, pg_dsn, sub, data_dir, "stg")
-    assert env_db == naming.db_name(f"{sub}--stg")  # not the tenant `{sub}-stg`'s name
     env_files = tree(naming.filestore(env_db, data_dir))
     assert env_files
 
@@ -170,12 +169,13 @@ def test_deprovision_of_acme_stg_never_touches_the_environment_stg_of_acme(
              "--data-dir", str(data_dir), "--stream", setup["stream"]]  # fmt: skip
     done = run_job(["deprovision", *other])
     assert done.rc == 0, done.output
-    assert done.result["databases"] == [] and done.result["filestores"] == []
     assert exists(pg_dsn, env_db) and exists(pg_dsn, setup["db"])
     assert tree(naming.filestore(env_db, data_dir)) == env_files
+    assert done.result["databases"] == [] and done.result["filestores"] == []
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         mark = marker.read(conn, env_db)
         assert mark is not None and mark.kind == "environment" and mark.state == "complete"
+    assert env_db == naming.db_name(f"{sub}--stg")  # a name no subdomain can have
 
     # The tenant's own deprovision removes its environment with it.
     gone = run_job(["deprovision", *setup["args"]])
