@@ -53,7 +53,12 @@ def check_archive(path: Path, info: dict[str, Any]) -> list[str]:
 
 
 def verify_set(
-    job: runner.Job, set_dir: Path, scratch: str, dsn: str | None, jobs_n: int = 1
+    job: runner.Job,
+    set_dir: Path,
+    scratch: str,
+    dsn: str | None,
+    jobs_n: int = 1,
+    subdomain: str | None = None,
 ) -> list[str]:
     """Every problem found with the set (empty: it restores and matches its manifest)."""
     manifest = backup.load_manifest(set_dir)
@@ -77,7 +82,9 @@ def verify_set(
         settings.pop("owner", None)  # the scratch copy needs no tenant role
         restore.create_empty(conn, scratch, settings)
         try:
-            marker.write(conn, scratch, marker.Marker(SCRATCH_KIND, "created", {}))
+            marker.write(
+                conn, scratch, marker.Marker(SCRATCH_KIND, "created", {"subdomain": subdomain})
+            )
             try:
                 restore.pg_restore(job, set_dir / manifest["dump"]["path"], scratch, dsn, jobs_n)
             except Exception as exc:  # the dump passed its checksum but does not restore
@@ -116,7 +123,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     lock = f"verify:{tenant.db_name}"
     with locks.advisory(lock, deadline=job.deadline, dsn=dsn):
         scratch = tenant.db_name + SCRATCH_SUFFIX
-        problems = verify_set(job, set_dir, scratch, dsn, kw["jobs_n"])
+        problems = verify_set(job, set_dir, scratch, dsn, kw["jobs_n"], tenant.subdomain)
     if problems:
         raise ConflictError(
             f"set {set_dir.name} failed verification: {'; '.join(problems[:5])}",

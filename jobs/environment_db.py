@@ -1,5 +1,6 @@
 """`plana-job environment-db` (TenantEnvironment): environment `{env}` of a tenant as its own
-database, `{subdomain}-{env}`, so database, filestore and hostname follow the naming contract.
+database, named `{subdomain}--{env}` (`naming.environment`): database, filestore and hostname
+follow the naming contract, and can never be those of a tenant (no subdomain contains "--").
 
 Two sources:
 - fresh (default): a clone of the tier's template, personalised, exactly as `tenant-db` does it
@@ -42,7 +43,7 @@ from jobs import (
     swap,
     tenant_db,
 )
-from jobs.errors import ConflictError, UsageError
+from jobs.errors import ConflictError
 from jobs.result import Done
 
 KIND = "environment"
@@ -123,7 +124,7 @@ def _build(job: runner.Job, conn: psycopg.Connection[Any], ctx: dict[str, Any]) 
         settings["owner"] = ctx["role"]
         settings["public_connect"] = False
         restore.create_empty(conn, n.work, settings)
-        marker.write(conn, n.work, marker.Marker(WORK_KIND, "created", {}))
+        marker.write(conn, n.work, marker.Marker(WORK_KIND, "created", ctx["owner"]))
         _copy_database(job, prod, n.work, dsn)
         job.step("copy-filestore")
         facts["filestore"] = filestore.copy_tree(
@@ -139,7 +140,7 @@ def _build(job: runner.Job, conn: psycopg.Connection[Any], ctx: dict[str, Any]) 
             tenant_db.create_clone(conn, template, n.work, owner=ctx["role"], deadline=job.deadline)
             job.check_locks()
             tenant_db.restrict_connect(conn, n.work, ctx["role"])
-            marker.write(conn, n.work, marker.Marker(WORK_KIND, "created", {}))
+            marker.write(conn, n.work, marker.Marker(WORK_KIND, "created", ctx["owner"]))
             src_fs = naming.filestore(template, ctx["data_dir"])
             facts["filestore"] = filestore.copy_tree(src_fs, n.fs_work, kind="env").as_dict()
         with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
@@ -190,7 +191,7 @@ def _finish(conn: psycopg.Connection[Any], n: swap.Names) -> bool:
     "env_name",
     env="PLANA_ENVIRONMENT",
     default=None,
-    help="Environment name (DNS label), e.g. staging: {subdomain}-{env}.",
+    help="Environment name (DNS label without '--'), e.g. staging: {subdomain}--{env}.",
 )
 @options.tier
 @options.odoo_version
@@ -229,18 +230,17 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     domain = naming.base_domain(kw["base_domain"])
     sub = naming.subdomain(kw["subdomain"])
     env_name = kw["env_name"]
-    if not env_name:
-        raise UsageError("env", "is required")
-    naming.subdomain(env_name, field="env")
-    env_tenant = naming.Tenant(naming.subdomain(f"{sub}-{env_name}", field="env"), domain)
+    # The longest name it works under: `{db}__env` or `{db}__old`.
+    longest = max(len(WORK_SUFFIX), len(swap.OLD_SUFFIX))
+    env_tenant = naming.environment(sub, env_name, domain, work_suffix_max=longest)
     copy = bool(kw["copy_from_production"])
     ctx: dict[str, Any] = {
         "copy": copy, "env_tenant": env_tenant, "data_dir": kw["data_dir"],
         "role": tenant_db.owner_role(kw["owner_role"]),
         "names": _names(env_tenant, kw["data_dir"]),
+        # Whose the work copy is, so deprovision can tell it from anyone else's.
+        "owner": {"subdomain": env_tenant.subdomain, "tenant": sub, "env": env_name},
     }  # fmt: skip
-    if len(ctx["names"].work.encode()) > tenant_db.MAX_DB_NAME:
-        raise UsageError("env", f"database name {env_tenant.db_name!r} is too long")
     if copy:
         prod = naming.Tenant(sub, domain)
         ctx.update(production=prod.db_name, production_fs=prod.filestore(kw["data_dir"]))

@@ -1,4 +1,4 @@
-"""The naming contract and the input rules (DESIGN.md); the only place that knows them.
+"""The naming contract and the input rules; the only place that knows them.
 
 Every validator returns the normalised value or raises UsageError naming the spec field, so a
 job refuses bad input (exit 64) before it has touched anything.
@@ -24,6 +24,12 @@ TIER_TEMPLATE: Final = {"starter": "basic", "pro": "pro", "enterprise": "enterpr
 TEMPLATE_CODES: Final = ("basic", "pro", "enterprise")
 
 SUBDOMAIN_MAX: Final = 40
+MAX_DB_NAME: Final = 63  # PostgreSQL's NAMEDATALEN - 1, in bytes
+# `{subdomain}--{env}` names an environment. Neither part may contain "--", so the first "--"
+# separates them and no environment's name can equal a tenant's (or another tenant's
+# environment's). Work copies append `__{suffix}`: "_" is in no subdomain nor base domain.
+ENV_SEPARATOR: Final = "--"
+WORK_SEPARATOR: Final = "__"
 OWNER_NAME_MAX: Final = 128
 # Names that would collide with platform hostnames, PostgreSQL's own databases or our templates.
 RESERVED_SUBDOMAINS: Final = frozenset(
@@ -37,6 +43,8 @@ RESERVED_SUBDOMAINS: Final = frozenset(
 )  # fmt: skip
 
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?", re.ASCII)
+_PART = r"[a-z0-9]+(?:-[a-z0-9]+)*"  # a DNS label without "--"
+_WORK = r"[a-z0-9]+"
 _DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,63}", re.ASCII)
 _EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@" + _DOMAIN.pattern, re.ASCII | re.I)
 _POSITIVE_INT = re.compile(r"[1-9][0-9]{0,8}", re.ASCII)
@@ -54,9 +62,68 @@ def subdomain(value: str | None, field: str = "subdomain") -> str:
         raise UsageError(field, f"at most {SUBDOMAIN_MAX} characters, got {len(value)}")
     if not _LABEL.fullmatch(value):
         raise UsageError(field, f"must be a lowercase DNS label [a-z0-9-], got {_show(value)}")
+    if ENV_SEPARATOR in value:
+        raise UsageError(
+            field, f"must not contain '--' (it names environments), got {_show(value)}"
+        )
     if value in RESERVED_SUBDOMAINS:
         raise UsageError(field, f"{_show(value)} is a reserved name")
     return value
+
+
+def environment(
+    sub: str,
+    env: str | None,
+    domain: str = DEFAULT_BASE_DOMAIN,
+    *,
+    work_suffix_max: int = 0,
+    field: str = "env",
+) -> Tenant:
+    """Environment `env` of tenant `sub` (already validated): `{sub}--{env}`, checked so that
+    its database name plus a work suffix of `work_suffix_max` bytes fits PostgreSQL's 63."""
+    if not env:
+        raise UsageError(field, "is required")
+    if not _LABEL.fullmatch(env):
+        raise UsageError(field, f"must be a lowercase DNS label [a-z0-9-], got {_show(env)}")
+    if ENV_SEPARATOR in env:
+        raise UsageError(field, f"must not contain '--', got {_show(env)}")
+    name = Tenant(f"{sub}{ENV_SEPARATOR}{env}", domain)
+    if len(name.db_name.encode()) + work_suffix_max > MAX_DB_NAME:
+        raise UsageError(field, f"database name {name.db_name!r} is too long for PostgreSQL")
+    return name
+
+
+@dataclass(frozen=True)
+class Owned:
+    """A database or filestore name in a tenant's namespace: whose it is and what it is."""
+
+    base: str  # the live database it derives from: `{sub}.{domain}` or `{sub}--{env}.{domain}`
+    env: str | None  # the environment, or None for the tenant's own database
+    work: str | None  # the work suffix after "__" (e.g. "new", "up18"), or None for `base`
+    hidden: str | None = None  # a hidden leftover's tail after the name ("partial", "old", …)
+
+
+def owned_name(
+    name: str, sub: str, domain: str = DEFAULT_BASE_DOMAIN, *, hidden: bool = False
+) -> Owned | None:
+    """`name` parsed as `{sub}[--{env}].{domain}[__{work}]`, or None when it is not one of them.
+
+    Exact: `acmex…`, `acme-x…` or another base domain are never acme's. `hidden`: a filestore
+    leftover beside such a name instead, `.{name}.{anything}` (staging, `.old`, `.trash-…`;
+    more leading dots when the leftover is itself of a hidden tree).
+    """
+    pattern = (
+        re.escape(sub) + f"(?:{ENV_SEPARATOR}(?P<env>{_PART}))?" + r"\." + re.escape(domain)
+        + f"(?:{WORK_SEPARATOR}(?P<work>{_WORK}))?"
+    )  # fmt: skip
+    if hidden:
+        pattern = r"\.+" + pattern + r"\.(?P<hidden>[^/]+)"
+    found = re.fullmatch(pattern, name, re.ASCII | re.DOTALL)
+    if found is None:
+        return None
+    env = found.group("env")
+    base = db_name(f"{sub}{ENV_SEPARATOR}{env}" if env else sub, domain)
+    return Owned(base, env, found.group("work"), found.group("hidden") if hidden else None)
 
 
 def project_id(value: str | int | None, field: str = "projectId") -> int:

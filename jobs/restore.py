@@ -218,7 +218,8 @@ def restore_set(
             job.step("pg_restore")
             pg.drop_database(conn, n.work)
             create_empty(conn, n.work, manifest.get("database_settings") or {})
-            marker.write(conn, n.work, marker.Marker(WORK_KIND, "created", {"set": name}))
+            marker.write(conn, n.work, marker.Marker(
+                WORK_KIND, "created", {"set": name, "subdomain": target.subdomain}))  # fmt: skip
             pg_restore(job, set_dir / manifest["dump"]["path"], n.work, dsn, jobs_n)
             job.step("verify")
             with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
@@ -230,7 +231,7 @@ def restore_set(
                     )
                 if as_copy:
                     new_identity(wconn, target.hostname)
-            state = {"set": name, "as_copy": as_copy}
+            state = {"set": name, "as_copy": as_copy, "subdomain": target.subdomain}
             marker.write(conn, n.work, marker.Marker(WORK_KIND, "verified", state))
         job.step("filestore")
         extract_filestore(job, set_dir, manifest, n.fs_work)  # a kept stage may be half done

@@ -44,7 +44,7 @@ def test_copy_from_production_is_neutralised_and_production_keeps_serving(
     production: dict[str, Any], run_job: Runner, pg_dsn: str
 ) -> None:
     sub, db, data_dir = production["sub"], production["db"], production["data_dir"]
-    env_db = naming.db_name(f"{sub}-staging")
+    env_db = naming.db_name(f"{sub}--staging")
     before = active(pg_dsn, db)
     prod_rows = table_digests(pg_dsn, db)
     # A production session connected throughout, mid-transaction: it must not be ended.
@@ -70,7 +70,7 @@ def test_copy_from_production_is_neutralised_and_production_keeps_serving(
     prod_cfg, env_cfg = config(pg_dsn, db), config(pg_dsn, env_db)
     assert env_cfg["database.secret"] != prod_cfg["database.secret"]
     assert env_cfg["database.uuid"] != prod_cfg["database.uuid"]
-    assert env_cfg["web.base.url"] == f"https://{sub}-staging.{naming.DEFAULT_BASE_DOMAIN}"
+    assert env_cfg["web.base.url"] == f"https://{sub}--staging.{naming.DEFAULT_BASE_DOMAIN}"
     # The business data and the filestore are production's.
     skip = ("ir_config_parameter", "ir_cron", "ir_mail_server")
     assert table_digests(pg_dsn, env_db, skip) == table_digests(pg_dsn, db, skip)
@@ -107,7 +107,7 @@ def test_copy_from_production_is_neutralised_and_production_keeps_serving(
 def test_environment_over_a_database_that_is_not_ours_is_refused(
     production: dict[str, Any], run_job: Runner, pg_dsn: str
 ) -> None:
-    env_db = naming.db_name(f"{production['sub']}-dev")
+    env_db = naming.db_name(f"{production['sub']}--dev")
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(env_db)))
     args = ["environment-db", "--subdomain", production["sub"], "--env", "dev",
@@ -119,7 +119,7 @@ def test_environment_over_a_database_that_is_not_ours_is_refused(
 
 
 def test_bad_environment_names_are_refused(production: dict[str, Any], run_job: Runner) -> None:
-    for env in ("", "Staging", "x" * 40):
+    for env in ("", "Staging", "x" * 40, "st--g", "-stg", "stg-", "st_g"):
         done = run_job(["environment-db", "--subdomain", production["sub"], "--env", env,
                         "--copy-from-production"])  # fmt: skip
         assert done.rc == 64 and "env" in done.stderr, done.output
@@ -147,14 +147,14 @@ def test_fresh_environment_from_the_tier_template(
     template: dict[str, Any], run_job: Runner, pg_dsn: str, uid: str, drop_dbs: list[str]
 ) -> None:
     drop_dbs.append(f"{uid}%")
-    env_db = naming.db_name(f"{uid}-test")
+    env_db = naming.db_name(f"{uid}--test")
     done = run_job(["environment-db", "--subdomain", uid, "--env", "test", "--tier", "pro",
                     "--owner-email", "owner@x.test", "--owner-name", "Owner",
                     "--template-db", template["name"],
                     "--data-dir", str(template["data_dir"])])  # fmt: skip
     assert done.rc == 0, done.output
     assert done.result["source"] == "template"
-    assert config(pg_dsn, env_db)["web.base.url"] == f"https://{uid}-test.planapulse.app"
+    assert config(pg_dsn, env_db)["web.base.url"] == f"https://{uid}--test.planapulse.app"
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         mark = marker.read(conn, env_db)
         assert mark is not None and mark.kind == "environment"
@@ -171,7 +171,7 @@ def test_a_refresh_killed_mid_swap_brings_the_old_pair_back(
 ) -> None:
     """The states a kill can leave inside the publish swap (and inside its own recovery)."""
     sub, data_dir = production["sub"], production["data_dir"]
-    env_db = naming.db_name(f"{sub}-staging")
+    env_db = naming.db_name(f"{sub}--staging")
     args = ["environment-db", "--subdomain", sub, "--env", "staging", "--copy-from-production",
             "--data-dir", str(data_dir), "--generation", "1"]  # fmt: skip
     assert run_job(args).rc == 0
