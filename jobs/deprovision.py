@@ -28,6 +28,7 @@ from jobs import (
     emit_event,
     filestore,
     locks,
+    manifest,
     marker,
     naming,
     options,
@@ -42,12 +43,12 @@ EVENT_TYPE = "client.deprovisioned"
 STATE = "deprovisioning"
 
 
-def final_set(dest: Path, subdomain: str) -> str | None:
-    """The newest complete set of the tenant marked `final`, if any."""
+def final_set(dest: Path, subdomain: str, key: bytes) -> str | None:
+    """The newest complete, signed set of the tenant marked `final`, if any."""
     tdir = backup.tenant_dir(dest, subdomain)
     for name in reversed(backup.complete_sets(tdir)):
         try:
-            if backup.load_manifest(tdir / name).get("final"):
+            if backup.load_manifest(tdir / name, key).final:
                 return name
         except ConflictError:
             continue
@@ -77,6 +78,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     generation = options.generation_value(kw["generation"])
     dest = backup.dest_dir(kw["dest"])
     dsn = pg.base_conninfo(kw["pg_dsn"])
+    key = manifest.read_key(kw["backup_key_file"])
     client = redis_client.from_url(kw["redis_url"])
     db, fs = tenant.db_name, tenant.filestore(kw["data_dir"])
     job.bind(tenant=tenant.subdomain)
@@ -103,7 +105,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
                 with locks.advisory(backup.lock_name(db), deadline=job.deadline, dsn=dsn):
                     made = backup.take(
                         job, tenant, dest, kw["data_dir"], dsn, kw["jobs_n"],
-                        final=True, lock_wait=kw["lock_wait"],
+                        final=True, lock_wait=kw["lock_wait"], key=key,
                     )  # fmt: skip
                 kept = made.name
                 marker.write(
@@ -114,7 +116,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
             pg.drop_database(conn, db, missing_ok=False)  # it was seen under our lock: must exist
             changed.append("database")
         else:
-            details["final_backup"] = final_set(dest, tenant.subdomain)
+            details["final_backup"] = final_set(dest, tenant.subdomain, key)
         if fs.exists():
             if not details["final_backup"]:
                 raise ConflictError(
