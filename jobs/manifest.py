@@ -405,10 +405,9 @@ def load(set_fd: int, key: bytes, label: str) -> tuple[Manifest, dict[str, Any]]
         )
     try:
         data = json.loads(body.decode("utf-8"))
+        parsed = parse(data)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ConflictError(f"set {label}: unreadable {MANIFEST}: {exc}") from None
-    try:
-        parsed = parse(data)
     except RecursionError:
         raise _fail("nested too deeply") from None
     if parsed.set != label:

@@ -96,7 +96,7 @@ def drop(pg_dsn: str, db: str) -> None:
 
 def write_manifest(set_dir: Path, manifest: Any, *, sign: bool = True) -> None:
     """Rewrite a set's manifest as whoever holds the backup key would (or without re-signing)."""
-    body = json.dumps(manifest).encode()
+    body = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
     (set_dir / "manifest.json").write_bytes(body)
     if sign:
         sig = hmac.new(BACKUP_KEY.encode(), body, hashlib.sha256).hexdigest()
