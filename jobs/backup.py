@@ -111,6 +111,24 @@ def load_manifest(set_dir: Path, key: bytes) -> mf.Manifest:
         os.close(fd)
 
 
+def is_final(set_dir: Path, key: bytes) -> bool:
+    """True only when the set's manifest is validly signed and says `final: true`.
+
+    Retention and deprovision need only this one fact, and only from a signed manifest.
+    """
+    try:
+        fd = open_set(set_dir)
+    except ConflictError:
+        return False
+    try:
+        data = mf.authenticated(fd, key, set_dir.name)
+    except ConflictError:
+        return False
+    finally:
+        os.close(fd)
+    return isinstance(data, dict) and data.get("final") is True
+
+
 def check_owner(m: mf.Manifest, tenant: naming.Tenant, label: str) -> None:
     """A set is only ever read for the tenant it was taken of (65 otherwise)."""
     got = (m.subdomain, m.database, m.base_domain)
@@ -598,11 +616,7 @@ def apply_retention(
     """
     candidates: dict[datetime, str] = {}
     for name in complete_sets(tdir):
-        try:
-            final = load_manifest(tdir / name, key).final
-        except ConflictError:
-            final = False
-        if not final:
+        if not is_final(tdir / name, key):
             candidates[set_time(name)] = name
     deleted: list[str] = []
     for t in retention.expired(candidates, policy, protect_from=set_time(just_written)):

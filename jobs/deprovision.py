@@ -47,11 +47,8 @@ def final_set(dest: Path, subdomain: str, key: bytes) -> str | None:
     """The newest complete, signed set of the tenant marked `final`, if any."""
     tdir = backup.tenant_dir(dest, subdomain)
     for name in reversed(backup.complete_sets(tdir)):
-        try:
-            if backup.load_manifest(tdir / name, key).final:
-                return name
-        except ConflictError:
-            continue
+        if backup.is_final(tdir / name, key):
+            return name
     return None
 
 

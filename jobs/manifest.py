@@ -388,11 +388,8 @@ def read_small(set_fd: int, rel: str) -> bytes | None:
     return body
 
 
-def load(set_fd: int, key: bytes, label: str) -> tuple[Manifest, dict[str, Any]]:
-    """Authenticate and parse the manifest of the set open at `set_fd` (65 on any doubt).
-
-    Returns the typed manifest and the raw JSON (for reporting only; nothing acts on it).
-    """
+def authenticated(set_fd: int, key: bytes, label: str) -> Any:
+    """The manifest's JSON once its signature is checked (65 when unsigned or mis-signed)."""
     body = read_small(set_fd, MANIFEST)
     if body is None:
         raise ConflictError(f"set {label}: no {MANIFEST} (not a complete set)")
@@ -404,10 +401,21 @@ def load(set_fd: int, key: bytes, label: str) -> tuple[Manifest, dict[str, Any]]
             f"set {label}: {SIGNATURE} does not match (tampered, or signed with another key)"
         )
     try:
-        data = json.loads(body.decode("utf-8"))
-        parsed = parse(data)
+        return json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ConflictError(f"set {label}: unreadable {MANIFEST}: {exc}") from None
+    except RecursionError:
+        raise _fail("nested too deeply") from None
+
+
+def load(set_fd: int, key: bytes, label: str) -> tuple[Manifest, dict[str, Any]]:
+    """Authenticate and parse the manifest of the set open at `set_fd` (65 on any doubt).
+
+    Returns the typed manifest and the raw JSON (for reporting only; nothing acts on it).
+    """
+    data = authenticated(set_fd, key, label)
+    try:
+        parsed = parse(data)
     except RecursionError:
         raise _fail("nested too deeply") from None
     if parsed.set != label:

@@ -457,3 +457,21 @@ def test_an_unusable_dest_is_64_before_any_side_effect(
             assert "dest" in refused.stderr and "PLANA_BACKUP_DEST" in refused.stderr
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "termination-log") == before
     assert not (world["dest"] / world["sub"]).exists()
+
+
+# --------------------------------------------------------------------------- retention
+
+
+def test_retention_believes_final_only_from_a_signed_manifest(
+    world: dict[str, Any], run_job: Runner
+) -> None:
+    tdir = world["dest"] / world["sub"]
+    forged, signed = tdir / "20240101T020000Z", tdir / "20240102T020000Z"
+    for set_dir in (forged, signed):
+        set_dir.mkdir(parents=True)
+        write_manifest(set_dir, {"format": 1, "final": True}, sign=set_dir == signed)
+    done = run_job(["backup", *world["args"], "--keep-daily", "0", "--keep-weekly", "0",
+                    "--keep-monthly", "0"])  # fmt: skip
+    assert done.rc == 0, done.output
+    assert forged.name in done.result["retention_deleted"] and not forged.exists()
+    assert signed.exists()
