@@ -5,12 +5,16 @@ Layout under the mounted `--dest`:
     {dest}/{subdomain}/{YYYYMMDDTHHMMSSZ}/db.dump | db.dir/   pg_dump custom | directory format
                                           filestore.tar       the filestore, paths relative to it
                                           manifest.json       sizes, sha256, versions, row counts
+                                          manifest.sig        HMAC-SHA256 of manifest.json
 
 A set is built as `{ts}.partial` and published by one rename; `manifest.json` is written last
 inside it, so a directory without `.partial` and with a manifest is complete by construction. A
 killed run leaves only a `.partial`, which the next run (holding the tenant's backup lock, so no
 live run's work is touched) deletes. Retention then removes expired sets, each renamed to
 `.deleting` first so a crash mid-delete never leaves a half set that looks complete.
+
+A set is input to validate when it is read back (jobs.manifest): its manifest must carry a
+valid signature made with the backup key, follow the schema and name the tenant it is read for.
 
 The dump and the manifest's facts (base version, tables, exact row counts) come from one
 exported snapshot, so what the manifest promises is exactly what the dump holds.
@@ -22,7 +26,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import threading
@@ -39,24 +42,28 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from jobs import fstree, locks, marker, naming, options, pg, proc, retention, runner
+from jobs import manifest as mf
 from jobs.errors import ConfigError, ConflictError, TransientError, UsageError
 from jobs.result import Done
 
-SET_NAME = re.compile(r"[0-9]{8}T[0-9]{6}Z")
+SET_NAME = mf.SET_NAME
 SET_FORMAT = "%Y%m%dT%H%M%SZ"
-MANIFEST = "manifest.json"
-DUMP_FILE = "db.dump"
-DUMP_DIR = "db.dir"
-FILESTORE_TAR = "filestore.tar"
+MANIFEST = mf.MANIFEST
+DUMP_FILE = mf.DUMP_FILE
+DUMP_DIR = mf.DUMP_DIR
+FILESTORE_TAR = mf.FILESTORE_TAR
 PARTIAL = ".partial"
 DELETING = ".deleting"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = mf.FORMAT
 CHUNK = 1 << 20
 # Marker kinds a backup accepts: databases this project created for a tenant.
 BACKUP_KINDS = ("tenant", "environment")
 LOCK_WAIT_S = 120.0
 # How long pg_dump (and the row counts) wait for a table lock held elsewhere (an upgrade).
 DEFAULT_LOCK_WAIT_S = 60.0
+# Room a set needs below --dest: "/{subdomain ≤ 63}/{set}.partial/db.dir/NNNN.dat.gz" and tar's
+# temporary names, with margin.
+SET_PATH_ROOM = 160
 
 
 # ---------------------------------------------------------------------------- set layout
@@ -83,16 +90,55 @@ def complete_sets(tdir: Path) -> list[str]:
     )
 
 
-def load_manifest(set_dir: Path) -> dict[str, Any]:
+def open_set(set_dir: Path) -> int:
+    """The set directory by descriptor: `{tenant dir}/{set}` with both levels O_NOFOLLOW."""
     try:
-        data = json.loads((set_dir / MANIFEST).read_text(encoding="utf-8"))
+        return mf.open_set(set_dir.parent.parent, set_dir.parent.name, set_dir.name)
     except FileNotFoundError:
-        raise ConflictError(f"set {set_dir.name}: no {MANIFEST} (not a complete set)") from None
-    except (OSError, ValueError) as exc:
-        raise ConflictError(f"set {set_dir.name}: unreadable {MANIFEST}: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise ConflictError(f"set {set_dir.name}: {MANIFEST} has an unknown format")
-    return data
+        raise ConflictError(f"set {set_dir.name}: no such set in {set_dir.parent}") from None
+    except OSError as exc:  # ELOOP/ENOTDIR: a level was swapped for a link or a file
+        raise ConflictError(
+            f"set {set_dir.name}: cannot be opened safely: {exc.strerror}"
+        ) from None
+
+
+def load_manifest(set_dir: Path, key: bytes) -> mf.Manifest:
+    """The authenticated, schema-checked manifest of a set (65 on any doubt)."""
+    fd = open_set(set_dir)
+    try:
+        return mf.load(fd, key, set_dir.name)[0]
+    finally:
+        os.close(fd)
+
+
+def is_final(set_dir: Path, key: bytes) -> bool:
+    """True only when the set's manifest is validly signed and says `final: true`.
+
+    Retention and deprovision need only this one fact, and only from a signed manifest.
+    """
+    try:
+        fd = open_set(set_dir)
+    except ConflictError:
+        return False
+    try:
+        data = mf.authenticated(fd, key, set_dir.name)
+    except ConflictError:
+        return False
+    finally:
+        os.close(fd)
+    return isinstance(data, dict) and data.get("final") is True
+
+
+def check_owner(m: mf.Manifest, tenant: naming.Tenant, label: str) -> None:
+    """A set is only ever read for the tenant it was taken of (65 otherwise)."""
+    got = (m.subdomain, m.database, m.base_domain)
+    want = (tenant.subdomain, tenant.db_name, tenant.base_domain)
+    if got != want:
+        raise ConflictError(
+            f"set {label} belongs to {m.subdomain} (database {m.database}, domain "
+            f"{m.base_domain}), not to {tenant.subdomain}: refused",
+            set=label,
+        )
 
 
 def pick_set(tdir: Path, wanted: str | None, field: str = "set") -> Path:
@@ -110,29 +156,13 @@ def pick_set(tdir: Path, wanted: str | None, field: str = "set") -> Path:
     return tdir / sets[-1]
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def check_files(set_dir: Path, manifest: dict[str, Any]) -> list[str]:
+def check_files(set_dir: Path, m: mf.Manifest) -> list[str]:
     """Every mismatch between the set's files and the manifest's sizes and checksums."""
-    problems: list[str] = []
-    files: dict[str, dict[str, Any]] = manifest.get("files", {})
-    if not files:
-        problems.append("manifest lists no files")
-    for rel, want in sorted(files.items()):
-        path = set_dir / rel
-        if not path.is_file():
-            problems.append(f"{rel}: missing")
-        elif path.stat().st_size != want.get("size"):
-            problems.append(f"{rel}: size {path.stat().st_size} != {want.get('size')}")
-        elif sha256_file(path) != want.get("sha256"):
-            problems.append(f"{rel}: sha256 mismatch")
-    return problems
+    fd = open_set(set_dir)
+    try:
+        return mf.check_files(fd, m)
+    finally:
+        os.close(fd)
 
 
 def remove_tree(path: Path) -> None:
@@ -166,10 +196,25 @@ def fsync_dir(path: Path) -> None:
 
 
 def dest_dir(value: str | None, field: str = "dest") -> Path:
-    """The mounted backup volume: required (64), and it must exist and be writable (78)."""
+    """The mounted backup volume: required and a usable path (64); existing, writable (78)."""
     if not value:
         raise UsageError(field, "is required (PLANA_BACKUP_DEST)")
+    raw = os.fsencode(value)
+    name_max = os.pathconf("/", "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    if b"\0" in raw or not value.isprintable():
+        raise UsageError(field, "must be a printable path (PLANA_BACKUP_DEST)")
+    if any(len(part) > name_max for part in raw.split(b"/")):
+        raise UsageError(field, f"has a component longer than {name_max} bytes (PLANA_BACKUP_DEST)")
+    if len(os.fsencode(os.path.abspath(value))) + SET_PATH_ROOM > os.pathconf("/", "PC_PATH_MAX"):
+        raise UsageError(field, "is too long to hold backup sets (PLANA_BACKUP_DEST)")
     path = Path(value)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        problem = f"is not a usable path: {exc.strerror} (PLANA_BACKUP_DEST)"
+        raise UsageError(field, problem) from None
     if not path.is_dir():
         raise ConfigError(f"{field}: {value} is not a directory (is the volume mounted?)")
     if not os.access(path, os.W_OK | os.X_OK):
@@ -281,7 +326,7 @@ def odoo_series(version: str | None) -> str | None:
 @dataclass
 class BackupSet:
     path: Path
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # as written (and signed)
 
     @property
     def name(self) -> str:
@@ -452,6 +497,8 @@ def take(
     jobs_n: int = 1,
     final: bool = False,
     lock_wait: float = DEFAULT_LOCK_WAIT_S,
+    *,
+    key: bytes,
 ) -> BackupSet:
     """Write one complete set for `tenant`; the caller holds the tenant's backup lock."""
     db = tenant.db_name
@@ -501,9 +548,9 @@ def take(
         raise TransientError(f"counting rows in the dump's snapshot: {type(exc).__name__}: {exc}")
     if isinstance(exc, Exception):
         raise exc
-    for key, rows in counted.get("counts", {}).items():
-        if key in snap.tables:
-            snap.tables[key]["rows"] = rows
+    for table, rows in counted.get("counts", {}).items():
+        if table in snap.tables:
+            snap.tables[table]["rows"] = rows
 
     if "error" in archived:
         raise archived["error"]
@@ -534,12 +581,10 @@ def take(
         "tables": snap.tables,
     }  # fmt: skip
     job.step("publish")
-    tmp = work / (MANIFEST + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(manifest, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.rename(work / MANIFEST)
+    body = json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8")
+    # The signature first: a set is complete once manifest.json is there, and must be signed.
+    _write_durably(work / mf.SIGNATURE, mf.sign(key, body).encode("ascii") + b"\n")
+    _write_durably(work / MANIFEST, body)
     fsync_dir(work)
     final_path = tdir / name
     work.rename(final_path)
@@ -548,17 +593,25 @@ def take(
     return BackupSet(final_path, manifest)
 
 
+def _write_durably(path: Path, body: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        fh.write(body)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.rename(path)
+
+
 def apply_retention(
-    job: runner.Job, tdir: Path, policy: retention.Policy, just_written: str
+    job: runner.Job, tdir: Path, policy: retention.Policy, just_written: str, key: bytes
 ) -> list[str]:
-    """Delete expired sets (never a `final` one: a deprovisioned tenant's last backup)."""
+    """Delete expired sets (never a `final` one: a deprovisioned tenant's last backup).
+
+    Only a signed manifest's `final` is believed; an unsigned set is an ordinary candidate.
+    """
     candidates: dict[datetime, str] = {}
     for name in complete_sets(tdir):
-        try:
-            final = bool(load_manifest(tdir / name).get("final"))
-        except ConflictError:
-            final = False
-        if not final:
+        if not is_final(tdir / name, key):
             candidates[set_time(name)] = name
     deleted: list[str] = []
     for t in retention.expired(candidates, policy, protect_from=set_time(just_written)):
@@ -576,6 +629,7 @@ def lock_name(db: str) -> str:
 # ---------------------------------------------------------------------------- the command
 
 backup_options = options.stack(
+    options.backup_key_file,
     options.option("--dest", env="PLANA_BACKUP_DEST", default=None,
                    help="Mounted backup volume; sets go to {dest}/{subdomain}/{timestamp}/."),
     options.option("--jobs", "jobs_n", env="PLANA_BACKUP_JOBS", type=click.IntRange(1, 16),
@@ -613,13 +667,14 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     dest = dest_dir(kw["dest"])
     policy = retention.Policy(kw["keep_daily"], kw["keep_weekly"], kw["keep_monthly"])
     dsn = pg.base_conninfo(kw["pg_dsn"])
+    key = mf.read_key(kw["backup_key_file"])
     job.bind(tenant=tenant.subdomain)
     with locks.advisory(lock_name(tenant.db_name), deadline=job.deadline, wait_s=LOCK_WAIT_S,
                         dsn=dsn):  # fmt: skip
         made = take(job, tenant, dest, kw["data_dir"], dsn, kw["jobs_n"],
-                    lock_wait=kw["lock_wait"])  # fmt: skip
+                    lock_wait=kw["lock_wait"], key=key)  # fmt: skip
         job.step("retention")
-        deleted = apply_retention(job, tenant_dir(dest, tenant.subdomain), policy, made.name)
+        deleted = apply_retention(job, tenant_dir(dest, tenant.subdomain), policy, made.name, key)
     return Done(
         "created",
         {

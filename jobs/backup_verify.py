@@ -1,94 +1,125 @@
 """`plana-job backup-verify`: a backup that was never restored is a hope, not a backup.
 
-Checks the set's files against the manifest's sizes and sha256, restores the database into a
-scratch database (`{db}__vfy`), checks that `base` is installed at the recorded version and that
-the tables and their row counts are those the manifest recorded, checks every filestore file in
-the archive against its content address (read from the archive, nothing extracted), and drops
-the scratch database on every path. Any mismatch: exit 65. A scratch database left by a killed
-run is dropped by the next one (it carries its own marker, so nothing else ever is).
+Authenticates the set (its manifest's HMAC, jobs.manifest) and checks it was taken of this
+tenant, checks the set's files against the manifest's sizes and sha256, checks every member of
+the filestore archive (regular files and directories with plain relative names only; each
+content-addressed file against its name, read from the archive, nothing extracted), restores
+the database into a scratch database (`{db}__vfy`, CONNECT for the job's own role only), checks
+that `base` is installed at the recorded version and that the tables and their row counts are
+those the manifest recorded, and drops the scratch database on every path.
+
+Exit codes: any mismatch, and a dump pg_restore cannot read, is 65; pg_restore missing or a
+refused login is 78; SIGTERM or a lost connection is 75 (never counted as a problem of the
+set). A scratch database left by a killed run is dropped by the next one: one carrying its
+own marker, or none at all (a kill during its CREATE DATABASE; no tenant's name contains `_`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import tarfile
+import os
 from pathlib import Path
 from typing import Any
 
 import click
 
-from jobs import backup, filestore, locks, marker, naming, options, pg, restore, runner
-from jobs.errors import ConflictError
+from jobs import backup, locks, marker, naming, options, pg, proc, restore, runner, set_archive
+from jobs import manifest as mf
+from jobs.errors import ConfigError, ConflictError, TransientError
 from jobs.result import Done
 
 SCRATCH_SUFFIX = "__vfy"
 SCRATCH_KIND = "verify-scratch"
+# What pg_restore prints when the server, not the dump, is the problem: retry later (75).
+_SERVER_TROUBLE = (
+    "connection to server",
+    "server closed the connection",
+    "could not connect",
+    "terminating connection",
+    "the database system is",
+    "no space left",
+    "could not receive data",
+    "could not send data",
+)
 
 
-def check_archive(path: Path, info: dict[str, Any]) -> list[str]:
-    """Content addresses and file count of a filestore archive, read in one streaming pass."""
-    problems: list[str] = []
-    files = 0
+def check_archive(set_dir: Path, info: mf.Filestore) -> list[str]:
+    """Every problem with the filestore archive's members, read in one streaming pass."""
+    set_fd = backup.open_set(set_dir)
     try:
-        with tarfile.open(path, mode="r|") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                files += 1
-                name = member.name.removeprefix("./")
-                if not filestore.is_content_name(name):
-                    continue
-                fh = tar.extractfile(member)
-                assert fh is not None
-                digest = hashlib.sha1(usedforsecurity=False)
-                while chunk := fh.read(backup.CHUNK):
-                    digest.update(chunk)
-                if digest.hexdigest() != name.rsplit("/", 1)[-1]:
-                    problems.append(f"filestore {name}: content does not match its name")
-    except (tarfile.TarError, OSError) as exc:
-        problems.append(f"filestore archive unreadable: {exc}")
-    if info.get("files") is not None and files != info["files"]:
-        problems.append(f"filestore: {files} files in the archive != recorded {info['files']}")
+        fd = mf.open_file(set_fd, info.path)
+    except FileNotFoundError:
+        return [f"{info.path}: missing"]
+    except ConflictError as exc:
+        return [exc.message]
+    finally:
+        os.close(set_fd)
+    with os.fdopen(fd, "rb") as fh:
+        report = set_archive.scan(fh)
+    problems = list(report.problems)
+    if report.files != info.files:
+        problems.append(f"filestore: {report.files} files in the archive != recorded {info.files}")
     return problems
+
+
+def _pg_restore(job: runner.Job, source: Path, db: str, dsn: str | None, jobs_n: int) -> str | None:
+    """Restore into the scratch database: None when it restored, else why the dump is bad.
+
+    Only a dump pg_restore cannot use is a problem of the set; a missing binary (78), a
+    SIGTERM (75) or a server that went away (75) propagate as what they are.
+    """
+    conninfo, env = backup.child_conninfo(db, dsn)
+    argv = ["pg_restore", f"--dbname={conninfo}", "--exit-on-error", "--no-comments"]
+    if jobs_n > 1:
+        argv.append(f"--jobs={jobs_n}")
+    argv.append(str(source))
+    done = proc.run(argv, name="pg_restore", env=env, deadline=job.deadline)
+    if done.returncode == 0:
+        return None
+    err = backup.child_failed("pg_restore", done.returncode, done.tail)
+    said = " | ".join(done.tail[-3:]).lower()
+    if isinstance(err, ConfigError) or any(s in said for s in _SERVER_TROUBLE):
+        raise err
+    if done.returncode < 0:  # killed by a signal (the OOM killer): not the dump's fault
+        raise TransientError(err.args[0] if err.args else "pg_restore was killed")
+    return f"pg_restore: {getattr(err, 'message', err)}"
 
 
 def verify_set(
     job: runner.Job,
     set_dir: Path,
-    scratch: str,
+    tenant: naming.Tenant,
     dsn: str | None,
+    key: bytes,
     jobs_n: int = 1,
-    subdomain: str | None = None,
 ) -> list[str]:
     """Every problem found with the set (empty: it restores and matches its manifest)."""
-    manifest = backup.load_manifest(set_dir)
+    manifest = backup.load_manifest(set_dir, key)
+    backup.check_owner(manifest, tenant, set_dir.name)
+    scratch = tenant.db_name + SCRATCH_SUFFIX
     job.step("checksums")
     problems = backup.check_files(set_dir, manifest)
     if problems:
         return problems  # restoring a corrupt dump proves nothing more
     job.step("filestore")
-    problems += check_archive(
-        set_dir / str(manifest["filestore"]["path"]), manifest.get("filestore") or {}
-    )
+    problems += check_archive(set_dir, manifest.filestore)
     job.check_locks()  # after reading the whole archive: still ours before touching scratch
     with pg.connection(dsn=dsn, deadline=job.deadline) as conn:
+        restore.end_orphans(conn, restore.session_name("verify", tenant.db_name), job.deadline)
+        restore.drop_unmarked(job, conn, scratch, SCRATCH_KIND)
         if pg.database_exists(conn, scratch):
-            mark = marker.read(conn, scratch)
-            if mark is None or mark.kind != SCRATCH_KIND:
-                raise ConflictError(f"database {scratch} exists and is not our scratch database")
-            pg.drop_database(conn, scratch)
+            pg.drop_database(conn, scratch)  # our own marker: a killed run's scratch copy
         job.step("restore")
-        settings = dict(manifest.get("database_settings") or {})
-        settings.pop("owner", None)  # the scratch copy needs no tenant role
-        restore.create_empty(conn, scratch, settings)
+        # No tenant role: CONNECT for the job's own role only.
+        restore.create_empty(conn, scratch, manifest.settings, None)
         try:
             marker.write(
-                conn, scratch, marker.Marker(SCRATCH_KIND, "created", {"subdomain": subdomain})
+                conn,
+                scratch,
+                marker.Marker(SCRATCH_KIND, "created", {"subdomain": tenant.subdomain}),
             )
-            try:
-                restore.pg_restore(job, set_dir / manifest["dump"]["path"], scratch, dsn, jobs_n)
-            except Exception as exc:  # the dump passed its checksum but does not restore
-                return [*problems, f"pg_restore: {getattr(exc, 'message', exc)}"]
+            bad = _pg_restore(job, set_dir / manifest.dump.path, scratch, dsn, jobs_n)
+            if bad:  # the dump passed its checksum but does not restore
+                return [*problems, bad]
             job.step("compare")
             with pg.connection(scratch, dsn=dsn, deadline=job.deadline) as sconn:
                 problems += restore.check_restored(sconn, manifest)
@@ -117,13 +148,13 @@ def backup_verify(**kw: Any) -> None:
 def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     tenant = naming.Tenant(naming.subdomain(kw["subdomain"]), naming.base_domain(kw["base_domain"]))
     dest = backup.dest_dir(kw["dest"])
+    key = mf.read_key(kw["backup_key_file"])
     set_dir = backup.pick_set(backup.tenant_dir(dest, tenant.subdomain), kw["set_name"])
     dsn = pg.base_conninfo(kw["pg_dsn"])
     job.bind(tenant=tenant.subdomain)
-    lock = f"verify:{tenant.db_name}"
+    lock = f"verify:{tenant.db_name}"  # the scratch database's owner: only this job names it
     with locks.advisory(lock, deadline=job.deadline, dsn=dsn):
-        scratch = tenant.db_name + SCRATCH_SUFFIX
-        problems = verify_set(job, set_dir, scratch, dsn, kw["jobs_n"], tenant.subdomain)
+        problems = verify_set(job, set_dir, tenant, dsn, key, kw["jobs_n"])
     if problems:
         raise ConflictError(
             f"set {set_dir.name} failed verification: {'; '.join(problems[:5])}",

@@ -48,6 +48,7 @@ from jobs import (
     environment_db,
     filestore,
     locks,
+    manifest,
     marker,
     naming,
     options,
@@ -65,15 +66,12 @@ EVENT_TYPE = "client.deprovisioned"
 STATE = "deprovisioning"
 
 
-def final_set(dest: Path, subdomain: str) -> str | None:
-    """The newest complete set of the tenant marked `final`, if any."""
+def final_set(dest: Path, subdomain: str, key: bytes) -> str | None:
+    """The newest complete, signed set of the tenant marked `final`, if any."""
     tdir = backup.tenant_dir(dest, subdomain)
     for name in reversed(backup.complete_sets(tdir)):
-        try:
-            if backup.load_manifest(tdir / name).get("final"):
-                return name
-        except ConflictError:
-            continue
+        if backup.is_final(tdir / name, key):
+            return name
     return None
 
 
@@ -209,6 +207,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     stream = emit_event._stream(kw["stream"])  # as emit-event checks it
     dest = backup.dest_dir(kw["dest"])
     dsn = pg.base_conninfo(kw["pg_dsn"])
+    key = manifest.read_key(kw["backup_key_file"])
     client = redis_client.from_url(kw["redis_url"])
     db = tenant.db_name
     root = naming.filestore(db, kw["data_dir"]).parent
@@ -242,7 +241,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
                 with locks.advisory(backup.lock_name(db), deadline=job.deadline, dsn=dsn):
                     made = backup.take(
                         job, tenant, dest, kw["data_dir"], dsn, kw["jobs_n"],
-                        final=True, lock_wait=kw["lock_wait"],
+                        final=True, lock_wait=kw["lock_wait"], key=key,
                     )  # fmt: skip
                 kept = made.name
                 marker.write(
@@ -250,7 +249,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
                 )
             details["final_backup"] = kept
         else:
-            details["final_backup"] = final_set(dest, tenant.subdomain)
+            details["final_backup"] = final_set(dest, tenant.subdomain, key)
             precious = [n for n, o in [*found.items(), *entries.items()] if _precious(o)]
             if precious and not details["final_backup"]:
                 raise ConflictError(

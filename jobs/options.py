@@ -116,8 +116,15 @@ events_stream = stack(
            show_default=True, help="Stream key."),
 )  # fmt: skip
 
+# The key that signs and authenticates backup manifests (backup, deprovision, restore, verify).
+backup_key_file = option("--backup-key-file", env="PLANA_BACKUP_KEY_FILE", default=None,
+                         help="Secret file: the key signing backup manifests.")  # fmt: skip
+owner_role = option("--owner-role", env="PLANA_OWNER_ROLE", default="plana", show_default=True,
+                    help="PostgreSQL role owning the database (only it may connect).")  # fmt: skip
+
 # Jobs that read a backup set (restore, backup-verify); backup's own --dest/--jobs say more.
 backup_set_source = stack(
+    backup_key_file,
     option("--dest", env="PLANA_BACKUP_DEST", default=None, help="Mounted backup volume."),
     option("--jobs", "jobs_n", env="PLANA_BACKUP_JOBS", type=click.IntRange(1, 16), default=1,
            show_default=True, help="pg_restore parallel jobs."),

@@ -12,12 +12,24 @@ re-run after a kill at any point either resumes (a verified work database is reu
 half-done swap is completed or rolled back) or reports `unchanged` when the set is already the
 tenant's. `--as-copy` gives the restored database its own `database.secret`/`database.uuid`,
 `database.create_date` and `web.base.url`, as Odoo's duplication does.
+
+The set is untrusted input (jobs.manifest): it must be signed with the backup key and name the
+tenant it is restored from (subdomain, database, base domain). From its manifest only the
+encoding and collation (each from a whitelist) and the marker's kind and identity fields are
+applied: the owner is always `--owner-role`, CONNECT is granted to it alone (jobs.access), and
+where a job stood (`upgrading`, `odoo_version`, `final_backup` …) is never restored. The
+filestore archive is extracted member by member (jobs.set_archive). A tenant frozen for an
+upgrade, or with an upgrade work copy `{db}__up{N}`, is refused: the cutover would otherwise
+publish a copy taken before the restore. A `{db}__rst` without a marker is what a kill during its
+CREATE DATABASE leaves (no tenant's name contains `_`), and is dropped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,12 +38,29 @@ import click
 import psycopg
 from psycopg import sql
 
-from jobs import backup, filestore, locks, marker, naming, options, pg, proc, runner, swap
+from jobs import (
+    access,
+    backup,
+    filestore,
+    locks,
+    marker,
+    naming,
+    options,
+    pg,
+    proc,
+    retry,
+    runner,
+    set_archive,
+    swap,
+    tenant_db,
+)
+from jobs import manifest as mf
 from jobs.errors import ConflictError, UsageError
 from jobs.result import Done
 
 WORK_SUFFIX = "__rst"
 WORK_KIND = "restore-work"
+UPGRADE_WORK_INFIX = "__up"  # jobs.upgrade_phases: the work copy `{db}__up{to}`
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -46,25 +75,31 @@ def role_exists(conn: psycopg.Connection[Any], role: str) -> bool:
     return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
 
 
-def create_empty(conn: psycopg.Connection[Any], name: str, settings: dict[str, Any]) -> None:
-    """An empty database with the source's encoding, collation and (if it exists) owner."""
+def create_empty(
+    conn: psycopg.Connection[Any],
+    name: str,
+    settings: mf.DbSettings | Mapping[str, Any],
+    owner: str | None = None,
+) -> None:
+    """An empty database with whitelisted encoding/collation, owned by `owner`, CONNECT for it only.
+
+    `settings` may be a plain mapping (a live database's facts): its `owner` is used when no
+    `owner` is given, and its encoding and collation pass the same whitelist as a manifest's.
+    """
+    if not isinstance(settings, mf.DbSettings):
+        owner = owner or settings.get("owner")
+        settings = mf.settings_of({k: settings.get(k) for k in ("encoding", "collate", "ctype")})
     parts = [sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))]
-    if settings.get("encoding"):
-        parts.append(sql.SQL("ENCODING {}").format(sql.Literal(settings["encoding"])))
-    if settings.get("collate"):
-        parts.append(sql.SQL("LC_COLLATE {}").format(sql.Literal(settings["collate"])))
-    if settings.get("ctype"):
-        parts.append(sql.SQL("LC_CTYPE {}").format(sql.Literal(settings["ctype"])))
-    owner = settings.get("owner")
-    if owner and role_exists(conn, owner):
+    if settings.encoding:
+        parts.append(sql.SQL("ENCODING {}").format(sql.Literal(settings.encoding)))
+    if settings.collate:
+        parts.append(sql.SQL("LC_COLLATE {}").format(sql.Literal(settings.collate)))
+    if settings.ctype:
+        parts.append(sql.SQL("LC_CTYPE {}").format(sql.Literal(settings.ctype)))
+    if owner:
         parts.append(sql.SQL("OWNER {}").format(sql.Identifier(owner)))
     conn.execute(sql.SQL(" ").join(parts))
-    if settings.get("public_connect") is False:
-        conn.execute(
-            sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
-                sql.Identifier(name)
-            )
-        )
+    access.restrict_connect(conn, name, owner)
 
 
 def pg_restore(job: runner.Job, source: Path, db: str, dsn: str | None, jobs_n: int) -> None:
@@ -78,14 +113,14 @@ def pg_restore(job: runner.Job, source: Path, db: str, dsn: str | None, jobs_n: 
         raise backup.child_failed("pg_restore", done.returncode, done.tail)
 
 
-def check_restored(conn: psycopg.Connection[Any], manifest: dict[str, Any]) -> list[str]:
+def check_restored(conn: psycopg.Connection[Any], manifest: mf.Manifest) -> list[str]:
     """What differs between a restored database and its set's manifest (empty: it matches)."""
     problems: list[str] = []
-    want_version = (manifest.get("odoo") or {}).get("base_version")
+    want_version = manifest.base_version
     got_version = backup.base_version(conn)
     if want_version and got_version != want_version:
         problems.append(f"base: installed version {got_version} != recorded {want_version}")
-    tables: dict[str, dict[str, int]] = manifest.get("tables", {})
+    tables = manifest.tables
     names = backup.table_names(conn)
     got = {f"{s}.{t}" for s, t in names}
     missing, extra = sorted(set(tables) - got), sorted(got - set(tables))
@@ -95,7 +130,7 @@ def check_restored(conn: psycopg.Connection[Any], manifest: dict[str, Any]) -> l
         problems.append(f"tables not in the manifest: {', '.join(extra[:10])}")
     counts = backup.row_counts(conn, [(s, t) for s, t in names if f"{s}.{t}" in tables])
     for key, rows in sorted(counts.items()):
-        want = tables[key].get("rows")
+        want = tables[key].rows
         if want is not None and rows != want:
             problems.append(f"{key}: {rows} rows != recorded {want}")
     return problems
@@ -118,23 +153,87 @@ def new_identity(conn: psycopg.Connection[Any], hostname: str) -> None:
             )
 
 
-def extract_filestore(job: runner.Job, set_dir: Path, manifest: dict[str, Any], stage: Path) -> int:
-    """Unpack the set's filestore into `stage` (emptied first) and verify it; returns files."""
+def extract_filestore(set_dir: Path, manifest: mf.Manifest, stage: Path) -> int:
+    """Unpack the set's filestore into `stage` (emptied first), member by member; returns files."""
     if stage.exists():
         filestore.discard(stage)
     stage.mkdir(parents=True)
-    info = manifest.get("filestore") or {}
-    archive = set_dir / str(info.get("path", backup.FILESTORE_TAR))
-    argv = ["tar", "--extract", f"--file={archive}", "--no-same-owner", "--no-same-permissions"]
-    done = proc.run(argv, name="tar", cwd=str(stage), deadline=job.deadline)
-    if done.returncode != 0:
-        raise backup.child_failed("tar", done.returncode, done.tail)
-    report = filestore.verify(stage)
-    if report.bad:
-        raise ConflictError(f"restored filestore: {len(report.bad)} files differ from their names")
-    if info.get("files") is not None and report.files != info["files"]:
-        raise ConflictError(f"restored filestore: {report.files} files != recorded {info['files']}")
+    set_fd = backup.open_set(set_dir)
+    try:
+        try:
+            archive_fd = mf.open_file(set_fd, manifest.filestore.path)
+        except FileNotFoundError:
+            raise ConflictError(f"set {set_dir.name}: {manifest.filestore.path} missing") from None
+    finally:
+        os.close(set_fd)
+    stage_fd = mf.open_dir(str(stage))
+    try:
+        with os.fdopen(archive_fd, "rb") as fh:
+            report = set_archive.extract(fh, stage_fd)
+        os.fsync(stage_fd)
+    finally:
+        os.close(stage_fd)
+    if report.files != manifest.filestore.files:
+        raise ConflictError(
+            f"restored filestore: {report.files} files != recorded {manifest.filestore.files}"
+        )
     return report.files
+
+
+def refuse_during_upgrade(conn: psycopg.Connection[Any], db: str) -> None:
+    """65 while `db` is frozen for an upgrade or has an upgrade work copy `{db}__up{N}`."""
+    row = conn.execute(
+        "SELECT datallowconn, shobj_description(oid, 'pg_database') FROM pg_database"
+        " WHERE datname = %s",
+        (db,),
+    ).fetchone()
+    if row is not None:
+        mark = marker.Marker.decode(row[1])
+        if mark is not None and "upgrading" in mark.data:
+            raise ConflictError(f"{db} is frozen for an upgrade: finish or roll it back first")
+        if not row[0]:
+            raise ConflictError(f"{db} does not allow connections (frozen): left untouched")
+    prefix = db + UPGRADE_WORK_INFIX
+    rows = conn.execute(
+        "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)
+    ).fetchall()
+    work = sorted(r[0] for r in rows if r[0][len(prefix) :].isdigit())
+    if work:
+        raise ConflictError(
+            f"{db} has an upgrade under way ({', '.join(work)}): finish or roll it back first",
+            database=db,
+        )
+
+
+def drop_unmarked(job: runner.Job, conn: psycopg.Connection[Any], name: str, kind: str) -> None:
+    """Drop `name` when it is a work database a killed run left before marking it.
+
+    Only this exact name, which no tenant can have (subdomains and base domains never contain
+    `_`), and only while the caller holds the lock for it. One carrying someone else's
+    comment is refused (65).
+    """
+    if not pg.database_exists(conn, name):
+        return
+    comment = pg.database_comment(conn, name)
+    mark = marker.Marker.decode(comment)
+    if mark is not None and mark.kind == kind:
+        return
+    if comment is not None:
+        raise ConflictError(f"database {name} exists and is not ours", database=name)
+    job.log.info("dropping an unmarked work database left by a killed run", database=name)
+    pg.drop_database(conn, name)
+
+
+def session_name(job_name: str, db: str) -> str:
+    """The application_name of a run's own sessions (≤ 63 bytes, one per job and database)."""
+    tail = db if len(db) <= 36 else hashlib.sha1(db.encode(), usedforsecurity=False).hexdigest()
+    return f"plana-job {job_name} {tail}"
+
+
+def end_orphans(conn: psycopg.Connection[Any], app: str, deadline: retry.Deadline) -> None:
+    """Name this session `app` and end a killed run's sessions of that name (lock held)."""
+    conn.execute("SELECT set_config('application_name', %s, false)", (app,))
+    tenant_db.end_orphans(conn, app, deadline)
 
 
 # ---------------------------------------------------------------------------- the restore
@@ -164,32 +263,37 @@ def _roll_back_swap(job: runner.Job, conn: psycopg.Connection[Any], n: swap.Name
 
 
 def _final_marker(
-    manifest: dict[str, Any], set_name: str, as_copy: bool, target: naming.Tenant
+    manifest: mf.Manifest, set_name: str, as_copy: bool, target: naming.Tenant
 ) -> marker.Marker:
-    data = dict(manifest.get("marker") or {"kind": "tenant", "state": "complete"})
-    kind, state = str(data.pop("kind", "tenant")), str(data.pop("state", "complete"))
+    """The kind and identity of the set's marker; no transient state (an upgrade, a freeze)."""
+    data: dict[str, Any] = dict(manifest.marker.identity)
     data.update(subdomain=target.subdomain, restored_from=set_name, restored_as_copy=as_copy)
-    return marker.Marker(kind=kind, state=state, data=data)
+    return marker.Marker(kind=manifest.marker.kind, state="complete", data=data)
 
 
 def restore_set(
     job: runner.Job,
     conn: psycopg.Connection[Any],
     set_dir: Path,
+    source: naming.Tenant,
     target: naming.Tenant,
     data_dir: str,
     dsn: str | None,
     *,
+    key: bytes,
+    owner: str,
     replace: bool,
     as_copy: bool,
     jobs_n: int = 1,
 ) -> str:
-    """Restore `set_dir` as `target`; the caller holds the target's lock. Returns the outcome."""
+    """Restore `set_dir` (a set of `source`) as `target`; the caller holds the target's lock."""
     n = swap.Names.of(target, data_dir, work_suffix=WORK_SUFFIX, fs_work=swap.restore_stage)
     name = set_dir.name
+    manifest = backup.load_manifest(set_dir, key)
+    backup.check_owner(manifest, source, name)
+    refuse_during_upgrade(conn, n.db)
     _roll_back_swap(job, conn, n)
     current = _ours(conn, n.db, (*backup.BACKUP_KINDS, WORK_KIND))
-    manifest = backup.load_manifest(set_dir)
     final = _final_marker(manifest, name, as_copy, target)
 
     if current is not None and current.kind != WORK_KIND:
@@ -207,6 +311,7 @@ def restore_set(
         problems = backup.check_files(set_dir, manifest)
         if problems:
             raise ConflictError(f"set {name}: {'; '.join(problems)}", problems=problems)
+        drop_unmarked(job, conn, n.work, WORK_KIND)
         work = _ours(conn, n.work, (WORK_KIND,))
         reusable = (
             work is not None
@@ -217,10 +322,10 @@ def restore_set(
         if not reusable:
             job.step("pg_restore")
             pg.drop_database(conn, n.work)
-            create_empty(conn, n.work, manifest.get("database_settings") or {})
+            create_empty(conn, n.work, manifest.settings, owner)
             marker.write(conn, n.work, marker.Marker(
                 WORK_KIND, "created", {"set": name, "subdomain": target.subdomain}))  # fmt: skip
-            pg_restore(job, set_dir / manifest["dump"]["path"], n.work, dsn, jobs_n)
+            pg_restore(job, set_dir / manifest.dump.path, n.work, dsn, jobs_n)
             job.step("verify")
             with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
                 problems = check_restored(wconn, manifest)
@@ -234,7 +339,7 @@ def restore_set(
             state = {"set": name, "as_copy": as_copy, "subdomain": target.subdomain}
             marker.write(conn, n.work, marker.Marker(WORK_KIND, "verified", state))
         job.step("filestore")
-        extract_filestore(job, set_dir, manifest, n.fs_work)  # a kept stage may be half done
+        extract_filestore(set_dir, manifest, n.fs_work)  # a kept stage may be half done
         job.step("swap")
         n.fs.parent.mkdir(parents=True, exist_ok=True)
         if current is not None:
@@ -243,6 +348,7 @@ def restore_set(
             os.rename(n.fs, n.fs_old)
         rename_database(conn, n.work, n.db)
     # From here the tenant's name holds the verified restore; finish publishing it.
+    access.restrict_connect(conn, n.db, owner)
     swap.place_filestore(n)
     marker.write(conn, n.db, final)
     swap.drop_old(conn, n)
@@ -280,6 +386,7 @@ def restore_set(
     help="Give the restored database its own database.secret/uuid and URL.",
 )
 @options.backup_set_source
+@options.owner_role
 @options.data_dir
 @options.pg_dsn
 @options.common
@@ -296,7 +403,9 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     if target != source and not kw["as_copy"]:
         # Two live tenants must never share database.secret/uuid.
         raise UsageError("to-subdomain", "restoring into another tenant needs --as-copy")
+    owner = tenant_db.owner_role(kw["owner_role"], field="owner-role")
     dest = backup.dest_dir(kw["dest"])
+    key = mf.read_key(kw["backup_key_file"])
     set_dir = backup.pick_set(backup.tenant_dir(dest, source.subdomain), kw["set_name"])
     dsn = pg.base_conninfo(kw["pg_dsn"])
     job.bind(tenant=target.subdomain)
@@ -304,8 +413,10 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         locks.advisory(lock_name(target.db_name), deadline=job.deadline, dsn=dsn),
         pg.connection(dsn=dsn, deadline=job.deadline) as conn,
     ):
+        tenant_db.require_role(conn, owner)
+        end_orphans(conn, session_name("restore", target.db_name), job.deadline)
         outcome = restore_set(
-            job, conn, set_dir, target, kw["data_dir"], dsn,
+            job, conn, set_dir, source, target, kw["data_dir"], dsn, key=key, owner=owner,
             replace=kw["replace"], as_copy=kw["as_copy"], jobs_n=kw["jobs_n"],
         )  # fmt: skip
     details = {"set": set_dir.name, "database": target.db_name, "as_copy": kw["as_copy"]}

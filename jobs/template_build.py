@@ -294,6 +294,7 @@ def _build(ctx: _Ctx, kw: dict[str, Any], odoo_bin: str) -> None:
             f"template build failed, live template untouched: {'; '.join(problems)[:600]}",
             problems=problems[:20],
         )
+    tenant_db.restrict_connect(conn, ctx.build)  # CONNECT for the building role only
     filestore.write_mark(ctx.fs(ctx.build), {"fingerprint": ctx.fingerprint})
     marker.write(conn, ctx.build, marker.Marker(KIND, "verified", ctx.data))
     job.log.info("build verified", modules=len(ctx.modules), installed=len(states))

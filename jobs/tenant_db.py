@@ -50,9 +50,13 @@ import psycopg
 import structlog
 from psycopg import sql
 
-from jobs import background, filestore, locks, marker, naming, options, pg, retry, runner
+from jobs import access, background, filestore, locks, marker, naming, options, pg, retry, runner
 from jobs.errors import ConfigError, ConflictError, TransientError, UsageError
 from jobs.result import Done
+
+# One rule for every database: only the owner role may connect (jobs.access).
+restrict_connect = access.restrict_connect
+public_can_connect = access.public_can_connect
 
 KIND = "tenant"
 TEMPLATE_KIND = "template"
@@ -184,23 +188,6 @@ def create_clone(
         deadline=deadline,
         transient=retry.pg_transient,
     )
-
-
-def restrict_connect(conn: psycopg.Connection[Any], db: str, owner: str) -> None:
-    """Only the owner role may connect (GRANTs are not copied from a template)."""
-    ident, role = sql.Identifier(db), sql.Identifier(owner)
-    conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(ident))
-    conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(ident, role))
-
-
-def public_can_connect(conn: psycopg.Connection[Any], db: str) -> bool:
-    row = conn.execute(
-        "SELECT datacl IS NULL OR EXISTS (SELECT 1 FROM aclexplode(datacl) a"
-        " WHERE a.grantee = 0 AND a.privilege_type = 'CONNECT')"
-        " FROM pg_database WHERE datname = %s",
-        (db,),
-    ).fetchone()
-    return bool(row and row[0])
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 STANDINS = ROOT / "tests" / "standins"
+BACKUP_KEY = "test-backup-key-7c0ffee5bd4e42d1"
 
 
 @pytest.fixture(scope="session")
@@ -146,6 +147,10 @@ class Runner:
     def __init__(self, pg_dsn: str, redis_url: str, tmp: Path) -> None:
         self.tmp = tmp
         self.env = job_env(pg_dsn, redis_url, tmp)
+        # Backup sets are signed: every job that writes or reads one gets a key by default.
+        self.backup_key = tmp / "backup-key"
+        self.backup_key.write_text(BACKUP_KEY + "\n")
+        self.env["PLANA_BACKUP_KEY_FILE"] = str(self.backup_key)
 
     def popen(self, args: Sequence[str], **env: str) -> subprocess.Popen[str]:
         return subprocess.Popen(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import pytest
 from psycopg import sql
 
 from jobs import marker, naming
-from tests.conftest import STANDINS, Runner
+from tests.conftest import BACKUP_KEY, STANDINS, Runner
 
 DOMAIN = naming.DEFAULT_BASE_DOMAIN
 
@@ -91,6 +92,15 @@ def config(pg_dsn: str, db: str) -> dict[str, str]:
 def drop(pg_dsn: str, db: str) -> None:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
+
+
+def write_manifest(set_dir: Path, manifest: Any, *, sign: bool = True) -> None:
+    """Rewrite a set's manifest as whoever holds the backup key would (or without re-signing)."""
+    body = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
+    (set_dir / "manifest.json").write_bytes(body)
+    if sign:
+        sig = hmac.new(BACKUP_KEY.encode(), body, hashlib.sha256).hexdigest()
+        (set_dir / "manifest.sig").write_text(sig + "\n")
 
 
 def sets(dest: Path, sub: str) -> list[str]:
@@ -240,7 +250,7 @@ def test_backup_verify_catches_a_manifest_that_promises_other_rows(
     manifest = json.loads((set_dir / "manifest.json").read_text())
     manifest["tables"]["public.res_partner"]["rows"] += 1
     manifest["odoo"]["base_version"] = "18.0.1.2"
-    (set_dir / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(set_dir, manifest)  # signed with the key: only the restore can tell
     bad = run_job(["backup-verify", *tenant["args"][:4]])
     assert bad.rc == 65
     assert "res_partner" in bad.result["error"] and "18.0.1.2" in bad.result["error"]

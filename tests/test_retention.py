@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from jobs.retention import Policy, expired, keep
-from tests.conftest import Runner
+from tests.conftest import BACKUP_KEY, Runner
 from tests.test_backup import make_tenant
 
 # 2025-01-01 .. 2025-04-30: exactly 120 daily sets at 02:00 UTC (2025-04-30 is a Wednesday).
@@ -67,7 +69,10 @@ def test_sets_newer_than_the_one_just_written_are_never_deleted() -> None:
 def _fake_set(tdir: Path, t: datetime, final: bool = False) -> str:
     name = t.strftime("%Y%m%dT%H%M%SZ")
     (tdir / name).mkdir(parents=True)
-    (tdir / name / "manifest.json").write_text(json.dumps({"format": 1, "final": final}))
+    body = json.dumps({"format": 1, "final": final}).encode()
+    (tdir / name / "manifest.json").write_bytes(body)
+    sig = hmac.new(BACKUP_KEY.encode(), body, hashlib.sha256).hexdigest()  # as backup signs
+    (tdir / name / "manifest.sig").write_text(sig)
     return name
 
 
