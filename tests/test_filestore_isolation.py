@@ -10,8 +10,8 @@ and the walk itself is driven in-process with the swap made between its listing 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import signal
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,8 @@ import psycopg
 
 from jobs import filestore, fstree, naming
 from tests.conftest import Runner, database_names
-from tests.test_backup import make_tenant
+from tests.test_backup import make_tenant, write_manifest
+from tests.test_backup_trust import seal
 from tests.test_tenant_db import db_of, template, tenant_args
 
 __all__ = ["template"]  # the module-scoped fixture, shared with test_tenant_db's helpers
@@ -289,13 +290,26 @@ def test_tenant_db_after_a_killed_restore_of_another_tenant_holds_only_the_templ
     args = ["--subdomain", source, "--dest", str(dest), "--data-dir", str(data_dir)]
     assert run_job(["backup", *args]).rc == 0
     target = uid + "-x"
-    # Killed (SIGKILL, as a pod is) right after its tar has unpacked S's files into the stage.
-    kill = '/usr/bin/tar "$@"; code=$?; kill -KILL "$PPID"; exit "$code"'
-    path = _tar_shim(Path(run_job.tmp), kill) + os.pathsep + run_job.env["PATH"]
-    killed = run_job(["restore", *args, "--to-subdomain", target, "--as-copy"], PATH=path)
-    assert killed.rc == -signal.SIGKILL, killed.output
+    # A restore of S into X that stops half-way through the archive: after S's files a member
+    # it refuses (a symlink), in a set re-signed with the key, so the refusal comes mid-extraction.
+    set_dir = dest / source / sorted(p.name for p in (dest / source).iterdir())[-1]
+    archive = set_dir / "filestore.tar"
+    with tarfile.open(archive, "a") as tar:
+        link = tarfile.TarInfo("ab/not-a-file")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    data = json.loads((set_dir / "manifest.json").read_text())
+    seal(set_dir, data, "filestore.tar")
+    write_manifest(set_dir, data)
+    stopped = run_job(["restore", *args, "--to-subdomain", target, "--as-copy"])
+    assert stopped.rc == 65, stopped.output
     x_fs = naming.filestore(naming.db_name(target), data_dir)
     assert not x_fs.exists()
+    # And the shared staging name of earlier releases, full of S's files, as a kill left it.
+    legacy = x_fs.parent / f".{x_fs.name}.partial"
+    for rel in s_files:
+        (legacy / rel).parent.mkdir(parents=True, exist_ok=True)
+        (legacy / rel).write_bytes((s_fs / rel).read_bytes())
 
     done = run_job(tenant_args(target, template))
     assert done.rc == 0, done.output
