@@ -156,11 +156,14 @@ def pick_set(tdir: Path, wanted: str | None, field: str = "set") -> Path:
     return tdir / sets[-1]
 
 
-def check_files(set_dir: Path, m: mf.Manifest) -> list[str]:
-    """Every mismatch between the set's files and the manifest's sizes and checksums."""
+def check_files(set_dir: Path, m: mf.Manifest, pinned: dict[str, int] | None = None) -> list[str]:
+    """Every mismatch between the set's files and the manifest's sizes and checksums.
+
+    `pinned` receives the checked dump's descriptor (see `manifest.check_files`).
+    """
     fd = open_set(set_dir)
     try:
-        return mf.check_files(fd, m)
+        return mf.check_files(fd, m, pinned)
     finally:
         os.close(fd)
 

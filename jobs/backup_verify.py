@@ -61,18 +61,14 @@ def check_archive(set_dir: Path, info: mf.Filestore) -> list[str]:
     return problems
 
 
-def _pg_restore(job: runner.Job, source: Path, db: str, dsn: str | None, jobs_n: int) -> str | None:
+def _pg_restore(job: runner.Job, dump_fd: int, db: str, dsn: str | None, jobs_n: int) -> str | None:
     """Restore into the scratch database: None when it restored, else why the dump is bad.
 
     Only a dump pg_restore cannot use is a problem of the set; a missing binary (78), a
     SIGTERM (75) or a server that went away (75) propagate as what they are.
     """
-    conninfo, env = backup.child_conninfo(db, dsn)
-    argv = ["pg_restore", f"--dbname={conninfo}", "--exit-on-error", "--no-comments"]
-    if jobs_n > 1:
-        argv.append(f"--jobs={jobs_n}")
-    argv.append(str(source))
-    done = proc.run(argv, name="pg_restore", env=env, deadline=job.deadline)
+    argv, env = restore.pg_restore_argv(db, dsn, jobs_n, dump_fd)
+    done = proc.run(argv, name="pg_restore", env=env, deadline=job.deadline, pass_fds=(dump_fd,))
     if done.returncode == 0:
         return None
     err = backup.child_failed("pg_restore", done.returncode, done.tail)
@@ -95,11 +91,30 @@ def verify_set(
     """Every problem found with the set (empty: it restores and matches its manifest)."""
     manifest = backup.load_manifest(set_dir, key)
     backup.check_owner(manifest, tenant, set_dir.name)
-    scratch = tenant.db_name + SCRATCH_SUFFIX
     job.step("checksums")
-    problems = backup.check_files(set_dir, manifest)
+    pinned: dict[str, int] = {}
+    problems = backup.check_files(set_dir, manifest, pinned)
     if problems:
         return problems  # restoring a corrupt dump proves nothing more
+    try:
+        return _verify_checked(job, set_dir, manifest, tenant, dsn, pinned[manifest.dump.path],
+                               jobs_n)  # fmt: skip
+    finally:
+        os.close(pinned[manifest.dump.path])
+
+
+def _verify_checked(
+    job: runner.Job,
+    set_dir: Path,
+    manifest: mf.Manifest,
+    tenant: naming.Tenant,
+    dsn: str | None,
+    dump_fd: int,
+    jobs_n: int,
+) -> list[str]:
+    """The rest of `verify_set`, once the set's files match their checksums."""
+    scratch = tenant.db_name + SCRATCH_SUFFIX
+    problems: list[str] = []
     job.step("filestore")
     problems += check_archive(set_dir, manifest.filestore)
     job.check_locks()  # after reading the whole archive: still ours before touching scratch
@@ -117,7 +132,7 @@ def verify_set(
                 scratch,
                 marker.Marker(SCRATCH_KIND, "created", {"subdomain": tenant.subdomain}),
             )
-            bad = _pg_restore(job, set_dir / manifest.dump.path, scratch, dsn, jobs_n)
+            bad = _pg_restore(job, dump_fd, scratch, dsn, jobs_n)
             if bad:  # the dump passed its checksum but does not restore
                 return [*problems, bad]
             job.step("compare")

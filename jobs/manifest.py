@@ -434,9 +434,21 @@ def sha256_fd(fd: int) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def check_files(set_fd: int, m: Manifest) -> list[str]:
-    """Every mismatch between the set's files and the manifest's sizes and checksums."""
+def check_files(set_fd: int, m: Manifest, pinned: dict[str, int] | None = None) -> list[str]:
+    """Every mismatch between the set's files and the manifest's sizes and checksums.
+
+    `pinned`: receives a descriptor of the dump (the file of a custom-format dump, the
+    directory of a directory-format one) when every file checked out, so that pg_restore reads
+    the very inode that was hashed, not whatever the path names a moment later. The caller
+    closes it.
+    """
     problems: list[str] = []
+    dump_fd: int | None = None
+    if pinned is not None and m.dump.format == "directory":
+        try:
+            dump_fd = open_dir(m.dump.path, set_fd)
+        except OSError:
+            problems.append(f"{m.dump.path}: not a directory of the set")
     for rel, want in sorted(m.files.items()):
         try:
             fd = open_file(set_fd, rel)
@@ -446,14 +458,24 @@ def check_files(set_fd: int, m: Manifest) -> list[str]:
         except ConflictError as exc:
             problems.append(exc.message)
             continue
+        keep = False
         try:
             size = os.fstat(fd).st_size
             if size != want.size:
                 problems.append(f"{rel}: size {size} != {want.size}")
             elif sha256_fd(fd)[1] != want.sha256:
                 problems.append(f"{rel}: sha256 mismatch")
+            elif pinned is not None and rel == m.dump.path and m.dump.format == "custom":
+                dump_fd, keep = fd, True
         finally:
-            os.close(fd)
+            if not keep:
+                os.close(fd)
     if m.filestore.path not in m.files:
         problems.append(f"{m.filestore.path}: not listed in files")
+    if dump_fd is not None:
+        if problems:
+            os.close(dump_fd)
+        else:
+            assert pinned is not None
+            pinned[m.dump.path] = dump_fd
     return problems

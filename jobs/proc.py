@@ -91,6 +91,7 @@ def spawn(
     stdin: int | IO[Any] | None = subprocess.DEVNULL,
     stdout: int | IO[Any] | None = None,
     grace: float = GRACE_S,
+    pass_fds: Sequence[int] = (),
 ) -> Iterator[Child]:
     """Start `argv`; log its stderr (and stdout, unless `stdout` is given) line by line."""
     name = name or os.path.basename(argv[0])
@@ -107,6 +108,7 @@ def spawn(
             stderr=subprocess.PIPE,
             env=dict(env) if env is not None else None,
             cwd=cwd,
+            pass_fds=tuple(pass_fds),  # e.g. a verified file handed on as /dev/fd/N
             start_new_session=True,  # own process group: we stop it and all its children
         )
     except FileNotFoundError:
@@ -153,10 +155,11 @@ def run(
     timeout: float | None = None,
     deadline: retry.Deadline | None = None,
     stdout: int | IO[Any] | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> Completed:
     """Run to completion (bounded by `timeout` and the deadline) and report how it ended."""
     started = time.monotonic()
-    with spawn(argv, name=name, env=env, cwd=cwd, stdout=stdout) as child:
+    with spawn(argv, name=name, env=env, cwd=cwd, stdout=stdout, pass_fds=pass_fds) as child:
         code = child.wait(timeout=timeout, deadline=deadline)
     duration = round(time.monotonic() - started, 3)
     structlog.get_logger().info("exited", child=child.name, returncode=code, duration_s=duration)

@@ -102,13 +102,25 @@ def create_empty(
     access.restrict_connect(conn, name, owner)
 
 
-def pg_restore(job: runner.Job, source: Path, db: str, dsn: str | None, jobs_n: int) -> None:
+def pg_restore_argv(
+    db: str, dsn: str | None, jobs_n: int, dump_fd: int
+) -> tuple[list[str], dict[str, str]]:
+    """pg_restore of the dump open at `dump_fd` (the checked inode, handed on as /dev/fd/N).
+
+    pg_restore is never given the dump's path: between the checksum and the restore the set's
+    volume could have a file or directory swapped under that name.
+    """
     conninfo, env = backup.child_conninfo(db, dsn)
     argv = ["pg_restore", f"--dbname={conninfo}", "--exit-on-error", "--no-comments"]
     if jobs_n > 1:
         argv.append(f"--jobs={jobs_n}")
-    argv.append(str(source))
-    done = proc.run(argv, name="pg_restore", env=env, deadline=job.deadline)
+    argv.append(f"/dev/fd/{dump_fd}")
+    return argv, env
+
+
+def pg_restore(job: runner.Job, dump_fd: int, db: str, dsn: str | None, jobs_n: int) -> None:
+    argv, env = pg_restore_argv(db, dsn, jobs_n, dump_fd)
+    done = proc.run(argv, name="pg_restore", env=env, deadline=job.deadline, pass_fds=(dump_fd,))
     if done.returncode != 0:
         raise backup.child_failed("pg_restore", done.returncode, done.tail)
 
@@ -308,9 +320,11 @@ def restore_set(
 
     if current is None or current.kind != WORK_KIND:
         job.step("check-set")
-        problems = backup.check_files(set_dir, manifest)
+        pinned: dict[str, int] = {}
+        problems = backup.check_files(set_dir, manifest, pinned)
         if problems:
             raise ConflictError(f"set {name}: {'; '.join(problems)}", problems=problems)
+        dump_fd = pinned[manifest.dump.path]
         drop_unmarked(job, conn, n.work, WORK_KIND)
         work = _ours(conn, n.work, (WORK_KIND,))
         reusable = (
@@ -325,7 +339,10 @@ def restore_set(
             create_empty(conn, n.work, manifest.settings, owner)
             marker.write(conn, n.work, marker.Marker(
                 WORK_KIND, "created", {"set": name, "subdomain": target.subdomain}))  # fmt: skip
-            pg_restore(job, set_dir / manifest.dump.path, n.work, dsn, jobs_n)
+            try:
+                pg_restore(job, dump_fd, n.work, dsn, jobs_n)
+            finally:
+                os.close(dump_fd)
             job.step("verify")
             with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
                 problems = check_restored(wconn, manifest)
@@ -338,6 +355,8 @@ def restore_set(
                     new_identity(wconn, target.hostname)
             state = {"set": name, "as_copy": as_copy, "subdomain": target.subdomain}
             marker.write(conn, n.work, marker.Marker(WORK_KIND, "verified", state))
+        else:
+            os.close(dump_fd)
         job.step("filestore")
         extract_filestore(set_dir, manifest, n.fs_work)  # a kept stage may be half done
         job.step("swap")

@@ -475,3 +475,36 @@ def test_retention_believes_final_only_from_a_signed_manifest(
     assert done.rc == 0, done.output
     assert forged.name in done.result["retention_deleted"] and not forged.exists()
     assert signed.exists()
+
+
+def test_pg_restore_reads_the_dump_that_was_checked_not_one_swapped_in_after(
+    world: dict[str, Any], run_job: Runner, pg_dsn: str, tmp_path: Path
+) -> None:
+    """Whoever can write the volume swaps another tenant's dump in once the checksums passed."""
+    set_dir = backup(run_job, world)
+    other = world["sub"] + "v"
+    make_tenant(pg_dsn, other, world["data_dir"], partners=3)
+    made = run_job(["backup", "--subdomain", other, "--dest", str(world["dest"]),
+                    "--data-dir", str(world["data_dir"])])  # fmt: skip
+    assert made.rc == 0, made.output
+    foreign = Path(world["dest"]) / other / made.result["set"] / "db.dump"
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    real = shutil.which("pg_restore")
+    assert real
+    # The swap happens as pg_restore starts: after every checksum of the set was verified.
+    (shims / "pg_restore").write_text(
+        f'#!/bin/sh\ncp "{foreign}" "{set_dir}/db.dump.swap" && '
+        f'mv "{set_dir}/db.dump.swap" "{set_dir}/db.dump"\nexec "{real}" "$@"\n'
+    )
+    (shims / "pg_restore").chmod(0o755)
+    copy = world["sub"] + "-c"
+    path = f"{shims}{os.pathsep}{run_job.env['PATH']}"
+    restored = run_job(["restore", *world["args"], "--to-subdomain", copy, "--as-copy"], PATH=path)
+    assert restored.rc == 0, restored.output
+    assert (set_dir / "db.dump").read_bytes() == foreign.read_bytes()  # the swap did happen
+    with psycopg.connect(pg_dsn, dbname=naming.db_name(copy), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM res_partner WHERE name LIKE 'partner %'"
+        ).fetchone()
+    assert row is not None and row[0] == 50  # the tenant's own rows, not the swapped-in three
