@@ -433,6 +433,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         pg.connection(dsn=dsn, deadline=job.deadline) as conn,
     ):
         tenant_db.require_role(conn, owner)
+        refuse_deprovisioned(conn, dest, target, key, set_dir, named=bool(kw["set_name"]))
         end_orphans(conn, session_name("restore", target.db_name), job.deadline)
         outcome = restore_set(
             job, conn, set_dir, source, target, kw["data_dir"], dsn, key=key, owner=owner,
@@ -440,6 +441,37 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         )  # fmt: skip
     details = {"set": set_dir.name, "database": target.db_name, "as_copy": kw["as_copy"]}
     return Done(outcome, details)  # type: ignore[arg-type]
+
+
+def refuse_deprovisioned(
+    conn: psycopg.Connection[Any],
+    dest: Path,
+    target: naming.Tenant,
+    key: bytes,
+    chosen: Path,
+    *,
+    named: bool,
+) -> None:
+    """65 when `target` was deprovisioned and the restore does not name its final set.
+
+    Decided under the tenant's lock: a restore that was waiting for deprovision's lock, or a
+    retry of a restore that lost its lock to a deprovision, must not bring back the tenant that
+    was just removed. Bringing a deprovisioned tenant back is an explicit act: `--set` naming
+    its final backup (the newest state it had).
+    """
+    if pg.database_exists(conn, target.db_name):
+        return
+    tdir = backup.tenant_dir(dest, target.subdomain)
+    for name in reversed(backup.complete_sets(tdir)):
+        if backup.is_final(tdir / name, key):
+            if named and chosen == tdir / name:
+                return
+            raise ConflictError(
+                f"tenant {target.subdomain} was deprovisioned (final backup {name}): to bring "
+                f"it back, restore that set by name (--set {name})",
+                final_backup=name,
+            )
+    return
 
 
 def lock_name(db: str) -> str:
