@@ -1,11 +1,11 @@
 """`plana-job restore`: a backup set into a tenant database and filestore, verified, atomic.
 
-The set is restored aside (database `{db}__rst`, filestore `.{db}.partial`), checked against
-its manifest (base installed at the recorded version, the same tables with the same row
+The set is restored aside (database `{db}__rst`, filestore `.{db}.restore.partial`), checked
+against its manifest (base installed at the recorded version, the same tables with the same row
 counts), and only then published by renames:
 
     [--replace: {db} → {db}__old, filestore → .{db}.old]
-    {db}__rst → {db},  .{db}.partial → filestore
+    {db}__rst → {db},  .{db}.restore.partial → filestore
 
 then the tenant marker (with `restored_from`) is written and the old copies are dropped. A
 re-run after a kill at any point either resumes (a verified work database is reused; a

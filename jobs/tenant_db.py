@@ -18,7 +18,7 @@ kind "tenant"), so that a run killed anywhere is resumed by the next one:
 The whole run holds the exclusive lock "tenant:{db}", so concurrent runs for one tenant queue and
 then find it complete (`unchanged`).
 
-Reusable API (issue 6's environment-db uses it for `{subdomain}-{env}` environments and copies):
+Reusable API (environment-db uses it for `{subdomain}--{env}` environments and copies):
 
 - `template_lock(template, *, deadline, shared=True, dsn=None)`: the template's advisory lock.
 - `check_template(conn, template, data_dir)` → the template's fingerprint (None when it carries
