@@ -86,8 +86,10 @@ def main() -> int:
         print(f"building the benchmark tenant ({PARTNERS} partners, {FILES} files)...", flush=True)
         db = _make_tenant(dsn, sub, data_dir)
         conninfo = psycopg.conninfo.make_conninfo(dsn, dbname=db)
+        key = work / "backup.key"  # the set is signed as in production (HMAC of the manifest)
+        key.write_text(os.urandom(32).hex())
         env = {**os.environ, "PLANA_PG_DSN": dsn, "PLANA_LOG_FORMAT": "json",
-               "PLANA_TERMINATION_LOG": ""}  # fmt: skip
+               "PLANA_TERMINATION_LOG": "", "PLANA_BACKUP_KEY_FILE": str(key)}  # fmt: skip
         fs = str(naming.filestore(db, data_dir))
         bases: list[float] = []
         jobs: list[float] = []
