@@ -456,4 +456,22 @@ def check_files(set_fd: int, m: Manifest) -> list[str]:
             os.close(fd)
     if m.filestore.path not in m.files:
         problems.append(f"{m.filestore.path}: not listed in files")
+    if m.dump.format == "directory":
+        problems += _unlisted_in_dump_dir(set_fd, m)
     return problems
+
+
+def _unlisted_in_dump_dir(set_fd: int, m: Manifest) -> list[str]:
+    """Entries of `db.dir` the manifest does not list: pg_restore reads what is there by name
+    (a plain `NNNN.dat` before the signed `NNNN.dat.gz`), so an unlisted file is a forgery."""
+    try:
+        fd = open_dir(DUMP_DIR, set_fd)
+    except OSError as exc:
+        return [f"{DUMP_DIR}: cannot be opened safely: {exc.strerror}"]
+    try:
+        names = sorted(os.listdir(fd))
+    finally:
+        os.close(fd)
+    return [
+        f"{DUMP_DIR}/{n}: not listed in files" for n in names if f"{DUMP_DIR}/{n}" not in m.files
+    ]

@@ -1,0 +1,40 @@
+"""Attacks on the isolation and trust guarantees: each case once broke them.
+
+Real PostgreSQL, real sets written by `plana-job backup`, jobs run as processes.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from tests.conftest import Runner
+from tests.test_backup_trust import backup, verify_args, world  # noqa: F401  (fixture)
+
+
+def test_an_unlisted_plain_data_file_planted_in_a_directory_dump_is_refused(
+    world: dict[str, Any], run_job: Runner, pg_dsn: str  # noqa: F811
+) -> None:
+    """pg_restore reads `NNNN.dat` before the signed `NNNN.dat.gz`: a planted one is a forgery."""
+    made = run_job(["backup", *world["args"], "--jobs", "2"])
+    assert made.rc == 0, made.output
+    set_dir = Path(world["dest"]) / world["sub"] / made.result["set"]
+    planted = []
+    for gz in sorted((set_dir / "db.dir").glob("*.dat.gz")):
+        data = gzip.decompress(gz.read_bytes())
+        if b"p1@x.test" in data:
+            plain = gz.with_name(gz.name.removesuffix(".gz"))
+            plain.write_bytes(data.replace(b"p1@x.test", b"forged@evil.test"))
+            planted.append(plain)
+    assert planted
+
+    verify = run_job([*verify_args(world), "--jobs", "2"])
+    assert verify.rc == 65 and planted[0].name in verify.stderr, verify.output
+    restore = run_job(["restore", *world["args"], "--replace", "--jobs", "2"])
+    assert restore.rc == 65, restore.output
+    with psycopg.connect(pg_dsn, dbname=world["db"], autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM res_partner WHERE email LIKE '%evil%'").fetchone()
+    assert row == (0,)
