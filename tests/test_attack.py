@@ -6,12 +6,14 @@ Real PostgreSQL, real sets written by `plana-job backup`, jobs run as processes.
 from __future__ import annotations
 
 import gzip
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
-from tests.conftest import Runner
+from tests.conftest import BIN, Runner
 from tests.test_backup_trust import backup, verify_args, world  # noqa: F401  (fixture)
 
 
@@ -38,3 +40,29 @@ def test_an_unlisted_plain_data_file_planted_in_a_directory_dump_is_refused(
     with psycopg.connect(pg_dsn, dbname=world["db"], autocommit=True) as conn:
         row = conn.execute("SELECT count(*) FROM res_partner WHERE email LIKE '%evil%'").fetchone()
     assert row == (0,)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["backup", "--subdomain", "fz", "--backup-key-file", "\udcff"], {}, "--backup-key-file"),
+        (["tenant-db", "--pg-dsn=postgresql://\udcfe@h/x"], {}, "--pg-dsn"),
+        (["restore", "--subdomain", "fz"], {"PLANA_OWNER_ROLE": "\udcfe"}, "PLANA_OWNER_ROLE"),
+        (["upgrade", "--strategy", "nonsense", "--subdomain", "fz"], {}, "strategy"),
+    ],
+)
+def test_undecodable_or_refused_group_input_is_64_with_one_line(
+    run_job: Runner, tmp_path: Path, args: list[str], env: dict[str, str], named: str
+) -> None:
+    """Non-UTF-8 bytes (held as lone surrogates) crashed the result encoder (exit 1) or the
+    driver (70); a group's own refusal escaped click as a traceback (exit 1)."""
+    proc = subprocess.run(
+        [str(BIN / "plana-job"), *args],
+        env={**run_job.env, **env, "PLANA_DATA_DIR": str(tmp_path / "data")},
+        capture_output=True,
+    )
+    err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+    assert proc.returncode == 64, err
+    assert len(err) == 1 and err[0].startswith(f"plana-job {args[0]}: error: "), err
+    assert named in err[0]
+    assert not (tmp_path / "data").exists()
