@@ -13,8 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from jobs import naming
 from tests.conftest import BIN, Runner
-from tests.test_backup_trust import backup, verify_args, world  # noqa: F401  (fixture)
+from tests.test_backup import tree
+from tests.test_backup_trust import verify_args, world  # noqa: F401  (fixture)
+from tests.test_deprovision import files_in, setup  # noqa: F401  (fixture)
 
 
 def test_an_unlisted_plain_data_file_planted_in_a_directory_dump_is_refused(
@@ -66,3 +69,20 @@ def test_undecodable_or_refused_group_input_is_64_with_one_line(
     assert len(err) == 1 and err[0].startswith(f"plana-job {args[0]}: error: "), err
     assert named in err[0]
     assert not (tmp_path / "data").exists()
+
+
+def test_deprovision_leaves_the_hidden_leftovers_of_the_same_subdomain_under_a_longer_domain(
+    setup: dict[str, Any], run_job: Runner  # noqa: F811
+) -> None:
+    """`.{sub}.planapulse.app.example.clone.partial` is tenant {sub} of `planapulse.app.example`,
+    never the `clone.partial`-tailed leftover of {sub} of `planapulse.app`."""
+    root = setup["data_dir"] / "filestore"
+    other = naming.db_name(setup["sub"], naming.DEFAULT_BASE_DOMAIN + ".example")
+    theirs = [other, f".{other}.clone.partial", f".{other}.trash-0badc0de", f".{other}.old"]
+    for name in theirs:
+        files_in(root / name, 2)
+    before = {name: tree(root / name) for name in theirs}
+    done = run_job(["deprovision", *setup["args"]])
+    assert done.rc == 0, done.output
+    assert not any(other in name for name in done.result["filestores"]), done.result
+    assert {name: tree(root / name) for name in theirs} == before
