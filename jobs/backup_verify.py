@@ -42,17 +42,11 @@ _SERVER_TROUBLE = (
 )
 
 
-def check_archive(set_dir: Path, info: mf.Filestore) -> list[str]:
-    """Every problem with the filestore archive's members, read in one streaming pass."""
-    set_fd = backup.open_set(set_dir)
-    try:
-        fd = mf.open_file(set_fd, info.path)
-    except FileNotFoundError:
-        return [f"{info.path}: missing"]
-    except ConflictError as exc:
-        return [exc.message]
-    finally:
-        os.close(set_fd)
+def check_archive(archive_fd: int, info: mf.Filestore) -> list[str]:
+    """Every problem with the filestore archive's members, read in one streaming pass from the
+    descriptor that was hashed (left open)."""
+    fd = os.dup(archive_fd)  # fdopen below closes its own copy
+    os.lseek(fd, 0, os.SEEK_SET)
     with os.fdopen(fd, "rb") as fh:
         report = set_archive.scan(fh)
     problems = list(report.problems)
@@ -97,10 +91,10 @@ def verify_set(
     if problems:
         return problems  # restoring a corrupt dump proves nothing more
     try:
-        return _verify_checked(job, set_dir, manifest, tenant, dsn, pinned[manifest.dump.path],
-                               jobs_n)  # fmt: skip
+        return _verify_checked(job, set_dir, manifest, tenant, dsn, pinned, jobs_n)
     finally:
-        os.close(pinned[manifest.dump.path])
+        for fd in pinned.values():
+            os.close(fd)
 
 
 def _verify_checked(
@@ -109,14 +103,18 @@ def _verify_checked(
     manifest: mf.Manifest,
     tenant: naming.Tenant,
     dsn: str | None,
-    dump_fd: int,
+    pinned: dict[str, int],
     jobs_n: int,
 ) -> list[str]:
-    """The rest of `verify_set`, once the set's files match their checksums."""
+    """The rest of `verify_set`, once the set's files match their checksums.
+
+    `pinned` holds the descriptors of the dump and the archive that were hashed: the archive
+    scan and pg_restore read those, never the set's paths again.
+    """
     scratch = tenant.db_name + SCRATCH_SUFFIX
     problems: list[str] = []
     job.step("filestore")
-    problems += check_archive(set_dir, manifest.filestore)
+    problems += check_archive(pinned[manifest.filestore.path], manifest.filestore)
     job.check_locks()  # after reading the whole archive: still ours before touching scratch
     with pg.connection(dsn=dsn, deadline=job.deadline) as conn:
         restore.end_orphans(conn, restore.session_name("verify", tenant.db_name), job.deadline)
@@ -132,7 +130,7 @@ def _verify_checked(
                 scratch,
                 marker.Marker(SCRATCH_KIND, "created", {"subdomain": tenant.subdomain}),
             )
-            bad = _pg_restore(job, dump_fd, scratch, dsn, jobs_n)
+            bad = _pg_restore(job, pinned[manifest.dump.path], scratch, dsn, jobs_n)
             if bad:  # the dump passed its checksum but does not restore
                 return [*problems, bad]
             job.step("compare")

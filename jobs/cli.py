@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import gc
 import importlib
+import os
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
-from jobs import __version__, runner
-from jobs.errors import ExitCode
+from jobs import __version__, redact, runner
+from jobs.errors import ExitCode, JobError
 
 # name → "module:attribute" of the click command. Only commands that work are listed.
 COMMANDS: dict[str, str] = {
@@ -81,18 +82,47 @@ def _job_name(argv: list[str]) -> str:
     return names[0] if names else "plana-job"
 
 
+def _undecodable(args: list[str]) -> str | None:
+    """The flag or variable whose value is not valid UTF-8 (Python holds such bytes as lone
+    surrogates, which no driver, log line or result can encode), or None."""
+    for i, arg in enumerate(args):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            flag = arg.partition("=")[0] if arg.startswith("--") else None
+            if flag is None and i and args[i - 1].startswith("--"):
+                flag = args[i - 1]
+            return flag or f"argument {i + 1}"
+    for name, value in sorted(os.environ.items()):
+        if name.startswith("PLANA_"):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return name
+    return None
+
+
+def _refuse(args: list[str], started: float, code: ExitCode, message: str) -> NoReturn:
+    # One line naming the problem, never click's multi-line usage dump.
+    message = " ".join(message.split())
+    job = _job_name(args)
+    click.echo(f"plana-job{' ' + job if job in COMMANDS else ''}: error: {message}", err=True)
+    runner.finish(job, started, int(code), "failed", {"error": message})
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     started = time.monotonic()
+    bad = _undecodable(args)
+    if bad is not None:
+        _refuse(args, started, ExitCode.USAGE, f"{bad}: must be valid UTF-8")
     gc.disable()  # until the command's module is loaded: see _end_of_startup
     try:
         code = cli.main(args=args, prog_name="plana-job", standalone_mode=False)
     except click.ClickException as exc:
-        # One line naming the problem, never click's multi-line usage dump, and exit 64 (not 2).
-        message = " ".join(exc.format_message().split())
-        job = _job_name(args)
-        click.echo(f"plana-job{' ' + job if job in COMMANDS else ''}: error: {message}", err=True)
-        runner.finish(_job_name(args), started, int(ExitCode.USAGE), "failed", {"error": message})
+        _refuse(args, started, ExitCode.USAGE, exc.format_message())  # 64, not click's 2
+    except JobError as exc:  # raised by a group's own callback, before any job body runs
+        _refuse(args, started, exc.code, redact.text(exc.message))
     except click.Abort:
         click.echo("plana-job: aborted", err=True)
         sys.exit(int(ExitCode.TEMPFAIL))

@@ -437,18 +437,19 @@ def sha256_fd(fd: int) -> tuple[int, str]:
 def check_files(set_fd: int, m: Manifest, pinned: dict[str, int] | None = None) -> list[str]:
     """Every mismatch between the set's files and the manifest's sizes and checksums.
 
-    `pinned`: receives a descriptor of the dump (the file of a custom-format dump, the
-    directory of a directory-format one) when every file checked out, so that pg_restore reads
-    the very inode that was hashed, not whatever the path names a moment later. The caller
-    closes it.
+    `pinned`: when every file checked out, receives descriptors of what the caller goes on to
+    read — the dump (the file of a custom-format dump, the directory of a directory-format one)
+    and the filestore archive — so that pg_restore and the extraction read the very inodes that
+    were hashed, not whatever the paths name a moment later. The caller closes them.
     """
     problems: list[str] = []
-    dump_fd: int | None = None
-    if pinned is not None and m.dump.format == "directory":
+    kept: dict[str, int] = {}
+    wanted = {m.filestore.path} | ({m.dump.path} if m.dump.format == "custom" else set())
+    if m.dump.format == "directory":
         try:
-            dump_fd = open_dir(m.dump.path, set_fd)
-        except OSError:
-            problems.append(f"{m.dump.path}: not a directory of the set")
+            kept[m.dump.path] = open_dir(m.dump.path, set_fd)
+        except OSError as exc:
+            problems.append(f"{m.dump.path}: cannot be opened safely: {exc.strerror}")
     for rel, want in sorted(m.files.items()):
         try:
             fd = open_file(set_fd, rel)
@@ -465,17 +466,30 @@ def check_files(set_fd: int, m: Manifest, pinned: dict[str, int] | None = None) 
                 problems.append(f"{rel}: size {size} != {want.size}")
             elif sha256_fd(fd)[1] != want.sha256:
                 problems.append(f"{rel}: sha256 mismatch")
-            elif pinned is not None and rel == m.dump.path and m.dump.format == "custom":
-                dump_fd, keep = fd, True
+            elif pinned is not None and rel in wanted:
+                kept[rel], keep = fd, True
         finally:
             if not keep:
                 os.close(fd)
     if m.filestore.path not in m.files:
         problems.append(f"{m.filestore.path}: not listed in files")
-    if dump_fd is not None:
-        if problems:
-            os.close(dump_fd)
-        else:
-            assert pinned is not None
-            pinned[m.dump.path] = dump_fd
+    if m.dump.path in kept and m.dump.format == "directory":
+        problems += _unlisted_in_dump_dir(kept[m.dump.path], m)
+    if problems or pinned is None:
+        for fd in kept.values():
+            os.close(fd)
+    else:
+        pinned.update(kept)
     return problems
+
+
+def _unlisted_in_dump_dir(dir_fd: int, m: Manifest) -> list[str]:
+    """Entries of the opened `db.dir` the manifest does not list: pg_restore reads what is there
+    by name (a plain `NNNN.dat` before the signed `NNNN.dat.gz`), so an unlisted file is a
+    forgery."""
+    names = sorted(os.listdir(dir_fd))
+    return [
+        f"{m.dump.path}/{n}: not listed in files"
+        for n in names
+        if f"{m.dump.path}/{n}" not in m.files
+    ]

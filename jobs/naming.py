@@ -45,6 +45,14 @@ RESERVED_SUBDOMAINS: Final = frozenset(
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?", re.ASCII)
 _PART = r"[a-z0-9]+(?:-[a-z0-9]+)*"  # a DNS label without "--"
 _WORK = r"[a-z0-9]+"
+# The tails the jobs give hidden filestore leftovers (staging kinds, `.old`, `.env`, a discard's
+# `.trash-…`, temporary `.tmp-`/`.link-` names), nested when a leftover is itself renamed. Only
+# these: with any tail, `.acme.planapulse.app.example.clone.partial` (the staging of tenant
+# acme under the base domain `planapulse.app.example`) would be taken for acme's.
+_HIDDEN_WORD = (
+    r"(?:partial|old|env|clone|restore|upgrade|copy|trash-[0-9a-f]+|tmp-[0-9]+|link-[0-9]+)"
+)
+_HIDDEN_TAIL = _HIDDEN_WORD + r"(?:\." + _HIDDEN_WORD + ")*"
 _DOMAIN = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,63}", re.ASCII)
 _EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@" + _DOMAIN.pattern, re.ASCII | re.I)
 _POSITIVE_INT = re.compile(r"[1-9][0-9]{0,8}", re.ASCII)
@@ -109,7 +117,7 @@ def owned_name(
     """`name` parsed as `{sub}[--{env}].{domain}[__{work}]`, or None when it is not one of them.
 
     Exact: `acmex…`, `acme-x…` or another base domain are never acme's. `hidden`: a filestore
-    leftover beside such a name instead, `.{name}.{anything}` (staging, `.old`, `.trash-…`;
+    leftover beside such a name instead, `.{name}.{tail}` (staging, `.old`, `.trash-…`;
     more leading dots when the leftover is itself of a hidden tree).
     """
     pattern = (
@@ -117,7 +125,7 @@ def owned_name(
         + f"(?:{WORK_SEPARATOR}(?P<work>{_WORK}))?"
     )  # fmt: skip
     if hidden:
-        pattern = r"\.+" + pattern + r"\.(?P<hidden>[^/]+)"
+        pattern = r"\.+" + pattern + rf"\.(?P<hidden>{_HIDDEN_TAIL})"
     found = re.fullmatch(pattern, name, re.ASCII | re.DOTALL)
     if found is None:
         return None

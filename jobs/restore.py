@@ -165,20 +165,19 @@ def new_identity(conn: psycopg.Connection[Any], hostname: str) -> None:
             )
 
 
-def extract_filestore(set_dir: Path, manifest: mf.Manifest, stage: Path) -> int:
-    """Unpack the set's filestore into `stage` (emptied first), member by member; returns files."""
-    if stage.exists():
-        filestore.discard(stage)
-    stage.mkdir(parents=True)
-    set_fd = backup.open_set(set_dir)
+def extract_filestore(archive_fd: int, manifest: mf.Manifest, stage: Path) -> int:
+    """Unpack the set's filestore (open at `archive_fd`, the descriptor that was hashed; left
+    open) into `stage` (emptied first), member by member; returns the files."""
+    filestore.discard(stage)  # whatever is there, a link included (removed, never followed)
     try:
-        try:
-            archive_fd = mf.open_file(set_fd, manifest.filestore.path)
-        except FileNotFoundError:
-            raise ConflictError(f"set {set_dir.name}: {manifest.filestore.path} missing") from None
-    finally:
-        os.close(set_fd)
-    stage_fd = mf.open_dir(str(stage))
+        stage.mkdir(parents=True)
+        stage_fd = mf.open_dir(str(stage))
+    except OSError as exc:  # something was put there since: another writer in the filestore dir
+        raise ConflictError(
+            f"staging {stage.name}: cannot be created safely: {exc.strerror}"
+        ) from None
+    archive_fd = os.dup(archive_fd)  # fdopen below closes its own copy
+    os.lseek(archive_fd, 0, os.SEEK_SET)
     try:
         with os.fdopen(archive_fd, "rb") as fh:
             report = set_archive.extract(fh, stage_fd)
@@ -283,6 +282,58 @@ def _final_marker(
     return marker.Marker(kind=manifest.marker.kind, state="complete", data=data)
 
 
+def _restore_checked(
+    job: runner.Job,
+    conn: psycopg.Connection[Any],
+    n: swap.Names,
+    set_dir: Path,
+    manifest: mf.Manifest,
+    pinned: dict[str, int],
+    target: naming.Tenant,
+    dsn: str | None,
+    *,
+    owner: str,
+    as_copy: bool,
+    jobs_n: int,
+) -> None:
+    """The work database and the staged filestore from a set whose files checked out.
+
+    `pinned` holds the descriptors of the dump and the archive that were hashed: pg_restore and
+    the extraction read those, never the set's paths again.
+    """
+    name = set_dir.name
+    drop_unmarked(job, conn, n.work, WORK_KIND)
+    work = _ours(conn, n.work, (WORK_KIND,))
+    reusable = (
+        work is not None
+        and work.state == "verified"
+        and work.data.get("set") == name
+        and work.data.get("as_copy") == as_copy
+    )
+    if not reusable:
+        job.step("pg_restore")
+        pg.drop_database(conn, n.work)
+        create_empty(conn, n.work, manifest.settings, owner)
+        marker.write(conn, n.work, marker.Marker(
+            WORK_KIND, "created", {"set": name, "subdomain": target.subdomain}))  # fmt: skip
+        pg_restore(job, pinned[manifest.dump.path], n.work, dsn, jobs_n)
+        job.step("verify")
+        with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
+            problems = check_restored(wconn, manifest)
+            if problems:
+                raise ConflictError(
+                    f"restored database differs from set {name}: {'; '.join(problems[:5])}",
+                    problems=problems,
+                )
+            if as_copy:
+                new_identity(wconn, target.hostname)
+        state = {"set": name, "as_copy": as_copy, "subdomain": target.subdomain}
+        marker.write(conn, n.work, marker.Marker(WORK_KIND, "verified", state))
+    job.step("filestore")
+    # A kept stage may be half done: extract_filestore starts it afresh.
+    extract_filestore(pinned[manifest.filestore.path], manifest, n.fs_work)
+
+
 def restore_set(
     job: runner.Job,
     conn: psycopg.Connection[Any],
@@ -324,41 +375,12 @@ def restore_set(
         problems = backup.check_files(set_dir, manifest, pinned)
         if problems:
             raise ConflictError(f"set {name}: {'; '.join(problems)}", problems=problems)
-        dump_fd = pinned[manifest.dump.path]
-        drop_unmarked(job, conn, n.work, WORK_KIND)
-        work = _ours(conn, n.work, (WORK_KIND,))
-        reusable = (
-            work is not None
-            and work.state == "verified"
-            and work.data.get("set") == name
-            and work.data.get("as_copy") == as_copy
-        )
-        if not reusable:
-            job.step("pg_restore")
-            pg.drop_database(conn, n.work)
-            create_empty(conn, n.work, manifest.settings, owner)
-            marker.write(conn, n.work, marker.Marker(
-                WORK_KIND, "created", {"set": name, "subdomain": target.subdomain}))  # fmt: skip
-            try:
-                pg_restore(job, dump_fd, n.work, dsn, jobs_n)
-            finally:
-                os.close(dump_fd)
-            job.step("verify")
-            with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
-                problems = check_restored(wconn, manifest)
-                if problems:
-                    raise ConflictError(
-                        f"restored database differs from set {name}: {'; '.join(problems[:5])}",
-                        problems=problems,
-                    )
-                if as_copy:
-                    new_identity(wconn, target.hostname)
-            state = {"set": name, "as_copy": as_copy, "subdomain": target.subdomain}
-            marker.write(conn, n.work, marker.Marker(WORK_KIND, "verified", state))
-        else:
-            os.close(dump_fd)
-        job.step("filestore")
-        extract_filestore(set_dir, manifest, n.fs_work)  # a kept stage may be half done
+        try:
+            _restore_checked(job, conn, n, set_dir, manifest, pinned, target, dsn,
+                             owner=owner, as_copy=as_copy, jobs_n=jobs_n)  # fmt: skip
+        finally:
+            for fd in pinned.values():
+                os.close(fd)
         job.step("swap")
         n.fs.parent.mkdir(parents=True, exist_ok=True)
         if current is not None:
@@ -433,7 +455,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         pg.connection(dsn=dsn, deadline=job.deadline) as conn,
     ):
         tenant_db.require_role(conn, owner)
-        refuse_deprovisioned(conn, dest, target, key, set_dir, named=bool(kw["set_name"]))
+        refuse_deprovisioned(conn, dest, target, key, set_dir)
         end_orphans(conn, session_name("restore", target.db_name), job.deadline)
         outcome = restore_set(
             job, conn, set_dir, source, target, kw["data_dir"], dsn, key=key, owner=owner,
@@ -444,31 +466,25 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
 
 
 def refuse_deprovisioned(
-    conn: psycopg.Connection[Any],
-    dest: Path,
-    target: naming.Tenant,
-    key: bytes,
-    chosen: Path,
-    *,
-    named: bool,
+    conn: psycopg.Connection[Any], dest: Path, target: naming.Tenant, key: bytes, chosen: Path
 ) -> None:
-    """65 when `target` was deprovisioned and the restore does not name its final set.
+    """65 when `target` was deprovisioned and `chosen` is not its final set.
 
-    Decided under the tenant's lock: a restore that was waiting for deprovision's lock, or a
-    retry of a restore that lost its lock to a deprovision, must not bring back the tenant that
-    was just removed. Bringing a deprovisioned tenant back is an explicit act: `--set` naming
-    its final backup (the newest state it had).
+    Decided under the tenant's lock: a restore of an older set that was waiting for
+    deprovision's lock, or the retry of one that lost its lock to a deprovision, must not bring
+    back an earlier state of the tenant that was just removed. A deprovisioned tenant comes back
+    only from its final backup (the newest state it had): the newest set, or `--set` naming it.
     """
     if pg.database_exists(conn, target.db_name):
         return
     tdir = backup.tenant_dir(dest, target.subdomain)
     for name in reversed(backup.complete_sets(tdir)):
         if backup.is_final(tdir / name, key):
-            if named and chosen == tdir / name:
+            if chosen == tdir / name:
                 return
             raise ConflictError(
-                f"tenant {target.subdomain} was deprovisioned (final backup {name}): to bring "
-                f"it back, restore that set by name (--set {name})",
+                f"tenant {target.subdomain} was deprovisioned: it comes back only from its "
+                f"final backup {name} (--set {name}), not from {chosen.name}",
                 final_backup=name,
             )
     return

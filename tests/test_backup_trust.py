@@ -25,7 +25,7 @@ from psycopg import sql
 
 from jobs import marker, naming
 from tests.conftest import BIN, Runner
-from tests.test_backup import make_tenant, table_digests, write_manifest
+from tests.test_backup import add_attachment, make_tenant, table_digests, tree, write_manifest
 from tests.test_tenant_db import OWNER_ROLE, ensure_role
 
 
@@ -480,29 +480,35 @@ def test_retention_believes_final_only_from_a_signed_manifest(
 def test_pg_restore_reads_the_dump_that_was_checked_not_one_swapped_in_after(
     world: dict[str, Any], run_job: Runner, pg_dsn: str, tmp_path: Path
 ) -> None:
-    """Whoever can write the volume swaps another tenant's dump in once the checksums passed."""
+    """Whoever can write the volume swaps in another tenant's dump and archive once the checksums
+    passed: what is restored is still what was checked."""
     set_dir = backup(run_job, world)
     other = world["sub"] + "v"
     make_tenant(pg_dsn, other, world["data_dir"], partners=3)
+    add_attachment(world["data_dir"], naming.db_name(other), b"only the other tenant has this")
     made = run_job(["backup", "--subdomain", other, "--dest", str(world["dest"]),
                     "--data-dir", str(world["data_dir"])])  # fmt: skip
     assert made.rc == 0, made.output
-    foreign = Path(world["dest"]) / other / made.result["set"] / "db.dump"
+    theirs = Path(world["dest"]) / other / made.result["set"]
     shims = tmp_path / "shims"
     shims.mkdir()
     real = shutil.which("pg_restore")
     assert real
     # The swap happens as pg_restore starts: after every checksum of the set was verified.
-    (shims / "pg_restore").write_text(
-        f'#!/bin/sh\ncp "{foreign}" "{set_dir}/db.dump.swap" && '
-        f'mv "{set_dir}/db.dump.swap" "{set_dir}/db.dump"\nexec "{real}" "$@"\n'
+    swap = "".join(
+        f'cp "{theirs}/{f}" "{set_dir}/{f}.swap" && mv "{set_dir}/{f}.swap" "{set_dir}/{f}"\n'
+        for f in ("db.dump", "filestore.tar")
     )
+    (shims / "pg_restore").write_text(f'#!/bin/sh\n{swap}exec "{real}" "$@"\n')
     (shims / "pg_restore").chmod(0o755)
     copy = world["sub"] + "-c"
     path = f"{shims}{os.pathsep}{run_job.env['PATH']}"
     restored = run_job(["restore", *world["args"], "--to-subdomain", copy, "--as-copy"], PATH=path)
     assert restored.rc == 0, restored.output
-    assert (set_dir / "db.dump").read_bytes() == foreign.read_bytes()  # the swap did happen
+    for f in ("db.dump", "filestore.tar"):  # the swap did happen
+        assert (set_dir / f).read_bytes() == (theirs / f).read_bytes()
+    own = tree(naming.filestore(world["db"], world["data_dir"]))
+    assert tree(naming.filestore(naming.db_name(copy), world["data_dir"])) == own
     with psycopg.connect(pg_dsn, dbname=naming.db_name(copy), autocommit=True) as conn:
         row = conn.execute(
             "SELECT count(*) FROM res_partner WHERE name LIKE 'partner %'"
