@@ -264,6 +264,9 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         locks.advisory(f"tenant:{n.db}", deadline=job.deadline, dsn=dsn),
     ):
         tenant_db.require_role(conn, ctx["role"])
+        # A killed run's CREATE DATABASE of the work copy may still be running on the server
+        # (it does not read its socket until done): end it, or ours collides with it.
+        restore.end_orphans(conn, restore.session_name("environment", n.db), job.deadline)
         job.step("observe")
         if not pg.database_exists(conn, n.db) and pg.database_exists(conn, n.old):
             # A killed swap: the old pair comes back, filestore first. Renaming the database

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from jobs import locks, marker, odoo, options, pg, runner
+from jobs import locks, marker, odoo, options, pg, restore, runner
 from jobs import upgrade_phases as ph
 from jobs.errors import ConflictError, UsageError
 from jobs.result import Done
@@ -69,6 +69,11 @@ def _locked(ctx: ph.Ctx, phase: str, fn: Callable[[ph.Ctx], Done]) -> Done:
     """One phase under the tenant's exclusive lock (the name tenant-db uses)."""
     ctx.job.step(phase)
     with locks.advisory(f"tenant:{ctx.spec.db}", deadline=ctx.job.deadline, dsn=ctx.spec.dsn):
+        # A killed run's clone of the work copy may still run on the server (a backend reads
+        # its socket only between statements): end it, or ours fails on the same name.
+        restore.end_orphans(
+            ctx.conn, restore.session_name("upgrade", ctx.spec.db), ctx.job.deadline
+        )
         return fn(ctx)
 
 

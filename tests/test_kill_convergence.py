@@ -1,0 +1,569 @@
+"""Every job killed at each of its steps, or cut off from PostgreSQL mid-job, then run again.
+
+A SIGKILL (node failure, grace period out) runs no handler: the job and its children (pg_dump,
+pg_restore, Odoo, each in its own process group) die at once, while a statement the job had sent
+may go on on the server. The re-run must converge to what an undisturbed run makes — the same
+databases with the same markers and access, the same filestore tree, the same backup sets — and
+a further run must answer `unchanged`. Never 65 for ever, never a half-published tenant.
+
+A backend terminated mid-job (`pg_terminate_backend` of the job's own sessions) must exit 75,
+the transient code, never 70; the re-run converges too.
+
+Kills are placed on log lines (one JSON object per event on stdout: the job is killed right after
+it announced a step), not at random instants, so the tests do not depend on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from jobs import marker, naming, restore
+from tests.conftest import BIN, STANDINS, Runner
+from tests.test_backup import make_tenant
+from tests.test_tenant_db import OWNER_ROLE, ensure_role, pg_database_comment
+
+ODOO = str(STANDINS / "odoo")
+MODULES_17 = "base,web,mail,contacts,agreement,agreement_legal"
+# Marker fields that differ between two correct runs (times, digests, which set, attempts).
+VOLATILE = re.compile(r"(_at$|time|date|fingerprint|^set$|restored_from|secret|uuid|attempt)")
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (children run in their own process groups)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(children.get(current, []))
+    return out
+
+
+def signal_tree(pid: int, signum: int) -> list[int]:
+    """Stop the whole tree first (no child may start another meanwhile), then signal it."""
+    pids = descendants(pid)
+    for p in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGSTOP)
+    pids = sorted(set(pids) | set(descendants(pid)))
+    if signum != signal.SIGSTOP:
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signum)
+    return pids
+
+
+def local_ports(pids: list[int]) -> list[int]:
+    """Local TCP ports of the sockets these processes hold: their PostgreSQL sessions."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                cols = row.split()
+                if cols[9] in inodes:
+                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return sorted(ports)
+
+
+def start(run_job: Runner, case: Case) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(BIN / "plana-job"), *case.args],
+        env={**run_job.env, **case.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_until(proc: subprocess.Popen[str], step: str) -> dict[str, Any]:
+    """Read the job's log up to the first line logged in `step` (its "step" line, usually)."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event.get("step") == step:
+            return dict(event)
+    proc.wait()
+    raise AssertionError(f"the job ended (rc {proc.returncode}) before step {step!r}")
+
+
+def sigkill_at(run_job: Runner, case: Case, step: str) -> None:
+    proc = start(run_job, case)
+    try:
+        read_until(proc, step)
+        signal_tree(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+
+# --------------------------------------------------------------------------- state
+
+
+def _norm(value: Any, tok: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(tok, "TOK")
+    if isinstance(value, dict):
+        return {
+            _norm(k, tok): "*" if VOLATILE.search(k) else _norm(v, tok)
+            for k, v in sorted(value.items())
+        }
+    if isinstance(value, list):
+        return [_norm(v, tok) for v in value]
+    return value
+
+
+def state(pg: psycopg.Connection[Any], case: Case) -> dict[str, Any]:
+    """Databases (marker, access, flags), filestore tree and backup sets named after the case."""
+    tok = case.tok
+    rows = pg.execute(
+        "SELECT datname, datallowconn, datistemplate, datacl::text,"
+        " shobj_description(oid, 'pg_database') FROM pg_database WHERE strpos(datname, %s) > 0",
+        (tok,),
+    ).fetchall()
+    dbs = {}
+    for name, allow, is_template, acl, comment in rows:
+        if f"{tok}--" in name:  # one of this tenant's environments: another case's
+            continue
+        mark = marker.Marker.decode(comment)
+        body = None if mark is None else {"kind": mark.kind, "state": mark.state, **mark.data}
+        dbs[_norm(name, tok)] = (allow, is_template, acl, _norm(body, tok) if body else comment)
+    files = []
+    root = Path(case.data_dir) / "filestore"
+    if root.exists():
+        for entry in root.iterdir():
+            if tok in entry.name and f"{tok}--" not in entry.name:
+                files.append(_norm(entry.name, tok) + "/")
+                files += [_norm(str(p.relative_to(root)), tok) for p in entry.rglob("*")]
+    sets: list[Any] = []
+    if case.dest is not None and case.dest.exists():
+        for tenant in sorted(case.dest.iterdir()):
+            for index, item in enumerate(sorted(tenant.iterdir())):
+                name = item.name if item.name.startswith(".") else f"set{index}"
+                members = sorted(str(p.relative_to(item)) for p in item.rglob("*"))
+                sets.append((_norm(tenant.name, tok), name, members))
+    return {"databases": dbs, "files": sorted(files), "sets": sets}
+
+
+# --------------------------------------------------------------------------- the jobs
+
+
+@dataclass
+class Case:
+    tok: str  # every name this run makes contains it
+    args: list[str]
+    data_dir: Path
+    dest: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    rerun_outcome: str = "unchanged"  # what a run after a complete one answers
+
+
+class World:
+    """What the cases share in this module: templates, a production tenant, a backup set."""
+
+    def __init__(self, run: Runner, pg_dsn: str, tmp: Path) -> None:
+        self.run, self.pg_dsn, self.tmp = run, pg_dsn, tmp
+        self.prefix = "kc" + uuid.uuid4().hex[:6]
+        self.count = 0
+        self.references: dict[str, dict[str, Any]] = {}
+        self.bins = tmp / "bin"
+        self.bins.mkdir()
+        self.odoo17 = self._wrapper(17)
+        self.odoo18 = self._wrapper(18)
+        self.d18, self.d17, self.dp = tmp / "data18", tmp / "data17", tmp / "dataP"
+        self.tpl18 = self._template("18", "base,web,mail,contacts", self.odoo18, self.d18)
+        self.tpl17 = self._template("17", MODULES_17, self.odoo17, self.d17)
+        self.scripts = tmp / "openupgrade_scripts" / "scripts"
+        (self.scripts / "base" / "18.0.1.3").mkdir(parents=True)
+        (self.scripts / "base" / "18.0.1.3" / "pre-migration.py").write_text("# script\n")
+        # One production tenant from the template (environments hang off it), one with data
+        # (copied environments, backups and restores), and one signed backup set of it.
+        self.prod = self.token()
+        done = run(self.tenant_args(self.prod, self.tpl18, self.d18, "18"))
+        assert done.rc == 0, done.output
+        self.src = self.token()
+        make_tenant(pg_dsn, self.src, self.dp, partners=40)
+        self.dest = self.backup(self.src)
+        # backup and backup-verify get a tenant of their own: restores rewrite the source's.
+        self.bsrc, self.vsrc = self.token(), self.token()
+        make_tenant(pg_dsn, self.bsrc, self.dp, partners=40)
+        make_tenant(pg_dsn, self.vsrc, self.dp, partners=40)
+        self.vdest = self.backup(self.vsrc)
+
+    def backup(self, sub: str) -> Path:
+        dest = self.tmp / f"backups-{sub}"
+        dest.mkdir()
+        made = self.run(["backup", "--subdomain", sub, "--dest", str(dest),
+                         "--data-dir", str(self.dp)])  # fmt: skip
+        assert made.rc == 0, made.output
+        return dest
+
+    def token(self) -> str:
+        self.count += 1
+        return f"{self.prefix}x{self.count:03d}"  # none a prefix of another
+
+    def _wrapper(self, version: int) -> str:
+        path = self.bins / f"odoo{version}"
+        path.write_text(f'#!/bin/sh\nODOO_STANDIN_VERSION={version} exec {ODOO} "$@"\n')
+        path.chmod(0o755)
+        return str(path)
+
+    def _template(self, version: str, modules: str, odoo: str, data_dir: Path) -> str:
+        name = f"template_{self.prefix}_{version}"
+        built = self.run(["template-build", "--template-code", "basic", "--odoo-version", version,
+                          "--modules", modules, "--template-db", name, "--odoo-bin", odoo,
+                          "--data-dir", str(data_dir)])  # fmt: skip
+        assert built.rc == 0, built.output
+        return name
+
+    @staticmethod
+    def tenant_args(sub: str, template: str, data_dir: Path, version: str) -> list[str]:
+        return ["tenant-db", "--subdomain", sub, "--project-id", "23", "--tier", "starter",
+                "--odoo-version", version, "--owner-email", f"o@{sub}.example.com",
+                "--owner-name", "Ada", "--template-db", template,
+                "--data-dir", str(data_dir)]  # fmt: skip
+
+    def tenant17(self) -> str:
+        sub = self.token()
+        done = self.run(self.tenant_args(sub, self.tpl17, self.d17, "17"))
+        assert done.rc == 0, done.output
+        return sub
+
+    def drop_source(self) -> None:
+        """The restored tenant gone, database and filestore, as before a disaster recovery."""
+        db = naming.db_name(self.src)
+        with psycopg.connect(self.pg_dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (db,)
+            ).fetchall()
+            for (name,) in rows:
+                conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        root = self.dp / "filestore"
+        for entry in root.iterdir() if root.exists() else []:
+            if db in entry.name:
+                subprocess.run(["rm", "-rf", str(entry)], check=True)
+
+
+def _tenant_db(w: World) -> Case:
+    sub = w.token()
+    return Case(sub, w.tenant_args(sub, w.tpl18, w.d18, "18"), w.d18)
+
+
+def _template_build(w: World) -> Case:
+    tok = w.token()
+    args = ["template-build", "--template-code", "basic", "--odoo-version", "18", "--modules",
+            "base,web,mail,contacts", "--template-db", f"template_{tok}", "--odoo-bin", w.odoo18,
+            "--data-dir", str(w.d18)]  # fmt: skip
+    return Case(tok, args, w.d18)
+
+
+def _env_fresh(w: World) -> Case:
+    env = "e" + w.token()
+    args = ["environment-db", "--subdomain", w.prod, "--env", env, "--tier", "starter",
+            "--template-db", w.tpl18, "--owner-email", "o@x.example.com", "--owner-name", "Ada",
+            "--data-dir", str(w.d18), "--generation", "1"]  # fmt: skip
+    return Case(env, args, w.d18)
+
+
+def _env_copy(w: World) -> Case:
+    env = "e" + w.token()
+    args = ["environment-db", "--subdomain", w.src, "--env", env, "--copy-from-production",
+            "--data-dir", str(w.dp), "--generation", "1"]  # fmt: skip
+    return Case(env, args, w.dp)
+
+
+def _backup(w: World) -> Case:
+    dest = w.tmp / f"backups-{w.token()}"
+    dest.mkdir()
+    # Every backup run makes a set: the re-run after a complete one makes a second.
+    return Case(w.bsrc, ["backup", "--subdomain", w.bsrc, "--dest", str(dest),
+                        "--data-dir", str(w.dp)], w.dp, dest, rerun_outcome="created")  # fmt: skip
+
+
+def _verify(w: World) -> Case:
+    args = ["backup-verify", "--subdomain", w.vsrc, "--dest", str(w.vdest)]
+    return Case(w.vsrc, args, w.dp, w.vdest)
+
+
+def _restore_new(w: World) -> Case:
+    w.drop_source()
+    args = ["restore", "--subdomain", w.src, "--dest", str(w.dest), "--data-dir", str(w.dp)]
+    return Case(w.src, args, w.dp)
+
+
+def _restore_replace(w: World) -> Case:
+    db = naming.db_name(w.src)
+    with psycopg.connect(w.pg_dsn, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone() is None:
+            made = w.run(["restore", "--subdomain", w.src, "--dest", str(w.dest),
+                          "--data-dir", str(w.dp)])  # fmt: skip
+            assert made.rc == 0, made.output
+        # A tenant that has moved on since the set: --replace must swap it.
+        marker.write(conn, db, marker.Marker("tenant", "complete", {"subdomain": w.src}))
+    args = ["restore", "--subdomain", w.src, "--dest", str(w.dest), "--data-dir", str(w.dp),
+            "--replace"]  # fmt: skip
+    return Case(w.src, args, w.dp)
+
+
+def _restore_copy(w: World) -> Case:
+    sub = w.token()
+    args = ["restore", "--subdomain", w.src, "--to-subdomain", sub, "--as-copy",
+            "--dest", str(w.dest), "--data-dir", str(w.dp)]  # fmt: skip
+    return Case(sub, args, w.dp)
+
+
+def _deprovision(w: World) -> Case:
+    sub = w.token()
+    make_tenant(w.pg_dsn, sub, w.dp, partners=5)
+    dest = w.tmp / f"backups-{sub}"
+    dest.mkdir()
+    args = ["deprovision", "--subdomain", sub, "--project-id", "7", "--tier", "pro",
+            "--generation", "3", "--dest", str(dest), "--data-dir", str(w.dp),
+            "--stream", f"test:{sub}:events"]  # fmt: skip
+    return Case(sub, args, w.dp, dest)
+
+
+def _same_major(w: World) -> Case:
+    sub = w.tenant17()
+    args = ["upgrade", "--strategy", "same-major", "--subdomain", sub, "--to-version", "17",
+            "--odoo-bin", w.odoo17, "--data-dir", str(w.d17)]  # fmt: skip
+    return Case(sub, args, w.d17)
+
+
+def _upgrade_run(w: World) -> Case:
+    sub = w.tenant17()
+    args = ["upgrade", "run", "--subdomain", sub, "--from-version", "17", "--to-version", "18",
+            "--data-dir", str(w.d17), "--source-odoo-bin", w.odoo17,
+            "--target-odoo-bin", w.odoo18, "--upgrade-path", str(w.scripts)]  # fmt: skip
+    return Case(sub, args, w.d17)
+
+
+JOBS: dict[str, Callable[[World], Case]] = {
+    "tenant-db": _tenant_db,
+    "template-build": _template_build,
+    "environment-db": _env_fresh,
+    "environment-db-copy": _env_copy,
+    "backup": _backup,
+    "backup-verify": _verify,
+    "restore": _restore_new,
+    "restore-replace": _restore_replace,
+    "restore-as-copy": _restore_copy,
+    "deprovision": _deprovision,
+    "upgrade-same-major": _same_major,
+    "upgrade-run": _upgrade_run,
+}
+
+# The steps each job is killed at: every step that changes state (tenant-db's own test,
+# test_sigkill_anywhere_then_rerun_converges, covers it line by line).
+KILLS = [
+    ("template-build", "odoo"), ("template-build", "swap"),
+    ("environment-db", "clone"), ("environment-db", "publish"),
+    ("environment-db-copy", "copy-database"), ("environment-db-copy", "copy-filestore"),
+    ("environment-db-copy", "publish"),
+    ("backup", "dump"), ("backup", "publish"),
+    ("backup-verify", "filestore"), ("backup-verify", "restore"),
+    ("backup-verify", "compare"),
+    ("restore", "pg_restore"), ("restore", "verify"), ("restore", "swap"),
+    ("restore-replace", "swap"),
+    ("restore-as-copy", "verify"), ("restore-as-copy", "swap"),
+    ("deprovision", "dump"), ("deprovision", "drop"), ("deprovision", "filestore"),
+    ("deprovision", "event"),
+    ("upgrade-same-major", "same-major"),
+    ("upgrade-run", "snapshot"), ("upgrade-run", "cutover"),
+]  # fmt: skip
+
+# Where each job's sessions are cut: a step in the middle, with work done and work left.
+TERMINATE = {
+    "tenant-db": "filestore",
+    "template-build": "verify",
+    "environment-db": "neutralise",
+    "environment-db-copy": "copy-filestore",
+    "backup": "dump",
+    "backup-verify": "restore",
+    "restore": "verify",
+    "restore-replace": "filestore",
+    "restore-as-copy": "pg_restore",
+    "deprovision": "drop",
+    "upgrade-same-major": "same-major",
+    "upgrade-run": "prefix",
+}
+
+
+@pytest.fixture(scope="module")
+def world(
+    pg_dsn: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("kill")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        ensure_role(conn, OWNER_ROLE)
+    w = World(Runner(pg_dsn, redis_url, tmp), pg_dsn, tmp)
+    w.run.env["PLANA_TIMEOUT"] = "120"
+    yield w
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT datname FROM pg_database WHERE strpos(datname, %s) > 0", (w.prefix,)
+        ).fetchall()
+        for (name,) in rows:
+            ident = sql.Identifier(name)
+            conn.execute(sql.SQL("ALTER DATABASE {} WITH is_template false").format(ident))
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
+
+
+def reference(w: World, pg: psycopg.Connection[Any], job: str) -> dict[str, Any]:
+    """What an undisturbed run of `job` leaves (computed once per job)."""
+    if job not in w.references:
+        case = JOBS[job](w)
+        done = w.run(case.args, **case.env)
+        assert done.rc == 0, done.output
+        w.references[job] = state(pg, case)
+    return w.references[job]
+
+
+def converges(w: World, pg: psycopg.Connection[Any], job: str, case: Case, why: str) -> None:
+    want = reference(w, pg, job)
+    rerun = w.run(case.args, **case.env)
+    assert rerun.rc == 0, (why, rerun.output)
+    assert state(pg, case) == want, why
+    again = w.run(case.args, **case.env)
+    assert again.rc == 0 and again.result["outcome"] == case.rerun_outcome, (why, again.output)
+
+
+@pytest.mark.parametrize(("job", "step"), KILLS, ids=[f"{j}@{s}" for j, s in KILLS])
+def test_sigkill_at_a_step_then_rerun_converges(
+    world: World, pg: psycopg.Connection[Any], run_job: Runner, job: str, step: str
+) -> None:
+    reference(world, pg, job)
+    case = JOBS[job](world)
+    sigkill_at(world.run, case, step)
+    converges(world, pg, job, case, f"killed at {step}")
+
+
+@pytest.mark.parametrize("job", sorted(TERMINATE))
+def test_backends_terminated_mid_job_exit_75_then_rerun_converges(
+    world: World, pg: psycopg.Connection[Any], job: str
+) -> None:
+    reference(world, pg, job)
+    case = JOBS[job](world)
+    step = TERMINATE[job]
+    proc = start(world.run, case)
+    try:
+        read_until(proc, step)
+        # Stopped, the job cannot race ahead: every session it (or a child) holds is cut while
+        # it is mid-step, then it goes on and meets the lost connection.
+        pids = signal_tree(proc.pid, signal.SIGSTOP)
+        ports = local_ports(pids)
+        # MATERIALIZED: the filter runs first, so no other session is ever terminated.
+        cut = pg.execute(
+            "WITH job AS MATERIALIZED (SELECT pid FROM pg_stat_activity"
+            " WHERE client_port = ANY(%s) AND pid <> pg_backend_pid())"
+            " SELECT pid, pg_terminate_backend(pid) FROM job",
+            (ports,),
+        ).fetchall()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        assert cut, "the job held no PostgreSQL session"  # its lock session at least
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 75, (step, out[-3000:], err)
+    name = case.args[0]
+    assert err.strip().splitlines()[-1].startswith(f"plana-job {name}: error: "), err
+    assert json.loads(out.strip().splitlines()[-1])["exit_code"] == 75
+    converges(world, pg, job, case, f"sessions cut at {step}")
+
+
+def test_environment_rerun_ends_the_killed_runs_clone_still_queued_on_the_server(
+    world: World, pg: psycopg.Connection[Any], pg_dsn: str
+) -> None:
+    """SIGKILL while CREATE DATABASE `{db}__env` waits: the statement stays queued on the server.
+
+    The re-run must end that orphan before it clones (else both create the same name: 70), and
+    then converge.
+    """
+    reference(world, pg, "environment-db")
+    case = _env_fresh(world)
+    work = naming.db_name(f"{world.prod}--{case.tok}") + "__env"
+
+    def clones() -> list[int]:
+        rows = pg.execute(
+            "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND wait_event_type = 'Lock'"
+            " AND query LIKE 'CREATE DATABASE%%' AND strpos(query, %s) > 0",
+            (work,),
+        ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def until(check: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not check():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    with psycopg.connect(pg_dsn) as blocker:
+        # COMMENT ON DATABASE holds the template's object lock until rollback; CREATE DATABASE
+        # needs a ShareLock on it, so the job's clone waits.
+        blocker.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            sql.Identifier(world.tpl18),
+            sql.Literal(pg_database_comment(blocker, world.tpl18))))  # fmt: skip
+        proc = start(world.run, case)
+        try:
+            until(lambda: len(clones()) == 1, "the clone never waited")
+            (orphan,) = clones()
+            signal_tree(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+            proc.communicate()
+        rerun = start(world.run, case)
+        try:
+            # The re-run ends the orphan, then queues its own clone behind the blocker.
+            until(lambda: clones() not in ([], [orphan]) and orphan not in clones(),
+                  "the killed run's CREATE DATABASE was left running")  # fmt: skip
+        except AssertionError:
+            rerun.kill()
+            raise AssertionError(rerun.communicate()) from None
+        finally:
+            blocker.rollback()
+        out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, out[-2000:] + err
+    assert state(pg, case) == world.references["environment-db"]
+    again = world.run(case.args)
+    assert again.rc == 0 and again.result["outcome"] == "unchanged", again.output
+
+
+def test_session_names_fit_postgres() -> None:
+    """The orphan search matches application_name exactly: it must survive the 63-byte cut."""
+    long_db = naming.db_name("a" * 30 + "--" + "b" * 20)
+    assert len(restore.session_name("environment", long_db).encode()) <= 63
