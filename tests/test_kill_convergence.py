@@ -422,9 +422,7 @@ TERMINATE = {
 
 
 @pytest.fixture(scope="module")
-def world(
-    pg_dsn: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[World]:
+def world(pg_dsn: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("kill")
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         ensure_role(conn, OWNER_ROLE)
@@ -561,6 +559,85 @@ def test_environment_rerun_ends_the_killed_runs_clone_still_queued_on_the_server
     assert state(pg, case) == world.references["environment-db"]
     again = world.run(case.args)
     assert again.rc == 0 and again.result["outcome"] == "unchanged", again.output
+
+
+def test_upgrade_rerun_ends_the_killed_runs_snapshot_clone_still_queued_on_the_server(
+    world: World, pg: psycopg.Connection[Any], pg_dsn: str
+) -> None:
+    """SIGKILL while snapshot's CREATE DATABASE `{db}__up18` waits: the re-run must end it first.
+
+    The blocker holds pg_database in SHARE mode: CREATE DATABASE needs ROW EXCLUSIVE on it, while
+    the job's marker writes (pg_shdescription) and reads go through, and the tenant is already
+    frozen (its ALTER DATABASE done) when the blocker starts.
+    """
+    reference(world, pg, "upgrade-run")
+    case = _upgrade_run(world)
+    work = naming.db_name(case.tok) + "__up18"
+
+    def clones() -> list[int]:
+        rows = pg.execute(
+            "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND wait_event_type = 'Lock'"
+            " AND query LIKE 'CREATE DATABASE%%' AND strpos(query, %s) > 0",
+            (work,),
+        ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def until(check: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 60
+        while not check():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    def job_waits(query: str) -> list[int]:
+        rows = pg.execute(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND query LIKE %s AND strpos(query, %s) > 0",
+            (query + "%", naming.db_name(case.tok)),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def idle(pid: int) -> bool:
+        row = pg.execute("SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+        return row is not None and row[0] == "idle"
+
+    lock = "LOCK TABLE pg_catalog.pg_database IN SHARE MODE"
+    with psycopg.connect(pg_dsn) as blocker:
+        blocker.execute(lock)
+        proc = start(world.run, case)
+        try:
+            # The freeze (ALTER DATABASE … ALLOW_CONNECTIONS) waits first. With the job stopped,
+            # let that statement finish on the server, lock again, and only then let the job go
+            # on: its next statement that needs pg_database is the clone.
+            until(lambda: len(job_waits("ALTER DATABASE")) == 1, "the freeze never waited")
+            (freeze,) = job_waits("ALTER DATABASE")
+            pids = signal_tree(proc.pid, signal.SIGSTOP)
+            blocker.rollback()
+            until(lambda: idle(freeze), "the freeze did not finish")
+            blocker.execute(lock)
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            until(lambda: len(clones()) == 1, "the clone never waited")
+            (orphan,) = clones()
+            signal_tree(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+            proc.communicate()
+        rerun = start(world.run, case)
+        try:
+            until(lambda: orphan not in clones() and len(clones()) == 1,
+                  "the killed run's CREATE DATABASE was left running")  # fmt: skip
+        except AssertionError:
+            rerun.kill()
+            raise AssertionError(rerun.communicate()) from None
+        finally:
+            blocker.rollback()
+        out, err = rerun.communicate(timeout=180)
+    assert rerun.returncode == 0, out[-2000:] + err
+    assert state(pg, case) == world.references["upgrade-run"]
+    again = world.run(case.args, **case.env)
+    assert again.rc == 0 and again.result["outcome"] == case.rerun_outcome, again.output
 
 
 def test_session_names_fit_postgres() -> None:
