@@ -5,11 +5,12 @@ here when it is read), a field whose name says it is secret, and a secret embedd
 not produce (a DSN in a driver's error message, a bearer header echoed by a peer).
 
 A registered value is also masked in the forms it takes on the way out: stripped, JSON-escaped,
-repr-escaped, libpq-quoted and URL-encoded (`quote`, `quote_plus`); `register_basic` adds the
-base64 of a `login:key` pair (HTTP Basic). A registered value shorter than `SHORT` characters
-is masked only as a whole token, never inside a longer word or number (neither neighbour a
-letter, digit or `_`): masking every "a" inside every word would make the logs useless, while a
-whole-token mask of a word that happens to equal a short password costs only that word.
+repr-escaped, libpq-quoted, URL-encoded (`quote`, `quote_plus`, upper- or lower-case hex) and
+base64-encoded; `register_basic` adds the base64 of a `login:key` pair (HTTP Basic). A
+registered value shorter than `SHORT` characters is masked only as a whole token, never inside
+a longer word or number (neither neighbour a letter, digit or `_`): masking every "a" inside
+every word would make the logs useless, while a whole-token mask of a word that happens to
+equal a short password costs only that word.
 
 Every pattern runs in linear time on any input: each quantifier that could scan far is bounded,
 and the URL password, whose end (`@`) may be anywhere, is found by a scan that remembers the next
@@ -75,8 +76,11 @@ def _forms(secret: str) -> set[str]:
                 quote(s, safe=""),
                 quote_plus(s),
                 quote_plus(s, safe=""),
+                base64.b64encode(s.encode()).decode(),
             }
         )
+    # Percent-encoding with lower-case hex digits (%2f), as some clients write it.
+    forms.update(re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), f) for f in list(forms))
     return {f for f in forms if f}
 
 

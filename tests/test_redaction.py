@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -84,6 +85,8 @@ def test_registered_secrets_are_masked_in_every_printed_form() -> None:
         "quote-safe": quote(key, safe=""),
         "quote_plus": quote_plus(key),
         "libpq": key.replace("\\", "\\\\").replace("'", "\\'"),
+        "quote-lower-hex": re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), quote(key)),
+        "base64": base64.b64encode(key.encode()).decode(),
     }
     for name, form in forms.items():
         masked = redact.text(f"peer said [{form}]")
