@@ -6,6 +6,7 @@ docker-compose.test.yml.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -178,3 +179,23 @@ class Runner:
 @pytest.fixture
 def run_job(pg_dsn: str, redis_url: str, tmp_path: Path) -> Runner:
     return Runner(pg_dsn, redis_url, tmp_path)
+
+
+def local_ports(pids: list[int]) -> list[int]:
+    """Local TCP ports of the sockets these processes hold: their PostgreSQL sessions."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                cols = row.split()
+                if cols[9] in inodes:
+                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return sorted(ports)

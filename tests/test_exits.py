@@ -6,7 +6,6 @@ type, a refused Redis password, a PostgreSQL backend terminated while the job wa
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -21,7 +20,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import ROOT, STANDINS, Runner, job_env
+from tests.conftest import ROOT, STANDINS, Runner, job_env, local_ports
 from tests.servers.webhook import WebhookReceiver
 from tests.test_tenant_db import OWNER_ROLE, ensure_role
 
@@ -225,24 +224,6 @@ def test_a_backend_terminated_while_a_thread_waits_on_it_is_75(
     assert res["exit_code"] == 75 and "postgresql" in res["error"]
 
 
-def _local_ports(pid: int) -> set[int]:
-    """Local TCP ports of the sockets process `pid` holds (its PostgreSQL sessions among them)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        with contextlib.suppress(OSError):
-            target = os.readlink(fd)
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for row in Path(table).read_text().splitlines()[1:]:
-                cols = row.split()
-                if cols[9] in inodes:
-                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
 def test_template_build_whose_sessions_are_terminated_mid_odoo_exits_75(
     run_job: Runner, pg: psycopg.Connection[Any], uid: str, tmp_path: Path, drop_dbs: list[str]
 ) -> None:
@@ -257,7 +238,7 @@ def test_template_build_whose_sessions_are_terminated_mid_odoo_exits_75(
         for line in proc.stdout:  # the job is waiting on Odoo, its own sessions idle
             if "standin: sleeping" in line:
                 break
-        ports = _local_ports(proc.pid)  # the job's sessions, not Odoo's (another process)
+        ports = set(local_ports([proc.pid]))  # the job's sessions, not Odoo's (another process)
         killed = pg.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE client_port = ANY(%s) AND pid <> pg_backend_pid()",

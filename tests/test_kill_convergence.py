@@ -33,7 +33,7 @@ import pytest
 from psycopg import sql
 
 from jobs import marker, naming, restore
-from tests.conftest import BIN, STANDINS, Runner
+from tests.conftest import BIN, STANDINS, Runner, local_ports
 from tests.test_backup import make_tenant
 from tests.test_tenant_db import OWNER_ROLE, ensure_role, pg_database_comment
 
@@ -74,26 +74,6 @@ def signal_tree(pid: int, signum: int) -> list[int]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signum)
     return pids
-
-
-def local_ports(pids: list[int]) -> list[int]:
-    """Local TCP ports of the sockets these processes hold: their PostgreSQL sessions."""
-    inodes = set()
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                with contextlib.suppress(OSError):
-                    target = os.readlink(fd)
-                    if target.startswith("socket:["):
-                        inodes.add(target[8:-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for row in Path(table).read_text().splitlines()[1:]:
-                cols = row.split()
-                if cols[9] in inodes:
-                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
-    return sorted(ports)
 
 
 def start(run_job: Runner, case: Case) -> subprocess.Popen[str]:
@@ -503,6 +483,24 @@ def test_backends_terminated_mid_job_exit_75_then_rerun_converges(
     converges(world, pg, job, case, f"sessions cut at {step}")
 
 
+def queued_clones(pg: psycopg.Connection[Any], work: str) -> list[int]:
+    """Backends whose CREATE DATABASE of `work` waits on a lock."""
+    rows = pg.execute(
+        "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND wait_event_type = 'Lock'"
+        " AND query LIKE 'CREATE DATABASE%%' AND strpos(query, %s) > 0",
+        (work,),
+    ).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def until(check: Callable[[], bool], what: str) -> None:
+    """Wait for server state (never for time): bounded, so a hang fails instead of stalling."""
+    deadline = time.monotonic() + 60
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
 def test_environment_rerun_ends_the_killed_runs_clone_still_queued_on_the_server(
     world: World, pg: psycopg.Connection[Any], pg_dsn: str
 ) -> None:
@@ -516,18 +514,7 @@ def test_environment_rerun_ends_the_killed_runs_clone_still_queued_on_the_server
     work = naming.db_name(f"{world.prod}--{case.tok}") + "__env"
 
     def clones() -> list[int]:
-        rows = pg.execute(
-            "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND wait_event_type = 'Lock'"
-            " AND query LIKE 'CREATE DATABASE%%' AND strpos(query, %s) > 0",
-            (work,),
-        ).fetchall()
-        return sorted(r[0] for r in rows)
-
-    def until(check: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + 60
-        while not check():
-            assert time.monotonic() < deadline, what
-            time.sleep(0.05)
+        return queued_clones(pg, work)
 
     with psycopg.connect(pg_dsn) as blocker:
         # COMMENT ON DATABASE holds the template's object lock until rollback; CREATE DATABASE
@@ -575,18 +562,7 @@ def test_upgrade_rerun_ends_the_killed_runs_snapshot_clone_still_queued_on_the_s
     work = naming.db_name(case.tok) + "__up18"
 
     def clones() -> list[int]:
-        rows = pg.execute(
-            "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND wait_event_type = 'Lock'"
-            " AND query LIKE 'CREATE DATABASE%%' AND strpos(query, %s) > 0",
-            (work,),
-        ).fetchall()
-        return sorted(r[0] for r in rows)
-
-    def until(check: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + 60
-        while not check():
-            assert time.monotonic() < deadline, what
-            time.sleep(0.05)
+        return queued_clones(pg, work)
 
     def job_waits(query: str) -> list[int]:
         rows = pg.execute(
