@@ -7,6 +7,7 @@ missing ones included, is refused the same way: exit 64 and one line naming the 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -83,8 +84,20 @@ common = stack(
 subdomain = option("--subdomain", env="PLANA_SUBDOMAIN", help="Tenant subdomain (DNS label).")
 project_id = option("--project-id", env="PLANA_PROJECT_ID", help="PLANAClient projectId.")
 tier = option("--tier", env="PLANA_TIER", help="starter | pro | enterprise.")
-# No click default: "not given" (None, meaning 18) must stay apart from an explicit "" (refused).
+
+
+def _empty_env_is_given(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    """click drops an empty environment variable as if unset; an empty spec field is a value."""
+    envvar = param.envvar if isinstance(param.envvar, str) else None
+    if value is None and envvar and os.environ.get(envvar) == "":
+        return ""
+    return value
+
+
+# No click default: "not given" (None, meaning 18) must stay apart from an explicit "" (refused),
+# given as the flag or as the variable (a spec field rendered empty).
 odoo_version = option("--odoo-version", env="PLANA_ODOO_VERSION", default=None,
+                      callback=_empty_env_is_given,
                       help="Odoo major version: 17, 18 or 19 [default: 18].")  # fmt: skip
 owner_email = option("--owner-email", env="PLANA_OWNER_EMAIL", help="Owner's email address.")
 owner_name = option("--owner-name", env="PLANA_OWNER_NAME", help="Owner's display name.")

@@ -166,6 +166,10 @@ def test_an_explicitly_empty_odoo_version_is_refused_and_absent_means_18(
     assert empty.rc == 64, empty.output
     assert "odooVersion" in empty.stderr and len(empty.stderr.strip().splitlines()) == 1
     assert not list(rds.scan_iter(match=f"{uid}:*"))
+    # A spec field rendered empty reaches the job as an empty variable: refused the same way.
+    rendered = run_job(["emit-event", *spec, "--stream", f"{uid}:a"], PLANA_ODOO_VERSION="")
+    assert rendered.rc == 64 and "odooVersion" in rendered.stderr, rendered.output
+    assert not list(rds.scan_iter(match=f"{uid}:*"))
     absent = run_job(["emit-event", *spec, "--stream", f"{uid}:b"])
     assert absent.rc == 0, absent.output
     assert rds.xrange(f"{uid}:b")[0][1]["odoo_version"] == "18"
