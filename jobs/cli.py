@@ -15,8 +15,8 @@ from typing import Any, NoReturn
 
 import click
 
-from jobs import __version__, redact, runner
-from jobs.errors import ExitCode, JobError
+from jobs import __version__, log, redact, runner
+from jobs.errors import ExitCode, JobError, UsageError
 
 # name → "module:attribute" of the click command. Only commands that work are listed.
 COMMANDS: dict[str, str] = {
@@ -74,6 +74,16 @@ def cli() -> None:
 
     Every option also reads its PLANA_* environment variable. Exit codes: 0 done,
     64 bad input, 65 state conflict, 70 bug, 75 transient (retry), 78 configuration.
+
+    \b
+    Every job also reads:
+      PLANA_LOG_FORMAT       json (default off a TTY) or console (default on a TTY);
+                             anything else exits 64
+      PLANA_TERMINATION_LOG  where the result object is also written, for Kubernetes'
+                             termination message (default /dev/termination-log; skipped
+                             when not writable)
+
+    Contracts and architecture: docs/design.md in the source repository.
     """
 
 
@@ -116,6 +126,10 @@ def main(argv: list[str] | None = None) -> None:
     bad = _undecodable(args)
     if bad is not None:
         _refuse(args, started, ExitCode.USAGE, f"{bad}: must be valid UTF-8")
+    try:
+        log.format_from_env()  # a bad PLANA_LOG_FORMAT is bad input, refused before anything
+    except UsageError as exc:
+        _refuse(args, started, exc.code, exc.message)
     gc.disable()  # until the command's module is loaded: see _end_of_startup
     try:
         code = cli.main(args=args, prog_name="plana-job", standalone_mode=False)

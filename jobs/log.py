@@ -5,17 +5,31 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
 from jobs import redact
+from jobs.errors import UsageError
+
+FORMATS: Final = ("json", "console")
+
+
+def format_from_env() -> str | None:
+    """PLANA_LOG_FORMAT, or None when unset or empty (then the TTY decides).
+
+    Anything but `json` or `console` is refused (64): `text` or a typo must not quietly mean
+    JSON. `cli.main` asks before any job module loads, so nothing has happened yet.
+    """
+    value = os.environ.get("PLANA_LOG_FORMAT") or None
+    if value is not None and value not in FORMATS:
+        shown = repr(value) if len(value) <= 40 else repr(value[:37]) + "..."
+        raise UsageError("PLANA_LOG_FORMAT", f"must be json or console, got {shown}")
+    return value
 
 
 def configure(fmt: str | None = None) -> None:
-    fmt = (
-        fmt or os.environ.get("PLANA_LOG_FORMAT") or ("console" if sys.stdout.isatty() else "json")
-    )
+    fmt = fmt or format_from_env() or ("console" if sys.stdout.isatty() else "json")
     renderer: Any
     if fmt == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())

@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 import structlog
 
 from jobs import log, redact, result
-from jobs.errors import ExitCode, JobError, Terminated
+from jobs.errors import ExitCode, JobError, Terminated, UsageError
 from jobs.retry import Deadline
 
 
@@ -125,7 +125,11 @@ def run(name: str, body: Callable[[Job], result.Done], timeout: float | None = N
     stderr, the log line and the result object.
     """
     started = time.monotonic()
-    log.configure()
+    try:
+        log.configure()
+    except UsageError as exc:  # PLANA_LOG_FORMAT: refused before the body runs
+        print(f"plana-job {name}: error: {exc.message}", file=sys.stderr)
+        finish(name, started, int(exc.code), "failed", {"error": exc.message})
     structlog.contextvars.clear_contextvars()
     log.bind(job=name, step="start")
     signal.signal(signal.SIGTERM, _on_signal)
