@@ -39,7 +39,7 @@ bench: venv
 clean:
 	rm -rf $(VENV) $(SYNAPSE_VENV) .pytest_cache .mypy_cache .ruff_cache
 
-# Images (issue 7): every target of images/Dockerfile via buildx bake; needs a Docker engine.
+# Images: every target of images/Dockerfile via buildx bake; needs a Docker engine.
 .PHONY: images demo
 images:
 	docker buildx bake -f images/docker-bake.hcl $(BAKE_ARGS)

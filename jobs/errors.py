@@ -1,4 +1,4 @@
-"""Exit codes and the exceptions that carry them (DESIGN.md, "Honest about failure")."""
+"""Exit codes and the exceptions that carry them (docs/design.md, "Exit codes")."""
 
 from __future__ import annotations
 

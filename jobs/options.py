@@ -1,4 +1,4 @@
-"""Shared click options: every option has its PLANA_* variable (DESIGN.md environment table).
+"""Shared click options: every option has its PLANA_* variable (docs/design.md environment table).
 
 Spec fields are taken as plain strings and validated by `jobs.naming`, so that every bad value,
 missing ones included, is refused the same way: exit 64 and one line naming the field.

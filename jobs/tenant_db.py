@@ -177,7 +177,7 @@ def create_clone(
     """`CREATE DATABASE target TEMPLATE source OWNER owner STRATEGY FILE_COPY`.
 
     FILE_COPY copies the files and checkpoints; WAL_LOG (the default) would write every block
-    to WAL: 10 concurrent clones of 310 MB took 15 s against 5.9 s (REFERENCE.md).
+    to WAL: 10 concurrent clones of 310 MB took 15 s against 5.9 s (docs/design.md).
     """
     statement = sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {} STRATEGY FILE_COPY").format(
         sql.Identifier(target), sql.Identifier(source), sql.Identifier(owner)

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((ROOT / "images" / "jobs").glob("*.yaml"))
 VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
 K8S_VERSION = "1.32.0"  # podFailurePolicy is GA since 1.31
-FAIL_JOB_CODES = {64, 65, 78}  # DESIGN.md: bad input, conflict, configuration
+FAIL_JOB_CODES = {64, 65, 78}  # docs/design.md: bad input, conflict, configuration
 UPGRADE_ORDER = ["snapshot", "source-pass", "prefix", "target-pass", "filestore-copy", "cutover"]
 
 # Options without a default that a job may legitimately run without (each has a fallback

@@ -1,4 +1,4 @@
-"""The naming contract's seed examples, exactly as DESIGN.md states them."""
+"""The naming contract's seed examples, exactly as docs/design.md states them."""
 
 from __future__ import annotations
 
