@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,3 +57,20 @@ def test_make_images_without_buildx_says_what_it_needs(tmp_path: Path) -> None:
         f"make images: needs Docker with the buildx plugin ('{docker} buildx version' fails)"
     ]
     assert "unknown" not in done.stdout + done.stderr
+
+
+def _plana_job(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "plana-job"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_bare_plana_job_prints_the_normal_help_and_exits_64(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "PLANA_TERMINATION_LOG": str(tmp_path / "termination")}
+    bare = _plana_job(env=env)
+    assert bare.returncode == 64  # nothing ran: a Job without its subcommand must not succeed
+    assert bare.stdout == _plana_job("--help", env=env).stdout
+    assert bare.stdout.startswith("Usage: plana-job")
+    assert len(bare.stdout.splitlines()) > 10  # click's layout, not one squashed line
+    # No result line and no termination message: no job ran.
+    assert bare.stderr == ""
+    assert not (tmp_path / "termination").exists()
