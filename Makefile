@@ -3,18 +3,24 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PY_FILES := jobs tests bench
+DOCKER ?= docker
 
-.PHONY: venv test lint bench clean
+.DEFAULT_GOAL := help
+.PHONY: help venv test lint bench clean
+
+help: ## list the targets
+	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(BIN)/plana-job: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	# setuptools notes every editable install ("Editable installation.", informational only).
+	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-venv: $(BIN)/plana-job
+venv: $(BIN)/plana-job ## .venv with the package and its test/dev extras
 
-test: venv synapse
+test: venv synapse ## run the test suite (PYTEST_ARGS=... passed to pytest)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Synapse (the matrix-room tests' homeserver) in its own virtualenv: its pins must not meet ours.
@@ -26,24 +32,27 @@ $(SYNAPSE_VENV)/bin/synapse_homeserver:
 	$(SYNAPSE_VENV)/bin/pip install --quiet '$(SYNAPSE_SPEC)'
 	touch $@
 
-synapse: $(SYNAPSE_VENV)/bin/synapse_homeserver
+synapse: $(SYNAPSE_VENV)/bin/synapse_homeserver ## Synapse in its own virtualenv
 
-lint: venv
+lint: venv ## ruff and mypy --strict
 	$(BIN)/ruff check jobs tests bench
 	$(BIN)/ruff format --check jobs
 	$(BIN)/mypy --strict jobs
 
-bench: venv
+bench: venv ## measure each job against the bare operation
 	$(BIN)/python -m bench
 
-clean:
-	rm -rf $(VENV) $(SYNAPSE_VENV) .pytest_cache .mypy_cache .ruff_cache
+clean: ## remove the virtualenvs, caches and build by-products
+	rm -rf $(VENV) $(SYNAPSE_VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build
 
 # Images: every target of images/Dockerfile via buildx bake; needs a Docker engine.
 .PHONY: images demo
-images:
-	docker buildx bake -f images/docker-bake.hcl $(BAKE_ARGS)
+images: ## build every image with docker buildx bake (BAKE_ARGS=...)
+	@$(DOCKER) buildx version >/dev/null 2>&1 || { \
+	  echo "make images: needs Docker with the buildx plugin ('$(DOCKER) buildx version' fails)" >&2; \
+	  exit 1; }
+	$(DOCKER) buildx bake -f images/docker-bake.hcl $(BAKE_ARGS)
 
 # Provision a demo tenant end to end on local services, twice (the second run: all unchanged).
-demo: venv synapse
+demo: venv synapse ## provision a demo tenant on local services, twice
 	$(BIN)/python -m demo

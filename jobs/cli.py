@@ -133,6 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     gc.disable()  # until the command's module is loaded: see _end_of_startup
     try:
         code = cli.main(args=args, prog_name="plana-job", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        # Bare `plana-job`: a person asking what there is. The normal help on stdout, no result
+        # line (no job ran), and 64 all the same: a Job started without its subcommand did nothing.
+        click.echo(exc.ctx.get_help() if exc.ctx else cli.get_help(click.Context(cli)))
+        sys.exit(int(ExitCode.USAGE))
     except click.ClickException as exc:
         _refuse(args, started, ExitCode.USAGE, exc.format_message())  # 64, not click's 2
     except JobError as exc:  # raised by a group's own callback, before any job body runs

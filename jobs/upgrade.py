@@ -217,7 +217,38 @@ run_options = options.stack(
 )
 
 
-@click.group("upgrade", invoke_without_command=True)
+def _given(ctx: click.Context) -> dict[str, Any]:
+    """The options this context's command line gave explicitly (not from env or defaults)."""
+    source = click.core.ParameterSource.COMMANDLINE
+    return {n: v for n, v in ctx.params.items() if ctx.get_parameter_source(n) is source}
+
+
+def _flag(command: click.Command, name: str) -> str:
+    param = next(p for p in command.params if p.name == name)
+    env = f" ({param.envvar})" if isinstance(param.envvar, str) else ""
+    return f"{param.opts[0]}{env}"
+
+
+class _Phase(click.Command):
+    """A phase that also takes the options given before its name (`upgrade --subdomain x
+    status`): they would otherwise be parsed by the group and silently dropped."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        if ctx.parent is not None:
+            mine = _given(ctx)
+            for name, value in _given(ctx.parent).items():
+                if name in mine and mine[name] != value:
+                    flag = _flag(self, name)
+                    raise UsageError(flag, "given before and after the phase with different values")
+                ctx.params[name] = value
+        return super().invoke(ctx)
+
+
+class _UpgradeGroup(click.Group):
+    command_class = _Phase
+
+
+@click.group("upgrade", cls=_UpgradeGroup, invoke_without_command=True)
 @options.option(
     "--strategy",
     env="PLANA_STRATEGY",
@@ -231,10 +262,18 @@ def upgrade(ctx: click.Context, /, **kw: Any) -> None:
     """Upgrade a tenant: same-major `-u all`, or OpenUpgrade phase by phase.
 
     Without a phase, --strategy chooses: same-major runs `-u all`; snapshot-then-upgrade runs
-    every phase (like `upgrade run`).
+    every phase (like `upgrade run`). A phase takes its options before or after its name;
+    one it does not take is refused.
     """
     if ctx.invoked_subcommand is not None:
-        return  # the phase reads its own options (and the same PLANA_* variables)
+        # The phase reads its own options (and the same PLANA_* variables); those given before
+        # its name reach it through _Phase, and one it does not take is refused, not dropped.
+        phase = upgrade.get_command(ctx, ctx.invoked_subcommand)
+        assert phase is not None
+        takes = {p.name for p in phase.params}
+        for name in sorted(set(_given(ctx)) - takes):
+            raise UsageError(_flag(upgrade, name), f"not an option of `upgrade {phase.name}`")
+        return
     strategy = _strategy(kw.pop("strategy"))
     if strategy is None:
         raise click.UsageError("--strategy (PLANA_STRATEGY) or a phase is required")

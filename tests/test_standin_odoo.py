@@ -355,3 +355,46 @@ def test_agreement_legal_major_upgrade(
 
     assert odoo.init(db, "-u", "all", version=17).returncode == 255  # no downgrades
     assert odoo.init(db, "-u", "all", version=18).returncode == 0
+
+
+def _python_without_psycopg(tmp: Path) -> dict[str, str]:
+    """An environment whose `python3` (what the stand-in's `#!/usr/bin/env python3` finds) is
+    the base interpreter without site-packages: no psycopg, as on a machine's own Python."""
+    bin_dir = tmp / "bare-python"
+    bin_dir.mkdir()
+    python3 = bin_dir / "python3"
+    python3.write_text(f'#!/bin/sh\nexec {sys._base_executable} -S "$@"\n')
+    python3.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "ODOO_", "VIRTUAL"))}
+    return {**env, **pg_env(), "PATH": os.pathsep.join([str(bin_dir), "/usr/bin", "/bin"])}
+
+
+def test_run_by_hand_without_venv_on_path(new_db: Callable[[], str], tmp_path: Path) -> None:
+    env = _python_without_psycopg(tmp_path)
+    # In the repository: it re-executes itself with .venv/bin/python and does the work.
+    db = new_db()
+    done = subprocess.run(
+        [str(STANDIN), "-d", db, "-D", str(tmp_path / "data"), "--stop-after-init"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "TEST STAND-IN" in done.stderr and "Traceback" not in done.stderr
+    with psycopg.connect(DSN, dbname=db) as conn:
+        assert conn.execute(
+            "SELECT state FROM ir_module_module WHERE name = 'base'"
+        ).fetchone() == ("installed",)
+    # A copy with no .venv beside it: one line saying what is missing, nothing done.
+    copy = tmp_path / "elsewhere" / "standins" / "odoo"
+    copy.parent.mkdir(parents=True)
+    copy.write_bytes(STANDIN.read_bytes())
+    copy.chmod(0o755)
+    other = new_db()
+    alone = subprocess.run(
+        [str(copy), "-d", other, "--stop-after-init"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert alone.returncode == 1
+    assert alone.stderr.count("\n") == 1 and "psycopg is not importable" in alone.stderr
+    assert "virtualenv" in alone.stderr
+    with psycopg.connect(DSN) as conn:
+        assert not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (other,)).fetchone()

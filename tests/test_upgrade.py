@@ -316,3 +316,31 @@ def test_refused_with_nothing_changed(
     pg.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(naming.db_name(other))))
     stranger = run_job(["upgrade", "snapshot", *hop(other, env.d17)])
     assert stranger.rc == 65 and "not a plana-jobs tenant" in stranger.result["error"]
+
+
+def test_options_before_the_phase_are_taken_or_refused(
+    env: Any, run_job: Runner, pg: psycopg.Connection[Any], tenant: str
+) -> None:
+    """`upgrade --subdomain x status` is `upgrade status --subdomain x`, never the options
+    silently dropped; one the phase does not take, or a second different value, is refused."""
+    sub, db = tenant, naming.db_name(tenant)
+    after = run_job(["upgrade", "status", *hop(sub, env.d17)])
+    assert after.rc == 0, after.output
+    before = run_job(["upgrade", *hop(sub, env.d17), "status"])
+    assert before.rc == 0, before.output
+    assert before.result == {**after.result, "duration_s": before.result["duration_s"]}
+    # Split across both sides: still the same tenant and hop.
+    split = run_job(["upgrade", *hop(sub, env.d17)[:2], "status", *hop(sub, env.d17)[2:]])
+    assert split.rc == 0 and split.result["state"] == after.result["state"], split.output
+
+    state = info(pg, db)
+    wrong = run_job(["upgrade", "--upgrade-path", env.scripts, "snapshot", *hop(sub, env.d17)])
+    assert wrong.rc == 64, wrong.output
+    assert wrong.stderr.splitlines()[-1] == (
+        "plana-job upgrade: error: --upgrade-path (PLANA_UPGRADE_PATH): "
+        "not an option of `upgrade snapshot`"
+    )
+    twice = run_job(["upgrade", "--subdomain", sub + "x", "snapshot", *hop(sub, env.d17)])
+    assert twice.rc == 64 and "--subdomain (PLANA_SUBDOMAIN)" in twice.result["error"]
+    assert info(pg, db) == state  # nothing snapshotted
+    assert not {n for n in database_names(pg) if n.startswith(db + "__")}

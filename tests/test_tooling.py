@@ -1,0 +1,76 @@
+"""The Makefile explains itself and fails in one line when a tool it needs is missing."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _make(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", "-C", str(ROOT), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _phony_targets() -> set[str]:
+    text = (ROOT / "Makefile").read_text()
+    return {t for line in re.findall(r"^\.PHONY:(.*)$", text, re.M) for t in line.split()}
+
+
+def test_make_help_lists_every_target_one_line_each() -> None:
+    done = _make("help")
+    assert done.returncode == 0, done.stderr
+    listed = {}
+    for line in done.stdout.splitlines():
+        m = re.fullmatch(r"\s*make (\S+)\s+(\S.*)", line)
+        assert m, f"not a 'make TARGET  description' line: {line!r}"
+        listed[m[1]] = m[2]
+    assert set(listed) == _phony_targets()
+    # Bare `make` explains instead of building something.
+    assert _make().stdout == done.stdout
+
+
+def test_make_clean_removes_egg_info() -> None:
+    # Dry run: the real one would remove the venv these tests run in.
+    done = _make("-n", "clean")
+    assert done.returncode == 0, done.stderr
+    assert "*.egg-info" in done.stdout.split()
+
+
+def test_make_images_without_buildx_says_what_it_needs(tmp_path: Path) -> None:
+    # A docker without the buildx plugin, answering as the real one does.
+    docker = tmp_path / "docker"
+    docker.write_text("#!/bin/sh\necho \"unknown shorthand flag: 'f' in -f\" >&2\nexit 125\n")
+    docker.chmod(0o755)
+    done = _make("images", f"DOCKER={docker}")
+    assert done.returncode != 0
+    lines = [ln for ln in done.stderr.splitlines() if not ln.startswith("make: ***")]
+    assert lines == [
+        f"make images: needs Docker with the buildx plugin ('{docker} buildx version' fails)"
+    ]
+    assert "unknown" not in done.stdout + done.stderr
+
+
+def _plana_job(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    exe = Path(sys.executable).parent / "plana-job"
+    return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_bare_plana_job_prints_the_normal_help_and_exits_64(tmp_path: Path) -> None:
+    env = {"PATH": os.environ["PATH"], "PLANA_TERMINATION_LOG": str(tmp_path / "termination")}
+    bare = _plana_job(env=env)
+    assert bare.returncode == 64  # nothing ran: a Job without its subcommand must not succeed
+    assert bare.stdout == _plana_job("--help", env=env).stdout
+    assert bare.stdout.startswith("Usage: plana-job")
+    assert len(bare.stdout.splitlines()) > 10  # click's layout, not one squashed line
+    # No result line and no termination message: no job ran.
+    assert bare.stderr == ""
+    assert not (tmp_path / "termination").exists()
