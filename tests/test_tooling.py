@@ -12,11 +12,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _make(*args: str) -> subprocess.CompletedProcess[str]:
+    # A top-level make, as a user types it: under `make test` (CI) the inherited MAKELEVEL and
+    # MAKEFLAGS would make it a sub-make, which words its messages differently ("make[1]:").
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     return subprocess.run(
         ["make", "--no-print-directory", "-C", str(ROOT), *args],
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
     )
 
 
