@@ -374,7 +374,6 @@ def verify(path: str | Path) -> VerifyReport:
     if root is None:
         return report
     buf = bytearray(CHUNK)
-    view = memoryview(buf)
     try:
         for rel, dir_fd, files in fstree.walk(root):
             for name, size in files:
@@ -388,13 +387,11 @@ def verify(path: str | Path) -> VerifyReport:
                     report.bad.append(sub)  # listed as a file, no longer one
                     continue
                 fd, _st = opened
-                digest = hashlib.sha1(usedforsecurity=False)
                 try:
-                    while n := os.readv(fd, [buf]):
-                        digest.update(view[:n])
+                    digest = fstree.sha1_of(fd, buf)
                 finally:
                     os.close(fd)
-                if digest.hexdigest() != name:
+                if digest != name:
                     report.bad.append(sub)
     finally:
         os.close(root)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import bisect
 import errno
 import fcntl
-import hashlib
 import os
 import posixpath
 import subprocess
@@ -271,7 +270,6 @@ def sha1s(
 def _sha1s_local(side: Side, directory: str, names: Sequence[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     buf = bytearray(1 << 20)
-    view = memoryview(buf)
     with _opened(side, directory) as fd:
         if fd is None:
             return found
@@ -284,13 +282,10 @@ def _sha1s_local(side: Side, directory: str, names: Sequence[str]) -> dict[str, 
                 if opened is None:
                     continue  # not a regular file reached without a link: no digest
                 file_fd, _st = opened
-                digest = hashlib.sha1(usedforsecurity=False)
                 try:
-                    while n := os.readv(file_fd, [buf]):
-                        digest.update(view[:n])
+                    found[name] = fstree.sha1_of(file_fd, buf)
                 finally:
                     os.close(file_fd)
-                found[name] = digest.hexdigest()
         finally:
             dirs.close()
     return found

@@ -22,6 +22,7 @@ skipped, never followed.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import stat
@@ -139,6 +140,16 @@ def open_file(dir_fd: int, name: str) -> tuple[int, os.stat_result] | None:
         os.close(fd)
         return None
     return fd, st
+
+
+def sha1_of(fd: int, buf: bytearray) -> str:
+    """sha1 of an opened file from its current offset, read through the caller's reused buffer
+    (one allocation per walk, not per file: thousands of files per tenant)."""
+    view = memoryview(buf)
+    digest = hashlib.sha1(usedforsecurity=False)
+    while n := os.readv(fd, [buf]):
+        digest.update(view[:n])
+    return digest.hexdigest()
 
 
 def make_dir(parent_fd: int, name: str, *, replace: bool) -> int:
