@@ -35,9 +35,9 @@ $(SYNAPSE_VENV)/bin/synapse_homeserver:
 synapse: $(SYNAPSE_VENV)/bin/synapse_homeserver ## Synapse in its own virtualenv
 
 lint: venv ## ruff and mypy --strict
-	$(BIN)/ruff check jobs tests bench
-	$(BIN)/ruff format --check jobs
-	$(BIN)/mypy --strict jobs
+	$(BIN)/ruff check jobs tests bench demo
+	$(BIN)/ruff format --check jobs demo
+	$(BIN)/mypy --strict jobs demo
 
 bench: venv ## measure each job against the bare operation
 	$(BIN)/python -m bench

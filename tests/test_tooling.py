@@ -78,3 +78,29 @@ def test_bare_plana_job_prints_the_normal_help_and_exits_64(tmp_path: Path) -> N
     # No result line and no termination message: no job ran.
     assert bare.stderr == ""
     assert not (tmp_path / "termination").exists()
+
+
+def test_make_lint_covers_every_python_tree_and_the_readme_says_so() -> None:
+    done = _make("-n", "lint")  # the recipe, as make would run it
+    assert done.returncode == 0, done.stderr
+    recipe = [line for line in done.stdout.splitlines() if "ruff" in line or "mypy" in line]
+    trees = {  # every top-level package with code of its own (sql/ only ships .sql files)
+        p.name
+        for p in ROOT.iterdir()
+        if (p / "__init__.py").is_file() and any(f.name != "__init__.py" for f in p.rglob("*.py"))
+    }
+    assert {"jobs", "tests", "bench", "demo"} <= trees
+    check = next(line for line in recipe if "ruff check" in line)
+    assert trees <= set(check.split()), f"ruff check skips {trees - set(check.split())}"
+    typed = next(line for line in recipe if "mypy" in line)
+    assert {"jobs", "demo"} <= set(typed.split()), typed
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    said = re.search(r"`make lint` runs (.+?)\.\s", readme)
+    assert said, "the README does not say what `make lint` runs"
+    for line in recipe:
+        tool = " ".join(w for w in line.split()[1:] if w.startswith(("check", "format", "--")))
+        words = line.split()
+        name = os.path.basename(words[0])
+        assert name in said[1], f"README omits {name}"
+        for tree in (w for w in words if w in trees):
+            assert f"`{tree}/`" in said[1], f"README omits {tree}/ for {name} {tool}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,7 +151,8 @@ class Erp:
             raise AccessError(f"You are not allowed to create '{MODEL}' records.")
         single = isinstance(vals_list, dict)
         ids = []
-        for vals in [vals_list] if single else vals_list:  # type: ignore[list-item]
+        batch: list[dict[str, Any]] = [vals_list] if isinstance(vals_list, dict) else vals_list
+        for vals in batch:
             vals = self._check_vals(vals)
             if not vals.get("subdomain"):
                 raise ValidationError("subdomain is required")
@@ -184,7 +186,11 @@ class Erp:
             raise self.raise_on[method]
         if model != MODEL:
             raise NotFound(f"the model {model!r} does not exist")
-        func = {"search_read": self.search_read, "create": self.create, "write": self.write}
+        func: dict[str, Callable[..., Any]] = {
+            "search_read": self.search_read,
+            "create": self.create,
+            "write": self.write,
+        }
         if method not in func:
             raise NotFound(f"The method {method!r} does not exist on the model {model!r}")
         try:
