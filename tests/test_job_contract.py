@@ -347,3 +347,33 @@ def test_the_checks_catch_a_bad_manifest() -> None:
         parse_cli(argv(box), {**env, "PLANA_TIMEOUT": "soon"})
     without = {k: v for k, v in env.items() if k != "PLANA_MATRIX_HOMESERVER"}
     assert missing_values(parse_cli(argv(box), without)) == ["matrix-room: PLANA_MATRIX_HOMESERVER"]
+
+
+# Time a container may still need after its PLANA_TIMEOUT: stopping a child (jobs.proc's grace),
+# writing the result, the interpreter's start. The Job's deadline is only the backstop.
+STOP_MARGIN_S = 60
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_the_deadline_is_above_the_jobs_own_timeouts(path: Path) -> None:
+    """activeDeadlineSeconds > every init container's timeout in turn + the longest container's.
+
+    Init containers run one after the other and the containers beside each other: when the
+    Job's deadline came first, Kubernetes would kill a job that was about to give up cleanly
+    (75, a result object) and the pod would end with no result at all.
+    """
+    for doc in load(path):
+        job = job_spec(doc)
+        pod = job["template"]["spec"]
+
+        def budget(spec: dict[str, Any]) -> float:
+            env = {e["name"]: e.get("value") for e in spec.get("env", [])}
+            return float(env.get("PLANA_TIMEOUT") or 600) + STOP_MARGIN_S
+
+        sequential = sum(budget(c) for c in pod.get("initContainers", []))
+        longest = max(budget(c) for c in pod["containers"])
+        deadline = job["activeDeadlineSeconds"]
+        assert deadline > sequential + longest, (
+            f"{path.name}: activeDeadlineSeconds {deadline} <= {sequential + longest:.0f} s, the"
+            f" containers' PLANA_TIMEOUTs in order plus {STOP_MARGIN_S} s each to stop"
+        )
