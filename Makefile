@@ -42,6 +42,11 @@ lint: venv ## ruff and mypy --strict
 bench: venv ## measure each job against the bare operation
 	$(BIN)/python -m bench
 
+# The README's configuration table is generated from the click commands (jobs/reference.py).
+.PHONY: docs
+docs: venv ## regenerate the README's configuration table from the click commands
+	$(BIN)/python -m jobs.reference --write README.md
+
 clean: ## remove the virtualenvs, caches and build by-products
 	rm -rf $(VENV) $(SYNAPSE_VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build
 

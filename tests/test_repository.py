@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from jobs import reference
 from jobs.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,3 +103,24 @@ def test_design_names_exactly_the_variables_the_jobs_read() -> None:
     read = command_variables() | GLOBAL_VARIABLES
     assert sorted(read - named) == []  # read, but not in the contract
     assert sorted(named - read) == []  # in the contract, but read by no job
+
+
+def test_the_readme_configuration_table_is_the_generated_one() -> None:
+    readme = (ROOT / "README.md").read_text()
+    expected = reference.replace_block(readme, reference.table())
+    assert readme == expected, "README's configuration table is stale: run `make docs`"
+
+
+def test_the_generated_table_names_every_variable_and_flag() -> None:
+    rows = reference.table().splitlines()[2:]
+    names = {m[1] for row in rows if (m := re.match(r"\| `(PLANA_[A-Z0-9_]+)` \|", row))}
+    assert len(names) == len(rows)
+    assert names == command_variables() | GLOBAL_VARIABLES
+
+
+def test_the_readme_subcommand_table_lists_exactly_the_subcommands() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Subcommands", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^\| `([a-z-]+)` \|", section, re.M)
+    assert sorted(listed) == sorted(COMMANDS)
+    assert len(listed) == len(set(listed))
