@@ -1,7 +1,8 @@
 """Shared test harness: real PostgreSQL and Redis, and `plana-job` run as a real process.
 
-Services come from PLANA_TEST_PG_DSN / PLANA_TEST_REDIS_URL; without them, pytest-docker starts
-docker-compose.test.yml.
+Services come from PLANA_TEST_PG_DSN / PLANA_TEST_REDIS_URL; without them, from PostgreSQL and
+Redis on loopback when they answer (postgres@127.0.0.1:5432, 127.0.0.1:6379 database 15); else
+pytest-docker starts docker-compose.test.yml, and with no Docker engine the run stops with one line.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -46,11 +48,47 @@ def _wait(check: Any, timeout: float = 60.0) -> None:
     raise RuntimeError("service did not become ready")
 
 
+LOOPBACK_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOOPBACK_REDIS = "redis://127.0.0.1:6379/15"
+
+
+def _answering_pg() -> str | None:
+    """PostgreSQL on loopback (as .ci/run and the demo use it), when it answers."""
+    try:
+        psycopg.connect(LOOPBACK_PG, connect_timeout=2).close()
+    except psycopg.Error:
+        return None
+    return LOOPBACK_PG
+
+
+def _answering_redis() -> str | None:
+    try:
+        redis.Redis.from_url(LOOPBACK_REDIS, socket_connect_timeout=2).ping()
+    except redis.RedisError:
+        return None
+    return LOOPBACK_REDIS
+
+
+def _docker_services(request: pytest.FixtureRequest, what: str) -> Any:
+    """pytest-docker's services, or one line saying what the suite needs when there is none."""
+    if shutil.which("docker") is None or subprocess.run(
+        ["docker", "info"], capture_output=True, check=False, timeout=30
+    ).returncode != 0:
+        pytest.exit(
+            f"tests need PostgreSQL and Redis: {what}, and there is no Docker engine to start"
+            " docker-compose.test.yml",
+            returncode=2,
+        )
+    return request.getfixturevalue("docker_services")
+
+
 @pytest.fixture(scope="session")
 def pg_dsn(request: pytest.FixtureRequest) -> str:
-    dsn = os.environ.get("PLANA_TEST_PG_DSN")
+    dsn = os.environ.get("PLANA_TEST_PG_DSN") or _answering_pg()
     if not dsn:
-        services = request.getfixturevalue("docker_services")
+        services = _docker_services(
+            request, "PLANA_TEST_PG_DSN is unset and nothing answers on 127.0.0.1:5432"
+        )
         port = services.port_for("postgres", 5432)
         dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         _wait(lambda: psycopg.connect(dsn, connect_timeout=2).close() is None)
@@ -59,9 +97,11 @@ def pg_dsn(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def redis_url(request: pytest.FixtureRequest) -> str:
-    url = os.environ.get("PLANA_TEST_REDIS_URL")
+    url = os.environ.get("PLANA_TEST_REDIS_URL") or _answering_redis()
     if not url:
-        services = request.getfixturevalue("docker_services")
+        services = _docker_services(
+            request, "PLANA_TEST_REDIS_URL is unset and nothing answers on 127.0.0.1:6379"
+        )
         port = services.port_for("redis", 6379)
         url = f"redis://127.0.0.1:{port}/15"
         _wait(lambda: redis.Redis.from_url(url).ping())

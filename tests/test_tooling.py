@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,23 @@ def test_make_lint_covers_every_python_tree_and_the_readme_says_so() -> None:
         assert name in said[1], f"README omits {name}"
         for tree in (w for w in words if w in trees):
             assert f"`{tree}/`" in said[1], f"README omits {tree}/ for {name} {tool}"
+
+
+def test_tests_without_services_stop_with_one_line(tmp_path: Path) -> None:
+    """No PLANA_TEST_*, nothing on loopback, no Docker engine: one line, not a traceback."""
+    if shutil.which("unshare") is None:
+        raise AssertionError("util-linux's unshare is needed to hide the loopback services")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLANA_TEST_")}
+    env["PATH"] = f"{Path(sys.executable).parent}:/usr/bin:/bin"  # no docker CLI either
+    probe = tmp_path / "test_probe.py"
+    probe.write_text("def test_needs_pg(pg_dsn: str) -> None:\n    assert pg_dsn\n")
+    done = subprocess.run(  # a network namespace of its own: loopback answers nothing
+        ["unshare", "-n", sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "-p", "tests.conftest", "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"),
+         str(probe)],
+        capture_output=True, text=True, timeout=120, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    said = [line for line in done.stdout.splitlines() if "tests need PostgreSQL and Redis" in line]
+    assert len(said) == 1, done.stdout
