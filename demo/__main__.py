@@ -23,6 +23,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -100,15 +101,28 @@ def docker_odoo(workdir: Path, data_dir: Path) -> Path:
 
 
 def run_job(step: str, args: list[str], env: dict[str, str]) -> Row:
+    print(f"-> {step} ...", flush=True)
     started = time.monotonic()
-    done = subprocess.run(
+    proc = subprocess.Popen(
         [str(BIN / "plana-job"), step, *args],
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
-        check=False,
     )
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+    except BaseException:
+        # Stopped (or the timeout): the job gets SIGTERM, as from Kubernetes, so it stops its
+        # own children (odoo, pg_dump) and cleans up; SIGKILL only if it does not end in time.
+        proc.terminate()
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     seconds = time.monotonic() - started
     lines = done.stdout.strip().splitlines()
     try:
@@ -121,6 +135,7 @@ def run_job(step: str, args: list[str], env: dict[str, str]) -> Row:
         detail = str(tail if isinstance(tail, str) else tail[0])[:90]
     else:
         detail = describe(step, result)
+    print(f"   {step}: {outcome} (exit {done.returncode}) in {seconds:.2f}s", flush=True)
     return Row(step, outcome, done.returncode, seconds, detail)
 
 
@@ -163,13 +178,57 @@ def table(title: str, rows: list[Row]) -> str:
 def services(workdir: Path) -> Iterator[tuple[Synapse, WebhookReceiver, ErpServer, str]]:
     webhook_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
     with ExitStack() as stack:
-        synapse = Synapse(workdir / "synapse").start()
-        stack.callback(synapse.stop)
+        synapse = Synapse(workdir / "synapse")
+        stack.callback(synapse.stop)  # before start(): a signal during start-up stops it too
+        synapse.start()
         receiver = stack.enter_context(WebhookReceiver(webhook_secret))
         erp = stack.enter_context(
             ErpServer(Erp(db="plana_erp", login="jobs@plana.test", api_key=secrets.token_hex(20)))
         )
         yield synapse, receiver, erp, webhook_secret
+
+
+class Stopped(Exception):
+    """SIGTERM (or SIGINT) arrived: stop, clean up what the demo started, exit 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise Stopped(signum)
+
+
+def _hold_signals() -> None:
+    """While cleaning up, a second Ctrl-C or SIGTERM must not cut the cleanup short."""
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _where(url: str) -> str:
+    """host:port of a DSN or URL, never its password."""
+    return url.rsplit("@", 1)[-1].split("://", 1)[-1]
+
+
+def precheck(pg_dsn: str, redis_url: str) -> str | None:
+    """One line saying which local service does not answer, or None when both do."""
+    try:
+        psycopg.connect(pg_dsn, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        reason = " ".join(str(exc).split())[:160]
+        return (f"demo: PostgreSQL at {_where(pg_dsn)} does not answer ({reason}); start it, or"
+                " point PLANA_DEMO_PG_DSN at one")  # fmt: skip
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        reason = " ".join(str(exc).split())[:160]
+        return (f"demo: Redis at {_where(redis_url)} does not answer ({reason}); start it, or"
+                " point PLANA_DEMO_REDIS_URL at one")  # fmt: skip
+    finally:
+        client.close()
+    return None
 
 
 def ensure_role(pg_dsn: str) -> None:
@@ -184,7 +243,19 @@ def ensure_role(pg_dsn: str) -> None:
 
 
 def cleanup(pg_dsn: str, redis_url: str, databases: list[str], stream: str) -> None:
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+    """Drop what the demo made; a service gone meanwhile is said in one line, not a traceback."""
+    try:
+        _drop(pg_dsn, databases)
+    except psycopg.Error as exc:
+        print(f"demo: could not drop {', '.join(databases)}: {' '.join(str(exc).split())[:160]}")
+    try:
+        _forget(redis_url, stream)
+    except redis.RedisError as exc:
+        print(f"demo: could not delete the stream {stream}: {' '.join(str(exc).split())[:160]}")
+
+
+def _drop(pg_dsn: str, databases: list[str]) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True, connect_timeout=5) as conn:
         for name in databases:
             rows = conn.execute(
                 "SELECT datname FROM pg_database WHERE datname = %s OR datname LIKE %s",
@@ -194,7 +265,10 @@ def cleanup(pg_dsn: str, redis_url: str, databases: list[str], stream: str) -> N
                 ident = sql.Identifier(db)
                 conn.execute(sql.SQL("ALTER DATABASE {} WITH is_template false").format(ident))
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
-    client = redis.Redis.from_url(redis_url)
+
+
+def _forget(redis_url: str, stream: str) -> None:
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=5, socket_timeout=5)
     try:
         keys: list[str | bytes] = [stream, *client.scan_iter(match=f"{stream}:*")]
         client.delete(*keys)
@@ -203,6 +277,16 @@ def cleanup(pg_dsn: str, redis_url: str, databases: list[str], stream: str) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop)
+    try:
+        return demo(argv)
+    except Stopped as stop:
+        print(f"demo: stopped by {stop}; everything it started was stopped and removed")
+        return 128 + stop.signum
+
+
+def demo(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep what the demo made")
     parser.add_argument("--subdomain", default="demo-" + secrets.token_hex(3))
@@ -214,9 +298,29 @@ def main(argv: list[str] | None = None) -> int:
     sub = opts.subdomain
     template_db = f"template_pro_18_{sub.replace('-', '_')}"
     stream = f"PLANA:events:{sub}"
+    problem = precheck(pg_dsn, redis_url)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
     mode = os.environ.get("PLANA_DEMO_ODOO") or ("docker" if docker_available() else "standin")
 
     workdir = Path(tempfile.mkdtemp(prefix=f"plana-{sub}-"))
+    try:
+        return provision(opts, sub, pg_dsn, redis_url, mode, workdir)
+    finally:
+        _hold_signals()  # from here on nothing interrupts the cleanup
+        if opts.keep:
+            print(f"kept: databases {template_db}, {sub}.planapulse.app; files in {workdir}")
+        else:
+            cleanup(pg_dsn, redis_url, [template_db, f"{sub}.planapulse.app"], stream)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def provision(
+    opts: argparse.Namespace, sub: str, pg_dsn: str, redis_url: str, mode: str, workdir: Path
+) -> int:
+    template_db = f"template_pro_18_{sub.replace('-', '_')}"
+    stream = f"PLANA:events:{sub}"
     data_dir = workdir / "data"
     data_dir.mkdir()
     if mode == "docker":
@@ -229,86 +333,79 @@ def main(argv: list[str] | None = None) -> int:
     ensure_role(pg_dsn)
 
     failed = True
+    stack = ExitStack()
     try:
-        stack = ExitStack()
-        try:
-            synapse, receiver, erp, webhook_secret = stack.enter_context(services(workdir))
-        except RuntimeError as exc:  # no Synapse installed: say how to get one
-            print(f"demo: cannot start the local services: {exc}", file=sys.stderr)
-            return 1
-        with stack:
-            bot = synapse.register("plana-bot-" + secrets.token_hex(3))
-            staff = synapse.register("staff-" + secrets.token_hex(3))
-            secrets_dir = workdir / "secrets"
-            secrets_dir.mkdir(mode=0o700)
-            files = {"matrix": bot.access_token, "webhook": webhook_secret,
-                     "erp": erp.erp.api_key}  # fmt: skip
-            for name, value in files.items():
-                (secrets_dir / name).write_text(value + "\n")
-                (secrets_dir / name).chmod(0o600)
-            print(f"Synapse {synapse.url}   webhook receiver {receiver.url}   ERP {erp.url}\n")
+        synapse, receiver, erp, webhook_secret = stack.enter_context(services(workdir))
+    except RuntimeError as exc:  # no Synapse installed: say how to get one
+        print(f"demo: cannot start the local services: {exc}", file=sys.stderr)
+        return 1
+    with stack:
+        bot = synapse.register("plana-bot-" + secrets.token_hex(3))
+        staff = synapse.register("staff-" + secrets.token_hex(3))
+        secrets_dir = workdir / "secrets"
+        secrets_dir.mkdir(mode=0o700)
+        files = {"matrix": bot.access_token, "webhook": webhook_secret,
+                 "erp": erp.erp.api_key}  # fmt: skip
+        for name, value in files.items():
+            (secrets_dir / name).write_text(value + "\n")
+            (secrets_dir / name).chmod(0o600)
+        print(f"Synapse {synapse.url}   webhook receiver {receiver.url}   ERP {erp.url}\n")
 
-            base = {k: v for k, v in os.environ.items() if not k.startswith(("PLANA_", "PG"))}
-            env = {
-                **base,
-                **version_env,
-                "PATH": f"{BIN}{os.pathsep}{base.get('PATH', '')}",
-                "PLANA_LOG_FORMAT": "json",
-                "PLANA_TERMINATION_LOG": str(workdir / "termination-log"),
-                "PLANA_TIMEOUT": "300",
-                # The PLANAClient spec, as the Composition sets it.
-                "PLANA_SUBDOMAIN": sub,
-                "PLANA_PROJECT_ID": "23",
-                "PLANA_TIER": "pro",
-                "PLANA_ODOO_VERSION": "18",
-                "PLANA_OWNER_EMAIL": f"owner@{sub}.example.com",
-                "PLANA_OWNER_NAME": "Ada Lovelace",
-                "PLANA_GENERATION": "1",
-                # Where things are.
-                "PLANA_PG_DSN": pg_dsn,
-                "PLANA_DATA_DIR": str(data_dir),
-                "PLANA_ODOO_BIN": odoo_bin,
-                "PLANA_TEMPLATE_CODE": "pro",
-                "PLANA_TEMPLATE_DB": template_db,
-                "PLANA_MATRIX_HOMESERVER": synapse.url,
-                "PLANA_MATRIX_SERVER_NAME": synapse.server_name,
-                "PLANA_MATRIX_TOKEN_FILE": str(secrets_dir / "matrix"),
-                "PLANA_MATRIX_INVITE": staff.user_id,
-                "PLANA_ACCOUNT_WEBHOOK_URL": receiver.url,
-                "PLANA_ACCOUNT_WEBHOOK_SECRET_FILE": str(secrets_dir / "webhook"),
-                "PLANA_ERP_URL": erp.url,
-                "PLANA_ERP_DB": erp.erp.db,
-                "PLANA_ERP_LOGIN": erp.erp.login,
-                "PLANA_ERP_API_KEY_FILE": str(secrets_dir / "erp"),
-                "PLANA_ERP_API": "jsonrpc",
-                "PLANA_REDIS_URL": redis_url,
-                "PLANA_EVENTS_STREAM": stream,
-                "PLANA_WEBHOOK_LEDGER_PREFIX": f"{stream}:webhooks",
-            }
-            # The stand-in's module catalog is small: the template gets what it has.
-            extra = {"template-build": ["--modules", "base,web,mail,contacts"]}
-            passes, delivered = [], []
-            for title in ("first run (provision)", "second run (everything again)"):
-                rows = [run_job(step, extra.get(step, []), env) for step in STEPS]
-                passes.append(rows)
-                delivered.append(len(receiver.delivered))
-                print(table(f"== {title}", rows) + "\n", flush=True)
-            first, second = passes
-            ok_first = all(r.exit_code == 0 and r.outcome in ("created", "updated") for r in first)
-            ok_second = all(unchanged(r) for r in second)
-            print(f"webhook messages delivered (distinct webhook-id): {delivered[-1]};"
-                  f" ERP records: {len(erp.erp.records)}")  # fmt: skip
-            if ok_first and ok_second:
-                print("demo OK: provisioned once, and the second run changed nothing.")
-                failed = False
-            else:
-                print("demo FAILED: expected created/updated, then all unchanged.")
-    finally:
-        if opts.keep:
-            print(f"kept: databases {template_db}, {sub}.planapulse.app; files in {workdir}")
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("PLANA_", "PG"))}
+        env = {
+            **base,
+            **version_env,
+            "PATH": f"{BIN}{os.pathsep}{base.get('PATH', '')}",
+            "PLANA_LOG_FORMAT": "json",
+            "PLANA_TERMINATION_LOG": str(workdir / "termination-log"),
+            "PLANA_TIMEOUT": "300",
+            # The PLANAClient spec, as the Composition sets it.
+            "PLANA_SUBDOMAIN": sub,
+            "PLANA_PROJECT_ID": "23",
+            "PLANA_TIER": "pro",
+            "PLANA_ODOO_VERSION": "18",
+            "PLANA_OWNER_EMAIL": f"owner@{sub}.example.com",
+            "PLANA_OWNER_NAME": "Ada Lovelace",
+            "PLANA_GENERATION": "1",
+            # Where things are.
+            "PLANA_PG_DSN": pg_dsn,
+            "PLANA_DATA_DIR": str(data_dir),
+            "PLANA_ODOO_BIN": odoo_bin,
+            "PLANA_TEMPLATE_CODE": "pro",
+            "PLANA_TEMPLATE_DB": template_db,
+            "PLANA_MATRIX_HOMESERVER": synapse.url,
+            "PLANA_MATRIX_SERVER_NAME": synapse.server_name,
+            "PLANA_MATRIX_TOKEN_FILE": str(secrets_dir / "matrix"),
+            "PLANA_MATRIX_INVITE": staff.user_id,
+            "PLANA_ACCOUNT_WEBHOOK_URL": receiver.url,
+            "PLANA_ACCOUNT_WEBHOOK_SECRET_FILE": str(secrets_dir / "webhook"),
+            "PLANA_ERP_URL": erp.url,
+            "PLANA_ERP_DB": erp.erp.db,
+            "PLANA_ERP_LOGIN": erp.erp.login,
+            "PLANA_ERP_API_KEY_FILE": str(secrets_dir / "erp"),
+            "PLANA_ERP_API": "jsonrpc",
+            "PLANA_REDIS_URL": redis_url,
+            "PLANA_EVENTS_STREAM": stream,
+            "PLANA_WEBHOOK_LEDGER_PREFIX": f"{stream}:webhooks",
+        }
+        # The stand-in's module catalog is small: the template gets what it has.
+        extra = {"template-build": ["--modules", "base,web,mail,contacts"]}
+        passes, delivered = [], []
+        for title in ("first run (provision)", "second run (everything again)"):
+            rows = [run_job(step, extra.get(step, []), env) for step in STEPS]
+            passes.append(rows)
+            delivered.append(len(receiver.delivered))
+            print(table(f"== {title}", rows) + "\n", flush=True)
+        first, second = passes
+        ok_first = all(r.exit_code == 0 and r.outcome in ("created", "updated") for r in first)
+        ok_second = all(unchanged(r) for r in second)
+        print(f"webhook messages delivered (distinct webhook-id): {delivered[-1]};"
+              f" ERP records: {len(erp.erp.records)}")  # fmt: skip
+        if ok_first and ok_second:
+            print("demo OK: provisioned once, and the second run changed nothing.")
+            failed = False
         else:
-            cleanup(pg_dsn, redis_url, [template_db, f"{sub}.planapulse.app"], stream)
-            shutil.rmtree(workdir, ignore_errors=True)
+            print("demo FAILED: expected created/updated, then all unchanged.")
     return 1 if failed else 0
 
 
