@@ -15,6 +15,15 @@ variable "PG_MAJOR" {
   default = "15"
 }
 
+# OpenUpgrade from PyPI, per Odoo major: [odoo-addon-openupgrade-framework, -scripts].
+variable "OPENUPGRADE" {
+  default = {
+    "17" = ["17.0.1.0.0.10", "17.0.1.0.1.493"]
+    "18" = ["18.0.1.0.3.2", "18.0.1.0.0.554"]
+    "19" = ["19.0.1.0.0.6", "19.0.1.0.0.407"]
+  }
+}
+
 group "default" {
   targets = ["plain", "odoo"]
 }
@@ -57,6 +66,9 @@ target "odoo" {
     # The odoo package creates user `odoo` without a fixed UID: 101 in the 17 image, 100 in
     # 18 and 19 (the Dockerfile checks it at build time, so a change fails the build).
     ODOO_UID = v == "17" ? "101" : "100"
+    # OpenUpgrade's PyPI wheels of that major, pinned (framework, scripts).
+    OPENUPGRADE_FRAMEWORK_VERSION = OPENUPGRADE[v][0]
+    OPENUPGRADE_SCRIPTS_VERSION   = OPENUPGRADE[v][1]
   }
   tags = ["${REGISTRY}/plana-job-${cmd}:${TAG}-odoo${v}"]
 }

@@ -237,3 +237,28 @@ def test_compose_has_a_job_service_per_subcommand() -> None:
         assert service["read_only"] is True and "/tmp" in service["tmpfs"]
         for secret in service.get("secrets", []):
             assert secret in compose["secrets"], (cmd, secret)
+
+
+def test_openupgrade_comes_from_its_pinned_pypi_wheels() -> None:
+    """No git checkout of OpenUpgrade in the image: its framework and scripts wheels, pinned."""
+    text = DOCKERFILE.read_text()
+    assert not re.search(r"^\s*(ADD|COPY)\b.*OpenUpgrade", text, re.M | re.I), "ADDs OpenUpgrade"
+    for name, arg in (("framework", "OPENUPGRADE_FRAMEWORK_VERSION"),
+                      ("scripts", "OPENUPGRADE_SCRIPTS_VERSION")):  # fmt: skip
+        assert f'"odoo-addon-openupgrade-{name}==${{{arg}}}"' in text
+        default = re.search(rf"^ARG {arg}=(\S+)$", text, re.M)
+        odoo = re.search(r"^ARG ODOO_VERSION=(\d+)$", text, re.M)
+        assert default and odoo and default[1].startswith(f"{odoo[1]}.0."), arg
+    # One pin per Odoo major the bake file builds, of that major.
+    bake = BAKE.read_text()
+    majors = re.search(r'v\s*=\s*\[([^\]]*)\]', bake)
+    assert majors
+    for v in re.findall(r'"(\d+)"', majors[1]):
+        pins = re.search(rf'"{v}"\s*=\s*\["([\d.]+)",\s*"([\d.]+)"\]', bake)
+        assert pins, f"no OpenUpgrade pins for Odoo {v} in images/docker-bake.hcl"
+        assert all(p.startswith(f"{v}.0.") for p in pins.groups()), pins.groups()
+    # The scripts directory the jobs are told about is inside what the wheels install.
+    upgrade_path = re.search(r"PLANA_UPGRADE_PATH=(\S+)", text)
+    assert upgrade_path and upgrade_path[1] == (
+        "/opt/openupgrade/odoo/addons/openupgrade_scripts/scripts"
+    )
