@@ -39,8 +39,8 @@ lint: venv ## ruff and mypy --strict
 	$(BIN)/ruff format --check jobs demo
 	$(BIN)/mypy --strict jobs demo
 
-bench: venv ## measure each job against the bare operation
-	$(BIN)/python -m bench
+bench: venv ## measure each job against the bare operation (BENCH_ARGS=--readme: into README)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The README's configuration table is generated from the click commands (jobs/reference.py).
 .PHONY: docs

@@ -21,13 +21,15 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from bench.report import Measure, Row, markdown
 from jobs import marker, naming
 
 ROOT = Path(__file__).resolve().parent.parent
 ODOO = ROOT / "tests" / "standins" / "odoo"
 PARTNERS = int(os.environ.get("BENCH_PARTNERS", "3000000"))
 FILES = int(os.environ.get("BENCH_FILES", "3000"))
-TARGET = 1.1
+BACKUP = Measure("backup", "vs raw `pg_dump -Fc` + `tar`", "<= 1.1")
+MEASURES = [BACKUP]
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 
 
@@ -74,7 +76,7 @@ def _timed(argv: list[str], env: dict[str, str] | None = None, cwd: str | None =
     return time.monotonic() - started
 
 
-def main() -> int:
+def measure() -> tuple[list[Row], list[str]]:
     dsn = _dsn()
     sub = "bench" + os.urandom(4).hex()
     work = Path(tempfile.mkdtemp(prefix="bench-backup-"))
@@ -102,13 +104,10 @@ def main() -> int:
             jobs.append(_timed([str(Path(sys.executable).parent / "plana-job"), "backup",
                                 "--subdomain", sub, "--dest", str(dest), "--data-dir",
                                 str(data_dir), "--keep-daily", "1"], env=env))  # fmt: skip
-        baseline, job = min(bases), min(jobs)
-        ratio = job / baseline
-        ok = ratio <= TARGET
-        print(f"{'case':<34}{'baseline_s':>11}{'job_s':>9}{'ratio':>8}{'target':>8}")
-        print(f"{'backup vs pg_dump -Fc + tar':<34}{baseline:>11.2f}{job:>9.2f}{ratio:>8.2f}"
-              f"{TARGET:>8.2f}  {'ok' if ok else 'MISSED'}")  # fmt: skip
-        return 0 if ok else 1
+        note = (f"backup: {PARTNERS:,} partners, {FILES:,} files of 32 KiB; best of {ROUNDS}"
+                f" interleaved rounds: baseline {[round(b, 2) for b in bases]}, backup"
+                f" {[round(j, 2) for j in jobs]}")  # fmt: skip
+        return [Row(BACKUP, min(bases), min(jobs))], [note]
     finally:
         if db:
             with psycopg.connect(dsn, autocommit=True) as conn:
@@ -116,3 +115,13 @@ def main() -> int:
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
                 )
         shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    rows, notes = measure()
+    print(markdown(rows, notes))
+    return 0 if all(r.met is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,11 +25,19 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.report import Measure, Row, markdown
+
 FILES = 10_000
 FILE_SIZE = 52 * 1024
 ROUNDS = 3
 DB = "bench.planapulse.app"
 TARGETS = {"names": 1.3, "sha1": 2.0, "unchanged": 0.1}
+RAW = "raw `tar -cf - \\| tar -xf -`"
+MEASURES = {
+    "names": Measure("filestore-copy", f"`--verify names` vs {RAW}", "<= 1.3"),
+    "sha1": Measure("filestore-copy", f"`--verify sha1` vs {RAW}", "<= 2.0"),
+    "unchanged": Measure("filestore-copy", f"`unchanged` re-run vs {RAW}", "<= 0.1"),
+}
 PLANA_JOB = str(Path(sys.executable).parent / "plana-job")
 
 
@@ -66,7 +74,7 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> Sample:
     return Sample(elapsed, cpu)
 
 
-def main() -> int:
+def measure() -> tuple[list[Row], list[str]]:
     work = Path(tempfile.mkdtemp(prefix="bench-filestore-"))
     env = {**os.environ, "PLANA_LOG_FORMAT": "json", "PLANA_TERMINATION_LOG": "",
            "PLANA_TIMEOUT": "1200"}  # fmt: skip
@@ -111,23 +119,23 @@ def main() -> int:
                     ratios[name].append(sample.wall / got["raw"].wall)
 
         med = statistics.median
-        print(f"\n{'variant':<26}{'wall s':>8}{'cpu s':>8}{'ratio':>8}{'cpu ratio':>10}"
-              f"{'target':>9}  ok")  # fmt: skip
-        print(f"{'raw tar | tar':<26}{med(walls['raw']):8.2f}{med(cpu['raw']):8.2f}"
-              f"{1.0:7.2f}x{1.0:9.2f}x{'baseline':>9}")  # fmt: skip
-        failed = 0
-        for name, target in TARGETS.items():
-            ratio = med(ratios[name])
-            cpu_ratio = med(cpu[name]) / med(cpu["raw"])
-            ok = ratio <= target
-            failed += not ok
-            print(f"{'filestore-copy ' + name:<26}{med(walls[name]):8.2f}{med(cpu[name]):8.2f}"
-                  f"{ratio:7.2f}x{cpu_ratio:9.2f}x{'<=' + format(target, '.1f') + 'x':>9}"
-                  f"  {'yes' if ok else 'NO'}")  # fmt: skip
-        print("(medians over the rounds; ratio = median of the per-round wall-time ratios)")
-        return 1 if failed else 0
+        rows = [
+            Row(MEASURES[name], med(walls["raw"]), med(walls[name]), med(ratios[name]))
+            for name in TARGETS
+        ]
+        cpu_ratios = ", ".join(f"{n} {med(cpu[n]) / med(cpu['raw']):.2f}" for n in TARGETS)
+        notes = [f"filestore-copy: {FILES:,} files, {size / 1e6:.0f} MB; medians of {ROUNDS}"
+                 f" paired rounds (ratio: median of the per-round ratios); CPU-time ratios"
+                 f" {cpu_ratios}"]  # fmt: skip
+        return rows, notes
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    rows, notes = measure()
+    print(markdown(rows, notes))
+    return 0 if all(r.met is not False for r in rows) else 1
 
 
 if __name__ == "__main__":

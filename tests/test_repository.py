@@ -124,3 +124,18 @@ def test_the_readme_subcommand_table_lists_exactly_the_subcommands() -> None:
     listed = re.findall(r"^\| `([a-z-]+)` \|", section, re.M)
     assert sorted(listed) == sorted(COMMANDS)
     assert len(listed) == len(set(listed))
+
+
+def test_the_readme_bench_table_is_a_run_of_the_declared_measures() -> None:
+    """The README's bench block is `make bench BENCH_ARGS=--readme` output: the rows name exactly
+    the measures and targets the bench modules declare, in the order `make bench` runs them."""
+    from bench import __main__ as bench_main
+    from bench import report as bench_report
+
+    declared = []
+    for name in bench_main.modules():
+        measures = importlib.import_module(f"bench.{name}").MEASURES
+        listed = list(measures.values()) if isinstance(measures, dict) else list(measures)
+        declared += bench_report.declared(listed)
+    shown = bench_report.readme_measures((ROOT / "README.md").read_text())
+    assert shown == declared, "README's bench table is not a run's output: make bench --readme"
