@@ -11,7 +11,8 @@ kind "tenant"), so that a run killed anywhere is resumed by the next one:
    into place once the clone exists, under the same lock.
 3. `personalised`: `sql/tenant/personalise.sql` in one transaction: new `database.secret` and
    `database.uuid`, `database.create_date`, frozen `web.base.url`, the admin's login/email and
-   the company/partner names.
+   the company/partner names, with the stored fields Odoo derives from them (complete_name,
+   commercial_company_name; mail's email_normalized: `sql/tenant/personalise_mail.sql`).
 4. `complete`: `ALTER DATABASE "{db}__new" RENAME TO "{db}"` and the marker in ONE transaction:
    the tenant's name appears only when the database is whole, and is ours from its first instant.
 
@@ -211,9 +212,35 @@ def _statements(name: str) -> list[str]:
     return [part.strip() for part in re.split(r";\s*$", body, flags=re.M) if part.strip()]
 
 
+# The characters Python's str.strip() removes (str.isspace()): Odoo strips complete_name so.
+PY_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680"
+    + "".join(map(chr, range(0x2000, 0x200B)))
+    + "\u2028\u2029\u202f\u205f\u3000"
+)
+
+
+def email_normalized(address: str) -> str:
+    """Odoo's `email_normalize` of one plain address: the domain lower-cased, and the local part
+    too when it is ASCII (a non-ASCII local part is SMTPUTF8's and kept as it is)."""
+    local, at, domain = address.rpartition("@")
+    return (local if not local.isascii() else local.lower()) + at + domain.lower()
+
+
+def _has_column(conn: psycopg.Connection[Any], table: str, column: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s"
+        " AND NOT attisdropped",
+        (table, column),
+    ).fetchone()
+    return row is not None
+
+
 def personalise(conn: psycopg.Connection[Any], identity: Identity) -> dict[str, str]:
     """Give the database (connected by `conn`) its own identity, in one transaction.
 
+    Also the stored fields Odoo derives from what changes (complete_name,
+    commercial_company_name, and mail's email_normalized when mail is installed).
     Returns the non-secret facts (uuid, base_url, admin_login); the secret is never returned.
     """
     params = {
@@ -225,11 +252,16 @@ def personalise(conn: psycopg.Connection[Any], identity: Identity) -> dict[str, 
         "owner_email": identity.owner_email,
         "owner_name": identity.owner_name,
         "company_name": identity.company_name or identity.owner_name,
+        "whitespace": PY_WHITESPACE,
+        "owner_email_normalized": email_normalized(identity.owner_email),
     }
     try:
         with conn.transaction():
             for statement in _statements("tenant/personalise.sql"):
                 conn.execute(statement, params)
+            if _has_column(conn, "res_partner", "email_normalized"):  # mail is installed
+                for statement in _statements("tenant/personalise_mail.sql"):
+                    conn.execute(statement, params)
             row = conn.execute(_statements("tenant/check.sql")[0]).fetchone()
             if row is None or row[0] != params["admin_login"] or row[3] != params["uuid"]:
                 raise ConflictError(

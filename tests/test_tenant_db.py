@@ -7,6 +7,7 @@ import hashlib
 import json
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -19,6 +20,7 @@ import pytest
 from psycopg import sql
 
 from jobs import filestore, locks, marker, naming, tenant_db
+from jobs.retry import Deadline
 from tests.conftest import BIN, STANDINS, Runner, database_names
 
 ODOO = str(STANDINS / "odoo")
@@ -184,6 +186,130 @@ def test_tenant_created_personalised_and_locked_down(
             psycopg.connect(pg_dsn, dbname=db_of(b), user=probe).close()
     finally:
         pg.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(probe)))
+
+
+def partner_by_xmlid(conn: psycopg.Connection[Any], xmlid: str) -> tuple[Any, ...]:
+    """name, complete_name, commercial_company_name, email, email_normalized."""
+    row = conn.execute(
+        "SELECT p.name, p.complete_name, p.commercial_company_name, p.email, p.email_normalized"
+        " FROM res_partner p JOIN ir_model_data d ON d.res_id = p.id"
+        " AND d.model = 'res.partner' WHERE d.module = 'base' AND d.name = %s",
+        (xmlid,),
+    ).fetchone()
+    assert row is not None, xmlid
+    return tuple(row)
+
+
+def name_search(conn: psycopg.Connection[Any], text: str) -> set[str]:
+    """What res.partner's name_search matches on (`_rec_names_search` starts at complete_name)."""
+    rows = conn.execute(
+        "SELECT complete_name FROM res_partner WHERE complete_name ILIKE %s", (f"%{text}%",)
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def test_personalised_partners_carry_what_odoo_derives(
+    run_job: Runner, pg_dsn: str, template: dict[str, Any], uid: str, drop_dbs: list[str]
+) -> None:
+    """The renamed partners' stored derived fields are recomputed: the company is found by its
+    new name, no longer by "My Company"; mail's email_normalized follows the new email."""
+    drop_dbs.append(db_of(uid) + "%")
+    email = f"Ada.Lovelace@{uid}.Example.COM"
+    res = run_job(tenant_args(uid, template, **{"--owner-email": email}))
+    assert res.rc == 0, res.output
+    with psycopg.connect(pg_dsn, dbname=db_of(uid)) as conn:
+        company = partner_by_xmlid(conn, "main_partner")
+        admin = partner_by_xmlid(conn, "partner_admin")
+        assert company == ("Ada Lovelace", "Ada Lovelace", "Ada Lovelace", None, None)
+        normalized = f"ada.lovelace@{uid}.example.com"
+        assert admin == ("Ada Lovelace", "Ada Lovelace", None, email, normalized)
+        assert name_search(conn, "lovelace") == {"Ada Lovelace"}
+        assert name_search(conn, "My Company") == set()
+        assert name_search(conn, "Administrator") == set()
+
+
+@pytest.fixture
+def clone(pg: psycopg.Connection[Any], template: dict[str, Any], uid: str,
+          drop_dbs: list[str]) -> str:  # fmt: skip
+    """A bare clone of the template (no job), to personalise directly."""
+    name = f"{uid}_clone"
+    drop_dbs.append(name)
+    tenant_db.create_clone(pg, template["name"], name, owner=OWNER_ROLE, deadline=Deadline(60))
+    return name
+
+
+def add_partner(conn: psycopg.Connection[Any], **values: Any) -> int:
+    """A partner written as Odoo's ORM writes it (its stored derived fields given)."""
+    row = conn.execute(
+        sql.SQL("INSERT INTO res_partner ({}) VALUES ({}) RETURNING id").format(
+            sql.SQL(", ").join(map(sql.Identifier, values)),
+            sql.SQL(", ").join(sql.Placeholder() for _ in values),
+        ),
+        tuple(values.values()),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_personalise_recomputes_the_contacts_of_renamed_partners(
+    pg_dsn: str, clone: str
+) -> None:
+    """Contacts and addresses under the renamed company (at any depth) and under the renamed
+    admin get the complete_name / commercial_company_name Odoo 17/18 would compute."""
+    owner = " Ada Lovelace\u2003"  # complete_name is stripped as Python's str.strip() strips
+    with psycopg.connect(pg_dsn, dbname=clone, autocommit=True) as conn:
+        ids = dict(conn.execute(
+            "SELECT d.name, d.res_id FROM ir_model_data d WHERE d.module = 'base'"
+            " AND d.name IN ('main_partner', 'partner_admin')").fetchall())  # fmt: skip
+        company, admin = ids["main_partner"], ids["partner_admin"]
+        bob = add_partner(conn, name="Bob", parent_id=company, commercial_partner_id=company,
+                          complete_name="My Company, Bob", commercial_company_name="My Company")
+        invoice = add_partner(conn, name=None, type="invoice", parent_id=bob,
+                              commercial_partner_id=company, commercial_company_name="My Company",
+                              complete_name="My Company, Invoice Address")  # fmt: skip
+        home = add_partner(conn, name="Home", type="other", parent_id=admin,
+                           commercial_partner_id=admin, complete_name="Administrator, Home")
+        other = add_partner(conn, name="Zed", complete_name="Zed")
+        conn.execute("UPDATE res_partner SET commercial_partner_id = id WHERE id = %s", (other,))
+
+        facts = tenant_db.personalise(
+            conn, tenant_db.Identity("x.example.com", "Ada@Example.COM", owner, "Acme")
+        )
+        assert facts["admin_login"] == "Ada@Example.COM"
+        rows = conn.execute(
+            "SELECT id, complete_name, commercial_company_name FROM res_partner"
+            " WHERE id = ANY(%s)", ([company, admin, bob, invoice, home, other],)
+        ).fetchall()
+        got = {r[0]: r[1:] for r in rows}
+        assert got == {
+            company: ("Acme", "Acme"),
+            admin: ("Ada Lovelace", None),
+            bob: ("Acme, Bob", "Acme"),
+            invoice: ("Acme, Invoice Address", "Acme"),
+            home: ("Ada Lovelace\u2003, Home", None),
+            other: ("Zed", None),
+        }
+        assert partner_by_xmlid(conn, "partner_admin")[3:] == ("Ada@Example.COM", "ada@example.com")
+        assert conn.execute("SELECT name FROM res_company").fetchall() == [("Acme",)]
+        assert name_search(conn, "Acme") == {"Acme", "Acme, Bob", "Acme, Invoice Address"}
+        assert name_search(conn, "My Company") == set()
+
+
+def test_personalise_without_mail_has_no_email_normalized_to_update(
+    pg_dsn: str, clone: str
+) -> None:
+    with psycopg.connect(pg_dsn, dbname=clone, autocommit=True) as conn:
+        conn.execute("ALTER TABLE res_partner DROP COLUMN email_normalized")  # base only
+        tenant_db.personalise(conn, tenant_db.Identity("x.example.com", "a@b.example", "Acme"))
+        assert name_search(conn, "Acme") == {"Acme"}
+
+
+def test_odoo_normalisations() -> None:
+    assert tenant_db.PY_WHITESPACE == "".join(
+        c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace()
+    )
+    assert tenant_db.email_normalized("Ada.L+x@Example.COM") == "ada.l+x@example.com"
+    assert tenant_db.email_normalized("Ädä@Example.COM") == "Ädä@example.com"  # SMTPUTF8: kept
 
 
 def test_second_run_is_unchanged(
