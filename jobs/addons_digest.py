@@ -3,15 +3,18 @@
 `odoo --version` says "Odoo Server 18.0" for every 18 build, so a fingerprint made of it misses
 a new image's code. This digest covers the code itself: the wanted modules, `base` (always
 installed), their `depends` closure and the `auto_install` modules those pull in, each read
-from the first directory of the addons path that holds it, exactly as Odoo looks modules up.
+from the first directory of the addons path that holds it, exactly as Odoo looks modules up,
+and the server code of the `odoo` package around that `base`.
 
 - `search_path(odoo_bin, *, odoo_config=None, addons_path=None)` → the addons directories in
   Odoo's order: Odoo's own `odoo/addons` (where `base` lives; Odoo always puts it first), then
   `addons_path` (the job's `--addons-path`, else the config's `addons_path` option; without
   either, Odoo's default `<checkout>/addons` when it exists).
 - `digest(modules, path)` → `Digest`: `value` (SHA-256 hex), `modules` (every module covered →
-  the SHA-256 of its directory, or "missing"), `path`. Deterministic: same files, same digest,
-  whatever the directory order, mtimes or location of a module.
+  the SHA-256 of its directory, or "missing"), `server` (the same for the `odoo` package that
+  holds the `base` found, without its `addons/`: the ORM and loader), `path`. Deterministic:
+  same files, same digest, whatever the directory order, mtimes or location of a module.
+  Python libraries outside the odoo package (lxml, psycopg2, ...) are not covered.
 
 A module's directory is hashed file by file, sorted, as (relative path, SHA-1 of the content):
 content, never size+mtime, because image builds reset mtimes. Left out as build by-products:
@@ -93,6 +96,7 @@ class Digest:
     value: str
     modules: dict[str, str] = field(default_factory=dict)
     path: tuple[str, ...] = ()
+    server: str = MISSING  # the odoo package's own code (without its addons/), or "missing"
 
     @property
     def missing(self) -> list[str]:
@@ -122,12 +126,13 @@ def search_path(
     configured = addons_path if addons_path and addons_path.strip() else None
     if configured is None:
         configured = odoo.base_option("addons_path", odoo_config)
-    if configured is not None:
+    if configured is not None and configured.strip() != "None":  # Odoo reads "None" as unset
         entries = [_normalize(p) for p in configured.split(",") if p.strip()]
     else:
         # Odoo's default without an addons_path: <root>/addons (= base's dir, already first)
         # and, in a source checkout, the `addons/` beside the odoo package.
-        entries = [os.path.realpath(os.path.join(p, os.pardir, "addons")) for p in found.package]
+        beside = [os.path.realpath(os.path.join(p, os.pardir, "addons")) for p in found.package]
+        entries = [p for p in beside if os.path.isdir(p)]
     ordered: list[str] = []
     for entry in [*found.addons, *entries]:
         if entry not in ordered:
@@ -146,17 +151,33 @@ def digest(modules: Iterable[str], path: Sequence[str]) -> Digest:
     for name in sorted(covered):
         where = index.dirs.get(name)
         digests[name] = MISSING if where is None else _tree_digest(where, buf)
-    value = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
-    result = Digest(value, digests, tuple(path))
+    package = server_package(index.dirs.get("base"))
+    # The server's own code (ORM, loading, tools) shapes a database as much as base does.
+    server = MISSING if package is None else _tree_digest(package, buf, skip=("addons",))
+    body = {"modules": digests, "server": server}
+    value = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    result = Digest(value, digests, tuple(path), server)
     if result.missing:
         log.info("modules not found on the addons path", missing=result.missing, path=list(path))
     log.info(
         "addons digest",
         addons_digest=value,
         modules=len(digests),
+        server=package or MISSING,
         duration_s=round(time.monotonic() - started, 3),
     )
     return result
+
+
+def server_package(base_dir: str | None) -> str | None:
+    """The `odoo` package holding the `base` module found (`<odoo>/addons/base`), if it is one:
+    found from the path, it is the same for a probed binary and for a shell wrapper."""
+    if base_dir is None:
+        return None
+    package = os.path.dirname(os.path.dirname(os.path.realpath(base_dir)))
+    if all(os.path.isfile(os.path.join(package, f)) for f in ("__init__.py", "release.py")):
+        return package
+    return None
 
 
 class _Index:
@@ -264,8 +285,9 @@ def _read_manifest(where: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _tree_digest(root: str, buf: bytearray) -> str:
-    """SHA-256 over (relative path, SHA-1 of content) of every file under `root`, sorted."""
+def _tree_digest(root: str, buf: bytearray, skip: Sequence[str] = ()) -> str:
+    """SHA-256 over (relative path, SHA-1 of content) of every file under `root`, sorted;
+    `skip` names top-level entries left out."""
     digest = hashlib.sha256()
     seen: set[tuple[int, int]] = set()
 
@@ -282,7 +304,7 @@ def _tree_digest(root: str, buf: bytearray) -> str:
         seen.add((st.st_dev, st.st_ino))
         for entry in entries:
             name = entry.name
-            if name.startswith("."):
+            if name.startswith(".") or (not rel and name in skip):
                 continue
             try:
                 is_dir = entry.is_dir()  # follows a symlink, as Odoo does

@@ -24,11 +24,13 @@ belong together.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import importlib.resources
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,15 +187,16 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     job.bind(template=template)
 
     job.step("fingerprint")
-    binary = odoo.binary_version(odoo_bin, deadline=job.deadline)
+    # The code digest reads files while `odoo --version` imports Odoo (most of an unchanged
+    # run): the two overlap. The thread runs in a copy of the log context (job, template).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(contextvars.copy_context().run, _code_digest, odoo_bin, modules, kw)
+        binary = odoo.binary_version(odoo_bin, deadline=job.deadline)
+        code_digest = pending.result()
     if odoo.major(binary) != version:
         raise ConflictError(
             f"{odoo_bin} is {binary!r}, not Odoo {version}", binary=binary, odoo_version=version
         )
-    path = addons_digest.search_path(
-        odoo_bin, odoo_config=kw["odoo_config"], addons_path=kw["addons_path"]
-    )
-    code_digest = addons_digest.digest(modules, path)
     fp = fingerprint(version, modules, binary, kw["addons_revision"], code_digest.value)
     data = {
         "fingerprint": fp,
@@ -211,6 +214,13 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         # One build per template at a time; clones are not blocked by this lock.
         with locks.advisory(f"template-build:{template}", deadline=job.deadline, dsn=ctx.dsn):
             return _converge(ctx, kw, odoo_bin)
+
+
+def _code_digest(odoo_bin: str, modules: list[str], kw: dict[str, Any]) -> addons_digest.Digest:
+    path = addons_digest.search_path(
+        odoo_bin, odoo_config=kw["odoo_config"], addons_path=kw["addons_path"]
+    )
+    return addons_digest.digest(modules, path)
 
 
 def _converge(ctx: _Ctx, kw: dict[str, Any], odoo_bin: str) -> Done:

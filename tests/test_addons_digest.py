@@ -102,6 +102,7 @@ def test_missing_module_is_recorded_and_its_arrival_changes_the_digest(
     empty.mkdir()
     first = digest(["web", "mail"], [str(empty), str(tmp_path / "absent")])
     assert first.modules == {"base": MISSING, "mail": MISSING, "web": MISSING}
+    assert first.server == MISSING
     assert first.missing == ["base", "mail", "web"]
     assert digest(["mail", "web"], [str(empty)]).value == first.value  # stable
 
@@ -168,6 +169,27 @@ def test_symlinks_are_followed_but_a_loop_ends(addons: Path, tmp_path: Path) -> 
     assert digest(["fp_c"], [str(addons)]).value != first.value
 
 
+def test_the_server_code_around_base_counts_but_not_its_other_addons(tmp_path: Path) -> None:
+    package = tmp_path / "odoo"
+    module(package / "addons", "base", {"depends": []}, {"models/ir.py": "ir = 1\n"})
+    module(package / "addons", "test_unused", {"depends": ["base"]})
+    (package / "__init__.py").write_text("")
+    (package / "release.py").write_text("version_info = (18, 0)\n")
+    (package / "models.py").write_text("orm = 1\n")
+    first = digest(["base"], [str(package / "addons")])
+    assert first.server not in (MISSING, first.modules["base"])
+    assert set(first.modules) == {"base"}
+
+    (package / "addons" / "test_unused" / "x.py").write_text("x = 1\n")  # not installed
+    assert digest(["base"], [str(package / "addons")]).value == first.value
+    (package / "models.py").write_text("orm = 2\n")  # the ORM of a new image
+    changed = digest(["base"], [str(package / "addons")])
+    assert changed.value != first.value and changed.modules == first.modules
+
+    (package / "release.py").unlink()  # base not inside an odoo package: no server code
+    assert digest(["base"], [str(package / "addons")]).server == MISSING
+
+
 def test_a_symlinked_module_directory_is_found(addons: Path, tmp_path: Path) -> None:
     linked = tmp_path / "linked-addons"
     linked.mkdir()
@@ -190,6 +212,7 @@ def odoo_package(site: Path) -> Path:
     """A fake `odoo` package with its own addons (base) under `site`."""
     (site / "odoo" / "addons" / "base").mkdir(parents=True)
     (site / "odoo" / "__init__.py").write_text("raise SystemExit('odoo must not be imported')\n")
+    (site / "odoo" / "release.py").write_text("raise SystemExit('nor any part of it')\n")
     (site / "odoo" / "addons" / "__init__.py").write_text("")
     (site / "odoo" / "addons" / "base" / "__manifest__.py").write_text("{'depends': []}")
     return (site / "odoo" / "addons").resolve()

@@ -144,6 +144,8 @@ def test_code_change_in_a_dependency_rebuilds_and_unchanged_code_does_not(
     # base is not on this path (the wrapper is a shell script: no Odoo's own addons dir).
     assert marker["addons_digest"] == addons_digest.digest(["base", "mail"], [str(addons)]).value
     assert marker["addons_missing"] == ["base"]
+    logged = [e for e in first.logs if e.get("event") == "addons digest"]
+    assert logged and logged[0]["template"] == build.name and logged[0]["step"] == "fingerprint"
 
     before = len(calls(odoo_bin))
     (addons / "web" / "__pycache__").mkdir()
