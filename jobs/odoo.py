@@ -18,6 +18,8 @@ Stable API (used by template-build, upgrade and backup):
   `db_password` of the base config is moved the same way. `PGDATABASE` is removed from the
   child's environment (Odoo 19 would treat it like `-d`). Output is streamed into the log
   through `jobs.proc`; SIGTERM stops the child.
+- `base_option(name, base_config=None)` → an [options] value of the base config (`$ODOO_RC` by
+  default) the runs start from, e.g. its `addons_path`; None when unset.
 - `binary_version(odoo_bin)` → the `--version` line (e.g. "Odoo Server 18.0");
   `major(text)` → 18.
 - `module_states(conn)` → `{name: state}` from `ir_module_module`; `check_modules(states,
@@ -174,6 +176,12 @@ def _base_config(base_config: str | Path | None) -> configparser.RawConfigParser
     if not parser.has_section("options"):
         parser.add_section("options")
     return parser
+
+
+def base_option(name: str, base_config: str | Path | None = None) -> str | None:
+    """An option of the base config's [options] (default `$ODOO_RC`), None when unset."""
+    value = _base_config(base_config).get("options", name, fallback=None)
+    return value if value is not None and value.strip() else None
 
 
 def base_password(base_config: str | Path | None = None) -> str | None:

@@ -1,12 +1,15 @@
 """`plana-job template-build` (TemplateSnapshot): the template database tenants are cloned from.
 
 The template `template_{code}_{version}` is identified by a fingerprint: a hash of the Odoo major
-version, the sorted module list, the binary's `--version` line and `PLANA_ADDONS_REVISION`. It is
+version, the sorted module list, the binary's `--version` line, `PLANA_ADDONS_REVISION` and the
+digest of the modules' code on the addons path (`jobs.addons_digest`: the modules, their
+dependencies and auto-installed modules; `--version` alone is the same for every 18 build). It is
 kept in the template's marker (`COMMENT ON DATABASE`, readable without connecting: a template has
 `datallowconn = false`) and in its filestore's mark file, so a clone can tell that the two
 belong together.
 
-- Same fingerprint and a healthy template → `unchanged`; only `odoo --version` runs.
+- Same fingerprint and a healthy template → `unchanged`; only `odoo --version` runs (and the
+  digest reads the modules' files).
 - Otherwise the template is built aside in `template_{code}_{version}__build` (dropped first
   when stale) with `odoo -i <modules> --without-demo=all --stop-after-init`; every requested
   module must be `installed` and nothing left `to install`/`to upgrade`, whatever Odoo's exit
@@ -21,11 +24,13 @@ belong together.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import importlib.resources
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +39,18 @@ import click
 import psycopg
 from psycopg import sql
 
-from jobs import filestore, locks, marker, naming, odoo, options, pg, runner, tenant_db
+from jobs import (
+    addons_digest,
+    filestore,
+    locks,
+    marker,
+    naming,
+    odoo,
+    options,
+    pg,
+    runner,
+    tenant_db,
+)
 from jobs.errors import ConflictError, TransientError, UsageError
 from jobs.result import Done
 
@@ -66,12 +82,15 @@ def parse_modules(value: str | None, code: str, version: int) -> list[str]:
     return sorted(set(names))
 
 
-def fingerprint(version: int, modules: list[str], binary: str, revision: str | None) -> str:
+def fingerprint(
+    version: int, modules: list[str], binary: str, revision: str | None, addons: str
+) -> str:
     body = {
         "odoo_version": version,
         "modules": sorted(set(modules)),
         "binary": binary,
         "addons_revision": revision or "",
+        "addons_digest": addons,
     }
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
@@ -93,7 +112,7 @@ def fingerprint(version: int, modules: list[str], binary: str, revision: str | N
     "--addons-revision",
     env="PLANA_ADDONS_REVISION",
     default=None,
-    help="Revision of the addons (part of the fingerprint).",
+    help="Revision of the addons (part of the fingerprint, with the digest of their code).",
 )
 @options.option(
     "--addons-path",
@@ -168,12 +187,17 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     job.bind(template=template)
 
     job.step("fingerprint")
-    binary = odoo.binary_version(odoo_bin, deadline=job.deadline)
+    # The code digest reads files while `odoo --version` imports Odoo (most of an unchanged
+    # run): the two overlap. The thread runs in a copy of the log context (job, template).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(contextvars.copy_context().run, _code_digest, odoo_bin, modules, kw)
+        binary = odoo.binary_version(odoo_bin, deadline=job.deadline)
+        code_digest = pending.result()
     if odoo.major(binary) != version:
         raise ConflictError(
             f"{odoo_bin} is {binary!r}, not Odoo {version}", binary=binary, odoo_version=version
         )
-    fp = fingerprint(version, modules, binary, kw["addons_revision"])
+    fp = fingerprint(version, modules, binary, kw["addons_revision"], code_digest.value)
     data = {
         "fingerprint": fp,
         "code": code,
@@ -181,6 +205,8 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         "modules": modules,
         "binary": binary,
         "addons_revision": kw["addons_revision"] or "",
+        "addons_digest": code_digest.value,
+        "addons_missing": code_digest.missing,
     }
 
     with pg.connection(dsn=kw["pg_dsn"], deadline=job.deadline) as conn:
@@ -188,6 +214,13 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         # One build per template at a time; clones are not blocked by this lock.
         with locks.advisory(f"template-build:{template}", deadline=job.deadline, dsn=ctx.dsn):
             return _converge(ctx, kw, odoo_bin)
+
+
+def _code_digest(odoo_bin: str, modules: list[str], kw: dict[str, Any]) -> addons_digest.Digest:
+    path = addons_digest.search_path(
+        odoo_bin, odoo_config=kw["odoo_config"], addons_path=kw["addons_path"]
+    )
+    return addons_digest.digest(modules, path)
 
 
 def _converge(ctx: _Ctx, kw: dict[str, Any], odoo_bin: str) -> Done:

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import filestore, locks, naming
+from jobs import addons_digest, filestore, locks, naming
 from tests.conftest import STANDINS, Runner
 from tests.test_tenant_db import OWNER_ROLE, ensure_role, mine
 
@@ -115,6 +115,61 @@ def test_build_then_same_fingerprint_is_a_noop_that_never_runs_odoo(
     forced = build.run_job([*build.args(), "--force"], ODOO_STANDIN_VERSION="18")
     assert forced.rc == 0 and forced.result["outcome"] == "updated", forced.output
     assert build.catalog(pg)["oid"] != cat["oid"]
+
+
+def fake_module(addons: Path, name: str, depends: list[str], files: dict[str, str]) -> None:
+    """A module directory for the digest to read. The stand-in reads no addons: it installs
+    its catalog's `name` whatever is on disk, so catalog names are used."""
+    where = addons / name
+    where.mkdir(parents=True)
+    (where / "__manifest__.py").write_text(repr({"name": name, "depends": depends}))
+    for rel, text in files.items():
+        (where / rel).parent.mkdir(parents=True, exist_ok=True)
+        (where / rel).write_text(text)
+
+
+def test_code_change_in_a_dependency_rebuilds_and_unchanged_code_does_not(
+    build: Build, odoo_bin: Path, pg: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    addons = tmp_path / "addons"
+    fake_module(addons, "web", ["base"], {"static/src/web.js": "web(1);\n"})
+    fake_module(addons, "mail", ["web"], {"models/mail.py": "mail = 1\n"})
+    conf = tmp_path / "odoo.conf"
+    conf.write_text(f"[options]\naddons_path = {addons}\n")
+    args = [*build.args("base,mail"), "--odoo-config", str(conf)]
+
+    first = build.run_job(args, ODOO_STANDIN_VERSION="18")
+    assert first.rc == 0 and first.result["outcome"] == "created", first.output
+    marker = build.catalog(pg)["marker"]
+    # base is not on this path (the wrapper is a shell script: no Odoo's own addons dir).
+    assert marker["addons_digest"] == addons_digest.digest(["base", "mail"], [str(addons)]).value
+    assert marker["addons_missing"] == ["base"]
+    logged = [e for e in first.logs if e.get("event") == "addons digest"]
+    assert logged and logged[0]["template"] == build.name and logged[0]["step"] == "fingerprint"
+
+    before = len(calls(odoo_bin))
+    (addons / "web" / "__pycache__").mkdir()
+    (addons / "web" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")  # a by-product
+    again = build.run_job(args, ODOO_STANDIN_VERSION="18", ODOO_STANDIN_FAIL_AT="base")
+    assert again.rc == 0 and again.result["outcome"] == "unchanged", again.output
+    assert calls(odoo_bin)[before:] == ["--version"]
+
+    # web is not asked for: mail depends on it. Same --version line, same revision.
+    (addons / "web" / "static" / "src" / "web.js").write_text("web(2);\n")
+    before = len(calls(odoo_bin))
+    changed = build.run_job(args, ODOO_STANDIN_VERSION="18")
+    assert changed.rc == 0 and changed.result["outcome"] == "updated", changed.output
+    assert any("-i base,mail" in c for c in calls(odoo_bin)[before:])
+    assert changed.result["fingerprint"] != first.result["fingerprint"]
+    assert build.catalog(pg)["marker"]["addons_digest"] != marker["addons_digest"]
+    assert build.fs_mark() == {"fingerprint": changed.result["fingerprint"]}
+
+    # --addons-path (PLANA_ODOO_ADDONS_PATH) beats the config's addons_path for the digest too.
+    other = tmp_path / "other"
+    fake_module(other, "mail", ["base"], {"models/mail.py": "mail = 2\n"})
+    moved = build.run_job(args, ODOO_STANDIN_VERSION="18", PLANA_ODOO_ADDONS_PATH=str(other))
+    assert moved.rc == 0 and moved.result["outcome"] == "updated", moved.output
+    assert build.catalog(pg)["marker"]["addons_missing"] == ["base"]  # web no longer covered
 
 
 def test_changed_modules_rebuild_waits_for_clones_then_swaps(
