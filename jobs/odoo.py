@@ -17,9 +17,8 @@ Stable API (used by template-build, upgrade and backup):
   never written to the config file, which a SIGKILL would leave behind in `$TMPDIR`. A
   `db_password` of the base config is moved the same way. `PGDATABASE` is removed from the
   child's environment (Odoo 19 would treat it like `-d`). Output is streamed into the log
-  through `jobs.proc`; SIGTERM stops the child.
-- `base_option(name, base_config=None)` → an [options] value of the base config (`$ODOO_RC` by
-  default) the runs start from, e.g. its `addons_path`; None when unset.
+  through `jobs.proc`; SIGTERM stops the child. `watch=` sees every output line (the last
+  ones only are kept in `tail`); `base_option(name, base_config)` reads one base config option.
 - `binary_version(odoo_bin)` → the `--version` line (e.g. "Odoo Server 18.0");
   `major(text)` → 18.
 - `module_states(conn)` → `{name: state}` from `ir_module_module`; `check_modules(states,
@@ -35,7 +34,7 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,9 +178,10 @@ def _base_config(base_config: str | Path | None) -> configparser.RawConfigParser
 
 
 def base_option(name: str, base_config: str | Path | None = None) -> str | None:
-    """An option of the base config's [options] (default `$ODOO_RC`), None when unset."""
-    value = _base_config(base_config).get("options", name, fallback=None)
-    return value if value is not None and value.strip() else None
+    """Option `name` of the base config (default `$ODOO_RC`); None when unset ("", "None",
+    "False" included: how Odoo writes an unset option)."""
+    value = _base_config(base_config).get("options", name, fallback="").strip()
+    return value if value and value not in ("None", "False") else None
 
 
 def base_password(base_config: str | Path | None = None) -> str | None:
@@ -201,6 +201,7 @@ def run(
     deadline: retry.Deadline | None = None,
     timeout: float | None = None,
     env: Mapping[str, str] | None = None,
+    watch: Callable[[str], None] | None = None,
 ) -> proc.Completed:
     """Run Odoo once (streamed, bounded, SIGTERM-safe) and report how it exited.
 
@@ -221,6 +222,7 @@ def run(
             env=child,
             timeout=timeout,
             deadline=deadline,
+            watch=watch,
         )
 
 

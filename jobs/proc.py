@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -57,7 +57,13 @@ class Child:
         return code
 
 
-def _pump(stream: IO[bytes], name: str, channel: str, tail: deque[str]) -> None:
+def _pump(
+    stream: IO[bytes],
+    name: str,
+    channel: str,
+    tail: deque[str],
+    watch: Callable[[str], None] | None = None,
+) -> None:
     log = structlog.get_logger()
     for raw in iter(stream.readline, b""):
         line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
@@ -65,6 +71,8 @@ def _pump(stream: IO[bytes], name: str, channel: str, tail: deque[str]) -> None:
             continue
         tail.append(redact.text(line))
         log.info(line, child=name, stream=channel)
+        if watch is not None:
+            watch(redact.text(line))
     stream.close()
 
 
@@ -92,8 +100,14 @@ def spawn(
     stdout: int | IO[Any] | None = None,
     grace: float = GRACE_S,
     pass_fds: Sequence[int] = (),
+    watch: Callable[[str], None] | None = None,
 ) -> Iterator[Child]:
-    """Start `argv`; log its stderr (and stdout, unless `stdout` is given) line by line."""
+    """Start `argv`; log its stderr (and stdout, unless `stdout` is given) line by line.
+
+    `watch` sees every line too (redacted), from the reader threads, all of them before
+    `Child.wait` returns: for what a caller must know of the whole output, beyond `tail`. It
+    must not raise (a reader that dies stops draining the pipe).
+    """
     name = name or os.path.basename(argv[0])
     log_stdout = stdout is None
     # Hold SIGTERM/SIGINT until the try/finally below is armed, so no child can be started
@@ -129,7 +143,9 @@ def spawn(
                 continue
             ctx = contextvars.copy_context()  # keep job/tenant/step on the child's lines
             thread = threading.Thread(
-                target=ctx.run, args=(_pump, stream, name, channel, child.tail), daemon=True
+                target=ctx.run,
+                args=(_pump, stream, name, channel, child.tail, watch),
+                daemon=True,
             )
             thread.start()
             child.readers.append(thread)
@@ -156,10 +172,13 @@ def run(
     deadline: retry.Deadline | None = None,
     stdout: int | IO[Any] | None = None,
     pass_fds: Sequence[int] = (),
+    watch: Callable[[str], None] | None = None,
 ) -> Completed:
     """Run to completion (bounded by `timeout` and the deadline) and report how it ended."""
     started = time.monotonic()
-    with spawn(argv, name=name, env=env, cwd=cwd, stdout=stdout, pass_fds=pass_fds) as child:
+    with spawn(
+        argv, name=name, env=env, cwd=cwd, stdout=stdout, pass_fds=pass_fds, watch=watch
+    ) as child:
         code = child.wait(timeout=timeout, deadline=deadline)
     duration = round(time.monotonic() - started, 3)
     structlog.get_logger().info("exited", child=child.name, returncode=code, duration_s=duration)

@@ -50,6 +50,12 @@ upgrade_path = options.option(
     default=None,
     help="OpenUpgrade's openupgrade_scripts/scripts directory (target pass).",
 )
+odoo_config = options.option(
+    "--odoo-config",
+    env="PLANA_ODOO_CONFIG",
+    default=None,
+    help="Odoo config file the passes start from [default: $ODOO_RC].",
+)
 addons_revision = options.option(
     "--addons-revision",
     env="PLANA_ADDONS_REVISION",
@@ -82,6 +88,12 @@ def _upgrade_path(value: str | None) -> str:
         raise UsageError("upgrade-path", "is required for the target pass")
     if not Path(value).is_dir():
         raise UsageError("upgrade-path", f"{value} is not a directory")
+    # Its scripts import odoo.addons.openupgrade_scripts: the pass puts the addon's directory
+    # on the addons path, so it must be the addon's own `scripts` (symlinks resolved).
+    if Path(value).resolve().parent.name != ph.SCRIPTS_ADDON:
+        raise UsageError(
+            "upgrade-path", f"{value} is not the scripts directory of an {ph.SCRIPTS_ADDON} addon"
+        )
     return value
 
 
@@ -150,18 +162,30 @@ def _same_major(kw: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- run: all phases
 
 
-def run_all(ctx: ph.Ctx, source_bin: str, target_bin: str, path: str) -> Done:
+def _side(kw: dict[str, Any], which: str = "") -> ph.Side:
+    """A pass's Odoo: `--{which}-odoo-bin`/`-config` (run), else `--odoo-bin`/`--odoo-config`;
+    the config is read now, so an unreadable one is refused (78) before anything is touched."""
+    prefix = f"{which}_" if which else ""
+    side = ph.Side(
+        kw.get(f"{prefix}odoo_bin") or kw["odoo_bin"],
+        kw.get(f"{prefix}odoo_config") or kw["odoo_config"],
+    )
+    ph.addons_path_of(side)
+    return side
+
+
+def run_all(ctx: ph.Ctx, source: ph.Side, target: ph.Side, path: str) -> Done:
     s = ctx.spec
     steps: list[tuple[str, Callable[[ph.Ctx], Done]]] = [
         ("snapshot", ph.snapshot),
         (
             "source-pass",
-            lambda c: ph.run_pass(c, "source-pass", "snapshot", source_bin, s.from_version),
+            lambda c: ph.run_pass(c, "source-pass", "snapshot", source, s.from_version),
         ),
         ("prefix", ph.prefix),
         (
             "target-pass",
-            lambda c: ph.run_pass(c, "target-pass", "prefix", target_bin, s.to_version, path),
+            lambda c: ph.run_pass(c, "target-pass", "prefix", target, s.to_version, path),
         ),
         ("cutover", ph.cutover),
     ]
@@ -179,10 +203,12 @@ def _run_all(kw: dict[str, Any]) -> None:
     def body(job: runner.Job) -> Done:
         spec = ph.spec(kw)
         path = _upgrade_path(kw["upgrade_path"])
-        source_bin = kw["source_odoo_bin"] or kw["odoo_bin"]
-        target_bin = kw["target_odoo_bin"] or kw["odoo_bin"]
+        # Each side its own binary and config: one addons path for both would give the
+        # fromVersion binary the toVersion addons (and `web` fails to import).
+        source = _side(kw, "source")
+        target = _side(kw, "target")
         with _tenant(job, spec) as ctx:
-            return run_all(ctx, source_bin, target_bin, path)
+            return run_all(ctx, source, target, path)
 
     runner.run("upgrade", body, timeout=kw["timeout"])
 
@@ -211,6 +237,19 @@ run_options = options.stack(
         env="PLANA_TARGET_ODOO_BIN",
         default=None,
         help="run: the toVersion Odoo executable [default: --odoo-bin].",
+    ),
+    odoo_config,
+    options.option(
+        "--source-odoo-config",
+        env="PLANA_SOURCE_ODOO_CONFIG",
+        default=None,
+        help="run: the fromVersion Odoo's config file [default: --odoo-config].",
+    ),
+    options.option(
+        "--target-odoo-config",
+        env="PLANA_TARGET_ODOO_CONFIG",
+        default=None,
+        help="run: the toVersion Odoo's config file [default: --odoo-config].",
     ),
     upgrade_path,
     addons_revision,
@@ -301,12 +340,14 @@ def snapshot_command(**kw: Any) -> None:
 @upgrade.command("source-pass")
 @hop
 @options.odoo_bin
+@odoo_config
 def source_pass_command(**kw: Any) -> None:
     """fromVersion binary, --load=base,web,openupgrade_framework -u all, on the work copy."""
     _phase(
         "source-pass",
         kw,
-        lambda c: ph.run_pass(c, "source-pass", "snapshot", kw["odoo_bin"], c.spec.from_version),
+        lambda c: ph.run_pass(c, "source-pass", "snapshot", _side(kw), c.spec.from_version),
+        check=lambda: _side(kw),
     )
 
 
@@ -320,6 +361,7 @@ def prefix_command(**kw: Any) -> None:
 @upgrade.command("target-pass")
 @hop
 @options.odoo_bin
+@odoo_config
 @upgrade_path
 def target_pass_command(**kw: Any) -> None:
     """toVersion binary with OpenUpgrade (--upgrade-path) -u all; base must reach toVersion."""
@@ -327,9 +369,9 @@ def target_pass_command(**kw: Any) -> None:
         "target-pass",
         kw,
         lambda c: ph.run_pass(
-            c, "target-pass", "prefix", kw["odoo_bin"], c.spec.to_version, kw["upgrade_path"]
+            c, "target-pass", "prefix", _side(kw), c.spec.to_version, kw["upgrade_path"]
         ),
-        check=lambda: _upgrade_path(kw["upgrade_path"]),
+        check=lambda: (_upgrade_path(kw["upgrade_path"]), _side(kw)),
     )
 
 

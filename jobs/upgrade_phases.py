@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,17 @@ TENANT_KIND = "tenant"
 WORK_KIND = "upgrade-work"
 ROLLBACK_KIND = "rollback"
 PHASES = ("snapshot", "source-pass", "prefix", "target-pass", "cutover")
-OPENUPGRADE_LOAD = ("base", "web", "openupgrade_framework")
+FRAMEWORK = "openupgrade_framework"
+SCRIPTS_ADDON = "openupgrade_scripts"
+OPENUPGRADE_LOAD = ("base", "web", FRAMEWORK)
 MAX_DB_NAME = 63
+# What Odoo 17/18 log when a `--load` module cannot be imported (then they go on, exit 0):
+# CRITICAL "Couldn't load module X" (odoo.modules.module), ERROR "Failed to load server-wide
+# module `X`." with the ModuleNotFoundError (odoo.service.server). OpenUpgrade's framework logs
+# nothing when it loads, so its absence is the only thing to see.
+_FRAMEWORK_FAILED = re.compile(
+    rf"Failed to load server-wide module `{FRAMEWORK}`|Couldn't load module {FRAMEWORK}\b"
+)
 
 
 @dataclass(frozen=True)
@@ -99,6 +109,52 @@ def spec(kw: dict[str, Any], *, same_major: bool = False) -> Spec:
         )
     data_dir = Path(kw.get("data_dir") or naming.DEFAULT_DATA_DIR)
     return Spec(tenant, from_v, to_v, data_dir, kw.get("pg_dsn"))
+
+
+@dataclass(frozen=True)
+class Side:
+    """The Odoo of one side of the hop: its executable and its config file.
+
+    `config` None is `$ODOO_RC` (the image's config), as in `jobs.odoo`; `upgrade run` gives
+    each side its own, so the fromVersion binary never sees the toVersion addons.
+    """
+
+    odoo_bin: str
+    config: str | None = None
+
+    def env(self) -> dict[str, str] | None:
+        """The child's environment: `$ODOO_RC` names this side's config too (Odoo itself reads
+        only `-c` then, but a wrapper script may read the variable)."""
+        return None if self.config is None else {**os.environ, "ODOO_RC": self.config}
+
+
+def scripts_addons_dir(upgrade_path: str) -> Path:
+    """The addons-path entry holding the openupgrade_scripts addon of `upgrade_path`.
+
+    `--upgrade-path` is `…/openupgrade_scripts/scripts`; the scripts import
+    `odoo.addons.openupgrade_scripts`, so the addon's parent must be an addons path (Odoo
+    normalises its paths with realpath: so does this).
+    """
+    return Path(upgrade_path).resolve().parent.parent
+
+
+def addons_path_of(side: Side) -> list[str]:
+    """The entries of the side config's addons_path (empty: Odoo's defaults apply)."""
+    value = odoo.base_option("addons_path", side.config) or ""
+    return [entry.strip() for entry in value.split(",") if entry.strip()]
+
+
+def pass_addons_path(side: Side, upgrade_path: str | None) -> str | None:
+    """`--addons-path` of a pass: None keeps the config's; the target pass gets the config's
+    entries plus the openupgrade_scripts addon's directory (a command-line `--addons-path`
+    replaces the config's addons_path, hence the composition)."""
+    if upgrade_path is None:
+        return None
+    entries = addons_path_of(side)
+    extra = scripts_addons_dir(upgrade_path)
+    if not any(Path(os.path.expanduser(entry)).resolve() == extra for entry in entries):
+        entries.append(str(extra))
+    return ",".join(entries)
 
 
 @dataclass
@@ -292,7 +348,7 @@ def run_pass(
     ctx: Ctx,
     phase: str,
     after: str,
-    odoo_bin: str,
+    side: Side,
     version: int,
     upgrade_path: str | None = None,
 ) -> Done:
@@ -305,7 +361,8 @@ def run_pass(
     phases: list[str] = list(mark.data.get("phases", []))
     if phase in phases:
         return Done("unchanged", {"phase": phase, "phases": phases})
-    check_binary(odoo_bin, version, ctx.job.deadline)
+    check_binary(side.odoo_bin, version, ctx.job.deadline)
+    addons = pass_addons_path(side, upgrade_path)  # before `running`: an unreadable config is 78
     _seed_filestore(ctx)
     mark.data["running"] = phase
     _record(ctx, mark)  # from here on, an interruption spoils the copy
@@ -314,16 +371,44 @@ def run_pass(
         update=["all"],
         load=OPENUPGRADE_LOAD,
         upgrade_path=upgrade_path,
+        addons_path=addons,
         data_dir=s.data_dir,
     )
-    done = odoo.run(odoo_bin, version, inv, dsn=s.dsn, deadline=ctx.job.deadline)
-    problems = [] if done.returncode == 0 else [f"odoo exited {done.returncode}"]
+    no_framework: list[str] = []
+
+    def watch(line: str) -> None:
+        if _FRAMEWORK_FAILED.search(line):
+            no_framework.append(line)
+
+    done = odoo.run(
+        side.odoo_bin,
+        version,
+        inv,
+        dsn=s.dsn,
+        base_config=side.config,
+        deadline=ctx.job.deadline,
+        env=side.env(),
+        watch=watch,
+    )
+    problems = [f"{FRAMEWORK} did not load"] if no_framework else []
+    if done.returncode != 0:
+        problems.append(f"odoo exited {done.returncode}")
     problems += verify(ctx, s.work, version)
     ctx.job.check_locks()  # the pass may have run for long: record it only while still ours
     if problems:
         mark.state = "failed"
         mark.data["failed"] = {"phase": phase, "problems": problems[:10]}
         _record(ctx, mark)
+        if no_framework:
+            # Odoo went on without it, exit 0 and all: a plain `-u all`, not a migration.
+            raise ConfigError(
+                f"{phase}: {side.odoo_bin} could not load {FRAMEWORK} (--load): it is on none "
+                f"of its addons paths ({_addons_where(side, addons)}), or does not import (e.g. "
+                "openupgradelib missing); put OpenUpgrade's directory on the config's "
+                "addons_path (the next attempt starts from a fresh copy)",
+                phase=phase,
+                odoo_bin=side.odoo_bin,
+            )
         tail = done.tail[-1] if done.tail else ""
         raise ConflictError(
             f"{phase} on {s.work} failed: {'; '.join(problems[:5])}"
@@ -337,6 +422,17 @@ def run_pass(
     _record(ctx, mark)
     log.info("pass done", phase=phase, duration_s=done.duration_s)
     return Done("updated", {"phase": phase, "phases": mark.data["phases"]})
+
+
+def _addons_where(side: Side, addons: str | None) -> str:
+    """Where that Odoo looked for addons, in words, for an error message."""
+    config = side.config or os.environ.get("ODOO_RC") or "no config file"
+    if addons is not None:
+        return f"--addons-path={addons}"
+    entries = addons_path_of(side)
+    if entries:
+        return f"addons_path = {','.join(entries)} in {config}"
+    return f"Odoo's default addons only: no addons_path in {config}"
 
 
 def verify(ctx: Ctx, db: str, version: int) -> list[str]:

@@ -49,6 +49,7 @@ OPTIONAL = {
     "erp_fields",  # erp-callback: the field names as they are
     "strategy",  # upgrade: only when no phase is named
     "source_odoo_bin", "target_odoo_bin", "upgrade_path",  # upgrade run / image ENV
+    "source_odoo_config", "target_odoo_config",  # upgrade run: default --odoo-config
     "owner_email", "owner_name",  # not used by every PLANAClient job
 }  # fmt: skip
 

@@ -185,9 +185,15 @@ class World:
         self.d18, self.d17, self.dp = tmp / "data18", tmp / "data17", tmp / "dataP"
         self.tpl18 = self._template("18", "base,web,mail,contacts", self.odoo18, self.d18)
         self.tpl17 = self._template("17", MODULES_17, self.odoo17, self.d17)
-        self.scripts = tmp / "openupgrade_scripts" / "scripts"
+        # OpenUpgrade (the framework beside the scripts), and the 17 side's config naming it.
+        openupgrade = tmp / "openupgrade"
+        self.scripts = openupgrade / "openupgrade_scripts" / "scripts"
         (self.scripts / "base" / "18.0.1.3").mkdir(parents=True)
         (self.scripts / "base" / "18.0.1.3" / "pre-migration.py").write_text("# script\n")
+        (openupgrade / "openupgrade_framework").mkdir()
+        (openupgrade / "openupgrade_framework" / "__manifest__.py").write_text("{}\n")
+        self.conf17 = tmp / "odoo17.conf"
+        self.conf17.write_text(f"[options]\naddons_path = {openupgrade}\n")
         # One production tenant from the template (environments hang off it), one with data
         # (copied environments, backups and restores), and one signed backup set of it.
         self.prod = self.token()
@@ -346,7 +352,8 @@ def _upgrade_run(w: World) -> Case:
     sub = w.tenant17()
     args = ["upgrade", "run", "--subdomain", sub, "--from-version", "17", "--to-version", "18",
             "--data-dir", str(w.d17), "--source-odoo-bin", w.odoo17,
-            "--target-odoo-bin", w.odoo18, "--upgrade-path", str(w.scripts)]  # fmt: skip
+            "--target-odoo-bin", w.odoo18, "--upgrade-path", str(w.scripts),
+            "--source-odoo-config", str(w.conf17)]  # fmt: skip
     return Case(sub, args, w.d17)
 
 

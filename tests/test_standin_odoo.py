@@ -103,11 +103,28 @@ def new_db() -> Iterator[Callable[[], str]]:
 
 @pytest.fixture
 def upgrade_path(tmp_path: Path) -> Path:
-    """A directory Odoo accepts as --upgrade-path (`*/*/pre-*.py`), like OpenUpgrade's scripts."""
-    scripts = tmp_path / "openupgrade_scripts" / "scripts"
+    """OpenUpgrade's scripts, a directory Odoo accepts as --upgrade-path (`*/*/pre-*.py`), in
+    an addons directory that also holds openupgrade_framework (as OpenUpgrade's checkout does)."""
+    addons = tmp_path / "openupgrade"
+    scripts = addons / "openupgrade_scripts" / "scripts"
     (scripts / "base" / "18.0.1.3").mkdir(parents=True)
     (scripts / "base" / "18.0.1.3" / "pre-migration.py").write_text("# stand-in\n")
+    framework(addons)
     return scripts
+
+
+def framework(addons: Path) -> Path:
+    """An openupgrade_framework addon (its manifest) in the addons directory `addons`."""
+    (addons / "openupgrade_framework").mkdir(parents=True)
+    (addons / "openupgrade_framework" / "__manifest__.py").write_text("{'name': 'stand-in'}\n")
+    return addons
+
+
+def openupgrade(scripts: Path, addons: Path | None = None) -> tuple[str, ...]:
+    """OpenUpgrade's command line: the framework loaded, the scripts, their addons path."""
+    path = addons if addons is not None else scripts.parent.parent
+    return ("--load=base,web,openupgrade_framework", f"--upgrade-path={scripts}",
+            f"--addons-path={path}")
 
 
 def rows(db: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -325,16 +342,16 @@ def test_agreement_legal_major_upgrade(
                  "AND d.model = 'ir.ui.view' WHERE d.module = 'agreement_legal' "
                  "AND v.arch_db LIKE %s ORDER BY 1", ('%"signed_contract_filename"%',))
     assert stale == [("partner_agreement_form_view",), ("partner_agreement_list_view",)]
-    openupgrade = ("--load=base,web,openupgrade_framework", f"--upgrade-path={upgrade_path}")
+    ou = openupgrade(upgrade_path)
 
     # the source-version pass (same major, framework loaded) is an ordinary update
-    assert odoo.init(db, *openupgrade, "-u", "all", version=17).returncode == 0
+    assert odoo.init(db, *ou, "-u", "all", version=17).returncode == 0
 
     res = odoo.init(db, "-u", "all", version=18)  # 18 without OpenUpgrade
     assert res.returncode == 255 and "Failed to initialize database" in res.stderr
-    res = odoo.init(db, *openupgrade, "-u", "all", version=19)  # two majors at once
+    res = odoo.init(db, *ou, "-u", "all", version=19)  # two majors at once
     assert res.returncode == 255
-    res = odoo.init(db, *openupgrade, "-u", "all", version=18)  # stale 17 views
+    res = odoo.init(db, *ou, "-u", "all", version=18)  # stale 17 views
     assert res.returncode == 255
     assert "odoo.tools.convert.ParseError" in res.stderr
     assert 'Field "signed_contract_filename" does not exist in model "agreement"' in res.stderr
@@ -342,7 +359,7 @@ def test_agreement_legal_major_upgrade(
 
     with psycopg.connect(DSN, dbname=db) as conn:
         conn.execute(PREFIX)
-    res = odoo.init(db, *openupgrade, "-u", "all", version=18)
+    res = odoo.init(db, *ou, "-u", "all", version=18)
     assert res.returncode == 0, res.stderr
     mods = modules(db)
     assert mods["base"][:2] == ("installed", "18.0.1.3")
@@ -355,6 +372,77 @@ def test_agreement_legal_major_upgrade(
 
     assert odoo.init(db, "-u", "all", version=17).returncode == 255  # no downgrades
     assert odoo.init(db, "-u", "all", version=18).returncode == 0
+
+
+def test_another_major_loads_without_update_and_fails_on_data_with_it(
+    odoo: Odoo, new_db: Callable[[], str]
+) -> None:
+    """No version check in Odoo: 18 loads a 17 database (and 17 an 18 one) as it is; `-u all`
+    without OpenUpgrade fails on base's data (real 18 on a 17 base: res.lang.csv), exit 255."""
+    old, new = new_db(), new_db()
+    assert odoo.init(old, "-i", "contacts", version=17).returncode == 0
+    assert odoo.init(new, "-i", "contacts", version=18).returncode == 0
+    for db, version, base in ((old, 18, "17.0.1.3"), (new, 17, "18.0.1.3")):
+        res = odoo.init(db, version=version)
+        assert res.returncode == 0, res.stderr
+        assert "Registry loaded" in res.stderr and "is at Odoo" not in res.stderr
+        res = odoo.init(db, "-u", "all", version=version)
+        assert res.returncode == 255, res.stderr
+        assert "Module loading base failed: file base/data/res.lang.csv could not be processed" \
+            in res.stderr
+        assert f"Failed to initialize database `{db}`." in res.stderr
+        assert "cannot load" not in res.stderr and "migration" not in res.stderr
+        assert modules(db)["base"][:2] == ("installed", base)  # rolled back
+
+
+def test_load_module_not_on_the_addons_path_is_logged_and_skipped(
+    odoo: Odoo, new_db: Callable[[], str], tmp_path: Path
+) -> None:
+    db = new_db()
+    res = odoo.init(db, "--load=base,web,openupgrade_framework", "-i", "contacts")
+    assert res.returncode == 0, res.stderr
+    assert "CRITICAL ? odoo.modules.module: Couldn't load module openupgrade_framework\n" in (
+        res.stderr)
+    assert ("ERROR ? odoo.service.server: Failed to load server-wide module "
+            "`openupgrade_framework`.\n") in res.stderr
+    assert "ModuleNotFoundError: No module named 'odoo.addons.openupgrade_framework'" in res.stderr
+    assert modules(db)["contacts"][0] == "installed"  # the run went on without it
+    # A bare directory is no addon; one with its manifest on an --addons-path entry loads.
+    (tmp_path / "bare" / "openupgrade_framework").mkdir(parents=True)
+    res = odoo.init(db, "--load=base,web,openupgrade_framework", f"--addons-path={tmp_path}/bare")
+    assert res.returncode == 0 and "Couldn't load module" in res.stderr, res.stderr
+    res = odoo.init(db, "--load=base,web,openupgrade_framework",
+                    f"--addons-path={tmp_path}/bare,{framework(tmp_path / 'addons')}")
+    assert res.returncode == 0, res.stderr
+    assert "Couldn't load" not in res.stderr and "Failed to load" not in res.stderr
+    assert "loading server-wide module `openupgrade_framework`" in res.stderr
+
+
+def test_openupgrade_needs_its_addons_on_the_addons_path(
+    odoo: Odoo, new_db: Callable[[], str], upgrade_path: Path, tmp_path: Path
+) -> None:
+    db = new_db()
+    assert odoo.init(db, "-i", "contacts", version=17).returncode == 0
+    # The framework alone on the addons path: the scripts cannot import openupgrade_scripts.
+    alone = framework(tmp_path / "framework-only")
+    res = odoo.init(db, *openupgrade(upgrade_path, alone), "-u", "all", version=18)
+    assert res.returncode == 255, res.stderr
+    assert f"ImportError: module base: Unable to load pre-upgrade file {upgrade_path}/base/" \
+        "18.0.1.3/pre-migration.py" in res.stderr
+    assert "ModuleNotFoundError: No module named 'odoo.addons.openupgrade_scripts'" in res.stderr
+    assert modules(db)["base"][1] == "17.0.1.3"
+    # The scripts without the framework: no migration, a plain -u all failing on the data.
+    (tmp_path / "scripts-only" / "openupgrade_scripts").mkdir(parents=True)
+    res = odoo.init(db, *openupgrade(upgrade_path, tmp_path / "scripts-only"), "-u", "all",
+                    version=18)
+    assert res.returncode == 255, res.stderr
+    assert "Couldn't load module openupgrade_framework" in res.stderr
+    assert "res.lang.csv could not be processed" in res.stderr
+    assert modules(db)["base"][1] == "17.0.1.3"
+    # Both (OpenUpgrade's own directory): migrated.
+    res = odoo.init(db, *openupgrade(upgrade_path), "-u", "all", version=18)
+    assert res.returncode == 0, res.stderr
+    assert modules(db)["base"][:2] == ("installed", "18.0.1.3")
 
 
 def _python_without_psycopg(tmp: Path) -> dict[str, str]:

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import shutil
 import signal
 import subprocess
 import uuid
@@ -18,7 +20,7 @@ from psycopg import sql
 
 from jobs import naming
 from jobs.upgrade_phases import prefix_files
-from tests.conftest import STANDINS, Runner, database_names
+from tests.conftest import STANDINS, JobRun, Runner, database_names
 
 ODOO = str(STANDINS / "odoo")
 OWNER_ROLE = "plana"
@@ -33,6 +35,19 @@ def _wrapper(path: Path, version: int, **env: str) -> str:
     return str(path)
 
 
+def _addons(path: Path, *names: str) -> Path:
+    """An addons directory holding (empty) addons `names`, each with its manifest."""
+    for name in names:
+        (path / name).mkdir(parents=True)
+        (path / name / "__manifest__.py").write_text(f"{{'name': '{name}'}}\n")
+    return path
+
+
+def _config(path: Path, *addons: Path) -> str:
+    path.write_text(f"[options]\naddons_path = {','.join(map(str, addons))}\n")
+    return str(path)
+
+
 def _drop(conn: psycopg.Connection[Any], name: str) -> None:
     ident = sql.Identifier(name)
     if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
@@ -42,11 +57,14 @@ def _drop(conn: psycopg.Connection[Any], name: str) -> None:
 
 @pytest.fixture(scope="module")
 def env(pg_dsn: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One 17 template with agreement_legal, the two binaries and an upgrade path."""
+    """One 17 template with agreement_legal, the two binaries, each with its Odoo config as
+    its image has (17: OpenUpgrade 17's framework on its addons path; 18: an addons directory
+    without OpenUpgrade), and OpenUpgrade 18 (framework and scripts) for the upgrade path."""
     tmp = tmp_path_factory.mktemp("upgrade")
     bins = tmp / "bin"
     bins.mkdir()
-    scripts = tmp / "openupgrade_scripts" / "scripts"
+    ou18 = _addons(tmp / "openupgrade18", "openupgrade_framework")
+    scripts = ou18 / "openupgrade_scripts" / "scripts"
     (scripts / "base" / "18.0.1.3").mkdir(parents=True)
     (scripts / "base" / "18.0.1.3" / "pre-migration.py").write_text("# OpenUpgrade script\n")
     name = "template_" + uuid.uuid4().hex[:10]
@@ -60,7 +78,11 @@ def env(pg_dsn: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -
     ns.odoo17 = _wrapper(bins / "odoo17", 17)
     ns.odoo18 = _wrapper(bins / "odoo18", 18)
     ns.odoo18_slow = _wrapper(bins / "odoo18-slow", 18, ODOO_STANDIN_SLEEP="60")
-    ns.scripts = str(scripts)
+    ns.scripts, ns.ou18 = str(scripts), str(ou18)
+    ns.addons17 = _addons(tmp / "addons17", "openupgrade_framework", "plana_theme")
+    ns.addons18 = _addons(tmp / "addons18", "plana_theme")
+    ns.conf17 = _config(tmp / "odoo17.conf", ns.addons17)
+    ns.conf18 = _config(tmp / "odoo18.conf", ns.addons18)
     run = Runner(pg_dsn, redis_url, tmp)
     built = run(["template-build", "--template-code", "basic", "--odoo-version", "17",
                  "--modules", MODULES, "--template-db", name, "--odoo-bin", ns.odoo17,
@@ -137,16 +159,19 @@ def test_chain_17_to_18_with_filestore_rerun_and_rollback(
 
     # Passes are ordered: the target pass refuses a copy that has not been pre-fixed.
     early = run_job(["upgrade", "target-pass", *hop(sub, d18, "--odoo-bin", env.odoo18,
+                                                     "--odoo-config", env.conf18,
                                                      "--upgrade-path", env.scripts)])
     assert early.rc == 65 and "prefix" in early.result["error"], early.output
 
     # The wrong image for a pass is a configuration error (78), found before the copy is touched.
     wrong = run_job(["upgrade", "source-pass", *hop(sub, d17, "--odoo-bin", env.odoo18)])
     assert wrong.rc == 78 and "not Odoo 17.0" in wrong.result["error"], wrong.output
-    assert phase("source-pass", d17, "--odoo-bin", env.odoo17)["outcome"] == "updated"
+    assert phase("source-pass", d17, "--odoo-bin", env.odoo17,
+                 "--odoo-config", env.conf17)["outcome"] == "updated"  # fmt: skip
     assert phase("prefix", d18)["prefixes"] == [n for n, _ in prefix_files(17, 18)]
     # The target volume has no filestore for the copy yet: refused, and the copy stays usable.
     bare = run_job(["upgrade", "target-pass", *hop(sub, d18, "--odoo-bin", env.odoo18,
+                                                    "--odoo-config", env.conf18,
                                                     "--upgrade-path", env.scripts)])
     assert bare.rc == 65 and "filestore-copy" in bare.result["error"], bare.output
     # Between the images: the work copy's filestore goes to the target volume.
@@ -156,7 +181,7 @@ def test_chain_17_to_18_with_filestore_rerun_and_rollback(
     assert copied.rc == 0 and copied.result["outcome"] == "created", copied.output
     status = run_job(["upgrade", "status", *hop(sub, d18)])
     assert status.result["next"] == "target-pass", status.output
-    assert phase("target-pass", d18, "--odoo-bin", env.odoo18,
+    assert phase("target-pass", d18, "--odoo-bin", env.odoo18, "--odoo-config", env.conf18,
                  "--upgrade-path", env.scripts)["outcome"] == "updated"  # fmt: skip
     assert phase("cutover", d18)["rollback_db"] == rb
 
@@ -205,7 +230,8 @@ def test_prefix_sql_is_what_lets_the_18_pass_through(
 ) -> None:  # fmt: skip
     """On a copy past the 17 pass: 18 fails on agreement_legal's stale views, the fix cures it."""
     sub, db = tenant, naming.db_name(tenant)
-    for args in (["snapshot"], ["source-pass", "--odoo-bin", env.odoo17]):
+    for args in (["snapshot"], ["source-pass", "--odoo-bin", env.odoo17,
+                                "--odoo-config", env.conf17]):
         done = run_job(["upgrade", *args, *hop(sub, env.d17)])
         assert done.rc == 0, done.output
     probe = f"{db}__probe"
@@ -213,7 +239,8 @@ def test_prefix_sql_is_what_lets_the_18_pass_through(
     pg.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
         sql.Identifier(probe), sql.Identifier(f"{db}__up18")))  # fmt: skip
     argv = [env.odoo18, "-d", probe, "--load=base,web,openupgrade_framework",
-            f"--upgrade-path={env.scripts}", "-u", "all", "--stop-after-init", "--no-http",
+            f"--upgrade-path={env.scripts}", f"--addons-path={env.ou18}", "-u", "all",
+            "--stop-after-init", "--no-http",
             "--db_host", "127.0.0.1", "-r", "postgres", "-D", str(env.tmp / "probe")]  # fmt: skip
     failed = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=run_job.env)
     assert failed.returncode == 255 and "signed_contract_filename" in failed.stderr
@@ -232,6 +259,8 @@ def test_target_pass_killed_midway_restarts_from_fresh_copy(
     sub, db = tenant, naming.db_name(tenant)
     args = ["upgrade", "run", *hop(sub, env.d17, "--source-odoo-bin", env.odoo17,
                                    "--target-odoo-bin", env.odoo18_slow,
+                                   "--source-odoo-config", env.conf17,
+                                   "--target-odoo-config", env.conf18,
                                    "--upgrade-path", env.scripts)]  # fmt: skip
     job = run_job.popen(args)
     odoo_pid = None
@@ -263,6 +292,72 @@ def test_target_pass_killed_midway_restarts_from_fresh_copy(
     assert base_of(pg_dsn, db).startswith("18.0.")
     again = run_job(args)
     assert again.rc == 0 and again.result["outcome"] == "unchanged", again.output
+
+
+def addons_paths(done: JobRun, step: str) -> list[list[str]]:
+    """The addons paths each Odoo run of `step` started with (the stand-in logs them)."""
+    return [
+        ast.literal_eval(str(e["event"]).split(" odoo: addons paths: ", 1)[1])
+        for e in done.logs
+        if e.get("child") == "odoo" and e.get("step") == step
+        and " odoo: addons paths: " in str(e.get("event"))
+    ]  # fmt: skip
+
+
+def run_args(env: Any, sub: str, *more: str) -> list[str]:
+    return ["upgrade", "run", *hop(sub, env.d17, "--source-odoo-bin", env.odoo17,
+                                   "--target-odoo-bin", env.odoo18, *more)]  # fmt: skip
+
+
+def test_run_gives_each_side_its_own_odoo_config(
+    env: Any, run_job: Runner, pg_dsn: str, tenant: str, tmp_path: Path
+) -> None:
+    """`upgrade run` drives two binaries: each pass starts from its own side's config, never
+    the other's nor $ODOO_RC's, and the target pass also gets the directory of OpenUpgrade's
+    openupgrade_scripts addon (its scripts import it) added to its config's addons path."""
+    sub, db = tenant, naming.db_name(tenant)
+    stray = _config(tmp_path / "stray.conf", _addons(tmp_path / "stray", "plana_theme"))
+    done = run_job(run_args(env, sub, "--source-odoo-config", env.conf17,
+                            "--target-odoo-config", env.conf18, "--upgrade-path", env.scripts),
+                   ODOO_RC=stray)  # fmt: skip
+    assert done.rc == 0, done.output
+    assert addons_paths(done, "source-pass") == [[str(env.addons17)]]
+    assert addons_paths(done, "target-pass") == [[str(env.addons18), str(Path(env.ou18).resolve())]]
+    assert base_of(pg_dsn, db).startswith("18.0.")
+
+
+def test_pass_without_openupgrade_framework_is_a_configuration_error(
+    env: Any, run_job: Runner, pg: psycopg.Connection[Any], tenant: str, tmp_path: Path
+) -> None:
+    """Odoo only logs a --load module it cannot import and goes on (exit 0): a pass without
+    the framework is a plain `-u all`, no migration. Seen in Odoo's output: 78 naming the
+    addons path; the copy is spoilt, so the next attempt starts from a fresh one."""
+    sub, db = tenant, naming.db_name(tenant)
+    bare17 = _config(tmp_path / "bare17.conf", env.addons18)  # no openupgrade_framework
+    source = run_job(run_args(env, sub, "--source-odoo-config", bare17,
+                              "--target-odoo-config", env.conf18, "--upgrade-path", env.scripts))
+    assert source.rc == 78, source.output
+    error = source.result["error"]
+    assert error.startswith("source-pass: ") and "could not load openupgrade_framework" in error
+    assert f"addons_path = {env.addons18} in {bare17}" in error, error
+    status = run_job(["upgrade", "status", *hop(sub, env.d17)])
+    assert status.result["state"] == "failed" and status.result["next"] == "snapshot"
+
+    # The target side: OpenUpgrade's scripts without its framework beside them.
+    alone = tmp_path / "scripts-only" / "openupgrade_scripts" / "scripts"
+    shutil.copytree(env.scripts, alone)
+    target = run_job(run_args(env, sub, "--source-odoo-config", env.conf17,
+                              "--target-odoo-config", env.conf18, "--upgrade-path", str(alone)))
+    assert target.rc == 78, target.output
+    error = target.result["error"]
+    assert error.startswith("target-pass: ") and "could not load openupgrade_framework" in error
+    assert f"--addons-path={env.addons18},{alone.parent.parent.resolve()}" in error, error
+    status = run_job(["upgrade", "status", *hop(sub, env.d17)])
+    assert status.result["state"] == "failed" and status.result["phases"] == [
+        "snapshot", "source-pass", "prefix"]  # fmt: skip
+    assert status.result["upgrading"]["attempt"] == 2
+    allow, live = info(pg, db) or (True, {})
+    assert not allow and "odoo_version" not in live  # still the frozen 17 tenant
 
 
 def test_same_major_twice_and_verified(
@@ -310,6 +405,14 @@ def test_refused_with_nothing_changed(
     assert "fromVersion" in refused(64, "snapshot", "--subdomain", sub, "--from-version",
                                     "banana", "--to-version", "18")  # fmt: skip
     assert "upgrade-path" in refused(64, "target-pass", *hop(sub, env.d17))
+    # Not an openupgrade_scripts/scripts: its addon could not be put on the addons path.
+    assert "openupgrade_scripts addon" in refused(
+        64, "target-pass", *hop(sub, env.d17), "--upgrade-path", env.ou18)
+    missing = str(env.tmp / "missing.conf")  # read before anything is touched: 78
+    assert missing in refused(78, "source-pass", *hop(sub, env.d17), "--odoo-bin", env.odoo17,
+                              "--odoo-config", missing)  # fmt: skip
+    assert missing in refused(78, "run", *hop(sub, env.d17), "--upgrade-path", env.scripts,
+                              "--target-odoo-config", missing)  # fmt: skip
     # A database under the tenant's name that plana-jobs did not make: not ours.
     other = uid + "x"
     drop_dbs.append(naming.db_name(other))
