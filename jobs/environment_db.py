@@ -10,15 +10,17 @@ Two sources:
   SHARE locks: production keeps serving, no session of it is ended, nothing is frozen.
 
 Either way the environment is built aside (`{db}__env`, `.{db}.env`), gets its own
-`database.secret`/`database.uuid`/`web.base.url`, is neutralised the way Odoo neutralises a
-duplicate (`sql/environment/{module}.sql` for each installed module), and is verified neutralised
-before it is published by renames (the old environment, on `--refresh`, is kept until then).
+`database.secret`/`database.uuid`/`web.base.url`, is neutralised by Odoo itself (the
+environment's binary runs `odoo neutralize -d {db}__env`: every installed module's
+`data/neutralize.sql`, custom addons' included), and is verified neutralised before it is
+published by renames (the old environment, on `--refresh`, is kept until then).
 Idempotent: an existing environment is `unchanged`; `--refresh` rebuilds it once per
 `--generation` (the XR's), so a re-created Job does not refresh again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import os
 import subprocess
@@ -34,6 +36,7 @@ from jobs import (
     locks,
     marker,
     naming,
+    odoo,
     options,
     pg,
     proc,
@@ -43,7 +46,7 @@ from jobs import (
     swap,
     tenant_db,
 )
-from jobs.errors import ConflictError
+from jobs.errors import ConfigError, ConflictError, JobError, TransientError
 from jobs.result import Done
 
 KIND = "environment"
@@ -51,23 +54,43 @@ WORK_KIND = "environment-work"
 WORK_SUFFIX = "__env"
 
 
-def neutralise(conn: psycopg.Connection[Any]) -> list[str]:
-    """Apply sql/environment/{module}.sql for every installed module that has one."""
-    installed = {
-        r[0]
-        for r in conn.execute(
-            "SELECT name FROM ir_module_module WHERE state IN ('installed', 'to upgrade')"
-        ).fetchall()
-    }
-    folder = importlib.resources.files("jobs.sql").joinpath("environment")
-    applied: list[str] = []
-    with conn.transaction():
-        for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-            module = entry.name.removesuffix(".sql")
-            if entry.name.endswith(".sql") and module in installed:
-                conn.execute(entry.read_text(encoding="utf-8"))  # a script: no parameters
-                applied.append(module)
-    return applied
+def database_major(conn: psycopg.Connection[Any]) -> int | None:
+    """The Odoo major version of the database Odoo would load (its `base` module's)."""
+    row = conn.execute(
+        "SELECT latest_version FROM ir_module_module WHERE name = 'base'"
+        " AND state IN ('installed', 'to upgrade', 'to remove')"
+    ).fetchone()
+    return odoo.major(str(row[0])) if row and row[0] else None
+
+
+def neutralise(job: runner.Job, ctx: dict[str, Any], db: str) -> None:
+    """`odoo neutralize -d db` with the environment's own binary (one transaction, in Odoo).
+
+    Odoo's own mechanism, so every installed module's `data/neutralize.sql` is applied, those
+    of custom addons on the addons path too. The binary must be the database's major version:
+    another version's SQL is written for another schema. A failed run leaves nothing applied
+    (Odoo rolls back) and a re-run starts over from a new copy, hence 75.
+    """
+    binary: str = ctx["binary"]
+    with pg.connection(db, dsn=ctx["dsn"], deadline=job.deadline) as wconn:
+        db_major = database_major(wconn)
+    if db_major != odoo.major(binary):
+        raise ConflictError(
+            f"{db} is Odoo {db_major}, {ctx['odoo_bin']} is {binary!r}: cannot neutralise it",
+            binary=binary,
+        )
+    args = ["-d", db]
+    if ctx["addons_path"]:
+        args.append(f"--addons-path={ctx['addons_path']}")
+    done = odoo.run_command(
+        ctx["odoo_bin"], "neutralize", args, dsn=ctx["dsn"], base_config=ctx["odoo_config"],
+        deadline=job.deadline,
+    )  # fmt: skip
+    if done.returncode < 0:
+        raise TransientError(f"odoo neutralize was killed by signal {-done.returncode}")
+    if done.returncode != 0:
+        said = " | ".join(done.tail[-3:]) or "(no output)"
+        raise TransientError(f"odoo neutralize exited {done.returncode}: {said}"[:600])
 
 
 def check_neutralised(conn: psycopg.Connection[Any]) -> list[str]:
@@ -81,6 +104,8 @@ def check_neutralised(conn: psycopg.Connection[Any]) -> list[str]:
         problems.append(f"{row[1]} outgoing mail servers still active")
     if row[2]:
         problems.append(f"{row[2]} scheduled actions still active")
+    if row[3]:
+        problems.append("the neutralized-database banner (web.neutralize_banner) is inactive")
     return problems
 
 
@@ -114,6 +139,10 @@ def _build(job: runner.Job, conn: psycopg.Connection[Any], ctx: dict[str, Any]) 
     n: swap.Names = ctx["names"]
     env_tenant: naming.Tenant = ctx["env_tenant"]
     dsn = ctx["dsn"]
+    # The binary that will neutralise must run before anything is copied (78 if it cannot).
+    ctx["binary"] = odoo.binary_version(ctx["odoo_bin"], deadline=job.deadline)
+    if odoo.major(ctx["binary"]) is None:
+        raise ConfigError(f"{ctx['odoo_bin']} --version said {ctx['binary']!r}: no Odoo version")
     pg.drop_database(conn, n.work)
     filestore.discard(n.fs_work)
     facts: dict[str, Any] = {}
@@ -149,11 +178,19 @@ def _build(job: runner.Job, conn: psycopg.Connection[Any], ctx: dict[str, Any]) 
             )
             facts["identity"] = tenant_db.personalise(wconn, identity)
     job.step("neutralise")
-    with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
-        facts["neutralised"] = neutralise(wconn)
-        problems = check_neutralised(wconn)
-    if problems:
-        raise ConflictError(f"environment not neutralised: {'; '.join(problems)}")
+    try:
+        neutralise(job, ctx, n.work)
+        with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
+            problems = check_neutralised(wconn)
+        if problems:
+            raise ConflictError(f"environment not neutralised: {'; '.join(problems)}")
+    except JobError:
+        # Not left behind: a copy of production with its mail servers and crons still live.
+        # (If this fails too, the next run drops it before anything else.)
+        with contextlib.suppress(psycopg.Error):
+            pg.drop_database(conn, n.work)
+        raise
+    facts["neutralised"] = ctx["binary"]
     return facts
 
 
@@ -218,6 +255,9 @@ def _finish(conn: psycopg.Connection[Any], n: swap.Names) -> bool:
     help="PostgreSQL role owning the database.",
 )
 @options.template_db
+@options.odoo_bin
+@options.odoo_config
+@options.addons_path
 @options.data_dir
 @options.pg_dsn
 @options.common
@@ -240,6 +280,9 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         "names": _names(env_tenant, kw["data_dir"]),
         # Whose the work copy is, so deprovision can tell it from anyone else's.
         "owner": {"subdomain": env_tenant.subdomain, "tenant": sub, "env": env_name},
+        # The environment's Odoo: it neutralises the copy (`neutralise`).
+        "odoo_bin": kw["odoo_bin"] or "odoo", "odoo_config": kw["odoo_config"],
+        "addons_path": kw["addons_path"],
     }  # fmt: skip
     if copy:
         prod = naming.Tenant(sub, domain)

@@ -1,6 +1,6 @@
 """Running the Odoo binary for one major version, and reading back what it really did.
 
-Stable API (used by template-build, upgrade and backup):
+Stable API (used by template-build, upgrade, backup and environment-db):
 
 - `Invocation`: what to run (database, modules to install/update, `--load`, `--upgrade-path`,
   data dir, addons path, extra flags); `argv(odoo_bin, version, inv, config=None)` builds the
@@ -19,6 +19,9 @@ Stable API (used by template-build, upgrade and backup):
   child's environment (Odoo 19 would treat it like `-d`). Output is streamed into the log
   through `jobs.proc`; SIGTERM stops the child. `watch=` sees every output line (the last
   ones only are kept in `tail`); `base_option(name, base_config)` reads one base config option.
+- `run_command(odoo_bin, command, args, *, dsn=None, base_config=None, deadline=None, ...)`
+  → `proc.Completed`: an Odoo subcommand, `odoo {command} -c {conf} {args}` (environment-db runs
+  `neutralize -d {db}`), with exactly `run`'s connection handling (`connected`).
 - `binary_version(odoo_bin)` → the `--version` line (e.g. "Odoo Server 18.0");
   `major(text)` → 18.
 - `module_states(conn)` → `{name: state}` from `ir_module_module`; `check_modules(states,
@@ -207,6 +210,24 @@ def run(
 
     The caller decides what the exit code means, and checks `module_states` afterwards.
     """
+    with connected(dsn, base_config, env) as (conf, child):
+        return proc.run(
+            argv(odoo_bin, version, inv, conf),
+            name="odoo",
+            env=child,
+            timeout=timeout,
+            deadline=deadline,
+            watch=watch,
+        )
+
+
+@contextmanager
+def connected(
+    dsn: str | None = None,
+    base_config: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[tuple[Path, dict[str, str]]]:
+    """The `-c` file and the environment that give an Odoo child our connection (see `run`)."""
     params = connection_params(dsn)
     if "password" not in params:
         # The image's config may carry one; it moves to the environment like the DSN's.
@@ -216,8 +237,30 @@ def run(
     redact.register(params.get("password"))
     child = child_env(params, env)
     with config_file(params, base_config) as conf:
+        yield conf, child
+
+
+def run_command(
+    odoo_bin: str,
+    command: str,
+    args: Sequence[str],
+    *,
+    dsn: str | None = None,
+    base_config: str | Path | None = None,
+    deadline: retry.Deadline | None = None,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+    watch: Callable[[str], None] | None = None,
+) -> proc.Completed:
+    """`odoo {command} -c {conf} {args}` (e.g. `neutralize`, `["-d", db]`), connected as `run`.
+
+    Odoo takes the subcommand only as its first argument; `args` hold no secret (logged).
+    """
+    if not MODULE_NAME.fullmatch(command):
+        raise ValueError(f"not an Odoo subcommand: {command!r}")
+    with connected(dsn, base_config, env) as (conf, child):
         return proc.run(
-            argv(odoo_bin, version, inv, conf),
+            [odoo_bin, command, "-c", str(conf), *args],
             name="odoo",
             env=child,
             timeout=timeout,

@@ -14,7 +14,7 @@ import redis
 from psycopg import sql
 
 from jobs import marker, naming
-from tests.conftest import Runner
+from tests.conftest import STANDINS, Runner
 from tests.test_backup import make_tenant, table_digests, tree
 from tests.test_tenant_db import OWNER_ROLE, ensure_role
 
@@ -151,7 +151,7 @@ def environment(run_job: Runner, pg_dsn: str, sub: str, data_dir: Path, env: str
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         ensure_role(conn, OWNER_ROLE)
     made = run_job(["environment-db", "--subdomain", sub, "--env", env, "--copy-from-production",
-                    "--data-dir", str(data_dir)])  # fmt: skip
+                    "--data-dir", str(data_dir), "--odoo-bin", str(STANDINS / "odoo")])  # fmt: skip
     assert made.rc == 0, made.output
     return str(made.result["database"])
 

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 
 from jobs import filestore, fstree, naming
-from tests.conftest import Runner, database_names
+from tests.conftest import STANDINS, Runner, database_names
 from tests.test_backup import make_tenant, write_manifest
 from tests.test_backup_trust import seal
 from tests.test_tenant_db import db_of, template, tenant_args
@@ -244,7 +244,8 @@ def test_environment_copy_refuses_a_production_filestore_linked_elsewhere(
     os.rename(fs, tmp_path / "own-aside")
     fs.symlink_to(outside)
     args = ["environment-db", "--subdomain", uid, "--env", "staging", "--copy-from-production",
-            "--data-dir", str(data_dir), "--generation", "1"]  # fmt: skip
+            "--data-dir", str(data_dir), "--generation", "1",
+            "--odoo-bin", str(STANDINS / "odoo")]  # fmt: skip
     done = run_job(args)
     assert done.rc == 65, done.output
     for dirpath, _dirs, names in os.walk(data_dir / "filestore"):

@@ -279,14 +279,14 @@ def _env_fresh(w: World) -> Case:
     env = "e" + w.token()
     args = ["environment-db", "--subdomain", w.prod, "--env", env, "--tier", "starter",
             "--template-db", w.tpl18, "--owner-email", "o@x.example.com", "--owner-name", "Ada",
-            "--data-dir", str(w.d18), "--generation", "1"]  # fmt: skip
+            "--data-dir", str(w.d18), "--generation", "1", "--odoo-bin", w.odoo18]  # fmt: skip
     return Case(env, args, w.d18)
 
 
 def _env_copy(w: World) -> Case:
     env = "e" + w.token()
     args = ["environment-db", "--subdomain", w.src, "--env", env, "--copy-from-production",
-            "--data-dir", str(w.dp), "--generation", "1"]  # fmt: skip
+            "--data-dir", str(w.dp), "--generation", "1", "--odoo-bin", w.odoo18]  # fmt: skip
     return Case(env, args, w.dp)
 
 

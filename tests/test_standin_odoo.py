@@ -486,3 +486,92 @@ def test_run_by_hand_without_venv_on_path(new_db: Callable[[], str], tmp_path: P
     assert "virtualenv" in alone.stderr
     with psycopg.connect(DSN) as conn:
         assert not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (other,)).fetchone()
+
+
+# --------------------------------------------------------------------------- neutralize
+
+
+def neutralised_state(db: str) -> dict[str, Any]:
+    """What Odoo's neutralize.sql of base, web and mail change."""
+    return {
+        "crons": rows(db, "SELECT name, active FROM ir_cron ORDER BY id"),
+        "mail_servers": rows(db, "SELECT name, smtp_host, smtp_port, active FROM ir_mail_server "
+                             "ORDER BY id"),
+        "flag": rows(db, "SELECT value FROM ir_config_parameter "
+                     "WHERE key = 'database.is_neutralized'"),
+        "banner": rows(db, "SELECT active FROM ir_ui_view WHERE key = 'web.neutralize_banner'"),
+        "fetchmail": rows(db, "SELECT DISTINCT active FROM fetchmail_server"),
+        "push_keys": rows(db, "SELECT key FROM ir_config_parameter WHERE key LIKE 'mail.%%key'"),
+    }
+
+
+def test_neutralize_runs_every_installed_modules_sql_in_one_go(
+    odoo: Odoo, new_db: Callable[[], str], tmp_path: Path
+) -> None:
+    db = new_db()
+    assert odoo.init(db, "-i", "mail", "--without-demo=all").returncode == 0
+    with psycopg.connect(DSN, dbname=db, autocommit=True) as conn:
+        conn.execute("INSERT INTO ir_mail_server (name, smtp_host) VALUES ('live', 'smtp.x')")
+        conn.execute("INSERT INTO ir_config_parameter (key, value) "
+                     "VALUES ('mail.web_push_vapid_private_key', 'k')")
+        conn.execute("INSERT INTO ir_module_module (name, state) VALUES ('x_custom', 'installed'),"
+                     " ('x_gone', 'uninstalled')")
+    addons = tmp_path / "addons"
+    for name in ("x_custom", "x_gone"):  # each module's file sets its own flag
+        (addons / name / "data").mkdir(parents=True)
+        (addons / name / "data" / "neutralize.sql").write_text(
+            "INSERT INTO ir_config_parameter (key, value) VALUES ('NAME.done', 'yes');\n"
+            .replace("NAME", name))
+    before = neutralised_state(db)
+    assert before["banner"] == [(False,)]  # web installs it off
+    assert before["fetchmail"] == [(True,)]
+
+    printed = odoo("neutralize", "-d", db, f"--addons-path={addons}", "--stdout")
+    assert printed.returncode == 0, printed.stderr
+    out = printed.stdout.strip().splitlines()
+    assert out[0] == "BEGIN;" and out[-1] == "COMMIT;"
+    assert "web.neutralize_banner" in printed.stdout and "x_custom.done" in printed.stdout
+    assert "x_gone" not in printed.stdout  # not installed
+    assert neutralised_state(db) == before  # --stdout changes nothing
+
+    done = odoo("neutralize", "-d", db, f"--addons-path={addons}")
+    assert done.returncode == 0, done.stderr
+    assert all(LOG_LINE.match(line) for line in done.stderr.splitlines()), done.stderr
+    assert f"odoo.cli.neutralize: Starting {db} database neutralization" in done.stderr
+    assert "odoo.modules.neutralize: Neutralization finished" in done.stderr
+    after = neutralised_state(db)
+    assert [a for _, a in after["crons"]] == [n == "Base: Auto-vacuum internal data"
+                                              for n, _ in before["crons"]]
+    assert after["mail_servers"] == [("live", "smtp.x", 25, False),
+                                     ("neutralization - disable emails", "invalid", 1025, True)]
+    assert after["flag"] == [("true",)] and after["banner"] == [(True,)]
+    assert after["fetchmail"] == [(False,)] and after["push_keys"] == []
+    params = dict(rows(db, "SELECT key, value FROM ir_config_parameter"))
+    assert params.get("x_custom.done") == "yes" and "x_gone.done" not in params
+    # Odoo's SQL is not idempotent: a second run adds a second dummy server.
+    assert odoo("neutralize", "-d", db).returncode == 0
+    assert rows(db, "SELECT count(*) FROM ir_mail_server WHERE smtp_host = 'invalid'") == [(2,)]
+
+
+def test_neutralize_failures_exit_1_and_change_nothing(
+    odoo: Odoo, new_db: Callable[[], str]
+) -> None:
+    db = new_db()
+    assert odoo.init(db, "-i", "mail", "--without-demo=all").returncode == 0
+    before = neutralised_state(db)
+    failed = odoo("neutralize", "-d", db, ODOO_STANDIN_FAIL_AT="mail")
+    assert failed.returncode == 1
+    assert "ERROR ? odoo.sql_db: bad query:" in failed.stderr
+    assert "THE DATABASE IS NOT NEUTRALIZED!" in failed.stderr.splitlines()[-1]
+    assert neutralised_state(db) == before  # one transaction: base's and web's rolled back
+
+    missing = odoo("neutralize", "-d", db + "_nosuch")
+    assert missing.returncode == 1
+    assert "CRITICAL ? odoo.cli.neutralize: An error occurred" in missing.stderr
+    assert not db_exists(db + "_nosuch")  # never created, unlike the server's -d
+    nodb = odoo("neutralize")
+    assert nodb.returncode == 1 and 'needs a database name. Use "-d"' in nodb.stderr
+    several = odoo("neutralize", "-d", f"{db},{db}", version=19)
+    assert several.returncode == 1 and "multiple database" in several.stderr
+    assert odoo("neutralize", "-d", db, "--nosuch").returncode == 2  # optparse, as the server
+    assert neutralised_state(db) == before
