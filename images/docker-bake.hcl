@@ -45,7 +45,7 @@ target "plain" {
   matrix = {
     cmd = [
       "emit-event", "matrix-room", "account-webhook", "erp-callback", "tenant-db",
-      "backup", "restore", "backup-verify", "filestore-copy", "deprovision", "environment-db",
+      "backup", "restore", "backup-verify", "filestore-copy", "deprovision",
     ]
   }
   target = cmd
@@ -56,7 +56,7 @@ target "odoo" {
   inherits = ["_common"]
   name     = "${cmd}-odoo${v}"
   matrix = {
-    cmd = ["template-build", "upgrade"]
+    cmd = ["template-build", "upgrade", "environment-db"]
     v   = ["17", "18", "19"]
   }
   target = cmd
