@@ -137,15 +137,16 @@ def build_template(conn: psycopg.Connection[Any], name: str, data_dir: Path) -> 
 def shape_sql(scale: float) -> str:
     """odoo_shape.sql with the large tables' row counts scaled (tables, indexes, keys stay).
 
-    Small counts (rows per model table, lines per move) are the shape itself and stay.
+    Every count of 20,000 and more is scaled, wherever it appears: a table's rows
+    (`generate_series(1, N)`) and the references into it (`... + g % N`) stay consistent. Small
+    counts (rows per model table, lines per move, accounts) are the shape itself and stay.
     """
     text = SHAPE.read_text(encoding="utf-8")
-
-    def scaled(m: re.Match[str]) -> str:
-        count = int(m[1])
-        return f"generate_series(1, {round(count * scale) if count >= 1000 else count})"
-
-    return re.sub(r"generate_series\(1, (\d+)\)", scaled, text)
+    return re.sub(
+        r"(?<![\w.])(\d{5,})(?![\w.])",
+        lambda m: str(round(int(m[1]) * scale)) if int(m[1]) >= 20_000 else m[1],
+        text,
+    )
 
 
 def _meminfo_kb() -> dict[str, int]:

@@ -1,8 +1,9 @@
 """`plana-job upgrade` (TenantUpgrade): same-major updates and OpenUpgrade major upgrades.
 
-- `upgrade --strategy same-major` (or `upgrade same-major`): one `odoo -d {db} -u all` under the
-  tenant's lock, module states verified afterwards; the marker records the version and addons
-  revision it last updated to, so the same again is `unchanged`.
+- `upgrade --strategy same-major` (or `upgrade same-major`): `odoo -u all` on a work copy of the
+  frozen tenant, verified, swapped in with the old database kept as the rollback copy
+  (`jobs.upgrade_same`); the marker records the version and addons revision it last updated
+  to, so the same again is `unchanged`.
 - `upgrade snapshot|source-pass|prefix|target-pass|cutover|rollback|status`: the phases of the
   snapshot-then-upgrade strategy (`jobs.upgrade_phases`), one per init container, since they run
   in different images; `upgrade run` (or `--strategy snapshot-then-upgrade` without a phase)
@@ -11,7 +12,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,10 +19,11 @@ from typing import Any
 
 import click
 
-from jobs import locks, marker, odoo, options, pg, restore, runner
+from jobs import locks, options, pg, restore, runner
 from jobs import upgrade_phases as ph
-from jobs.errors import ConflictError, UsageError
+from jobs.errors import UsageError
 from jobs.result import Done
+from jobs.upgrade_same import same_major
 
 STRATEGIES = ("same-major", "snapshot-then-upgrade")
 
@@ -102,9 +103,12 @@ def _phase(
     kw: dict[str, Any],
     fn: Callable[[ph.Ctx], Done],
     check: Callable[[], object] | None = None,
+    same_major: bool | None = False,
 ) -> None:
+    """`same_major` None: the phase also serves same-major (fromVersion = toVersion)."""
+
     def body(job: runner.Job) -> Done:
-        spec = ph.spec(kw)
+        spec = ph.spec(kw, same_major=same_major)
         if check is not None:
             check()  # more input to refuse (64) before anything is touched
         with _tenant(job, spec) as ctx:
@@ -117,43 +121,16 @@ def _phase(
 # --------------------------------------------------------------------------- same-major
 
 
-def same_major(ctx: ph.Ctx, odoo_bin: str, revision: str | None) -> Done:
-    s, conn = ctx.spec, ctx.conn
-    version = s.to_version
-    live = ph.live_marker(ctx)
-    if "upgrading" in live.data:
-        raise ConflictError(f"a major upgrade of {s.db} is under way: finish or roll it back")
-    text = ph.check_binary(odoo_bin, version, ctx.job.deadline)
-    rev = revision or text
-    base = ph.base_version(ctx, s.db)
-    if ph.major_of(base) != version:
-        raise ConflictError(f"{s.db}: base is at {base or 'nothing'}, not {version}.0", base=base)
-    details: dict[str, Any] = {"strategy": "same-major", "odoo_version": version, "revision": rev}
-    same = live.data.get("odoo_version") == version and live.data.get("addons_revision") == rev
-    if same and not ph.verify(ctx, s.db, version):
-        return Done("unchanged", {**details, "updated_at": live.data.get("updated_at")})
-    inv = odoo.Invocation(db=s.db, update=["all"], data_dir=s.data_dir)
-    done = odoo.run(odoo_bin, version, inv, dsn=s.dsn, deadline=ctx.job.deadline)
-    problems = [] if done.returncode == 0 else [f"odoo exited {done.returncode}"]
-    problems += ph.verify(ctx, s.db, version)
-    if problems:
-        tail = done.tail[-1] if done.tail else ""
-        raise ConflictError(
-            f"-u all on {s.db} failed: {'; '.join(problems[:5])}"
-            + (f"; last output: {tail}" if tail and done.returncode else ""),
-        )
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    live.data.update(odoo_version=version, addons_revision=rev, updated_at=now)
-    marker.write(conn, s.db, live)
-    return Done("updated", {**details, "updated_at": now, "duration_s_odoo": done.duration_s})
-
-
 def _same_major(kw: dict[str, Any]) -> None:
     def body(job: runner.Job) -> Done:
         spec = ph.spec(kw, same_major=True)
         with _tenant(job, spec) as ctx:
             return _locked(
-                ctx, "same-major", lambda c: same_major(c, kw["odoo_bin"], kw["addons_revision"])
+                ctx,
+                "same-major",
+                lambda c: same_major(
+                    c, kw["odoo_bin"], kw["addons_revision"], kw.get("odoo_config")
+                ),
             )
 
     runner.run("upgrade", body, timeout=kw["timeout"])
@@ -324,6 +301,7 @@ def upgrade(ctx: click.Context, /, **kw: Any) -> None:
 @upgrade.command("same-major")
 @hop
 @options.odoo_bin
+@odoo_config
 @addons_revision
 def same_major_command(**kw: Any) -> None:
     """`odoo -d {db} -u all` at the tenant's version; unchanged when already done."""
@@ -385,8 +363,11 @@ def cutover_command(**kw: Any) -> None:
 @upgrade.command("rollback")
 @hop
 def rollback_command(**kw: Any) -> None:
-    """Back to the fromVersion database while the rollback copy exists (or just unfreeze)."""
-    _phase("rollback", kw, ph.rollback)
+    """Back to the fromVersion database while the rollback copy exists (or just unfreeze).
+
+    With fromVersion = toVersion: back to the database before the last same-major update.
+    """
+    _phase("rollback", kw, ph.rollback, same_major=None)
 
 
 @upgrade.command("status")
@@ -395,7 +376,7 @@ def status_command(**kw: Any) -> None:
     """Print where the tenant stands (read-only)."""
 
     def body(job: runner.Job) -> Done:
-        spec = ph.spec(kw)
+        spec = ph.spec(kw, same_major=None)
         with _tenant(job, spec) as ctx:
             job.step("status")
             return ph.status(ctx)

@@ -12,6 +12,9 @@ Where a tenant stands is read from three `COMMENT ON DATABASE` markers (`jobs.ma
   clones a fresh one from the frozen live database.
 - the rollback copy `{db}__rb{from}` (kind "rollback"): the old live database after the cutover.
 
+`upgrade same-major` (jobs.upgrade_same) uses the same names, markers and swap with
+from = to: `{db}__up{V}` and `{db}__rb{V}`; `rollback` and `status` take from = to for it.
+
 Suffixes are at most 6 bytes, so with a 40-byte subdomain and the default base domain every
 name stays within PostgreSQL's 63 bytes; longer base domains are refused (64) up front.
 Every phase runs under the tenant's advisory lock "tenant:{db}" (the one tenant-db takes).
@@ -84,8 +87,11 @@ class Spec:
         }
 
 
-def spec(kw: dict[str, Any], *, same_major: bool = False) -> Spec:
-    """Validate the TenantUpgrade fields: 64 for malformed input, 65 for an impossible hop."""
+def spec(kw: dict[str, Any], *, same_major: bool | None = False) -> Spec:
+    """Validate the TenantUpgrade fields: 64 for malformed input, 65 for an impossible hop.
+
+    `same_major` None: either, as the versions say (rollback, status: from = to is same-major's).
+    """
     tenant = naming.Tenant(
         naming.subdomain(kw.get("subdomain")), naming.base_domain(kw.get("base_domain"))
     )
@@ -99,6 +105,8 @@ def spec(kw: dict[str, Any], *, same_major: bool = False) -> Spec:
     longest = f"{tenant.db_name}__up{to_v}"
     if len(longest.encode()) > MAX_DB_NAME:
         raise UsageError("subdomain", f"work database name {longest!r} exceeds 63 bytes")
+    if same_major is None:
+        same_major = from_v == to_v
     if same_major and from_v != to_v:
         raise ConflictError(
             f"strategy same-major needs fromVersion = toVersion, got {from_v} → {to_v}"
@@ -291,6 +299,7 @@ def snapshot(ctx: Ctx) -> Done:
                 database=s.db,
                 base=base,
             )
+        drop_superseded_rollback(ctx)
         up = {"from": s.from_version, "to": s.to_version, "base": base, "attempt": 0}
         live.data["upgrading"] = up
         marker.write(conn, s.db, live)  # recorded before the freeze: a re-run completes it
@@ -318,6 +327,35 @@ def snapshot(ctx: Ctx) -> Done:
     marker.write(conn, s.work, marker.Marker(WORK_KIND, "snapshot", body))
     log.info("work copy cloned", database=s.work, attempt=up["attempt"])
     return Done("created", {"phase": "snapshot", "work_db": s.work, **up})
+
+
+def rollback_copy(ctx: Ctx, db: str, frm: int, to: int) -> marker.Marker | None:
+    """The marker of `db` when it is this tenant's rollback copy of the hop `frm` → `to`."""
+    mark = marker.read(ctx.conn, db) if pg.database_exists(ctx.conn, db) else None
+    if (
+        mark is None
+        or mark.kind != ROLLBACK_KIND
+        or mark.data.get("subdomain") != ctx.spec.tenant.subdomain
+        or (mark.data.get("from"), mark.data.get("to")) != (frm, to)
+    ):
+        return None
+    return mark
+
+
+def drop_superseded_rollback(ctx: Ctx) -> bool:
+    """Drop a same-major update's rollback copy `{db}__rb{from}` (and its filestore here).
+
+    A major upgrade starting from the frozen live database makes that the restore point, and
+    its cutover needs the name; anything else under the name is left for the cutover to refuse.
+    """
+    s = ctx.spec
+    v = s.from_version
+    if rollback_copy(ctx, s.rollback, v, v) is None:
+        return False
+    ctx.job.log.info("dropping the same-major rollback copy", database=s.rollback)
+    filestore.discard(s.fs(s.rollback))  # first: files are never left without their database
+    pg.drop_database(ctx.conn, s.rollback)
+    return True
 
 
 def _record(ctx: Ctx, mark: marker.Marker) -> None:
@@ -518,7 +556,45 @@ def rollback_filestore(ctx: Ctx) -> bool:
     return _promote(incoming=s.fs(s.rollback), live=s.fs(s.db), aside=s.fs(s.work))
 
 
-def _swap(
+def finish_swap_filestore(ctx: Ctx, live: marker.Marker) -> bool:
+    """The filestore renames of the swap that made the live database, if a kill left them.
+
+    A cutover into `to` and a same-major update at `to` both swap `{db}__up{to}` in and name
+    their rollback copy in the live marker; their renames are done while the work name holds
+    no database (it became the live one), never otherwise: a work filestore beside a work
+    database is that copy's own.
+    """
+    s = ctx.spec
+    made = live.data.get("rollback_db")
+    if (
+        made not in (f"{s.db}__rb{s.to_version - 1}", f"{s.db}__rb{s.to_version}")
+        or live.data.get("odoo_version") != s.to_version
+        or "upgrading" in live.data
+        or pg.database_exists(ctx.conn, s.work)
+    ):
+        return False
+    return _promote(incoming=s.fs(s.work), live=s.fs(s.db), aside=s.fs(str(made)))
+
+
+def finish_rollback_filestore(ctx: Ctx) -> bool:
+    """The filestore renames of a rollback killed after its swap (the copy marked rolled-back,
+    the rollback name free), never otherwise: a rollback filestore beside its database is the
+    rollback copy's own."""
+    s = ctx.spec
+    if pg.database_exists(ctx.conn, s.rollback) or not pg.database_exists(ctx.conn, s.work):
+        return False
+    mark = marker.read(ctx.conn, s.work)
+    if (
+        mark is None
+        or mark.kind != WORK_KIND
+        or mark.state != "rolled-back"
+        or {k: mark.data.get(k) for k in ("subdomain", "from", "to")} != s.hop()
+    ):
+        return False
+    return rollback_filestore(ctx)
+
+
+def swap(
     ctx: Ctx, renames: list[tuple[str, str]], marks: dict[str, marker.Marker], allow: str
 ) -> None:
     """Renames, markers and unfreezing in ONE transaction: all of it happens, or none."""
@@ -544,7 +620,7 @@ def cutover(ctx: Ctx) -> Done:
     s, conn = ctx.spec, ctx.conn
     live = live_marker(ctx)
     if upgraded(ctx, live):
-        moved = cutover_filestore(ctx)
+        moved = finish_swap_filestore(ctx, live)
         return Done("updated" if moved else "unchanged", {"phase": "cutover", "state": "upgraded"})
     mark = require_work(ctx, "target-pass")
     _seed_filestore(ctx)  # refuses to publish a database without its files
@@ -571,7 +647,7 @@ def cutover(ctx: Ctx) -> Done:
     )
     old_live = marker.Marker(ROLLBACK_KIND, "complete", {**s.hop(), "tenant": tenant})
     ctx.job.check_locks()  # after seeding the filestore (a copy): still ours before the swap
-    _swap(ctx, [(s.db, s.rollback), (s.work, s.db)], {s.db: new_live, s.rollback: old_live}, s.db)
+    swap(ctx, [(s.db, s.rollback), (s.work, s.db)], {s.db: new_live, s.rollback: old_live}, s.db)
     ctx.job.log.info("cut over", database=s.db, rollback_db=s.rollback)
     cutover_filestore(ctx)
     return Done("updated", {"phase": "cutover", "rollback_db": s.rollback, **history})
@@ -583,19 +659,25 @@ def rollback(ctx: Ctx) -> Done:
     live = live_marker(ctx)
     details: dict[str, Any] = {"phase": "rollback"}
     changed = False
+    up = live.data.get("upgrading")
+    if isinstance(up, dict) and (up.get("from"), up.get("to")) != (s.from_version, s.to_version):
+        raise ConflictError(
+            f"an upgrade {up.get('from')} → {up.get('to')} of {s.db} is under way: roll that "
+            "one back",
+            database=s.db,
+        )
     if pg.database_exists(conn, s.rollback):
-        old = marker.read(conn, s.rollback)
-        if (
-            old is None
-            or old.kind != ROLLBACK_KIND
-            or old.data.get("subdomain") != s.tenant.subdomain
-        ):
-            raise ConflictError(f"{s.rollback} is not this tenant's rollback copy: left untouched")
+        old = rollback_copy(ctx, s.rollback, s.from_version, s.to_version)
+        if old is None:
+            raise ConflictError(
+                f"{s.rollback} is not this tenant's rollback copy of {s.from_version} → "
+                f"{s.to_version}: left untouched"
+            )
         if pg.database_exists(conn, s.work):
             pg.drop_database(conn, s.work)  # only an abandoned copy can hold the name now
         restored = marker.Marker(TENANT_KIND, "complete", dict(old.data.get("tenant", {})))
         upgraded_mark = marker.Marker(WORK_KIND, "rolled-back", {**s.hop(), "was": live.data})
-        _swap(
+        swap(
             ctx, [(s.db, s.work), (s.rollback, s.db)], {s.db: restored, s.work: upgraded_mark}, s.db
         )
         ctx.job.log.info("rolled back", database=s.db, upgraded_copy=s.work)
@@ -612,8 +694,7 @@ def rollback(ctx: Ctx) -> Done:
             _record(ctx, mark)
         ctx.job.log.info("unfrozen without cutover", database=s.db)
         changed = True
-    if not upgraded(ctx, live_marker(ctx)):
-        changed = rollback_filestore(ctx) or changed
+    changed = finish_rollback_filestore(ctx) or changed
     return Done("updated" if changed else "unchanged", details)
 
 
@@ -648,4 +729,6 @@ def status(ctx: Ctx) -> Done:
             info["next"] = "snapshot"
         else:
             info["next"] = next((p for p in PHASES if p not in done), None)
+    if s.from_version == s.to_version:
+        info["next"] = "same-major"  # one run: it resumes, or starts afresh, by itself
     return Done("unchanged", info)

@@ -387,7 +387,9 @@ KILLS = [
     ("restore-as-copy", "verify"), ("restore-as-copy", "swap"),
     ("deprovision", "dump"), ("deprovision", "drop"), ("deprovision", "filestore"),
     ("deprovision", "event"),
-    ("upgrade-same-major", "same-major"),
+    ("upgrade-same-major", "same-major"), ("upgrade-same-major", "clone"),
+    ("upgrade-same-major", "odoo"), ("upgrade-same-major", "swap"),
+    ("upgrade-same-major", "filestore"),
     ("upgrade-run", "snapshot"), ("upgrade-run", "cutover"),
 ]  # fmt: skip
 
@@ -403,7 +405,7 @@ TERMINATE = {
     "restore-replace": "filestore",
     "restore-as-copy": "pg_restore",
     "deprovision": "drop",
-    "upgrade-same-major": "same-major",
+    "upgrade-same-major": "odoo",
     "upgrade-run": "prefix",
 }
 

@@ -242,21 +242,44 @@ def test_new_database_installs_with_dependencies(
     assert rows(db, "SELECT count(*) FROM ir_model_data") == before
 
 
-def test_fail_at_rolls_back_and_exits_255(odoo: Odoo, new_db: Callable[[], str]) -> None:
+def test_fail_at_keeps_the_modules_before_and_resets_states_exits_255(
+    odoo: Odoo, new_db: Callable[[], str]
+) -> None:
+    """As Odoo 17/18: a module's work commits, then its state is written (committed with the next
+    one); a failure rolls back the module under way and resets the transient states
+    (`to install` -> `uninstalled`, `to upgrade` -> `installed`)."""
     db = new_db()
     res = odoo.init(db, "-i", "sale", "--without-demo=all", ODOO_STANDIN_FAIL_AT="sale")
     assert res.returncode == 255
     assert "Traceback" in res.stderr
+    assert f"WARNING {db} odoo.modules.loading: Transient module states were reset" in res.stderr
     assert f"CRITICAL {db} odoo.service.server: Failed to initialize database `{db}`." in res.stderr
-    assert db_exists(db) and not initialised(db)  # created, then left empty
+    mods = modules(db)  # order base, web, mail, sale: base and web installed for good
+    assert {n: m[:2] for n, m in mods.items() if m[0] != "uninstalled"} == {
+        "base": ("installed", "18.0.1.3"), "web": ("installed", "18.0.1.0")}  # fmt: skip
+    # mail's tables and data were committed, its state write was not: reset to `uninstalled`.
+    assert rows(db, "SELECT to_regclass('sale_order'), to_regclass('mail_message') IS NOT NULL"
+                ) == [(None, True)]  # fmt: skip
 
-    assert odoo.init(db, "-i", "crm", "--without-demo=all").returncode == 0
-    res = odoo.init(db, "-i", "sale", ODOO_STANDIN_FAIL_AT="sale")
-    assert res.returncode == 255
-    mods = modules(db)
-    assert mods["sale"][0] == "uninstalled" and mods["crm"][0] == "installed"
-    assert rows(db, "SELECT to_regclass('sale_order')") == [(None,)]
+    # -u all failing at a later module: the modules before it are updated for good.
     assert odoo.init(db, "-i", "sale").returncode == 0
+    before = dict(rows(db, "SELECT name, write_date FROM ir_module_module"))
+    res = odoo.init(db, "-u", "all", ODOO_STANDIN_FAIL_AT="sale")
+    assert res.returncode == 255 and "Transient module states were reset" in res.stderr
+    after = dict(rows(db, "SELECT name, write_date FROM ir_module_module"))
+    assert after["base"] > before["base"] and after["web"] > before["web"]
+    assert {m[0] for m in modules(db).values()} == {"installed", "uninstalled"}  # all settled
+
+
+def test_fail_at_base_leaves_a_new_database_empty(
+    odoo: Odoo, new_db: Callable[[], str]
+) -> None:
+    db = new_db()
+    res = odoo.init(db, "-i", "sale", ODOO_STANDIN_FAIL_AT="base")
+    assert res.returncode == 255
+    assert "skipping reset_modules_state, ir_module_module table does not exists" in res.stderr
+    assert db_exists(db) and not initialised(db)  # created, then left empty
+    assert odoo.init(db, "-i", "sale").returncode == 0  # what a rerun initialises again
     assert modules(db)["sale"][0] == "installed"
 
 
@@ -276,7 +299,11 @@ def test_leave_knob_exits_0_with_module_not_installed(
     assert modules(db)["purchase"][0] == "installed"
 
 
-def test_sigterm_mid_run_leaves_nothing_half_done(odoo: Odoo, new_db: Callable[[], str]) -> None:
+def test_sigterm_mid_run_keeps_what_was_committed(
+    odoo: Odoo, new_db: Callable[[], str]
+) -> None:
+    """Killed between two modules: those before stay installed, the rest stay marked (no reset
+    runs), so only module states read back tell a half-done run from a finished one."""
     db = new_db()
     proc = odoo.popen("-d", db, "-D", str(odoo.data_dir), "-i", "sale", "--stop-after-init",
                       ODOO_STANDIN_SLEEP="60")
@@ -287,7 +314,10 @@ def test_sigterm_mid_run_leaves_nothing_half_done(odoo: Odoo, new_db: Callable[[
     finally:
         proc.kill()
         proc.communicate()
-    assert db_exists(db) and not initialised(db)
+    mods = modules(db)  # order base, web, mail, sale: the sleep comes before the third
+    assert mods["base"][0] == "installed"  # web's data committed, its state write not
+    assert {mods[n][0] for n in ("web", "mail", "sale")} == {"to install"}
+    assert rows(db, "SELECT to_regclass('web_tour_tour') IS NOT NULL") == [(True,)]
 
 
 # --------------------------------------------------------------------------- demo data
@@ -351,12 +381,19 @@ def test_agreement_legal_major_upgrade(
     assert res.returncode == 255 and "Failed to initialize database" in res.stderr
     res = odoo.init(db, *ou, "-u", "all", version=19)  # two majors at once
     assert res.returncode == 255
+    assert modules(db)["base"][1] == "17.0.1.3"  # refused before any module work
+    fresh = new_db()  # the copy a job would start again from
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            sql.Identifier(fresh), sql.Identifier(db)))  # fmt: skip
     res = odoo.init(db, *ou, "-u", "all", version=18)  # stale 17 views
     assert res.returncode == 255
     assert "odoo.tools.convert.ParseError" in res.stderr
     assert 'Field "signed_contract_filename" does not exist in model "agreement"' in res.stderr
-    assert modules(db)["base"][1] == "17.0.1.3"  # nothing changed
+    mods = modules(db)  # the modules before `agreement` committed: migrated halfway, for good
+    assert (mods["base"][1], mods["agreement"][1]) == ("18.0.1.3", "17.0.1.0.0")
 
+    db = fresh
     with psycopg.connect(DSN, dbname=db) as conn:
         conn.execute(PREFIX)
     res = odoo.init(db, *ou, "-u", "all", version=18)

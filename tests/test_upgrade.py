@@ -83,6 +83,7 @@ def env(pg_dsn: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -
     ns.addons18 = _addons(tmp / "addons18", "plana_theme")
     ns.conf17 = _config(tmp / "odoo17.conf", ns.addons17)
     ns.conf18 = _config(tmp / "odoo18.conf", ns.addons18)
+    ns.odoo17_slow = _wrapper(bins / "odoo17-slow", 17, ODOO_STANDIN_SLEEP="60")
     run = Runner(pg_dsn, redis_url, tmp)
     built = run(["template-build", "--template-code", "basic", "--odoo-version", "17",
                  "--modules", MODULES, "--template-db", name, "--odoo-bin", ns.odoo17,
@@ -132,6 +133,49 @@ def base_of(pg_dsn: str, db: str) -> str:
 
 def files_of(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def modules_of(pg_dsn: str, db: str) -> list[tuple[Any, ...]]:
+    """Every module's state, latest_version and write_date: what an update touches.
+
+    A frozen database (a rollback copy) is opened for the read and frozen again.
+    """
+    ident = sql.Identifier(db)
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        row = admin.execute("SELECT datallowconn FROM pg_database WHERE datname = %s", (db,))
+        frozen = not (row.fetchone() or (True,))[0]
+        if frozen:
+            admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(ident))
+        try:
+            with psycopg.connect(pg_dsn, dbname=db) as conn:
+                return conn.execute(
+                    "SELECT name, state, latest_version, write_date FROM ir_module_module"
+                    " ORDER BY name"
+                ).fetchall()
+        finally:
+            if frozen:
+                admin.execute(
+                    sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(ident)
+                )
+
+
+def kill_when(run_job: Runner, args: list[str], line: str, step: str) -> None:
+    """Start the job, SIGKILL it and its Odoo (no handler runs) once `line` is logged in `step`."""
+    job = run_job.popen(args)
+    odoo_pid = None
+    assert job.stdout is not None
+    for raw in job.stdout:
+        event = json.loads(raw)
+        if event.get("event") == "started" and event.get("child") == "odoo":
+            odoo_pid = event["pid"]
+        if line in str(event.get("event")) and event.get("step") == step:
+            break
+    assert odoo_pid is not None
+    os.kill(job.pid, signal.SIGKILL)
+    os.killpg(odoo_pid, signal.SIGKILL)
+    job.wait()
+    job.stdout.close()
+    job.stderr.close() if job.stderr else None
 
 
 def test_chain_17_to_18_with_filestore_rerun_and_rollback(
@@ -262,22 +306,8 @@ def test_target_pass_killed_midway_restarts_from_fresh_copy(
                                    "--source-odoo-config", env.conf17,
                                    "--target-odoo-config", env.conf18,
                                    "--upgrade-path", env.scripts)]  # fmt: skip
-    job = run_job.popen(args)
-    odoo_pid = None
-    assert job.stdout is not None
-    for line in job.stdout:
-        event = json.loads(line)
-        if event.get("event") == "started" and event.get("child") == "odoo":
-            odoo_pid = event["pid"]
-        if "standin: sleeping" in str(event.get("event")) and event.get("step") == "target-pass":
-            break
-    assert odoo_pid is not None
     # SIGKILL: no handler runs (a node failure or the grace period running out).
-    os.kill(job.pid, signal.SIGKILL)
-    os.killpg(odoo_pid, signal.SIGKILL)
-    job.wait()
-    job.stdout.close()
-    job.stderr.close() if job.stderr else None
+    kill_when(run_job, args, "standin: sleeping", "target-pass")
 
     status = run_job(["upgrade", "status", *hop(sub, env.d17)])
     assert status.result["interrupted"] == "target-pass", status.output
@@ -360,27 +390,153 @@ def test_pass_without_openupgrade_framework_is_a_configuration_error(
     assert not allow and "odoo_version" not in live  # still the frozen 17 tenant
 
 
-def test_same_major_twice_and_verified(
-    env: Any, run_job: Runner, pg: psycopg.Connection[Any], tenant: str,
+def same_major_args(env: Any, sub: str, *more: str) -> list[str]:
+    return ["upgrade", "--strategy", "same-major", "--subdomain", sub, "--to-version", "17",
+            "--odoo-bin", env.odoo17, "--data-dir", str(env.d17), *more]  # fmt: skip
+
+
+def work_names(pg: psycopg.Connection[Any], db: str) -> set[str]:
+    return {n for n in database_names(pg) if n.startswith(db + "__")}
+
+
+def test_same_major_swaps_in_keeps_the_rollback_copy_and_rolls_back(
+    env: Any, run_job: Runner, pg: psycopg.Connection[Any], pg_dsn: str, tenant: str,
 ) -> None:  # fmt: skip
     sub, db = tenant, naming.db_name(tenant)
-    args = ["upgrade", "--strategy", "same-major", "--subdomain", sub, "--to-version", "17",
-            "--odoo-bin", env.odoo17, "--data-dir", str(env.d17)]  # fmt: skip
+    rb = f"{db}__rb17"
+    args = same_major_args(env, sub)
+    _, tenant_mark = info(pg, db) or (False, {})
+    original = modules_of(pg_dsn, db)
+    original_files = files_of(naming.filestore(db, env.d17))
+
     first = run_job(args)
     assert first.rc == 0 and first.result["outcome"] == "updated", first.output
+    assert first.result["rollback_db"] == rb
     assert any(e.get("child") == "odoo" for e in first.logs)  # Odoo's lines are in the log
+    allow, live = info(pg, db) or (False, {})
+    assert allow and "upgrading" not in live and live["rollback_db"] == rb
+    assert live["odoo_version"] == 17 and live["addons_revision"] == "Odoo Server 17.0"
+    updated = modules_of(pg_dsn, db)
+    assert updated != original  # the work copy, updated, is the live database now
+    # The old database, untouched, is the rollback copy (frozen), with the tenant's old marker.
+    allow_rb, old = info(pg, rb) or (True, {})
+    assert not allow_rb and old["kind"] == "rollback" and (old["from"], old["to"]) == (17, 17)
+    assert old["tenant"] == {k: v for k, v in tenant_mark.items() if k not in ("kind", "state")}
+    assert modules_of(pg_dsn, rb) == original
+    assert work_names(pg, db) == {rb}
+    assert files_of(naming.filestore(rb, env.d17)) == original_files
+    assert original_files <= files_of(naming.filestore(db, env.d17))
+    assert not naming.filestore(f"{db}__up17", env.d17).exists()
+
+    # Killed between the swap and the filestore renames: the next run does them first.
+    live_fs, rb_fs = naming.filestore(db, env.d17), naming.filestore(rb, env.d17)
+    work_fs = naming.filestore(f"{db}__up17", env.d17)
+    (live_fs / "probe").write_bytes(b"the updated database's filestore")
+    updated_files = files_of(live_fs)
+    os.rename(live_fs, work_fs)
+    os.rename(rb_fs, live_fs)
+    resumed = run_job(args)
+    assert resumed.rc == 0 and resumed.result["outcome"] == "updated", resumed.output
+    assert files_of(live_fs) == updated_files and files_of(rb_fs) == original_files
+    assert not work_fs.exists()
+    (live_fs / "probe").unlink()
+
     again = run_job(args)
     assert again.rc == 0 and again.result["outcome"] == "unchanged", again.output
     assert not any(e.get("child") == "odoo" and e.get("event") == "started" for e in again.logs)
-    _, live = info(pg, db) or (False, {})
-    assert live["odoo_version"] == 17 and live["addons_revision"] == "Odoo Server 17.0"
+
     # A new addons revision: updated again. Odoo exiting 0 with a module left `to upgrade` is
     # a failure all the same (module states are read back, never the exit code alone).
-    left = run_job(["upgrade", "same-major", *args[3:], "--addons-revision", "r2"],
+    state = info(pg, db)
+    left = run_job(same_major_args(env, sub, "--addons-revision", "r2"),
                    ODOO_STANDIN_LEAVE="contacts")  # fmt: skip
     assert left.rc == 65 and "contacts" in left.result["error"], left.output
-    ok = run_job(["upgrade", "same-major", *args[3:], "--addons-revision", "r2"])
+    assert info(pg, db) == state and modules_of(pg_dsn, db) == updated
+    ok = run_job(same_major_args(env, sub, "--addons-revision", "r2"))
     assert ok.rc == 0 and ok.result["outcome"] == "updated", ok.output
+    assert modules_of(pg_dsn, rb) == updated  # one rollback copy: the database before this run
+
+    back = run_job(["upgrade", "rollback", "--subdomain", sub, "--from-version", "17",
+                    "--to-version", "17", "--data-dir", str(env.d17)])  # fmt: skip
+    assert back.rc == 0 and back.result["outcome"] == "updated", back.output
+    allow, live = info(pg, db) or (False, {})
+    assert allow and live["addons_revision"] == "Odoo Server 17.0"
+    assert modules_of(pg_dsn, db) == updated
+    assert rb not in database_names(pg)
+    assert (info(pg, f"{db}__up17") or (0, {}))[1]["state"] == "rolled-back"
+    again = run_job(["upgrade", "rollback", "--subdomain", sub, "--from-version", "17",
+                     "--to-version", "17", "--data-dir", str(env.d17)])  # fmt: skip
+    assert again.rc == 0 and again.result["outcome"] == "unchanged", again.output
+
+
+def test_same_major_failing_at_a_later_module_leaves_the_tenant_untouched(
+    env: Any, run_job: Runner, pg: psycopg.Connection[Any], pg_dsn: str, tenant: str,
+) -> None:  # fmt: skip
+    """Odoo commits each module: a -u all failing after base, web, mail and contacts has
+    updated those for good, so it must run on a copy, never on the live database."""
+    sub, db = tenant, naming.db_name(tenant)
+    before, modules = info(pg, db), modules_of(pg_dsn, db)
+    fs = naming.filestore(db, env.d17)
+    files = files_of(fs)
+    failed = run_job(same_major_args(env, sub), ODOO_STANDIN_FAIL_AT="agreement")
+    assert failed.rc == 65 and "odoo exited 255" in failed.result["error"], failed.output
+    assert any("Transient module states were reset" in str(e.get("event")) for e in failed.logs)
+    assert modules_of(pg_dsn, db) == modules
+    assert info(pg, db) == before  # same marker, connections allowed: unfrozen
+    assert files_of(fs) == files
+    assert not work_names(pg, db)
+    assert not naming.filestore(f"{db}__up17", env.d17).exists()
+    ok = run_job(same_major_args(env, sub))
+    assert ok.rc == 0 and ok.result["outcome"] == "updated", ok.output
+
+
+def test_same_major_killed_in_odoo_then_rerun_converges(
+    env: Any, run_job: Runner, pg: psycopg.Connection[Any], pg_dsn: str, tenant: str,
+) -> None:  # fmt: skip
+    sub, db = tenant, naming.db_name(tenant)
+    work, rb = f"{db}__up17", f"{db}__rb17"
+    modules = modules_of(pg_dsn, db)
+    slow = same_major_args(env, sub)
+    slow[slow.index(env.odoo17)] = env.odoo17_slow
+    kill_when(run_job, slow, "standin: sleeping", "odoo")
+    allow, live = info(pg, db) or (True, {})
+    assert not allow and live["upgrading"]["strategy"] == "same-major"  # frozen, untouched
+    assert (info(pg, work) or (0, {}))[1]["running"] == "same-major"  # the copy Odoo was on
+    status = run_job(["upgrade", "status", "--subdomain", sub, "--from-version", "17",
+                      "--to-version", "17"])  # fmt: skip
+    assert status.result["interrupted"] == "same-major", status.output
+    assert status.result["next"] == "same-major"
+
+    # The killed Odoo half-updated its copy: the re-run never trusts it, it clones afresh.
+    done = run_job(same_major_args(env, sub))
+    assert done.rc == 0 and done.result["outcome"] == "updated", done.output
+    assert done.result["attempt"] == 2
+    allow, live = info(pg, db) or (False, {})
+    assert allow and "upgrading" not in live and live["update"]["attempt"] == 2
+    assert modules_of(pg_dsn, rb) == modules
+    assert work_names(pg, db) == {rb}
+    again = run_job(same_major_args(env, sub))
+    assert again.rc == 0 and again.result["outcome"] == "unchanged", again.output
+
+
+def test_major_upgrade_after_same_major_supersedes_its_rollback_copy(
+    env: Any, run_job: Runner, pg: psycopg.Connection[Any], pg_dsn: str, tenant: str,
+) -> None:  # fmt: skip
+    """Both name their rollback copy `{db}__rb17`: the major upgrade's frozen live database is
+    the newer restore point, so the same-major copy goes when the upgrade starts."""
+    sub, db = tenant, naming.db_name(tenant)
+    rb = f"{db}__rb17"
+    done = run_job(same_major_args(env, sub))
+    assert done.rc == 0, done.output
+    before = modules_of(pg_dsn, db)
+    run = run_job(["upgrade", "run", *hop(sub, env.d17, "--source-odoo-bin", env.odoo17,
+                                          "--target-odoo-bin", env.odoo18,
+                                          "--upgrade-path", env.scripts)])  # fmt: skip
+    assert run.rc == 0 and run.result["outcome"] == "updated", run.output
+    _, old = info(pg, rb) or (True, {})
+    assert old["kind"] == "rollback" and (old["from"], old["to"]) == (17, 18)
+    assert modules_of(pg_dsn, rb) == before
+    assert base_of(pg_dsn, db).startswith("18.0.")
 
 
 def test_refused_with_nothing_changed(

@@ -1,0 +1,282 @@
+"""`plana-job upgrade same-major`: `odoo -u all` on a work copy of the frozen tenant, swapped in.
+
+Odoo commits after each module it updates, so a `-u all` that fails at a later module leaves
+the database it ran on half updated. Same-major therefore never runs Odoo on the live tenant;
+in one run, under the tenant's lock, it works like the snapshot-then-upgrade chain, with its
+names, markers and swap (`jobs.upgrade_phases` with from = to = V):
+
+1. observe: the live marker records the version and addons revision last updated to; the same
+   again, with every module installed and base at V, is `unchanged` (Odoo does not run).
+2. freeze: `upgrading: {from: V, to: V, strategy, revision, base, attempt}` in the live marker,
+   then `ALLOW_CONNECTIONS false` and its sessions ended.
+3. clone: `{db}__up{V}` (`CREATE DATABASE … TEMPLATE`, CONNECT only for the owner, marker kind
+   upgrade-work) and its own filestore, copied from the live one.
+4. odoo: `odoo -d {db}__up{V} -u all` (`running` recorded before it starts), then verified
+   (`odoo.check_modules`, base at V); the copy's marker becomes `verified`.
+5. swap: in ONE transaction live → `{db}__rb{V}` (the rollback copy, kind rollback, holding the
+   old tenant marker), the copy → `{db}`, connections allowed, both markers; then the
+   filestores likewise. A previous update's rollback copy is dropped just before: one per
+   tenant and version. `upgrade rollback --from-version V --to-version V` swaps it back.
+
+A failure up to the swap (Odoo, the verification, any error while the lock is still ours)
+drops the copy and its filestore and unfreezes the tenant, untouched. A kill leaves a state the
+next run resumes: frozen by this strategy → a verified copy of the same revision is swapped in,
+any other is dropped and cloned afresh (a killed Odoo's copy is never trusted); swapped but the
+filestores not yet renamed → renamed first.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import psycopg
+
+from jobs import addons_digest, filestore, marker, odoo, pg, redact
+from jobs import upgrade_phases as ph
+from jobs.errors import ConflictError, JobError
+from jobs.result import Done
+from jobs.tenant_db import create_clone, restrict_connect
+
+STRATEGY = "same-major"
+VERIFIED = "verified"
+
+
+def same_major(
+    ctx: ph.Ctx, odoo_bin: str, revision: str | None, odoo_config: str | None = None
+) -> Done:
+    s, conn = ctx.spec, ctx.conn
+    version = s.to_version
+    live = ph.live_marker(ctx)
+    up = live.data.get("upgrading")
+    if up is not None and not _ours(ctx, up):
+        raise ConflictError(f"a major upgrade of {s.db} is under way: finish or roll it back")
+    text = ph.check_binary(odoo_bin, version, ctx.job.deadline)
+    rev = revision or _code_revision(ctx, odoo_bin, odoo_config, text)
+    details: dict[str, Any] = {"strategy": STRATEGY, "odoo_version": version, "revision": rev}
+    finished = False
+    if up is None:
+        # A run (or a rollback) killed after its swap: its filestore renames come first.
+        finished = ph.finish_rollback_filestore(ctx) or ph.finish_swap_filestore(ctx, live)
+        if not ph.allows_connections(conn, s.db):
+            raise ConflictError(f"{s.db} is frozen, but not by an upgrade: left untouched")
+        base = ph.base_version(ctx, s.db)
+        if ph.major_of(base) != version:
+            raise ConflictError(
+                f"{s.db}: base is at {base or 'nothing'}, not {version}.0", base=base
+            )
+        same = live.data.get("odoo_version") == version and live.data.get("addons_revision") == rev
+        if same and not ph.verify(ctx, s.db, version):
+            updated_at = live.data.get("updated_at")
+            return Done(
+                "updated" if finished else "unchanged", {**details, "updated_at": updated_at}
+            )
+        _check_names(ctx)  # 65 before anything changes
+        up = {"from": version, "to": version, "strategy": STRATEGY, "revision": rev}
+        up.update(base=base, attempt=0)
+        live.data["upgrading"] = up
+        marker.write(conn, s.db, live)  # recorded before the freeze: a re-run resumes it
+    try:
+        took = _prepare(ctx, live, up, odoo_bin, rev, odoo_config)
+        ctx.job.step("swap")
+        _drop_previous_rollback(ctx)
+    except Exception:
+        _abandon(ctx)
+        raise
+    # From here on the copy is verified: a failure leaves the tenant frozen with it, and the
+    # retry swaps it in.
+    done = _swap(ctx, live, up, rev)
+    return Done("updated", {**details, **done, **took})
+
+
+def _code_revision(ctx: ph.Ctx, odoo_bin: str, odoo_config: str | None, text: str) -> str:
+    """Without --addons-revision: the `--version` line and the digest of the code of the
+    tenant's installed modules on this image's addons path, so a new image whose modules' code
+    changed runs `-u all` again although every 18 build prints `Odoo Server 18.0`."""
+    installed = _installed(ctx)
+    if installed is None:  # frozen and no copy to read: keep the revision this run recorded
+        up = ph.live_marker(ctx).data.get("upgrading") or {}
+        return str(up.get("revision") or text)
+    path = addons_digest.search_path(odoo_bin, odoo_config=odoo_config)
+    return f"{text}; code {addons_digest.digest(installed, path).value[:16]}"
+
+
+def _installed(ctx: ph.Ctx) -> list[str] | None:
+    """The tenant's installed modules: from the live database, or, while a killed run keeps
+    it frozen (no connection is allowed, not even ours), from its work copy; None if neither."""
+    s = ctx.spec
+    for db in (s.db, s.work):
+        if not ph.allows_connections(ctx.conn, db):  # also False for a missing database
+            continue
+        try:
+            with pg.connection(db, dsn=s.dsn, deadline=ctx.job.deadline) as conn:
+                states = odoo.module_states(conn)
+        except psycopg.errors.UndefinedTable:
+            continue
+        return sorted(name for name, state in states.items() if state == "installed")
+    return None
+
+
+def _ours(ctx: ph.Ctx, up: Any) -> bool:
+    """Whether the live marker's `upgrading` is this strategy's, at this version."""
+    v = ctx.spec.to_version
+    return (
+        isinstance(up, dict)
+        and up.get("strategy") == STRATEGY
+        and (up.get("from"), up.get("to")) == (v, v)
+    )
+
+
+def _check_names(ctx: ph.Ctx) -> None:
+    """The rollback name is free or holds this tenant's previous same-major rollback copy."""
+    s, v = ctx.spec, ctx.spec.to_version
+    if pg.database_exists(ctx.conn, s.rollback):
+        if ph.rollback_copy(ctx, s.rollback, v, v) is None:
+            raise ConflictError(f"rollback name {s.rollback} is taken: left untouched")
+    elif filestore.present(s.fs(s.rollback)):
+        # Without its database: the live filestore of a rollback killed before its renames.
+        raise ConflictError(
+            f"filestore {s.fs(s.rollback)} has no database: finish the rollback that left it "
+            "(`upgrade rollback` again) first",
+            database=s.db,
+        )
+
+
+def _drop_previous_rollback(ctx: ph.Ctx) -> None:
+    """The previous update's rollback copy (checked ours), its filestore first: a kill between
+    the two leaves a database without files, never files without their database."""
+    s = ctx.spec
+    if pg.database_exists(ctx.conn, s.rollback):
+        _check_names(ctx)
+        ctx.job.log.info("dropping the previous rollback copy", database=s.rollback)
+        filestore.discard(s.fs(s.rollback))
+        pg.drop_database(ctx.conn, s.rollback)
+
+
+def _prepare(
+    ctx: ph.Ctx,
+    live: marker.Marker,
+    up: dict[str, Any],
+    odoo_bin: str,
+    rev: str,
+    odoo_config: str | None,
+) -> dict[str, Any]:
+    """Frozen tenant, verified work copy of revision `rev`: resumed if there is one, else made."""
+    s, conn, log = ctx.spec, ctx.conn, ctx.job.log
+    if ph.allows_connections(conn, s.db):
+        ph.set_allow_connections(conn, s.db, False)
+    ended = pg.terminate_sessions(conn, s.db)
+    log.info("tenant frozen", database=s.db, sessions_ended=ended)
+    if _verified(ctx, rev):
+        log.info("resuming with the verified work copy", database=s.work)
+        return {}
+    ctx.job.step("clone")
+    if pg.database_exists(conn, s.work):
+        # Being cloned, passed or killed midway, failed, rolled back, or of another revision:
+        # never trusted. Start afresh from the frozen live database.
+        log.info("dropping the work copy", database=s.work)
+        pg.drop_database(conn, s.work)
+    filestore.discard(s.fs(s.work))
+    up["attempt"] = int(up.get("attempt", 0)) + 1
+    up["revision"] = rev
+    marker.write(conn, s.db, live)
+    owner = ph.owner_of(conn, s.db)
+    create_clone(conn, s.db, s.work, owner=owner, deadline=ctx.job.deadline)
+    ctx.job.check_locks()  # a long copy: the lock may have been lost meanwhile
+    restrict_connect(conn, s.work, owner)
+    body = {**s.hop(), "strategy": STRATEGY, "revision": rev, "attempt": up["attempt"]}
+    mark = marker.Marker(ph.WORK_KIND, "snapshot", body)
+    marker.write(conn, s.work, mark)
+    if filestore.present(s.fs(s.db)):  # a symlinked live filestore is refused (65)
+        stats = filestore.copy_tree(s.fs(s.db), s.fs(s.work), kind="upgrade")
+        log.info("work filestore copied", **stats.as_dict())
+    log.info("work copy cloned", database=s.work, attempt=up["attempt"])
+
+    ctx.job.step("odoo")
+    mark.data["running"] = STRATEGY
+    marker.write(conn, s.work, mark)  # from here on, an interruption spoils the copy
+    inv = odoo.Invocation(db=s.work, update=["all"], data_dir=s.data_dir)
+    done = odoo.run(odoo_bin, s.to_version, inv, dsn=s.dsn, base_config=odoo_config,
+                    deadline=ctx.job.deadline)  # fmt: skip
+    problems = [] if done.returncode == 0 else [f"odoo exited {done.returncode}"]
+    problems += ph.verify(ctx, s.work, s.to_version)
+    ctx.job.check_locks()  # Odoo may have run for long: record it only while still ours
+    if problems:
+        tail = done.tail[-1] if done.tail else ""
+        raise ConflictError(
+            f"-u all on a copy of {s.db} failed: {'; '.join(problems[:5])}"
+            + (f"; last output: {tail}" if tail and done.returncode else "")
+            + " (the tenant is left as it was)",
+        )
+    mark.data.pop("running")
+    mark.state = VERIFIED
+    marker.write(conn, s.work, mark)
+    return {"duration_s_odoo": done.duration_s}
+
+
+def _verified(ctx: ph.Ctx, rev: str) -> bool:
+    """A work copy this strategy verified at revision `rev`, its filestore beside it."""
+    s = ctx.spec
+    mark = ph.work_marker(ctx) if pg.database_exists(ctx.conn, s.work) else None
+    if mark is None or mark.state != VERIFIED or mark.data.get("revision") != rev:
+        return False
+    return filestore.present(s.fs(s.work)) or not filestore.present(s.fs(s.db))
+
+
+def _swap(ctx: ph.Ctx, live: marker.Marker, up: dict[str, Any], rev: str) -> dict[str, Any]:
+    """Live → rollback copy, work copy → live, in one transaction; then the filestores."""
+    s = ctx.spec
+    tenant = {k: v for k, v in live.data.items() if k != "upgrading"}
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    history = {
+        "attempt": up.get("attempt"),
+        "base_before": up.get("base"),
+        "revision_before": tenant.get("addons_revision"),
+    }
+    new_live = marker.Marker(
+        ph.TENANT_KIND,
+        "complete",
+        {
+            **tenant,
+            "odoo_version": s.to_version,
+            "addons_revision": rev,
+            "updated_at": now,
+            "rollback_db": s.rollback,
+            "update": history,
+        },
+    )
+    old_live = marker.Marker(
+        ph.ROLLBACK_KIND, "complete", {**s.hop(), "strategy": STRATEGY, "tenant": tenant}
+    )
+    ctx.job.check_locks()
+    ph.swap(ctx, [(s.db, s.rollback), (s.work, s.db)], {s.db: new_live, s.rollback: old_live}, s.db)
+    ctx.job.log.info("swapped in", database=s.db, rollback_db=s.rollback)
+    ctx.job.step("filestore")
+    ph.cutover_filestore(ctx)
+    return {"updated_at": now, "rollback_db": s.rollback, **history}
+
+
+def _abandon(ctx: ph.Ctx) -> None:
+    """After a failure before the swap: the copy dropped, the tenant unfrozen, untouched.
+
+    Only while the lock is still ours (another run may hold it now); a cleanup that fails
+    (the connection lost, say) leaves the state a re-run resumes from.
+    """
+    s, conn, log = ctx.spec, ctx.conn, ctx.job.log
+    try:
+        ctx.job.check_locks()
+    except JobError:
+        return
+    try:
+        pg.drop_database(conn, s.work)
+        filestore.discard(s.fs(s.work))
+        live = ph.live_marker(ctx)
+        if _ours(ctx, live.data.get("upgrading")):
+            live.data.pop("upgrading")
+            with conn.transaction():
+                ph.set_allow_connections(conn, s.db, True)
+                marker.write(conn, s.db, live)
+        log.info("work copy dropped, tenant unfrozen", database=s.db)
+    except Exception as exc:  # the original failure is what the job reports
+        error = redact.text(f"{type(exc).__name__}: {exc}")
+        log.warning("could not unfreeze the tenant: a re-run will", error=error)
