@@ -49,16 +49,17 @@ ODOO = ROOT / "tests" / "standins" / "odoo"
 DSN = os.environ.get("PLANA_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 SHAPE = Path(__file__).with_name("odoo_shape.sql")  # ~720 Odoo-shaped tables, ~340 MB
-# The default run fits a laptop: the same ~720 tables and ~4,700 relations (what a clone pays
-# per file) with a quarter of the rows and files, two concurrent rounds, no memory fill: about
-# 8 GB of disk at its peak. BENCH_FULL=1 is the full-size run (about 45 GB of disk, plus the
-# memory fill where free memory goes back to the host).
+# The default run fits a laptop: the same ~740 tables and their relations (what a clone pays
+# per file) with a quarter of the rows and files, one concurrent round, no memory fill: about
+# 8 GB of disk at its peak (every clone is kept until the end: see above). BENCH_FULL=1 is the
+# full-size run (about 45 GB of disk, plus the memory fill where free memory goes back to the
+# host).
 FULL = os.environ.get("BENCH_FULL", "") == "1"
 SCALE = 1.0 if FULL else 0.25
 FILES = int(2_400 * SCALE)
 REPEAT = 3
 CONCURRENT = 10
-CONCURRENT_ROUNDS = 3 if FULL else 2
+CONCURRENT_ROUNDS = 3 if FULL else 1
 OWNER = "plana"
 
 SINGLE = Measure("tenant-db", "end to end vs bare `CREATE DATABASE … TEMPLATE … STRATEGY"

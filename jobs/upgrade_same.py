@@ -113,7 +113,10 @@ def _installed(ctx: ph.Ctx) -> list[str] | None:
                 states = odoo.module_states(conn)
         except psycopg.errors.UndefinedTable:
             continue
-        return sorted(name for name, state in states.items() if state == "installed")
+        # A killed run's copy has modules still `to upgrade`: they count as installed, so the
+        # revision read from it equals the one read from the live database.
+        kept = {"installed", "to upgrade", "to remove"}
+        return sorted(name for name, state in states.items() if state in kept)
     return None
 
 

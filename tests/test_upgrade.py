@@ -415,7 +415,8 @@ def test_same_major_swaps_in_keeps_the_rollback_copy_and_rolls_back(
     assert any(e.get("child") == "odoo" for e in first.logs)  # Odoo's lines are in the log
     allow, live = info(pg, db) or (False, {})
     assert allow and "upgrading" not in live and live["rollback_db"] == rb
-    assert live["odoo_version"] == 17 and live["addons_revision"] == "Odoo Server 17.0"
+    assert live["odoo_version"] == 17
+    assert live["addons_revision"].startswith("Odoo Server 17.0; code ")  # + the code digest
     updated = modules_of(pg_dsn, db)
     assert updated != original  # the work copy, updated, is the live database now
     # The old database, untouched, is the rollback copy (frozen), with the tenant's old marker.
@@ -460,7 +461,7 @@ def test_same_major_swaps_in_keeps_the_rollback_copy_and_rolls_back(
                     "--to-version", "17", "--data-dir", str(env.d17)])  # fmt: skip
     assert back.rc == 0 and back.result["outcome"] == "updated", back.output
     allow, live = info(pg, db) or (False, {})
-    assert allow and live["addons_revision"] == "Odoo Server 17.0"
+    assert allow and live["addons_revision"].startswith("Odoo Server 17.0; code ")
     assert modules_of(pg_dsn, db) == updated
     assert rb not in database_names(pg)
     assert (info(pg, f"{db}__up17") or (0, {}))[1]["state"] == "rolled-back"
@@ -529,9 +530,9 @@ def test_major_upgrade_after_same_major_supersedes_its_rollback_copy(
     done = run_job(same_major_args(env, sub))
     assert done.rc == 0, done.output
     before = modules_of(pg_dsn, db)
-    run = run_job(["upgrade", "run", *hop(sub, env.d17, "--source-odoo-bin", env.odoo17,
-                                          "--target-odoo-bin", env.odoo18,
-                                          "--upgrade-path", env.scripts)])  # fmt: skip
+    run = run_job(run_args(env, sub, "--source-odoo-config", env.conf17,
+                           "--target-odoo-config", env.conf18,
+                           "--upgrade-path", env.scripts))  # fmt: skip
     assert run.rc == 0 and run.result["outcome"] == "updated", run.output
     _, old = info(pg, rb) or (True, {})
     assert old["kind"] == "rollback" and (old["from"], old["to"]) == (17, 18)
@@ -603,3 +604,23 @@ def test_options_before_the_phase_are_taken_or_refused(
     assert twice.rc == 64 and "--subdomain (PLANA_SUBDOMAIN)" in twice.result["error"]
     assert info(pg, db) == state  # nothing snapshotted
     assert not {n for n in database_names(pg) if n.startswith(db + "__")}
+
+
+def test_same_major_reruns_when_the_code_of_an_installed_module_changes(
+    env: Any, run_job: Runner, tenant: str, tmp_path: Path
+) -> None:
+    """Every 17 build prints `Odoo Server 17.0`: without --addons-revision, the revision is that
+    line plus the digest of the installed modules' code on the image's addons path, so a new
+    image with changed module code runs `-u all` again, and the same code does not."""
+    addons = _addons(tmp_path / "addons", "web", "mail")  # installed in the tenant (MODULES)
+    conf = _config(tmp_path / "odoo.conf", addons)
+    args = same_major_args(env, tenant, "--odoo-config", conf)
+    first = run_job(args)
+    assert first.rc == 0 and first.result["outcome"] == "updated", first.output
+    again = run_job(args)
+    assert again.rc == 0 and again.result["outcome"] == "unchanged", again.output
+    (addons / "mail" / "models.py").write_text("# a new image's mail\n")
+    changed = run_job(args)
+    assert changed.rc == 0 and changed.result["outcome"] == "updated", changed.output
+    assert changed.result["revision"] != first.result["revision"]
+    assert changed.result["revision"].startswith("Odoo Server 17.0; code ")
