@@ -18,7 +18,7 @@ from psycopg import sql
 
 from jobs import naming
 from jobs.upgrade_phases import prefix_files
-from tests.conftest import STANDINS, Runner, database_names
+from tests.conftest import JOB_ROLE, STANDINS, Runner, database_names
 
 ODOO = str(STANDINS / "odoo")
 OWNER_ROLE = "plana"
@@ -214,7 +214,7 @@ def test_prefix_sql_is_what_lets_the_18_pass_through(
         sql.Identifier(probe), sql.Identifier(f"{db}__up18")))  # fmt: skip
     argv = [env.odoo18, "-d", probe, "--load=base,web,openupgrade_framework",
             f"--upgrade-path={env.scripts}", "-u", "all", "--stop-after-init", "--no-http",
-            "--db_host", "127.0.0.1", "-r", "postgres", "-D", str(env.tmp / "probe")]  # fmt: skip
+            "--db_host", "127.0.0.1", "-r", JOB_ROLE, "-D", str(env.tmp / "probe")]  # fmt: skip
     failed = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=run_job.env)
     assert failed.returncode == 255 and "signed_contract_filename" in failed.stderr
     with psycopg.connect(pg_dsn, dbname=probe, autocommit=True) as conn:
