@@ -258,6 +258,7 @@ def test_target_pass_killed_midway_restarts_from_fresh_copy(
     done = run_job(args)
     assert done.rc == 0, done.output
     assert done.result["phases"]["snapshot"] == "created"
+    assert done.result["phases"]["source-pass"] == "updated"  # a phase name, not a secret
     allow, live = info(pg, db) or (False, {})
     assert allow and live["odoo_version"] == 18 and live["upgrade"]["attempt"] == 2
     assert base_of(pg_dsn, db).startswith("18.0.")
