@@ -21,7 +21,7 @@ import click
 
 from jobs import locks, marker, odoo, options, pg, restore, runner
 from jobs import upgrade_phases as ph
-from jobs.errors import ConflictError, UsageError
+from jobs.errors import ConflictError, TransientError, UsageError
 from jobs.result import Done
 
 STRATEGIES = ("same-major", "snapshot-then-upgrade")
@@ -122,14 +122,12 @@ def same_major(ctx: ph.Ctx, odoo_bin: str, revision: str | None) -> Done:
         return Done("unchanged", {**details, "updated_at": live.data.get("updated_at")})
     inv = odoo.Invocation(db=s.db, update=["all"], data_dir=s.data_dir)
     done = odoo.run(odoo_bin, version, inv, dsn=s.dsn, deadline=ctx.job.deadline)
-    problems = [] if done.returncode == 0 else [f"odoo exited {done.returncode}"]
+    problems = [] if done.returncode == 0 or done.stopped else [done.failure()]
     problems += ph.verify(ctx, s.db, version)
+    if problems and done.stopped is not None:  # stopped before it finished: retry
+        raise TransientError(f"-u all on {s.db}: {done.failure()}: {'; '.join(problems[:5])}")
     if problems:
-        tail = done.tail[-1] if done.tail else ""
-        raise ConflictError(
-            f"-u all on {s.db} failed: {'; '.join(problems[:5])}"
-            + (f"; last output: {tail}" if tail and done.returncode else ""),
-        )
+        raise ConflictError(f"-u all on {s.db} failed: {'; '.join(problems[:5])}")
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     live.data.update(odoo_version=version, addons_revision=rev, updated_at=now)
     marker.write(conn, s.db, live)

@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from jobs import filestore, marker, naming, odoo, pg, retry, runner
-from jobs.errors import ConfigError, ConflictError, UsageError
+from jobs.errors import ConfigError, ConflictError, TransientError, UsageError
 from jobs.result import Done
 from jobs.tenant_db import create_clone, restrict_connect  # a clone is made as tenant-db makes it
 
@@ -317,18 +317,23 @@ def run_pass(
         data_dir=s.data_dir,
     )
     done = odoo.run(odoo_bin, version, inv, dsn=s.dsn, deadline=ctx.job.deadline)
-    problems = [] if done.returncode == 0 else [f"odoo exited {done.returncode}"]
+    problems = [] if done.returncode == 0 or done.stopped else [done.failure()]
     problems += verify(ctx, s.work, version)
     ctx.job.check_locks()  # the pass may have run for long: record it only while still ours
+    if problems and done.stopped is not None:
+        # Stopped midway: the copy stays marked `running` (spoilt), the failure is transient.
+        raise TransientError(
+            f"{phase} on {s.work}: {done.failure()}: {'; '.join(problems[:5])}"
+            " (the next attempt starts from a fresh copy)",
+            phase=phase,
+        )
     if problems:
         mark.state = "failed"
         mark.data["failed"] = {"phase": phase, "problems": problems[:10]}
         _record(ctx, mark)
-        tail = done.tail[-1] if done.tail else ""
         raise ConflictError(
             f"{phase} on {s.work} failed: {'; '.join(problems[:5])}"
-            + (f"; last output: {tail}" if tail and done.returncode else "")
-            + " (the next attempt starts from a fresh copy)",
+            " (the next attempt starts from a fresh copy)",
             phase=phase,
         )
     mark.data.pop("running", None)
