@@ -49,6 +49,9 @@ BIN = Path(sys.executable).parent
 STANDIN = ROOT / "tests" / "standins" / "odoo"
 ODOO_IMAGE = os.environ.get("PLANA_DEMO_ODOO_IMAGE", "odoo:18")
 OWNER_ROLE = "plana"
+# The role the jobs connect as, as a Job's: LOGIN CREATEDB, a member of OWNER_ROLE, not a
+# superuser (Odoo refuses the database user `postgres`, and so does the stand-in).
+JOB_ROLE = "plana_jobs"
 STEPS = ["template-build", "tenant-db", "matrix-room", "account-webhook", "erp-callback",
          "emit-event"]  # fmt: skip
 NOTICE = """\
@@ -231,15 +234,26 @@ def precheck(pg_dsn: str, redis_url: str) -> str | None:
     return None
 
 
-def ensure_role(pg_dsn: str) -> None:
-    """tenant-db refuses (78) when the owner role is missing; a local cluster may not have it."""
+def ensure_role(pg_dsn: str) -> str:
+    """The owner role (tenant-db refuses, 78, when it is missing; a local cluster may not have
+    it) and the jobs' role; the DSN for the jobs: `pg_dsn` as JOB_ROLE, with a password made
+    for this run (so password authentication works too)."""
+    roles = ((OWNER_ROLE, "NOLOGIN", "the tenant databases' owner"),
+             (JOB_ROLE, "LOGIN CREATEDB", "the jobs' own"))  # fmt: skip
+    password = secrets.token_hex(16)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (OWNER_ROLE,)).fetchone():
-            try:
-                conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(OWNER_ROLE)))
-                print(f"created PostgreSQL role {OWNER_ROLE!r} (the tenant databases' owner)")
-            except psycopg.errors.DuplicateObject:
-                pass
+        for role, options, what in roles:
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+                try:
+                    conn.execute(sql.SQL("CREATE ROLE {} " + options).format(sql.Identifier(role)))
+                    print(f"created PostgreSQL role {role!r} ({what})")
+                except psycopg.errors.DuplicateObject:
+                    pass
+        job = sql.Identifier(JOB_ROLE)
+        # DDL takes no parameters: the password (hex) goes in as a quoted literal.
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(job, sql.Literal(password)))
+        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(OWNER_ROLE), job))
+    return psycopg.conninfo.make_conninfo(pg_dsn, user=JOB_ROLE, password=password)
 
 
 def cleanup(pg_dsn: str, redis_url: str, databases: list[str], stream: str) -> None:
@@ -330,7 +344,7 @@ def provision(
         odoo_bin, version_env = str(STANDIN), {"ODOO_STANDIN_VERSION": "18"}
         print(NOTICE)
     print(f"tenant: {sub}   PostgreSQL: {pg_dsn.split('@')[-1]}   Redis: {redis_url}")
-    ensure_role(pg_dsn)
+    job_dsn = ensure_role(pg_dsn)
 
     failed = True
     stack = ExitStack()
@@ -368,7 +382,7 @@ def provision(
             "PLANA_OWNER_NAME": "Ada Lovelace",
             "PLANA_GENERATION": "1",
             # Where things are.
-            "PLANA_PG_DSN": pg_dsn,
+            "PLANA_PG_DSN": job_dsn,
             "PLANA_DATA_DIR": str(data_dir),
             "PLANA_ODOO_BIN": odoo_bin,
             "PLANA_TEMPLATE_CODE": "pro",

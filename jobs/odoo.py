@@ -8,20 +8,34 @@ Stable API (used by template-build, upgrade, backup and environment-db):
   `--without-demo` swallows the next flag), 19 gets no demo flag (no demo unless `--with-demo`).
   Always `--stop-after-init --no-http`.
 - `run(odoo_bin, version, inv, *, dsn=None, base_config=None, deadline=None, timeout=None)`
-  → `proc.Completed`. Connection parameters come from `PLANA_PG_DSN` (or `dsn`) and libpq's own
-  `PG*` environment, and never reach argv (which is logged): host, port, user and sslmode go
-  into a 0600 temporary config file passed with `-c` (merged over `base_config`, default
-  `$ODOO_RC`, so the image's addons_path and friends are kept), and everything into the child's
-  `PG*` environment. The password reaches Odoo only through that environment (`PGPASSWORD`:
-  Odoo passes no password to libpq when `db_password` is unset, and libpq then reads it); it is
-  never written to the config file, which a SIGKILL would leave behind in `$TMPDIR`. A
-  `db_password` of the base config is moved the same way. `PGDATABASE` is removed from the
-  child's environment (Odoo 19 would treat it like `-d`). Output is streamed into the log
-  through `jobs.proc`; SIGTERM stops the child. `watch=` sees every output line (the last
-  ones only are kept in `tail`); `base_option(name, base_config)` reads one base config option.
+  → `Completed` (a `proc.Completed` plus what Odoo's output said, below). Connection
+  parameters come from `PLANA_PG_DSN` (or `dsn`) and libpq's own `PG*` environment, and never
+  reach argv (which is logged): host, port, user and sslmode go into a 0600 temporary config
+  file passed with `-c` (merged over `base_config`, default `$ODOO_RC`, so the image's
+  addons_path and friends are kept), and everything into the child's `PG*` environment. The
+  password reaches Odoo only through that environment (`PGPASSWORD`: Odoo passes no password
+  to libpq when `db_password` is unset, and libpq then reads it); it is never written to the
+  config file, which a SIGKILL would leave behind in `$TMPDIR`. A `db_password` of the base
+  config is moved the same way. `PGDATABASE` is removed from the child's environment (Odoo 19
+  would treat it like `-d`). Output is streamed into the log through `jobs.proc`, each line at
+  the level Odoo gave it (ERROR → error, CRITICAL → critical, WARNING → warning; a traceback
+  keeps the level of its record); SIGTERM stops the child; `watch=` sees every output line
+  (the last ones only are kept in `tail`). Odoo refusing the `postgres`
+  database user ("Using the database user 'postgres' is a security risk, aborting.", exit 1;
+  Odoo 17/18 check `db_user`, else `PGUSER`) is a ConfigError (78) carrying that message.
+- `Completed.error`: the line that says what went wrong, not Odoo's last line (a closing
+  "ConnectionPool(...): Closed 1 connections"): the exception of the last traceback (with its
+  message's continuation lines, e.g. `odoo.tools.convert.ParseError: while parsing …`), else
+  the last ERROR/CRITICAL record, else the last line. `Completed.failure()` → "odoo exited
+  255: <that line>", for error messages. `Completed.stopped`: why the run did not end by itself
+  (ended by a signal; "Forced shutdown." by a second signal, exit 0; a KeyboardInterrupt), or
+  None. A stopped run is transient (75) unless `module_states` shows it had finished: Odoo
+  turns the first SIGTERM/SIGINT into KeyboardInterrupt (it ends by SIGINT) and a second one
+  into `os._exit(0)`, so neither its exit code nor its silence tells whether the work was done.
 - `run_command(odoo_bin, command, args, *, dsn=None, base_config=None, deadline=None, ...)`
-  → `proc.Completed`: an Odoo subcommand, `odoo {command} -c {conf} {args}` (environment-db runs
+  → `Completed`: an Odoo subcommand, `odoo {command} -c {conf} {args}` (environment-db runs
   `neutralize -d {db}`), with exactly `run`'s connection handling (`connected`).
+- `base_option(name, base_config)` reads one option of the base config.
 - `binary_version(odoo_bin)` → the `--version` line (e.g. "Odoo Server 18.0");
   `major(text)` → 18.
 - `module_states(conn)` → `{name: state}` from `ir_module_module`; `check_modules(states,
@@ -37,6 +51,7 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,6 +67,32 @@ from jobs.errors import ConfigError
 PENDING_STATES = frozenset({"to install", "to upgrade", "to remove"})
 MODULE_NAME = re.compile(r"[a-z0-9_]{1,128}", re.ASCII)
 VERSION_TIMEOUT_S = 60.0
+
+# Odoo's log record: '%(asctime)s %(pid)s %(levelname)s %(dbname)s %(name)s: %(message)s
+# %(perf_info)s' (odoo/netsvc.py; dbname is "?" before a database is known, and perf_info is
+# empty outside requests, hence the trailing space of every line).
+_RECORD = re.compile(
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \d+ (?P<level>[A-Z_]+) \S+ (?P<logger>[^\s:]+): "
+    r"(?P<message>.*)"
+)
+_LEVELS = {
+    "DEBUG": "debug",
+    "INFO": "info",
+    "WARNING": "warning",
+    "ERROR": "error",
+    "CRITICAL": "critical",
+}
+_TRACEBACK = "Traceback (most recent call last):"
+_CHAINED = (
+    "The above exception was the direct cause of the following exception:",
+    "During handling of the above exception, another exception occurred:",
+)
+# odoo/cli/server.py check_postgres_user (17/18): written without a newline, then exit 1.
+POSTGRES_REFUSED = "Using the database user 'postgres' is a security risk, aborting."
+# ThreadedServer.signal_handler, on a second SIGTERM/SIGINT: then os._exit(0).
+_FORCED = "Forced shutdown."
+_ERROR_LINES = 8  # lines of an exception's message kept
+_ERROR_CHARS = 400
 
 # libpq conninfo keyword → Odoo config option. Only these have an Odoo option; everything else
 # (sslrootcert, passfile, options, …) reaches the child through its PG* environment. The
@@ -194,6 +235,98 @@ def base_password(base_config: str | Path | None = None) -> str | None:
     return value if value and value.lower() != "false" else None
 
 
+class Output:
+    """What Odoo's output says, read line by line while it streams (both pipes: thread-safe).
+
+    `level` is the per-line classifier `jobs.proc` calls; it remembers on the way what
+    `error_line` later reports.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._record = "info"  # level of the record the current line belongs to
+        self._in_traceback = False
+        self._collecting = False  # reading the message lines of an exception
+        self._counted = True  # the traceback being read counts for error_line
+        self._exception: list[str] = []
+        self._error = ""  # last ERROR/CRITICAL record
+        self._last = ""
+        self.refused = False  # the postgres database user refused
+        self.forced = False  # "Forced shutdown." (a second signal)
+
+    def level(self, line: str) -> str:
+        with self._lock:
+            return self._read(line)
+
+    def _read(self, line: str) -> str:
+        text = line.strip()
+        if text:
+            self._last = text
+        record = _RECORD.match(line)
+        if record is not None:
+            self._record = _LEVELS.get(record["level"], "info")
+            self._in_traceback = self._collecting = False
+            if self._record in ("error", "critical"):
+                self._error = f"{record['logger']}: {record['message'].strip()}"
+            return self._record
+        if POSTGRES_REFUSED in line:
+            self.refused = True
+            return "error"
+        if text == _FORCED:
+            self.forced = True
+        if text == _TRACEBACK:
+            # A traceback a WARNING record carries (exc_info) is not the failure.
+            self._in_traceback, self._collecting = True, False
+            self._counted = self._record not in ("debug", "warning")
+        elif self._in_traceback:
+            if text and not line[0].isspace():  # after the indented frames: the exception
+                self._in_traceback = False
+                if self._counted:
+                    self._exception, self._collecting = [text], True
+        elif self._collecting:
+            if text in _CHAINED:
+                self._collecting = False
+            elif len(self._exception) < _ERROR_LINES:
+                self._exception.append(text)
+        return self._record
+
+    def error_line(self) -> str:
+        """The exception of the last traceback, else the last ERROR/CRITICAL record, else the
+        last line ("" when Odoo said nothing)."""
+        with self._lock:
+            if self._exception:
+                joined = " ".join(" ".join(self._exception).split())
+                return joined if len(joined) <= _ERROR_CHARS else joined[: _ERROR_CHARS - 3] + "..."
+            return self._error or self._last
+
+    def stopped(self, returncode: int) -> str | None:
+        """Why the run did not end by itself, or None."""
+        with self._lock:
+            if returncode < 0:
+                return f"ended by signal {-returncode}"
+            if self.forced:
+                return f"forced shutdown after a second signal, exit {returncode}"
+            if self._exception[:1] == ["KeyboardInterrupt"]:
+                return f"interrupted (KeyboardInterrupt), exit {returncode}"
+            return None
+
+
+@dataclass(frozen=True)
+class Completed(proc.Completed):
+    """How an Odoo run ended, and what its output said (see `Output`)."""
+
+    error: str = ""
+    stopped: str | None = None
+
+    def failure(self) -> str:
+        """For an error message: "odoo exited 255: odoo.tools.convert.ParseError: …", or
+        "odoo was stopped (ended by signal 2)" (its last words then are only KeyboardInterrupt
+        or "Forced shutdown.")."""
+        if self.stopped is not None:
+            return f"odoo was stopped ({self.stopped})"
+        return f"odoo exited {self.returncode}" + (f": {self.error}" if self.error else "")
+
+
 def run(
     odoo_bin: str,
     version: int,
@@ -205,20 +338,86 @@ def run(
     timeout: float | None = None,
     env: Mapping[str, str] | None = None,
     watch: Callable[[str], None] | None = None,
-) -> proc.Completed:
+) -> Completed:
     """Run Odoo once (streamed, bounded, SIGTERM-safe) and report how it exited.
 
     The caller decides what the exit code means, and checks `module_states` afterwards.
     """
+    return _run(
+        lambda conf: argv(odoo_bin, version, inv, conf),
+        dsn=dsn,
+        base_config=base_config,
+        deadline=deadline,
+        timeout=timeout,
+        env=env,
+        watch=watch,
+    )
+
+
+def run_command(
+    odoo_bin: str,
+    command: str,
+    args: Sequence[str],
+    *,
+    dsn: str | None = None,
+    base_config: str | Path | None = None,
+    deadline: retry.Deadline | None = None,
+    timeout: float | None = None,
+    env: Mapping[str, str] | None = None,
+    watch: Callable[[str], None] | None = None,
+) -> Completed:
+    """`odoo {command} -c {conf} {args}` (e.g. `neutralize`, `["-d", db]`), connected as `run`.
+
+    Odoo takes the subcommand only as its first argument; `args` hold no secret (logged).
+    """
+    if not MODULE_NAME.fullmatch(command):
+        raise ValueError(f"not an Odoo subcommand: {command!r}")
+    return _run(
+        lambda conf: [odoo_bin, command, "-c", str(conf), *args],
+        dsn=dsn,
+        base_config=base_config,
+        deadline=deadline,
+        timeout=timeout,
+        env=env,
+        watch=watch,
+    )
+
+
+def _run(
+    command: Callable[[Path], list[str]],
+    *,
+    dsn: str | None,
+    base_config: str | Path | None,
+    deadline: retry.Deadline | None,
+    timeout: float | None,
+    env: Mapping[str, str] | None,
+    watch: Callable[[str], None] | None,
+) -> Completed:
+    """One Odoo child on our connection, its lines read as Odoo's records (see `Output`)."""
+    out = Output()
     with connected(dsn, base_config, env) as (conf, child):
-        return proc.run(
-            argv(odoo_bin, version, inv, conf),
+        done = proc.run(
+            command(conf),
             name="odoo",
             env=child,
             timeout=timeout,
             deadline=deadline,
+            level=out.level,
             watch=watch,
         )
+    if done.returncode == 1 and out.refused:
+        raise ConfigError(
+            f"odoo refused to start: {POSTGRES_REFUSED} Odoo must connect as a role other "
+            "than postgres (the user of PLANA_PG_DSN, or PGUSER)",
+            returncode=done.returncode,
+        )
+    return Completed(
+        returncode=done.returncode,
+        tail=done.tail,
+        duration_s=done.duration_s,
+        error=redact.text(out.error_line()),
+        stopped=out.stopped(done.returncode),
+    )
 
 
 @contextmanager
@@ -238,35 +437,6 @@ def connected(
     child = child_env(params, env)
     with config_file(params, base_config) as conf:
         yield conf, child
-
-
-def run_command(
-    odoo_bin: str,
-    command: str,
-    args: Sequence[str],
-    *,
-    dsn: str | None = None,
-    base_config: str | Path | None = None,
-    deadline: retry.Deadline | None = None,
-    timeout: float | None = None,
-    env: Mapping[str, str] | None = None,
-    watch: Callable[[str], None] | None = None,
-) -> proc.Completed:
-    """`odoo {command} -c {conf} {args}` (e.g. `neutralize`, `["-d", db]`), connected as `run`.
-
-    Odoo takes the subcommand only as its first argument; `args` hold no secret (logged).
-    """
-    if not MODULE_NAME.fullmatch(command):
-        raise ValueError(f"not an Odoo subcommand: {command!r}")
-    with connected(dsn, base_config, env) as (conf, child):
-        return proc.run(
-            [odoo_bin, command, "-c", str(conf), *args],
-            name="odoo",
-            env=child,
-            timeout=timeout,
-            deadline=deadline,
-            watch=watch,
-        )
 
 
 def binary_version(odoo_bin: str, *, deadline: retry.Deadline | None = None) -> str:

@@ -33,9 +33,24 @@ _known: set[str] = set()
 _short: dict[str, re.Pattern[str]] = {}
 
 _SECRET_KEY = re.compile(
-    r"pass(word|wd)?|secret|token|api[_-]?key|authorization|hmac|credential|private[_-]?key",
+    r"pass(?:word|wd|phrase)|secret|token|api[_-]?key|authorization|hmac|credential"
+    r"|private[_-]?key",
     re.I,
 )
+# "pass" alone is short for password only as a part of its own in a snake_case, dotted or
+# camelCase key (`pass`, `api_pass`, `DB_PASS`, `smtp.pass`, `apiPass`). In a hyphenated
+# compound or inside a word it is a word: the phases `source-pass`/`target-pass`, `passes`,
+# `bypass`, `passive`.
+_KEY_PART = re.compile(r"[_.\s]+|(?<=[a-z0-9])(?=[A-Z])")
+
+
+def secret_key(key: str) -> bool:
+    """Whether a field named `key` holds a secret (its whole value is then masked)."""
+    if _SECRET_KEY.search(key):
+        return True
+    return any(part.lower() == "pass" for part in _KEY_PART.split(key))
+
+
 _VALUE = (
     # quoted (libpq's 'a b' with \' escapes, or "a b"), at most 512 characters; an unterminated
     # quote masks those 512 anyway
@@ -147,7 +162,7 @@ def text(value: str) -> str:
 
 def value(obj: Any, key: str = "") -> Any:
     """Redact any JSON-like structure; a secret-named key masks its whole value."""
-    if key and _SECRET_KEY.search(key) and obj not in (None, "", False):
+    if key and secret_key(key) and obj not in (None, "", False):
         return MASK
     if isinstance(obj, str):
         return text(obj)

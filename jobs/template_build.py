@@ -300,14 +300,11 @@ def _build(ctx: _Ctx, kw: dict[str, Any], odoo_bin: str) -> None:
         base_config=kw["odoo_config"],
         deadline=job.deadline,
     )
-    if done.returncode < 0:
-        raise TransientError(f"odoo was killed by signal {-done.returncode}", build=ctx.build)
 
     job.step("verify")
     problems: list[str] = []
-    if done.returncode != 0:
-        last = done.tail[-1] if done.tail else ""
-        problems.append(f"odoo exited {done.returncode}: {last}")
+    if done.returncode != 0 and done.stopped is None:
+        problems.append(done.failure())
     states: dict[str, str] = {}
     if pg.database_exists(conn, ctx.build):
         with pg.connection(ctx.build, dsn=ctx.dsn, deadline=job.deadline) as build_conn:
@@ -323,6 +320,11 @@ def _build(ctx: _Ctx, kw: dict[str, Any], odoo_bin: str) -> None:
     if problems:
         _drop_database(conn, ctx.build)
         filestore.discard(ctx.fs(ctx.build))
+        if done.stopped is not None:  # stopped before it finished: a retry may well succeed
+            raise TransientError(
+                f"{done.failure()} before the build finished: {'; '.join(problems)[:600]}",
+                build=ctx.build,
+            )
         raise ConflictError(
             f"template build failed, live template untouched: {'; '.join(problems)[:600]}",
             problems=problems[:20],
@@ -330,7 +332,7 @@ def _build(ctx: _Ctx, kw: dict[str, Any], odoo_bin: str) -> None:
     tenant_db.restrict_connect(conn, ctx.build)  # CONNECT for the building role only
     filestore.write_mark(ctx.fs(ctx.build), {"fingerprint": ctx.fingerprint})
     marker.write(conn, ctx.build, marker.Marker(KIND, "verified", ctx.data))
-    job.log.info("build verified", modules=len(ctx.modules), installed=len(states))
+    job.log.info("build verified", modules={m: states[m] for m in ctx.modules})
 
 
 def _swap_database(ctx: _Ctx, existed: bool) -> None:

@@ -33,7 +33,7 @@ import psycopg
 from psycopg import sql
 
 from jobs import filestore, marker, naming, odoo, pg, retry, runner
-from jobs.errors import ConfigError, ConflictError, UsageError
+from jobs.errors import ConfigError, ConflictError, TransientError, UsageError
 from jobs.result import Done
 from jobs.tenant_db import create_clone, restrict_connect  # a clone is made as tenant-db makes it
 
@@ -429,10 +429,17 @@ def run_pass(
         watch=watch,
     )
     problems = [f"{FRAMEWORK} did not load"] if no_framework else []
-    if done.returncode != 0:
-        problems.append(f"odoo exited {done.returncode}")
+    if done.returncode != 0 and not done.stopped:
+        problems.append(done.failure())
     problems += verify(ctx, s.work, version)
     ctx.job.check_locks()  # the pass may have run for long: record it only while still ours
+    if problems and done.stopped is not None:
+        # Stopped midway: the copy stays marked `running` (spoilt), the failure is transient.
+        raise TransientError(
+            f"{phase} on {s.work}: {done.failure()}: {'; '.join(problems[:5])}"
+            " (the next attempt starts from a fresh copy)",
+            phase=phase,
+        )
     if problems:
         mark.state = "failed"
         mark.data["failed"] = {"phase": phase, "problems": problems[:10]}
@@ -447,11 +454,9 @@ def run_pass(
                 phase=phase,
                 odoo_bin=side.odoo_bin,
             )
-        tail = done.tail[-1] if done.tail else ""
         raise ConflictError(
             f"{phase} on {s.work} failed: {'; '.join(problems[:5])}"
-            + (f"; last output: {tail}" if tail and done.returncode else "")
-            + " (the next attempt starts from a fresh copy)",
+            " (the next attempt starts from a fresh copy)",
             phase=phase,
         )
     mark.data.pop("running", None)

@@ -34,7 +34,7 @@ import psycopg
 
 from jobs import addons_digest, filestore, marker, odoo, pg, redact
 from jobs import upgrade_phases as ph
-from jobs.errors import ConflictError, JobError
+from jobs.errors import ConflictError, JobError, TransientError
 from jobs.result import Done
 from jobs.tenant_db import create_clone, restrict_connect
 
@@ -201,15 +201,18 @@ def _prepare(
     inv = odoo.Invocation(db=s.work, update=["all"], data_dir=s.data_dir)
     done = odoo.run(odoo_bin, s.to_version, inv, dsn=s.dsn, base_config=odoo_config,
                     deadline=ctx.job.deadline)  # fmt: skip
-    problems = [] if done.returncode == 0 else [f"odoo exited {done.returncode}"]
+    problems = [] if done.returncode == 0 or done.stopped else [done.failure()]
     problems += ph.verify(ctx, s.work, s.to_version)
     ctx.job.check_locks()  # Odoo may have run for long: record it only while still ours
+    if problems and done.stopped is not None:  # stopped before it finished: retry
+        raise TransientError(
+            f"-u all on a copy of {s.db}: {done.failure()}: {'; '.join(problems[:5])}"
+            " (the tenant is left as it was)"
+        )
     if problems:
-        tail = done.tail[-1] if done.tail else ""
         raise ConflictError(
             f"-u all on a copy of {s.db} failed: {'; '.join(problems[:5])}"
-            + (f"; last output: {tail}" if tail and done.returncode else "")
-            + " (the tenant is left as it was)",
+            " (the tenant is left as it was)",
         )
     mark.data.pop("running")
     mark.state = VERIFIED

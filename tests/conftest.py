@@ -29,6 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 STANDINS = ROOT / "tests" / "standins"
 BACKUP_KEY = "test-backup-key-7c0ffee5bd4e42d1"
+# The role the jobs (and the Odoo they run) connect as: LOGIN CREATEDB, not a superuser, as in
+# production, and a member of the tenants' owner role OWNER_ROLE (docs/tenant-db.md). Odoo
+# refuses the `postgres` database user, and so does its stand-in.
+JOB_ROLE = "plana_odoo"
+OWNER_ROLE = "plana"
+_roles_made: set[str] = set()
 
 
 @pytest.fixture(scope="session")
@@ -108,6 +114,39 @@ def redis_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
+def _make_role(conn: psycopg.Connection[Any], role: str, options: str) -> None:
+    try:
+        conn.execute(sql.SQL("CREATE ROLE {} " + options).format(sql.Identifier(role)))
+    except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+        pass  # another test run (other suites share the cluster) made it first
+
+
+def ensure_job_role(pg_dsn: str) -> None:
+    """Create JOB_ROLE, a member of OWNER_ROLE, once per cluster (left for other runs)."""
+    if pg_dsn in _roles_made:
+        return
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        _make_role(conn, OWNER_ROLE, "NOLOGIN")
+        _make_role(conn, JOB_ROLE, "LOGIN CREATEDB")
+        member = conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER')", (JOB_ROLE, OWNER_ROLE))
+        if not member.fetchone() == (True,):
+            try:
+                conn.execute(
+                    sql.SQL("GRANT {} TO {}").format(
+                        sql.Identifier(OWNER_ROLE), sql.Identifier(JOB_ROLE)
+                    )
+                )
+            except (psycopg.errors.UniqueViolation, psycopg.errors.InternalError):
+                pass  # granted by a concurrent run ("tuple concurrently updated")
+    _roles_made.add(pg_dsn)
+
+
+def job_dsn(pg_dsn: str) -> str:
+    """`pg_dsn` (the tests' superuser) as the jobs' own role, JOB_ROLE."""
+    ensure_job_role(pg_dsn)
+    return psycopg.conninfo.make_conninfo(pg_dsn, user=JOB_ROLE)
+
+
 @pytest.fixture
 def uid() -> str:
     """A short unique token for database names and key prefixes (runs never collide)."""
@@ -183,11 +222,11 @@ def job_env(pg_dsn: str, redis_url: str, tmp: Path, **extra: str) -> dict[str, s
 
 
 class Runner:
-    """Runs `plana-job` as a subprocess, the way a pod does."""
+    """Runs `plana-job` as a subprocess, the way a pod does: connected as JOB_ROLE."""
 
     def __init__(self, pg_dsn: str, redis_url: str, tmp: Path) -> None:
         self.tmp = tmp
-        self.env = job_env(pg_dsn, redis_url, tmp)
+        self.env = job_env(job_dsn(pg_dsn), redis_url, tmp)
         # Backup sets are signed: every job that writes or reads one gets a key by default.
         self.backup_key = tmp / "backup-key"
         self.backup_key.write_text(BACKUP_KEY + "\n")

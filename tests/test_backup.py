@@ -18,7 +18,7 @@ import pytest
 from psycopg import sql
 
 from jobs import marker, naming
-from tests.conftest import BACKUP_KEY, STANDINS, Runner
+from tests.conftest import BACKUP_KEY, STANDINS, Runner, job_dsn
 
 DOMAIN = naming.DEFAULT_BASE_DOMAIN
 
@@ -26,7 +26,7 @@ DOMAIN = naming.DEFAULT_BASE_DOMAIN
 def make_tenant(pg_dsn: str, sub: str, data_dir: Path, partners: int = 50) -> str:
     """A tenant database as tenant-db leaves it: Odoo-initialised, marked, with some data."""
     db = naming.db_name(sub)
-    params = psycopg.conninfo.conninfo_to_dict(pg_dsn)
+    params = psycopg.conninfo.conninfo_to_dict(job_dsn(pg_dsn))  # Odoo refuses `postgres`
     env = {**os.environ, "PGHOST": str(params.get("host", "127.0.0.1")),
            "PGPORT": str(params.get("port", 5432)), "PGUSER": str(params.get("user", "postgres"))}
     env.pop("PGDATABASE", None)

@@ -24,7 +24,7 @@ import pytest
 from psycopg import sql
 
 from jobs import marker, naming
-from tests.conftest import BIN, Runner
+from tests.conftest import BIN, JOB_ROLE, Runner
 from tests.test_backup import add_attachment, make_tenant, table_digests, tree, write_manifest
 from tests.test_tenant_db import OWNER_ROLE, ensure_role
 
@@ -388,7 +388,8 @@ def test_unmarked_work_databases_left_by_a_kill_are_dropped(
     db = world["db"]
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         for name in (db + "__rst", db + "__vfy"):  # what a SIGKILL during CREATE DATABASE leaves
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(name), sql.Identifier(JOB_ROLE)))  # made by the jobs' role
     verified = run_job(verify_args(world))
     assert verified.rc == 0, verified.output
     restored = run_job(["restore", *world["args"], "--replace"])

@@ -14,7 +14,7 @@ import redis
 from psycopg import sql
 
 from jobs import marker, naming
-from tests.conftest import STANDINS, Runner
+from tests.conftest import JOB_ROLE, STANDINS, Runner
 from tests.test_backup import make_tenant, table_digests, tree
 from tests.test_tenant_db import OWNER_ROLE, ensure_role
 
@@ -124,9 +124,11 @@ def test_bad_input_touches_nothing(setup: dict[str, Any], run_job: Runner, pg_ds
 
 
 def create_db(pg_dsn: str, name: str, mark: marker.Marker | None = None) -> None:
-    """An empty database under `name`, marked as the job that makes such a name marks it."""
+    """An empty database under `name`, made by the jobs' role and marked as the job that makes
+    such a name marks it."""
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+            sql.Identifier(name), sql.Identifier(JOB_ROLE)))  # fmt: skip
         if mark is not None:
             marker.write(conn, name, mark)
 

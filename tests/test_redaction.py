@@ -17,7 +17,7 @@ from urllib.parse import quote, quote_plus
 import psycopg
 
 from jobs import redact
-from tests.conftest import ROOT, STANDINS, Runner
+from tests.conftest import ROOT, STANDINS, Runner, job_dsn
 from tests.servers.webhook import Reply, WebhookReceiver
 from tests.test_tenant_db import OWNER_ROLE, ensure_role
 
@@ -141,7 +141,7 @@ def test_a_sigkill_during_odoo_leaves_no_password_in_tmpdir(
     ensure_role(pg, OWNER_ROLE)
     drop_dbs.append(f"template_{uid}%")
     secret = "odoo-pw-" + uid
-    dsn = psycopg.conninfo.make_conninfo(pg_dsn, password=secret)  # trust auth ignores it
+    dsn = psycopg.conninfo.make_conninfo(job_dsn(pg_dsn), password=secret)  # trust: ignored
     tmpdir = tmp_path / "tmpdir"
     tmpdir.mkdir()
     args = ["template-build", "--template-code", "basic", "--odoo-version", "18",

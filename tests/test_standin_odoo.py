@@ -24,6 +24,8 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from tests.conftest import JOB_ROLE, ensure_job_role
+
 STANDIN = Path(__file__).resolve().parent / "standins" / "odoo"
 DSN = os.environ.get("PLANA_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 LOG_LINE = re.compile(
@@ -37,10 +39,11 @@ DELETE FROM ir_model_data WHERE module = 'agreement_legal' AND model = 'ir.ui.vi
 
 
 def pg_env() -> dict[str, str]:
-    """libpq variables for PLANA_TEST_PG_DSN."""
-    names = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD"}
+    """libpq variables for PLANA_TEST_PG_DSN, as the jobs' role (Odoo refuses `postgres`)."""
+    ensure_job_role(DSN)
+    names = {"host": "PGHOST", "port": "PGPORT", "password": "PGPASSWORD"}
     info = conninfo_to_dict(DSN)
-    return {names[k]: str(v) for k, v in info.items() if k in names}
+    return {**{names[k]: str(v) for k, v in info.items() if k in names}, "PGUSER": JOB_ROLE}
 
 
 class Odoo:
@@ -194,7 +197,7 @@ def test_new_database_installs_with_dependencies(
     conf.write_text(
         "[options]\n"
         f"db_host = {info.get('host', '127.0.0.1')}\ndb_port = {info.get('port', 5432)}\n"
-        f"db_user = {info.get('user', 'postgres')}\ndb_password = False\n"
+        f"db_user = {JOB_ROLE}\ndb_password = False\n"
         f"data_dir = {odoo.data_dir}\naddons_path = /mnt/extra-addons\n"
     )
     for var in ("PGHOST", "PGPORT", "PGUSER", "PGPASSWORD"):
@@ -302,22 +305,81 @@ def test_leave_knob_exits_0_with_module_not_installed(
 def test_sigterm_mid_run_keeps_what_was_committed(
     odoo: Odoo, new_db: Callable[[], str]
 ) -> None:
-    """Killed between two modules: those before stay installed, the rest stay marked (no reset
-    runs), so only module states read back tell a half-done run from a finished one."""
+    """Odoo's handler turns the first SIGTERM into KeyboardInterrupt: the module under way rolls
+    back, those before stay committed and no state is reset (KeyboardInterrupt is no Exception),
+    the traceback is printed and the process ends by SIGINT; so only module states read back
+    tell a half-done run from a finished one."""
     db = new_db()
     proc = odoo.popen("-d", db, "-D", str(odoo.data_dir), "-i", "sale", "--stop-after-init",
                       ODOO_STANDIN_SLEEP="60")
     try:
         wait_for_line(proc, "standin: sleeping")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == -signal.SIGTERM
+        _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
         proc.communicate()
+    assert proc.returncode == -signal.SIGINT
+    lines = err.strip().splitlines()
+    assert "Traceback (most recent call last):" in lines and lines[-1] == "KeyboardInterrupt"
+    assert "Failed to initialize database" not in err  # not an error Odoo logs: it just stops
+    assert "Transient module states were reset" not in err
     mods = modules(db)  # order base, web, mail, sale: the sleep comes before the third
     assert mods["base"][0] == "installed"  # web's data committed, its state write not
     assert {mods[n][0] for n in ("web", "mail", "sale")} == {"to install"}
     assert rows(db, "SELECT to_regclass('web_tour_tour') IS NOT NULL") == [(True,)]
+
+
+def _stopped(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_second_signal_forces_exit_0_with_nothing_done(
+    odoo: Odoo, new_db: Callable[[], str]
+) -> None:
+    """The second SIGTERM/SIGINT does os._exit(0): exit 0 although the work was rolled back.
+
+    Both signals are made pending at once (the process stopped meanwhile), so the second one is
+    handled while the first one's KeyboardInterrupt unwinds, whatever the machine's load.
+    """
+    db = new_db()
+    proc = odoo.popen("-d", db, "-D", str(odoo.data_dir), "-i", "sale", "--stop-after-init",
+                      ODOO_STANDIN_SLEEP="60")
+    try:
+        wait_for_line(proc, "standin: sleeping")
+        proc.send_signal(signal.SIGSTOP)
+        until = time.monotonic() + 30
+        while not _stopped(proc.pid):
+            assert time.monotonic() < until, "the stand-in did not stop"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == 0
+    assert err.rstrip().endswith("Forced shutdown.")
+    assert db_exists(db) and not initialised(db)
+
+
+def test_refuses_the_postgres_database_user(
+    odoo: Odoo, new_db: Callable[[], str], tmp_path: Path
+) -> None:
+    """check_postgres_user: db_user (command line, config file), else PGUSER; nothing done."""
+    db = new_db()
+    refusal = "Using the database user 'postgres' is a security risk, aborting."
+    conf = tmp_path / "odoo.conf"
+    conf.write_text("[options]\ndb_user = postgres\n")
+    for args, env in ((("-r", "postgres"), {}), (("-c", str(conf)), {}),
+                      ((), {"PGUSER": "postgres"})):  # fmt: skip
+        res = odoo.init(db, *args, **env)
+        assert (res.returncode, res.stderr) == (1, refusal), (args, env)
+        assert not db_exists(db)
+    # The configured db_user wins over PGUSER, and --version does not check.
+    assert odoo.init(db, "-r", JOB_ROLE, PGUSER="postgres").returncode == 0
+    assert odoo("--version", PGUSER="postgres").returncode == 0
 
 
 # --------------------------------------------------------------------------- demo data

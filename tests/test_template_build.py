@@ -18,7 +18,7 @@ import pytest
 from psycopg import sql
 
 from jobs import addons_digest, filestore, locks, naming
-from tests.conftest import STANDINS, Runner
+from tests.conftest import STANDINS, Runner, job_dsn
 from tests.test_tenant_db import OWNER_ROLE, ensure_role, mine
 
 ODOO = STANDINS / "odoo"
@@ -310,7 +310,7 @@ def test_version_rules_and_no_password_on_argv(
     build: Build, odoo_bin: Path, pg_dsn: str, pg: psycopg.Connection[Any], uid: str
 ) -> None:
     secret = "pw-" + uid
-    dsn = psycopg.conninfo.make_conninfo(pg_dsn, password=secret)  # trust auth ignores it
+    dsn = psycopg.conninfo.make_conninfo(job_dsn(pg_dsn), password=secret)  # trust: ignored
     res = build(version="19", PLANA_PG_DSN=dsn)
     assert res.rc == 0, res.output
     assert build.name.endswith(uid) and build.catalog(pg)["marker"]["odoo_version"] == 19

@@ -21,7 +21,7 @@ from psycopg import sql
 
 from jobs import filestore, locks, marker, naming, tenant_db
 from jobs.retry import Deadline
-from tests.conftest import BIN, STANDINS, Runner, database_names
+from tests.conftest import BIN, STANDINS, Runner, database_names, job_dsn
 
 ODOO = str(STANDINS / "odoo")
 OWNER_ROLE = "plana"
@@ -500,7 +500,7 @@ def test_password_in_dsn_never_logged(
 ) -> None:
     drop_dbs.append(db_of(uid) + "%")
     secret = "pw-" + uid
-    dsn = psycopg.conninfo.make_conninfo(pg_dsn, password=secret)  # trust auth ignores it
+    dsn = psycopg.conninfo.make_conninfo(job_dsn(pg_dsn), password=secret)  # trust: ignored
     res = run_job(tenant_args(uid, template), PLANA_PG_DSN=dsn)
     assert res.rc == 0, res.output
     assert secret not in res.output

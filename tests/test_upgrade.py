@@ -20,7 +20,7 @@ from psycopg import sql
 
 from jobs import naming
 from jobs.upgrade_phases import prefix_files
-from tests.conftest import STANDINS, JobRun, Runner, database_names
+from tests.conftest import JOB_ROLE, STANDINS, JobRun, Runner, database_names
 
 ODOO = str(STANDINS / "odoo")
 OWNER_ROLE = "plana"
@@ -285,7 +285,7 @@ def test_prefix_sql_is_what_lets_the_18_pass_through(
     argv = [env.odoo18, "-d", probe, "--load=base,web,openupgrade_framework",
             f"--upgrade-path={env.scripts}", f"--addons-path={env.ou18}", "-u", "all",
             "--stop-after-init", "--no-http",
-            "--db_host", "127.0.0.1", "-r", "postgres", "-D", str(env.tmp / "probe")]  # fmt: skip
+            "--db_host", "127.0.0.1", "-r", JOB_ROLE, "-D", str(env.tmp / "probe")]  # fmt: skip
     failed = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=run_job.env)
     assert failed.returncode == 255 and "signed_contract_filename" in failed.stderr
     with psycopg.connect(pg_dsn, dbname=probe, autocommit=True) as conn:
@@ -317,6 +317,7 @@ def test_target_pass_killed_midway_restarts_from_fresh_copy(
     done = run_job(args)
     assert done.rc == 0, done.output
     assert done.result["phases"]["snapshot"] == "created"
+    assert done.result["phases"]["source-pass"] == "updated"  # a phase name, not a secret
     allow, live = info(pg, db) or (False, {})
     assert allow and live["odoo_version"] == 18 and live["upgrade"]["attempt"] == 2
     assert base_of(pg_dsn, db).startswith("18.0.")
