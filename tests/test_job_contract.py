@@ -25,6 +25,7 @@ import click
 import pytest
 import yaml
 
+from jobs import naming
 from jobs.cli import COMMANDS, cli
 from tests.test_images import DOCKERFILE, chain, last, parse
 
@@ -33,7 +34,8 @@ MANIFESTS = sorted((ROOT / "images" / "jobs").glob("*.yaml"))
 VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
 K8S_VERSION = "1.32.0"  # podFailurePolicy is GA since 1.31
 FAIL_JOB_CODES = {64, 65, 78}  # docs/design.md: bad input, conflict, configuration
-UPGRADE_ORDER = ["snapshot", "source-pass", "prefix", "target-pass", "filestore-copy", "cutover"]
+# The live filestore comes over before the source pass, which seeds the work copy's from it.
+UPGRADE_ORDER = ["snapshot", "filestore-copy", "source-pass", "prefix", "target-pass", "cutover"]
 
 # Options without a default that a job may legitimately run without (each has a fallback
 # documented in its --help). Anything else that is None after parsing is a missing variable.
@@ -214,6 +216,14 @@ def test_every_subcommand_has_a_manifest() -> None:
 
 
 def test_tenant_upgrade_runs_the_phases_in_order() -> None:
+    """One Job in the target namespace, every phase on that namespace's volume.
+
+    A pod cannot mount another namespace's claim, and the phases' own rules say where the files
+    must be: source-pass seeds `filestore/{db}__up{to}` from `filestore/{db}` in its data dir,
+    target-pass and cutover need the work copy's filestore in theirs. So the live filestore is
+    copied from the source namespace's holder pod into this namespace first, and every upgrade
+    phase sees this namespace's odoo-data (tests/test_manifest_replay.py runs it).
+    """
     (path,) = [p for p in MANIFESTS if p.name == "tenant-upgrade.yaml"]
     (doc,) = load(path)
     pod = job_spec(doc)["template"]["spec"]
@@ -227,6 +237,22 @@ def test_tenant_upgrade_runs_the_phases_in_order() -> None:
     assert by_step["target-pass"].spec["image"].endswith(f"-odoo{target}")
     for box in inits:
         assert container_env(box).get("PLANA_SUBDOMAIN") == env["PLANA_SUBDOMAIN"], box.name
+    copy = container_env(by_step["filestore-copy"])
+    # The live filestore (the default --db), not the work copy's: after the cutover the source's
+    # work filestore would be copied in again and a re-run cutover would publish it.
+    assert copy.get("PLANA_FILESTORE_DB", naming.db_name(env["PLANA_SUBDOMAIN"])) == (
+        naming.db_name(env["PLANA_SUBDOMAIN"])
+    )
+    namespace = doc["metadata"]["namespace"]
+    assert copy["PLANA_TARGET_NAMESPACE"] == namespace != copy["PLANA_SOURCE_NAMESPACE"]
+    claims = {v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert len(claims) == 1, "one Odoo data volume: this namespace's"
+    phases = [b for b in (*inits, *(Box(path, "containers", c, pod, {}) for c in pod["containers"]))
+              if argv(b)[1] == "upgrade"]  # fmt: skip
+    for box in phases:
+        mounts = {m["mountPath"]: m["name"] for m in box.spec["volumeMounts"]}
+        data_dir = container_env(box).get("PLANA_DATA_DIR", naming.DEFAULT_DATA_DIR)
+        assert mounts.get(data_dir) in claims, f"{box.name}: {data_dir} is not the data volume"
 
 
 # -- per manifest ------------------------------------------------------------------------------
