@@ -31,7 +31,7 @@ test-odoo: ## run the test suite against real Odoo (PLANA_TEST_ODOO17_BIN, ..._1
 	@test -n "$$PLANA_TEST_ODOO17_BIN$$PLANA_TEST_ODOO18_BIN" || { \
 	  echo "make test-odoo: needs PLANA_TEST_ODOO17_BIN and/or PLANA_TEST_ODOO18_BIN (with \
 	their PLANA_TEST_ODOO17_ADDONS / PLANA_TEST_ODOO18_ADDONS), see README.md" >&2; exit 2; }
-	@$(MAKE) --no-print-directory venv synapse
+	@$(MAKE) --no-print-directory --silent venv synapse
 	@$(BIN)/python -m tests.odoo_target --require-real
 	$(BIN)/pytest $(PYTEST_ARGS)
 

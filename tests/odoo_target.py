@@ -4,12 +4,16 @@ Real-Odoo test mode is on when `PLANA_TEST_ODOO17_BIN` or `PLANA_TEST_ODOO18_BIN
 (`make test-odoo`, README "Real-Odoo test mode"). Tests written against this module drive
 whichever Odoo that is, with the same calls:
 
-    target = odoo_target.current()
+    target = odoo_target.current().for_admin(pg_dsn)  # pg_dsn: the session's superuser
+    odoo_target.ensure_role(pg_dsn, target)   # once: the role of target.dsn exists
     target.require(version)                   # skips a version this mode does not have
     odoo = target.binary(tmp, version)        # an executable `odoo` of that major version
     conf = target.config(tmp, version)        # its addons path (+ tests/addons), a data dir
     env = target.env()                        # PG* of target.dsn, no stray ODOO_*/PG*
     target.dsn                                # the job's PLANA_PG_DSN (a LOGIN CREATEDB role)
+    target.binary(tmp, v, log_calls=log); calls(log)   # what the jobs ran, one argv per call
+    target.config(tmp, 18, openupgrade=True)  # + OpenUpgrade's addons (if has_openupgrade(18))
+    target.upgrade_path(tmp, 18)              # --upgrade-path for 17 -> 18
 
 Variables of test mode (each version that has a BIN needs its ADDONS):
 
@@ -22,8 +26,9 @@ Variables of test mode (each version that has a BIN needs its ADDONS):
   `openupgrade_framework` and `openupgrade_scripts` (an OpenUpgrade checkout, or the pip
   wheels' `site-packages/odoo/addons`): the 17 -> 18 migration.
 - `PLANA_TEST_ODOO_PG_DSN`: the PostgreSQL role Odoo and the jobs connect as (Odoo refuses
-  `postgres`). Default: `PLANA_TEST_PG_DSN` with user `odoo`, password `odoo` (the Odoo images'
-  convention), a role `ensure_role` creates (LOGIN CREATEDB) when it is missing.
+  `postgres`). Default: the superuser DSN (`PLANA_TEST_PG_DSN`, or what `for_admin` is given)
+  with user `odoo`, password `odoo` (the Odoo images' convention), a role `ensure_role` creates
+  (LOGIN CREATEDB) when it is missing. Both modes use it.
 
 The stand-in plays 17, 18 and 19; test mode has 17 and 18 (19 is skipped). Modules both worlds
 have are the test addons under tests/addons (the stand-in finds them on the addons path of
@@ -33,6 +38,7 @@ have are the test addons under tests/addons (the stand-in finds them on the addo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import shlex
@@ -64,6 +70,7 @@ GONE = "plana_test_gone"  # LEAVE's dependency: on the addons path, not installa
 SLEEP_VAR = "PLANA_TEST_ODOO_SLEEP"
 SLEEP_LINE = "plana_test_sleep: sleeping"  # logged by SLEEP just before it sleeps
 
+DEFAULT_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 ODOO_ROLE = ("odoo", "odoo")  # default user and password of PLANA_TEST_ODOO_PG_DSN
 _LIBPQ_ENV = {
     "host": "PGHOST",
@@ -83,8 +90,23 @@ class OdooTarget:
     real: bool
     bins: Mapping[int, str] = field(default_factory=dict)  # real mode: version -> executable
     addons: Mapping[int, str] = field(default_factory=dict)  # real mode: version -> addons path
-    openupgrade: str | None = None  # real mode: the OpenUpgrade 18.0 checkout
-    dsn: str = ""  # what Odoo and the jobs connect as
+    openupgrade: str | None = None  # real mode: the OpenUpgrade 18.0 addons directory
+    odoo_dsn: str | None = None  # PLANA_TEST_ODOO_PG_DSN
+    admin_dsn: str = DEFAULT_ADMIN_DSN  # the superuser's: PLANA_TEST_PG_DSN, or the session's
+
+    @property
+    def dsn(self) -> str:
+        """What Odoo and the jobs connect as: PLANA_TEST_ODOO_PG_DSN, else the admin's DSN with
+        the `odoo` role (user and password) in place of the superuser."""
+        if self.odoo_dsn:
+            return self.odoo_dsn
+        info = conninfo_to_dict(self.admin_dsn)
+        info["user"], info["password"] = ODOO_ROLE
+        return make_conninfo("", **{k: str(v) for k, v in info.items() if v is not None})
+
+    def for_admin(self, admin_dsn: str) -> OdooTarget:
+        """This target with the session's superuser DSN (pytest-docker's port, for one)."""
+        return dataclasses.replace(self, admin_dsn=admin_dsn)
 
     # -- what this mode has ----------------------------------------------------------------
     @property
@@ -217,16 +239,6 @@ def calls(log: Path) -> list[list[str]]:
     return [rec.split("\0")[:-1] for rec in log.read_text().split("\n") if rec]
 
 
-def _odoo_dsn(environ: Mapping[str, str]) -> str:
-    explicit = environ.get("PLANA_TEST_ODOO_PG_DSN")
-    if explicit:
-        return explicit
-    admin = environ.get("PLANA_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-    info = conninfo_to_dict(admin)
-    info["user"], info["password"] = ODOO_ROLE
-    return make_conninfo("", **{k: str(v) for k, v in info.items() if v is not None})
-
-
 def from_env(environ: Mapping[str, str] | None = None) -> OdooTarget:
     """The target the environment describes; TargetError when test mode is half-configured."""
     environ = os.environ if environ is None else environ
@@ -256,7 +268,8 @@ def from_env(environ: Mapping[str, str] | None = None) -> OdooTarget:
         bins=bins,
         addons=addons,
         openupgrade=openupgrade if real else None,
-        dsn=_odoo_dsn(environ),
+        odoo_dsn=environ.get("PLANA_TEST_ODOO_PG_DSN") or None,
+        admin_dsn=environ.get("PLANA_TEST_PG_DSN") or DEFAULT_ADMIN_DSN,
     )
 
 

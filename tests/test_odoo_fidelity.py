@@ -101,23 +101,30 @@ def _drop(admin_dsn: str, db: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def role(pg_dsn: str) -> str:
-    odoo_target.ensure_role(pg_dsn, TARGET)
-    return str(conninfo_to_dict(TARGET.dsn).get("user"))
+def target(pg_dsn: str) -> OdooTarget:
+    """The Odoo under test, connecting as a role that exists."""
+    target = TARGET.for_admin(pg_dsn)
+    odoo_target.ensure_role(pg_dsn, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def role(target: OdooTarget) -> str:
+    return str(conninfo_to_dict(target.dsn).get("user"))
 
 
 @pytest.fixture(scope="module", params=VERSIONS, ids=lambda v: f"odoo{v}")
 def base(
     request: pytest.FixtureRequest,
     pg_dsn: str,
-    role: str,
+    target: OdooTarget,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Base]:
     version: int = request.param
     TARGET.require(version)
     tmp = tmp_path_factory.mktemp(f"fidelity{version}")
     odoo = Odoo(
-        TARGET, version, TARGET.binary(tmp, version), TARGET.config(tmp, version), tmp / "odoo-data"
+        target, version, target.binary(tmp, version), target.config(tmp, version), tmp / "odoo-data"
     )
     db = f"fidelity_{os.urandom(5).hex()}_{version}"
     try:
@@ -200,6 +207,11 @@ def test_test_mode_variables(tmp_path: Path) -> None:
     ok = {"PLANA_TEST_PG_DSN": "postgresql://postgres@db.example:6543/postgres"}
     standin = odoo_target.from_env(ok)
     assert not standin.real and standin.versions() == (17, 18, 19)
+    assert conninfo_to_dict(standin.for_admin("host=elsewhere user=root").dsn) == {
+        "host": "elsewhere",
+        "user": "odoo",
+        "password": "odoo",
+    }
     assert conninfo_to_dict(standin.dsn) == {
         "host": "db.example",
         "port": "6543",
@@ -249,14 +261,14 @@ def test_make_test_odoo_without_an_odoo_says_so_in_one_line() -> None:
     assert len(lines) == 1 and lines[0].startswith("make test-odoo: needs PLANA_TEST_ODOO17_BIN")
 
 
-def test_binary_records_its_calls(tmp_path: Path) -> None:
-    version = TARGET.versions()[-1]
+def test_binary_records_its_calls(target: OdooTarget, tmp_path: Path) -> None:
+    version = target.versions()[-1]
     log = tmp_path / "calls"
-    exe = TARGET.binary(tmp_path, version, log_calls=log)
+    exe = target.binary(tmp_path, version, log_calls=log)
     for args in (["--version"], ["--version", "--x=a b"]):
         subprocess.run(
             [str(exe), *args],
-            env=TARGET.env(),
+            env=target.env(),
             capture_output=True,
             timeout=RUN_TIMEOUT,
             check=False,
@@ -268,11 +280,11 @@ def test_binary_records_its_calls(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_version_prints_the_series(version: int, tmp_path: Path) -> None:
-    TARGET.require(version)
+def test_version_prints_the_series(target: OdooTarget, version: int, tmp_path: Path) -> None:
+    target.require(version)
     res = subprocess.run(
-        [str(TARGET.binary(tmp_path, version)), "--version"],
-        env=TARGET.env(),
+        [str(target.binary(tmp_path, version)), "--version"],
+        env=target.env(),
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT,
@@ -517,7 +529,9 @@ def test_missing_dependency_fails_with_exit_255(
     (extra / name / "__manifest__.py").write_text(
         "{'name': 'x', 'version': '1.0', 'license': 'LGPL-3', 'depends': ['plana_test_absent']}\n"
     )
-    conf = TARGET.config(tmp_path, odoo.version, extra_addons=[extra], data_dir=str(odoo.data_dir))
+    conf = odoo.target.config(
+        tmp_path, odoo.version, extra_addons=[extra], data_dir=str(odoo.data_dir)
+    )
     res = odoo.run(
         "-d", db, "--without-demo=all", "-i", name, "--stop-after-init", "--no-http", config=conf
     )
@@ -528,3 +542,26 @@ def test_missing_dependency_fails_with_exit_255(
         f"module {q}plana_test_absent{q}.\nBut the latter module is not available in your system."
     ) in res.stderr
     assert states(pg_dsn, db).get(name, ("uninstalled",))[0] == "uninstalled"
+
+
+def test_openupgrade_migrates_a_17_database_to_18(
+    base: Base, clone: Callable[[], str], pg_dsn: str, tmp_path: Path
+) -> None:
+    if base.odoo.version != 17:
+        pytest.skip("migrates a database built by 17")
+    target = base.odoo.target
+    if not target.has_openupgrade(18):
+        pytest.skip("no OpenUpgrade (PLANA_TEST_OPENUPGRADE_PATH)")
+    db = clone()
+    conf = target.config(tmp_path, 18, openupgrade=True, data_dir=str(base.odoo.data_dir))
+    odoo18 = Odoo(target, 18, target.binary(tmp_path, 18), conf, base.odoo.data_dir)
+    res = odoo18.load(
+        db,
+        "-u",
+        "all",
+        "--load=base,web,openupgrade_framework",
+        f"--upgrade-path={target.upgrade_path(tmp_path, 18)}",
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    st = states(pg_dsn, db)
+    assert st["base"] == ("installed", "18.0.1.3") and st["web"] == ("installed", "18.0.1.0")
