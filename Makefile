@@ -9,7 +9,7 @@ DOCKER ?= docker
 .PHONY: help venv test lint bench clean
 
 help: ## list the targets
-	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## / {printf "  make %-8s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(BIN)/plana-job: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,18 @@ $(BIN)/plana-job: pyproject.toml
 venv: $(BIN)/plana-job ## .venv with the package and its test/dev extras
 
 test: venv synapse ## run the test suite (PYTEST_ARGS=... passed to pytest)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# Real-Odoo test mode (README.md, "Real-Odoo test mode"): the same suite, and the tests written
+# against tests/odoo_target.py drive real Odoo 17/18 instead of the stand-in. Checked first,
+# before building anything: without an Odoo there is nothing to run.
+.PHONY: test-odoo
+test-odoo: ## run the test suite against real Odoo (PLANA_TEST_ODOO17_BIN, ..._18_BIN)
+	@test -n "$$PLANA_TEST_ODOO17_BIN$$PLANA_TEST_ODOO18_BIN" || { \
+	  echo "make test-odoo: needs PLANA_TEST_ODOO17_BIN and/or PLANA_TEST_ODOO18_BIN (with \
+	their PLANA_TEST_ODOO17_ADDONS / PLANA_TEST_ODOO18_ADDONS), see README.md" >&2; exit 2; }
+	@$(MAKE) --no-print-directory --silent venv synapse
+	@$(BIN)/python -m tests.odoo_target --require-real
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Synapse (the matrix-room tests' homeserver) in its own virtualenv: its pins must not meet ours.

@@ -173,7 +173,7 @@ def test_version_and_optparse_errors(odoo: Odoo, tmp_path: Path) -> None:
         assert (res.returncode, res.stdout.strip()) == (0, f"Odoo Server {version}.0")
     res = odoo("--x")
     assert res.returncode == 2
-    assert "odoo: error: no such option: --x" in res.stderr
+    assert "odoo server: error: no such option: --x" in res.stderr
     res = odoo("--with-demo", version=17)
     assert res.returncode == 2 and "no such option: --with-demo" in res.stderr
     assert odoo("stray", "--stop-after-init").returncode == 2
@@ -292,7 +292,7 @@ def test_leave_knob_exits_0_with_module_not_installed(
     db = new_db()
     res = odoo.init(db, "-i", "purchase", ODOO_STANDIN_LEAVE="stock")
     assert res.returncode == 0
-    assert "Some modules are not loaded, some dependencies or manifest may be missing" in (
+    assert "Some modules have inconsistent states, some dependencies may be missing" in (
         res.stderr)
     mods = modules(db)
     assert mods["stock"][0] == mods["purchase"][0] == "to install"
