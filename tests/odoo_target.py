@@ -38,11 +38,14 @@ have are the test addons under tests/addons (the stand-in finds them on the addo
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import os
 import shlex
+import shutil
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,8 +172,8 @@ class OdooTarget:
         parts = [str(p) for p in extra]
         if self.real:
             parts += [p.strip() for p in self.addons[version].split(",") if p.strip()]
-            if openupgrade:
-                parts.append(self._openupgrade(version))
+        if openupgrade:
+            parts.append(self._openupgrade(version))
         parts.append(str(TEST_ADDONS))
         return ",".join(parts)
 
@@ -197,6 +200,8 @@ class OdooTarget:
         return path
 
     def _openupgrade(self, version: int) -> str:
+        if not self.real:
+            return str(_standin_openupgrade())
         if version != 18 or not self.openupgrade:
             raise TargetError(
                 f"no OpenUpgrade for Odoo {version}: set "
@@ -210,11 +215,10 @@ class OdooTarget:
     def upgrade_path(self, tmpdir: Path, version: int) -> Path:
         """An --upgrade-path for migrating to `version`: OpenUpgrade's scripts (test mode) or a
         directory the stand-in accepts (`*/*/pre-*.py`)."""
-        if self.real:
-            return Path(self._openupgrade(version)) / "openupgrade_scripts" / "scripts"
-        scripts = tmpdir / "openupgrade_scripts" / "scripts"
-        (scripts / "base" / f"{version}.0.1.3").mkdir(parents=True, exist_ok=True)
-        (scripts / "base" / f"{version}.0.1.3" / "pre-migration.py").write_text("# stand-in\n")
+        scripts = Path(self._openupgrade(version)) / "openupgrade_scripts" / "scripts"
+        if not self.real:
+            (scripts / "base" / f"{version}.0.1.3").mkdir(parents=True, exist_ok=True)
+            (scripts / "base" / f"{version}.0.1.3" / "pre-migration.py").write_text("# stand-in\n")
         return scripts
 
     # -- the connection ------------------------------------------------------------------------
@@ -274,6 +278,19 @@ def from_env(environ: Mapping[str, str] | None = None) -> OdooTarget:
 
 
 @functools.cache
+def _standin_openupgrade() -> Path:
+    """For the stand-in: an addons directory holding (empty) `openupgrade_framework` and
+    `openupgrade_scripts` addons, which it wants on the addons path of an OpenUpgrade run, as
+    real Odoo does (removed when the session ends)."""
+    root = Path(tempfile.mkdtemp(prefix="plana-standin-openupgrade-"))
+    atexit.register(shutil.rmtree, root, True)
+    for name in ("openupgrade_framework", "openupgrade_scripts"):
+        (root / name).mkdir()
+        (root / name / "__manifest__.py").write_text(f"{{'name': '{name}', 'installable': False}}\n")
+    (root / "openupgrade_scripts" / "scripts").mkdir()
+    return root
+
+
 def current() -> OdooTarget:
     """The target of this test run (from the environment, read once)."""
     return from_env()

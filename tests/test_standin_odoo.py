@@ -501,10 +501,10 @@ def test_load_module_not_on_the_addons_path_is_logged_and_skipped(
     db = new_db()
     res = odoo.init(db, "--load=base,web,openupgrade_framework", "-i", "contacts")
     assert res.returncode == 0, res.stderr
-    assert "CRITICAL ? odoo.modules.module: Couldn't load module openupgrade_framework\n" in (
+    assert "CRITICAL ? odoo.modules.module: Couldn't load module openupgrade_framework \n" in (
         res.stderr)
     assert ("ERROR ? odoo.service.server: Failed to load server-wide module "
-            "`openupgrade_framework`.\n") in res.stderr
+            "`openupgrade_framework`. \n") in res.stderr
     assert "ModuleNotFoundError: No module named 'odoo.addons.openupgrade_framework'" in res.stderr
     assert modules(db)["contacts"][0] == "installed"  # the run went on without it
     # A bare directory is no addon; one with its manifest on an --addons-path entry loads.
