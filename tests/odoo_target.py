@@ -286,7 +286,8 @@ def _standin_openupgrade() -> Path:
     atexit.register(shutil.rmtree, root, True)
     for name in ("openupgrade_framework", "openupgrade_scripts"):
         (root / name).mkdir()
-        (root / name / "__manifest__.py").write_text(f"{{'name': '{name}', 'installable': False}}\n")
+        manifest = f"{{'name': '{name}', 'installable': False}}\n"
+        (root / name / "__manifest__.py").write_text(manifest)
     (root / "openupgrade_scripts" / "scripts").mkdir()
     return root
 
