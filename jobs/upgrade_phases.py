@@ -365,8 +365,9 @@ def _record(ctx: Ctx, mark: marker.Marker) -> None:
 def _seed_filestore(ctx: Ctx) -> None:
     """The work copy's attachments must be readable where Odoo looks: filestore/{work}.
 
-    Seeded from the live filestore when this data dir has it (one volume for both versions);
-    on the target volume `filestore-copy --db {work}` brings it. Neither: refused (65), since
+    Seeded from the live filestore when this data dir has it (one volume for both versions, or
+    the target volume once `filestore-copy --db {db}` brought the live files there: a re-run
+    of that copy is then safe, unlike one of `{work}`). Neither: refused (65), since
     a pass or a cutover without the files would leave attachments pointing at nothing.
     """
     s = ctx.spec
@@ -376,8 +377,8 @@ def _seed_filestore(ctx: Ctx) -> None:
         ctx.job.log.info("work filestore seeded", **stats.as_dict())
     elif not s.fs(s.work).is_dir():
         raise ConflictError(
-            f"no filestore for {s.work} under {s.data_dir}: copy it there first "
-            f"(filestore-copy --db {s.work})",
+            f"no filestore for {s.work} under {s.data_dir}: copy the live filestore there first"
+            f" (filestore-copy --db {s.db}); the pass seeds {s.work} from it",
             data_dir=str(s.data_dir),
         )
 
@@ -578,7 +579,14 @@ def finish_swap_filestore(ctx: Ctx, live: marker.Marker) -> bool:
         or pg.database_exists(ctx.conn, s.work)
     ):
         return False
-    return _promote(incoming=s.fs(s.work), live=s.fs(s.db), aside=s.fs(str(made)))
+    incoming, current, aside = s.fs(s.work), s.fs(s.db), s.fs(str(made))
+    if filestore.present(current) and filestore.present(aside) and filestore.present(incoming):
+        # Both renames happened: this work filestore came later (e.g. copied again by a
+        # re-run filestore-copy) and is stale; publishing it would put the pre-upgrade files
+        # in place and overwrite the rollback copy's.
+        ctx.job.log.warning("stale work filestore left alone", filestore=str(incoming))
+        return False
+    return _promote(incoming=incoming, live=current, aside=aside)
 
 
 def finish_rollback_filestore(ctx: Ctx) -> bool:
