@@ -311,6 +311,17 @@ def test_backup_with_parallel_jobs_writes_a_directory_dump_that_restores(
     assert ok.rc == 0, ok.output
 
 
+def dump_waits(pg_dsn: str, db: str) -> bool:
+    """pg_dump of `db` is waiting for a lock (the blocker's)."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+            " AND application_name = 'pg_dump' AND wait_event_type = 'Lock'",
+            (db,),
+        ).fetchone()
+    return bool(row and row[0])
+
+
 def test_a_killed_backup_leaves_only_a_partial_that_the_next_run_removes(
     tenant: dict[str, Any], run_job: Runner, pg_dsn: str
 ) -> None:
@@ -320,11 +331,12 @@ def test_a_killed_backup_leaves_only_a_partial_that_the_next_run_removes(
     tdir = tenant["dest"] / tenant["sub"]
     proc = run_job.popen(["backup", *tenant["args"]])
     try:
-        until = time.monotonic() + 30
-        while not (tdir.is_dir() and any(p.name.endswith(".partial") for p in tdir.iterdir())):
-            assert time.monotonic() < until and proc.poll() is None, "backup never started"
+        # Synchronise on the server, not on time: pg_dump waits for the blocker's lock.
+        until = time.monotonic() + 60
+        while not (dump_waits(pg_dsn, tenant["db"]) and tdir.is_dir()
+                   and any(p.name.endswith(".partial") for p in tdir.iterdir())):  # fmt: skip
+            assert time.monotonic() < until and proc.poll() is None, "pg_dump never waited"
             time.sleep(0.05)
-        time.sleep(0.3)  # let it reach pg_dump
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
