@@ -1,4 +1,9 @@
-"""backup, restore and backup-verify against real PostgreSQL, tar and the Odoo stand-in."""
+"""backup, restore and backup-verify against real PostgreSQL and tar, on tenants initialised by
+the Odoo under test (tests/odoo_target: the stand-in in CI, real Odoo 18 in test mode).
+
+The jobs never run Odoo; the tenants they back up and restore are clones of one database per
+module that Odoo built (one real install), each with its copy of Odoo's filestore.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,12 @@ import hashlib
 import hmac
 import json
 import os
+import shutil
 import signal
 import subprocess
-import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +25,55 @@ import pytest
 from psycopg import sql
 
 from jobs import marker, naming
-from tests.conftest import BACKUP_KEY, STANDINS, Runner, job_dsn
+from tests import odoo_target
+from tests.conftest import BACKUP_KEY, JOB_ROLE, Runner, job_dsn
 
 DOMAIN = naming.DEFAULT_BASE_DOMAIN
+TARGET = odoo_target.current()
+VERSION = 18
+# A real install of base+web and the test apps takes minutes on a loaded machine.
+BUILD_TIMEOUT = 1800 if TARGET.real else 120
+pytestmark = pytest.mark.timeout(3600 if TARGET.real else 300)
 
 
-def make_tenant(pg_dsn: str, sub: str, data_dir: Path, partners: int = 50) -> str:
-    """A tenant database as tenant-db leaves it: Odoo-initialised, marked, with some data."""
+@pytest.fixture(scope="module")
+def odoo_db(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """One database Odoo initialised (base, web, the test apps: their attachments are filestore
+    files), as the jobs' role, and its data dir; the tenants are clones of it."""
+    TARGET.require(VERSION)
+    target = TARGET.for_admin(pg_dsn)
+    tmp = tmp_path_factory.mktemp("odoo")
+    data_dir = tmp / "odoo-data"
+    db = "backup_base_" + uuid.uuid4().hex[:10]
+    info = psycopg.conninfo.conninfo_to_dict(job_dsn(pg_dsn))  # Odoo refuses `postgres`
+    env = {**target.env(), "PGUSER": str(info["user"])}  # the jobs' role owns the tables
+    env.pop("PGPASSWORD", None)  # trust: the job role has none
+    modules = ",".join(("base", "web", *odoo_target.APPS))
+    try:
+        built = subprocess.run(
+            [str(target.binary(tmp, VERSION)), "-c", str(target.config(tmp, VERSION)),
+             "-d", db, "-i", modules, "--without-demo=all", "--stop-after-init", "--no-http",
+             "-D", str(data_dir)],
+            env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT, check=False,
+        )  # fmt: skip
+        assert built.returncode == 0, built.stderr[-4000:]
+        yield db, naming.filestore(db, data_dir)
+    finally:
+        drop(pg_dsn, db)
+
+
+def make_tenant(
+    pg_dsn: str, base: tuple[str, Path], sub: str, data_dir: Path, partners: int = 50
+) -> str:
+    """A tenant database as tenant-db leaves it: Odoo-initialised (a clone of `base`, with its
+    filestore), marked, with some data."""
     db = naming.db_name(sub)
-    params = psycopg.conninfo.conninfo_to_dict(job_dsn(pg_dsn))  # Odoo refuses `postgres`
-    env = {**os.environ, "PGHOST": str(params.get("host", "127.0.0.1")),
-           "PGPORT": str(params.get("port", 5432)), "PGUSER": str(params.get("user", "postgres"))}
-    env.pop("PGDATABASE", None)
-    subprocess.run(
-        [sys.executable, str(STANDINS / "odoo"), "-d", db, "-i", "base,mail,contacts",
-         "--without-demo=all", "--stop-after-init", "-D", str(data_dir)],
-        env=env, check=True, capture_output=True,
-    )  # fmt: skip
+    job_dsn(pg_dsn)  # the jobs' role exists
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {}").format(
+            sql.Identifier(db), sql.Identifier(base[0]), sql.Identifier(JOB_ROLE)))  # fmt: skip
+    if base[1].is_dir():
+        shutil.copytree(base[1], naming.filestore(db, data_dir))
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         marker.write(
             conn, db, marker.Marker("tenant", "complete", {"subdomain": sub, "project_id": 7})
@@ -108,12 +147,14 @@ def sets(dest: Path, sub: str) -> list[str]:
 
 
 @pytest.fixture
-def tenant(pg_dsn: str, uid: str, tmp_path: Path, drop_dbs: list[str]) -> dict[str, Any]:
+def tenant(
+    pg_dsn: str, odoo_db: tuple[str, Path], uid: str, tmp_path: Path, drop_dbs: list[str]
+) -> dict[str, Any]:
     data_dir = tmp_path / "data"
     dest = tmp_path / "backups"
     dest.mkdir()
     drop_dbs.append(f"{uid}%")
-    db = make_tenant(pg_dsn, uid, data_dir)
+    db = make_tenant(pg_dsn, odoo_db, uid, data_dir)
     args = ["--subdomain", uid, "--dest", str(dest), "--data-dir", str(data_dir)]
     return {"sub": uid, "db": db, "data_dir": data_dir, "dest": dest, "args": args}
 
@@ -270,6 +311,17 @@ def test_backup_with_parallel_jobs_writes_a_directory_dump_that_restores(
     assert ok.rc == 0, ok.output
 
 
+def dump_waits(pg_dsn: str, db: str) -> bool:
+    """pg_dump of `db` is waiting for a lock (the blocker's)."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
+            " AND application_name = 'pg_dump' AND wait_event_type = 'Lock'",
+            (db,),
+        ).fetchone()
+    return bool(row and row[0])
+
+
 def test_a_killed_backup_leaves_only_a_partial_that_the_next_run_removes(
     tenant: dict[str, Any], run_job: Runner, pg_dsn: str
 ) -> None:
@@ -279,11 +331,12 @@ def test_a_killed_backup_leaves_only_a_partial_that_the_next_run_removes(
     tdir = tenant["dest"] / tenant["sub"]
     proc = run_job.popen(["backup", *tenant["args"]])
     try:
-        until = time.monotonic() + 30
-        while not (tdir.is_dir() and any(p.name.endswith(".partial") for p in tdir.iterdir())):
-            assert time.monotonic() < until and proc.poll() is None, "backup never started"
+        # Synchronise on the server, not on time: pg_dump waits for the blocker's lock.
+        until = time.monotonic() + 60
+        while not (dump_waits(pg_dsn, tenant["db"]) and tdir.is_dir()
+                   and any(p.name.endswith(".partial") for p in tdir.iterdir())):  # fmt: skip
+            assert time.monotonic() < until and proc.poll() is None, "pg_dump never waited"
             time.sleep(0.05)
-        time.sleep(0.3)  # let it reach pg_dump
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:
