@@ -1,7 +1,15 @@
-"""`plana-job template-build` against real PostgreSQL with the Odoo stand-in.
+"""`plana-job template-build` against real PostgreSQL and the Odoo under test (tests/odoo_target):
+the stand-in in CI, real Odoo 17/18 in test mode (`make test-odoo`).
 
-Odoo is called through a small wrapper that records each command line, so the tests can see
-what was (and was not) run.
+Odoo is called through the target's wrapper, which records each command line, so the tests can
+see what was (and was not) run. The modules built are the test addons (tests/addons), which
+both worlds have.
+
+A real `-i` takes a minute on a loaded machine, so tests whose subject is not the first build
+start from a copy of one template the job built once per module (`shared`): the database
+(CREATE DATABASE ... TEMPLATE, its ACL and marker) and its filestore with its mark file, i.e.
+the state the job itself leaves. Its fingerprint is theirs: same modules, same binary, same
+addons path.
 """
 
 from __future__ import annotations
@@ -9,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,43 +27,69 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import addons_digest, filestore, locks, naming
-from tests.conftest import STANDINS, Runner, job_dsn
+from jobs import access, addons_digest, filestore, locks, marker, naming
+from tests import odoo_target
+from tests.conftest import Runner, job_dsn
+from tests.odoo_target import APP, APP2, FAIL, LEAVE, SLEEP, SLEEP_LINE, SLEEP_VAR, OdooTarget
 from tests.test_tenant_db import OWNER_ROLE, ensure_role, mine
 
-ODOO = STANDINS / "odoo"
+TARGET = odoo_target.current()
+STANDIN = odoo_target.OdooTarget(real=False)  # for what real Odoo here lacks (19)
+# A real install of base + web + the test addons takes a minute on a loaded machine.
+JOB_TIMEOUT = 900 if TARGET.real else 60
+pytestmark = pytest.mark.timeout(3600 if TARGET.real else 300)
+MODULES = APP  # the shared template's
 
 
-@pytest.fixture
-def odoo_bin(tmp_path: Path) -> Path:
-    """The stand-in behind a wrapper that appends its argv to `odoo-calls.log`."""
-    log = tmp_path / "odoo-calls.log"
-    wrapper = tmp_path / "odoo"
-    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{log}"\nexec "{ODOO}" "$@"\n')
-    wrapper.chmod(0o755)
-    return wrapper
+@pytest.fixture(scope="module")
+def target(pg_dsn: str) -> OdooTarget:
+    target = TARGET.for_admin(pg_dsn)
+    odoo_target.ensure_role(pg_dsn, target)
+    return target
 
 
-def calls(odoo_bin: Path) -> list[str]:
-    log = odoo_bin.parent / "odoo-calls.log"
-    return log.read_text().splitlines() if log.exists() else []
+def calls(log: Path) -> list[list[str]]:
+    return odoo_target.calls(log)
+
+
+def installs(log: Path) -> int:
+    """How many times Odoo was asked to install modules."""
+    return sum("-i" in c for c in calls(log))
 
 
 class Build:
-    def __init__(self, run_job: Runner, odoo_bin: Path, uid: str, tmp: Path) -> None:
-        self.run_job, self.odoo_bin = run_job, odoo_bin
+    def __init__(self, run_job: Runner, target: OdooTarget, uid: str, tmp: Path) -> None:
+        self.run_job, self.target, self.tmp = run_job, target, tmp
         self.name = f"template_{uid}"
         self.data_dir = tmp / "data"
+        self.log = tmp / "odoo-calls.log"
 
-    def args(self, modules: str = "base,web,mail,contacts", version: str = "18") -> list[str]:
-        return ["template-build", "--template-code", "basic", "--odoo-version", version,
+    def odoo(self, version: int) -> Path:
+        return self.target.binary(self.tmp / "bin", version, log_calls=self.log)
+
+    def conf(self, version: int) -> Path:
+        return self.target.config(self.tmp / "conf", version)
+
+    def args(
+        self, modules: str = MODULES, version: int = 18, *, binary: int | None = None,
+        config: Path | None = None,
+    ) -> list[str]:  # fmt: skip
+        conf = config or self.conf(version)
+        return ["template-build", "--template-code", "basic", "--odoo-version", str(version),
                 "--modules", modules, "--template-db", self.name,
-                "--odoo-bin", str(self.odoo_bin), "--data-dir", str(self.data_dir)]  # fmt: skip
+                "--odoo-bin", str(self.odoo(binary or version)), "--odoo-config", str(conf),
+                "--data-dir", str(self.data_dir)]  # fmt: skip
 
-    def __call__(self, modules: str = "base,web,mail,contacts", version: str = "18",
-                 **env: str) -> Any:  # fmt: skip
-        env.setdefault("ODOO_STANDIN_VERSION", version)
-        return self.run_job(self.args(modules, version), **env)
+    def run(self, args: list[str], **env: str) -> Any:
+        env.setdefault("PLANA_TIMEOUT", str(JOB_TIMEOUT))
+        return self.run_job(args, timeout=JOB_TIMEOUT + 60, **env)
+
+    def popen(self, args: list[str], **env: str) -> Any:
+        env.setdefault("PLANA_TIMEOUT", str(JOB_TIMEOUT))
+        return self.run_job.popen(args, **env)
+
+    def __call__(self, modules: str = MODULES, version: int = 18, **env: str) -> Any:
+        return self.run(self.args(modules, version), **env)
 
     def catalog(self, conn: psycopg.Connection[Any]) -> dict[str, Any]:
         row = conn.execute(
@@ -67,23 +103,71 @@ class Build:
         mark = json.loads(comment.removeprefix("plana-jobs "))
         return {"oid": oid, "frozen": is_template and not allow, "marker": mark}
 
-    def fs_mark(self) -> dict[str, Any] | None:
-        return filestore.read_mark(naming.filestore(self.name, self.data_dir))
+    def fs(self, db: str | None = None) -> Path:
+        return naming.filestore(db or self.name, self.data_dir)
 
-    def tenant(self, run_job: Runner, sub: str) -> Any:
-        return run_job(["tenant-db", "--subdomain", sub, "--project-id", "7", "--tier", "starter",
-                        "--owner-email", "o@example.com", "--owner-name", "Owner",
-                        "--template-db", self.name, "--data-dir", str(self.data_dir)])  # fmt: skip
+    def fs_mark(self) -> dict[str, Any] | None:
+        return filestore.read_mark(self.fs())
+
+    def tenant(self, sub: str) -> Any:
+        return self.run(["tenant-db", "--subdomain", sub, "--project-id", "7", "--tier", "starter",
+                         "--owner-email", "o@example.com", "--owner-name", "Owner",
+                         "--template-db", self.name, "--data-dir", str(self.data_dir)])  # fmt: skip
+
+    def adopt(self, conn: psycopg.Connection[Any], built: Build) -> None:
+        """Make this template a copy of `built` (database, ACL, marker, filestore): what the
+        job would have left had it built it here with the same arguments."""
+        live = marker.read(conn, built.name)
+        assert live is not None and live.state == "complete", "the shared build failed"
+        (owner,) = conn.execute(
+            "SELECT datdba::regrole::text FROM pg_database WHERE datname = %s", (built.name,)
+        ).fetchone() or ("",)
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {}").format(
+                sql.Identifier(self.name), sql.Identifier(built.name), sql.Identifier(owner)
+            )
+        )
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} WITH is_template true ALLOW_CONNECTIONS false").format(
+                sql.Identifier(self.name)
+            )
+        )
+        access.restrict_connect(conn, self.name, owner)
+        marker.write(conn, self.name, live)
+        self.fs().parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(built.fs(), self.fs(), symlinks=True)
 
 
 @pytest.fixture
 def build(
-    run_job: Runner, odoo_bin: Path, uid: str, tmp_path: Path, drop_dbs: list[str],
+    run_job: Runner, target: OdooTarget, uid: str, tmp_path: Path, drop_dbs: list[str],
     pg: psycopg.Connection[Any],
 ) -> Build:  # fmt: skip
     ensure_role(pg, OWNER_ROLE)
     drop_dbs.extend([f"template_{uid}%", f"{uid}%"])
-    return Build(run_job, odoo_bin, uid, tmp_path)
+    return Build(run_job, target, uid, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def shared(
+    pg_dsn: str, redis_url: str, target: OdooTarget, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Build]:
+    """One template of MODULES for Odoo 18, built by the job once for this module."""
+    tmp = tmp_path_factory.mktemp("shared-template")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        ensure_role(conn, OWNER_ROLE)
+    built = Build(Runner(pg_dsn, redis_url, tmp), target, "sh" + os.urandom(5).hex(), tmp)
+    try:
+        done = built()
+        assert done.rc == 0 and done.result["outcome"] == "created", done.output[-3000:]
+        yield built
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            for db in (built.name, built.name + "__build", built.name + "__old"):
+                ident = sql.Identifier(db)
+                with contextlib.suppress(psycopg.errors.InvalidCatalogName):
+                    conn.execute(sql.SQL("ALTER DATABASE {} WITH is_template false").format(ident))
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
 
 
 def installed(pg_dsn: str, db: str) -> set[str]:
@@ -93,9 +177,9 @@ def installed(pg_dsn: str, db: str) -> set[str]:
 
 
 def test_build_then_same_fingerprint_is_a_noop_that_never_runs_odoo(
-    build: Build, odoo_bin: Path, pg: psycopg.Connection[Any]
+    build: Build, pg: psycopg.Connection[Any]
 ) -> None:
-    first = build()
+    first = build(f"{APP2},{APP}")
     assert first.rc == 0, first.output
     assert first.result["outcome"] == "created"
     cat = build.catalog(pg)
@@ -103,79 +187,87 @@ def test_build_then_same_fingerprint_is_a_noop_that_never_runs_odoo(
     assert cat["marker"]["fingerprint"] == first.result["fingerprint"]
     assert build.fs_mark() == {"fingerprint": first.result["fingerprint"]}
     assert mine(pg, build.name) == {build.name}  # no __build / __old left
-    ran = calls(odoo_bin)
-    assert any("-i base,contacts,mail,web" in c and "--without-demo=all" in c for c in ran)
+    ran = calls(build.log)
+    assert any(
+        c[c.index("-i") + 1] == f"{APP},{APP2}" and "--without-demo=all" in c
+        for c in ran
+        if "-i" in c
+    ), ran
 
-    again = build(ODOO_STANDIN_FAIL_AT="base")  # would fail if Odoo installed anything
+    again = build(f"{APP},{APP2}")
     assert again.rc == 0, again.output
     assert again.result["outcome"] == "unchanged"
-    assert calls(odoo_bin)[len(ran) :] == ["--version"]
+    assert calls(build.log)[len(ran) :] == [["--version"]]  # nothing installed, nothing loaded
     assert build.catalog(pg)["oid"] == cat["oid"]
 
-    forced = build.run_job([*build.args(), "--force"], ODOO_STANDIN_VERSION="18")
+    forced = build.run([*build.args(f"{APP},{APP2}"), "--force"])
     assert forced.rc == 0 and forced.result["outcome"] == "updated", forced.output
     assert build.catalog(pg)["oid"] != cat["oid"]
 
 
-def fake_module(addons: Path, name: str, depends: list[str], files: dict[str, str]) -> None:
-    """A module directory for the digest to read. The stand-in reads no addons: it installs
-    its catalog's `name` whatever is on disk, so catalog names are used."""
-    where = addons / name
-    where.mkdir(parents=True)
-    (where / "__manifest__.py").write_text(repr({"name": name, "depends": depends}))
-    for rel, text in files.items():
-        (where / rel).parent.mkdir(parents=True, exist_ok=True)
-        (where / rel).write_text(text)
+def copy_addons(where: Path) -> Path:
+    """An addons directory holding copies of the test apps (ahead of tests/addons on the path,
+    so Odoo and the digest read these)."""
+    for name in (APP, APP2):
+        shutil.copytree(odoo_target.TEST_ADDONS / name, where / name)
+    return where
 
 
 def test_code_change_in_a_dependency_rebuilds_and_unchanged_code_does_not(
-    build: Build, odoo_bin: Path, pg: psycopg.Connection[Any], tmp_path: Path
+    build: Build, target: OdooTarget, pg: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
-    addons = tmp_path / "addons"
-    fake_module(addons, "web", ["base"], {"static/src/web.js": "web(1);\n"})
-    fake_module(addons, "mail", ["web"], {"models/mail.py": "mail = 1\n"})
-    conf = tmp_path / "odoo.conf"
-    conf.write_text(f"[options]\naddons_path = {addons}\n")
-    args = [*build.args("base,mail"), "--odoo-config", str(conf)]
+    addons = copy_addons(tmp_path / "addons")
+    js = addons / APP / "static" / "src" / "plana.js"
+    js.parent.mkdir(parents=True)
+    js.write_text("plana(1);\n")
+    conf = target.config(tmp_path / "conf-digest", 18, extra_addons=[addons])
+    path = target.addons_path(18, addons).split(",")
+    args = build.args(APP2, config=conf)
 
-    first = build.run_job(args, ODOO_STANDIN_VERSION="18")
+    first = build.run(args)
     assert first.rc == 0 and first.result["outcome"] == "created", first.output
-    marker = build.catalog(pg)["marker"]
-    # base is not on this path (the wrapper is a shell script: no Odoo's own addons dir).
-    assert marker["addons_digest"] == addons_digest.digest(["base", "mail"], [str(addons)]).value
-    assert marker["addons_missing"] == ["base"]
+    marker_ = build.catalog(pg)["marker"]
+    expected = addons_digest.digest([APP2], path)
+    assert expected.modules[APP] != addons_digest.MISSING  # the dependency is covered
+    assert marker_["addons_digest"] == expected.value
+    # The wrapper is a shell script: base is covered only when the addons path lists it.
+    assert marker_["addons_missing"] == expected.missing
     logged = [e for e in first.logs if e.get("event") == "addons digest"]
     assert logged and logged[0]["template"] == build.name and logged[0]["step"] == "fingerprint"
 
-    before = len(calls(odoo_bin))
-    (addons / "web" / "__pycache__").mkdir()
-    (addons / "web" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")  # a by-product
-    again = build.run_job(args, ODOO_STANDIN_VERSION="18", ODOO_STANDIN_FAIL_AT="base")
+    before = len(calls(build.log))
+    (addons / APP / "__pycache__").mkdir(exist_ok=True)  # real Odoo made it already
+    (addons / APP / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0")  # a by-product
+    again = build.run(args)
     assert again.rc == 0 and again.result["outcome"] == "unchanged", again.output
-    assert calls(odoo_bin)[before:] == ["--version"]
+    assert calls(build.log)[before:] == [["--version"]]
 
-    # web is not asked for: mail depends on it. Same --version line, same revision.
-    (addons / "web" / "static" / "src" / "web.js").write_text("web(2);\n")
-    before = len(calls(odoo_bin))
-    changed = build.run_job(args, ODOO_STANDIN_VERSION="18")
+    # APP is not asked for: APP2 depends on it. Same --version line, same revision.
+    js.write_text("plana(2);\n")
+    before = len(calls(build.log))
+    changed = build.run(args)
     assert changed.rc == 0 and changed.result["outcome"] == "updated", changed.output
-    assert any("-i base,mail" in c for c in calls(odoo_bin)[before:])
+    assert any("-i" in c and c[c.index("-i") + 1] == APP2 for c in calls(build.log)[before:])
     assert changed.result["fingerprint"] != first.result["fingerprint"]
-    assert build.catalog(pg)["marker"]["addons_digest"] != marker["addons_digest"]
+    assert build.catalog(pg)["marker"]["addons_digest"] != marker_["addons_digest"]
     assert build.fs_mark() == {"fingerprint": changed.result["fingerprint"]}
 
     # --addons-path (PLANA_ODOO_ADDONS_PATH) beats the config's addons_path for the digest too.
-    other = tmp_path / "other"
-    fake_module(other, "mail", ["base"], {"models/mail.py": "mail = 2\n"})
-    moved = build.run_job(args, ODOO_STANDIN_VERSION="18", PLANA_ODOO_ADDONS_PATH=str(other))
+    other = copy_addons(tmp_path / "other")
+    (other / APP2 / "README.md").write_text("other\n")
+    moved_path = target.addons_path(18, other)
+    moved = build.run(args, PLANA_ODOO_ADDONS_PATH=moved_path)
     assert moved.rc == 0 and moved.result["outcome"] == "updated", moved.output
-    assert build.catalog(pg)["marker"]["addons_missing"] == ["base"]  # web no longer covered
+    expected = addons_digest.digest([APP2], moved_path.split(","))
+    assert build.catalog(pg)["marker"]["addons_digest"] == expected.value
 
 
 def test_changed_modules_rebuild_waits_for_clones_then_swaps(
-    build: Build, run_job: Runner, pg: psycopg.Connection[Any], pg_dsn: str, uid: str
+    build: Build, shared: Build, pg: psycopg.Connection[Any], pg_dsn: str, uid: str
 ) -> None:
-    assert build().rc == 0
+    build.adopt(pg, shared)
+    unchanged = build()
+    assert unchanged.rc == 0 and unchanged.result["outcome"] == "unchanged", unchanged.output
     old = build.catalog(pg)
 
     # A clone in progress holds the template's lock shared: the swap must wait for it.
@@ -183,7 +275,7 @@ def test_changed_modules_rebuild_waits_for_clones_then_swaps(
         clone_session.execute(
             "SELECT pg_advisory_lock_shared(%s)", (locks.key(f"template:{build.name}"),)
         )
-        proc = run_job.popen(build.args("base,web,mail,crm"), ODOO_STANDIN_VERSION="18")
+        proc = build.popen(build.args(f"{APP},{APP2}"))
         assert proc.stdout is not None
         for line in proc.stdout:
             if '"lock busy, waiting"' in line and f"template:{build.name}" in line:
@@ -192,9 +284,9 @@ def test_changed_modules_rebuild_waits_for_clones_then_swaps(
         assert during["oid"] == old["oid"] and during["marker"] == old["marker"]
         assert build.fs_mark() == {"fingerprint": old["marker"]["fingerprint"]}
         # Meanwhile the old template still serves clones (a shared lock holder may clone).
-        served = build.tenant(run_job, uid + "a")
+        served = build.tenant(uid + "a")
         assert served.rc == 0, served.output
-    out, err = proc.communicate(timeout=120)
+    out, err = proc.communicate(timeout=JOB_TIMEOUT + 60)
     assert proc.returncode == 0, out + err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["outcome"] == "updated"
@@ -204,55 +296,53 @@ def test_changed_modules_rebuild_waits_for_clones_then_swaps(
     assert new["marker"]["fingerprint"] == result["fingerprint"] != old["marker"]["fingerprint"]
     assert build.fs_mark() == {"fingerprint": result["fingerprint"]}
     assert mine(pg, build.name) == {build.name}  # the old template was dropped
-    assert not naming.filestore(build.name + "__old", build.data_dir).exists()
-    assert "crm" not in installed(pg_dsn, naming.db_name(uid + "a"))
+    assert not build.fs(build.name + "__old").exists()
+    assert APP2 not in installed(pg_dsn, naming.db_name(uid + "a"))
 
-    tenant = build.tenant(run_job, uid + "b")
+    tenant = build.tenant(uid + "b")
     assert tenant.rc == 0, tenant.output
-    assert "crm" in installed(pg_dsn, naming.db_name(uid + "b"))
+    assert APP2 in installed(pg_dsn, naming.db_name(uid + "b"))
 
 
 @pytest.mark.parametrize(
-    ("modules", "env", "why"),
+    ("modules", "why"),
     [
-        ("base,web,no_such_module", {}, "no_such_module: unknown module"),
-        ("base,web,mail,crm", {"ODOO_STANDIN_FAIL_AT": "crm"}, "odoo exited 255"),
-        ("base,web,mail,crm", {"ODOO_STANDIN_LEAVE": "crm"}, "crm: to install"),
+        (f"{MODULES},no_such_module", "no_such_module: unknown module"),
+        (f"{MODULES},{FAIL}", "odoo exited 255"),  # its data names a model that does not exist
+        (f"{MODULES},{LEAVE}", f"{LEAVE}: to install"),  # it depends on an uninstallable module
     ],
+    ids=["unknown", "install-fails", "left-to-install"],
 )
 def test_failed_build_is_65_and_old_template_still_serves(
-    build: Build, run_job: Runner, pg: psycopg.Connection[Any], uid: str,
-    modules: str, env: dict[str, str], why: str,
+    build: Build, shared: Build, pg: psycopg.Connection[Any], uid: str, modules: str, why: str,
 ) -> None:  # fmt: skip
-    assert build().rc == 0
+    build.adopt(pg, shared)
     before = build.catalog(pg)
-    failed = build(modules, **env)
+    failed = build(modules)
     assert failed.rc == 65, failed.output
     assert why in failed.result["error"]
     assert build.catalog(pg) == before
     assert build.fs_mark() == {"fingerprint": before["marker"]["fingerprint"]}
     assert mine(pg, build.name) == {build.name}
-    assert not naming.filestore(build.name + "__build", build.data_dir).exists()
-    clone = build.tenant(run_job, uid)
+    assert not build.fs(build.name + "__build").exists()
+    clone = build.tenant(uid)
     assert clone.rc == 0, clone.output
 
 
 KILL_POINTS = [
-    ("standin: sleeping", None),  # inside Odoo's module work
+    (SLEEP_LINE, None),  # inside Odoo's module work (plana_test_sleep sleeps there)
     ('"build verified"', "resuming a verified build"),
     ('"template database swapped in"', None),  # between the two halves of the swap
 ]
 
 
-@pytest.mark.parametrize(("needle", "resume_event"), KILL_POINTS)
+@pytest.mark.parametrize(("needle", "resume_event"), KILL_POINTS, ids=["odoo", "verified", "swap"])
 def test_sigkill_then_rerun_converges(
-    build: Build, run_job: Runner, odoo_bin: Path, pg: psycopg.Connection[Any], uid: str,
-    needle: str, resume_event: str | None,
+    build: Build, pg: psycopg.Connection[Any], uid: str, needle: str, resume_event: str | None,
 ) -> None:  # fmt: skip
-    env = {"ODOO_STANDIN_VERSION": "18"}
-    if "standin" in needle:
-        env["ODOO_STANDIN_SLEEP"] = "30"
-    proc = run_job.popen(build.args(), **env)
+    modules = f"{MODULES},{SLEEP}"
+    env = {SLEEP_VAR: str(JOB_TIMEOUT)} if needle == SLEEP_LINE else {}
+    proc = build.popen(build.args(modules), **env)
     assert proc.stdout is not None
     children: list[int] = []
     for line in proc.stdout:
@@ -268,9 +358,9 @@ def test_sigkill_then_rerun_converges(
             break
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    installs = sum(" -i " in c for c in calls(odoo_bin))
+    before = installs(build.log)
 
-    rerun = build()
+    rerun = build(modules)
     assert rerun.rc == 0, rerun.output
     # Killed just after the database swap, the run may already have moved the filestore too.
     assert rerun.result["outcome"] in ("created", "updated", "unchanged")
@@ -280,59 +370,66 @@ def test_sigkill_then_rerun_converges(
     assert mine(pg, build.name) == {build.name}
     if resume_event:
         assert any(e.get("event") == resume_event for e in rerun.logs)
-    if "standin" not in needle:
-        assert sum(" -i " in c for c in calls(odoo_bin)) == installs  # not built again
-    clone = build.tenant(run_job, uid)
+    if needle != SLEEP_LINE:
+        assert installs(build.log) == before  # not built again
+    clone = build.tenant(uid)
     assert clone.rc == 0, clone.output
 
 
 def test_half_swapped_template_is_not_cloned_and_is_completed(
-    build: Build, run_job: Runner, odoo_bin: Path, uid: str
+    build: Build, shared: Build, pg: psycopg.Connection[Any], uid: str
 ) -> None:
     """The state a crash between the database swap and the filestore swap leaves behind."""
-    assert build().rc == 0
-    live = naming.filestore(build.name, build.data_dir)
-    os.rename(live, naming.filestore(build.name + "__build", build.data_dir))
-    refused = build.tenant(run_job, uid)
+    build.adopt(pg, shared)
+    os.rename(build.fs(), build.fs(build.name + "__build"))
+    refused = build.tenant(uid)
     assert refused.rc == 75, refused.output
     assert "filestore does not belong" in refused.result["error"]
 
-    installs = sum(" -i " in c for c in calls(odoo_bin))
     rerun = build()
     assert rerun.rc == 0, rerun.output
     assert rerun.result["outcome"] == "updated" and rerun.result["resumed"] == "filestore swap"
-    assert sum(" -i " in c for c in calls(odoo_bin)) == installs
+    assert installs(build.log) == 0
     assert build.fs_mark() == {"fingerprint": rerun.result["fingerprint"]}
-    assert build.tenant(run_job, uid).rc == 0
+    assert build.tenant(uid).rc == 0
 
 
+@pytest.mark.parametrize("version", [17, 19], ids=["odoo17", "odoo19-standin"])
 def test_version_rules_and_no_password_on_argv(
-    build: Build, odoo_bin: Path, pg_dsn: str, pg: psycopg.Connection[Any], uid: str
-) -> None:
+    run_job: Runner, target: OdooTarget, tmp_path: Path, uid: str, drop_dbs: list[str],
+    pg_dsn: str, pg: psycopg.Connection[Any], version: int,
+) -> None:  # fmt: skip
+    """17 (and 18) get `--without-demo=all`, 19 no demo flag. Odoo 19 runs on the stand-in
+    in both modes: test mode has no real 19."""
+    ensure_role(pg, OWNER_ROLE)
+    drop_dbs.extend([f"template_{uid}%"])
+    odoo = target if version != 19 else STANDIN.for_admin(pg_dsn)
+    build = Build(run_job, odoo, uid, tmp_path)
     secret = "pw-" + uid
     dsn = psycopg.conninfo.make_conninfo(job_dsn(pg_dsn), password=secret)  # trust: ignored
-    res = build(version="19", PLANA_PG_DSN=dsn)
+    res = build(version=version, PLANA_PG_DSN=dsn)
     assert res.rc == 0, res.output
-    assert build.name.endswith(uid) and build.catalog(pg)["marker"]["odoo_version"] == 19
-    ran = [c for c in calls(odoo_bin) if " -i " in c]
-    assert ran and all("demo" not in c and "--stop-after-init --no-http" in c for c in ran)
-    assert all(secret not in c for c in calls(odoo_bin))
+    assert build.name.endswith(uid) and build.catalog(pg)["marker"]["odoo_version"] == version
+    ran = [c for c in calls(build.log) if "-i" in c]
+    assert ran and all("--stop-after-init" in c and "--no-http" in c for c in ran)
+    if version == 19:
+        assert all(not any("demo" in a for a in c) for c in ran)
+    else:
+        assert all("--without-demo=all" in c for c in ran)
+    assert all(secret not in a for c in calls(build.log) for a in c)
     assert secret not in res.output
 
 
-def test_binary_of_another_major_is_a_conflict(
-    build: Build, pg: psycopg.Connection[Any], odoo_bin: Path
-) -> None:
-    res = build(ODOO_STANDIN_VERSION="17")  # asked for 18
+def test_binary_of_another_major_is_a_conflict(build: Build, pg: psycopg.Connection[Any]) -> None:
+    build.target.require(17)
+    res = build.run(build.args(version=18, binary=17))
     assert res.rc == 65, res.output
     assert "not Odoo 18" in res.result["error"]
     assert mine(pg, build.name) == set()
-    assert calls(odoo_bin) == ["--version"]
+    assert calls(build.log) == [["--version"]]
 
 
-def test_template_not_ours_is_left_untouched(
-    build: Build, pg: psycopg.Connection[Any], odoo_bin: Path
-) -> None:
+def test_template_not_ours_is_left_untouched(build: Build, pg: psycopg.Connection[Any]) -> None:
     pg.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(build.name)))
     res = build()
     assert res.rc == 65, res.output
@@ -343,7 +440,7 @@ def test_template_not_ours_is_left_untouched(
     ).fetchone()
     assert row == (None,)
     assert mine(pg, build.name) == {build.name}
-    assert calls(odoo_bin) == ["--version"]
+    assert calls(build.log) == [["--version"]]
 
 
 @pytest.mark.parametrize(
@@ -356,11 +453,11 @@ def test_template_not_ours_is_left_untouched(
     ],
 )
 def test_bad_input_is_64_before_anything(
-    build: Build, pg: psycopg.Connection[Any], odoo_bin: Path, args: list[str], field: str
+    build: Build, pg: psycopg.Connection[Any], args: list[str], field: str
 ) -> None:
-    res = build.run_job([*build.args(), *args])
+    res = build.run([*build.args(), *args])
     assert res.rc == 64, res.output
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith(f"plana-job template-build: error: {field}")
-    assert calls(odoo_bin) == []
+    assert calls(build.log) == []
     assert mine(pg, build.name) == set()
