@@ -1,4 +1,12 @@
-"""deprovision: final backup, drop, filestore removal, client.deprovisioned once."""
+"""deprovision: final backup, drop, filestore removal, client.deprovisioned once.
+
+These tests stay on the Odoo stand-in in both modes (CI and real-Odoo test mode), explicitly.
+deprovision runs no Odoo; its tenants are `make_tenant`'s (tests/test_backup: built by the
+stand-in, then given partners and filestore files), and the one Odoo call here is the
+neutralise of `environment`, which real Odoo can only do on a database it built itself. What
+these tests prove (which databases and filestores go, the final set, the event) does not
+depend on which Odoo made the tenant.
+"""
 
 from __future__ import annotations
 
@@ -149,7 +157,10 @@ def files_in(path: Path, count: int) -> Path:
 
 
 def environment(run_job: Runner, pg_dsn: str, sub: str, data_dir: Path, env: str) -> str:
-    """environment-db `env` of `sub`, copied from production: the real job, real names."""
+    """environment-db `env` of `sub`, copied from production: the real job, real names.
+
+    The stand-in neutralises the copy in both modes: the tenant is the stand-in's (module
+    docstring)."""
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         ensure_role(conn, OWNER_ROLE)
     made = run_job(["environment-db", "--subdomain", sub, "--env", env, "--copy-from-production",

@@ -11,6 +11,13 @@ the transient code, never 70; the re-run converges too.
 
 Kills are placed on log lines (one JSON object per event on stdout: the job is killed right after
 it announced a step), not at random instants, so the tests do not depend on the machine's speed.
+Where a step is too short for that (it may be over before the kill lands), the job is held in it
+by a lock the test holds, and killed once its statement waits on that lock (`HOLDS`).
+
+The jobs that run Odoo (template-build, environment-db, upgrade same-major) drive the Odoo under
+test (tests/odoo_target: the stand-in in CI, real Odoo 17/18 in test mode) with the test addons
+(`odoo_target.APPS`). A real install is slow, so the module builds one template per version and
+the cases clone it. `upgrade run` stays on the stand-in in both modes: see `_upgrade_run`.
 """
 
 from __future__ import annotations
@@ -19,11 +26,12 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +41,19 @@ import pytest
 from psycopg import sql
 
 from jobs import marker, naming, restore
-from tests.conftest import BIN, STANDINS, Runner, local_ports
+from tests import odoo_target
+from tests.conftest import BIN, JobRun, Runner, local_ports
 from tests.test_backup import make_tenant
 from tests.test_tenant_db import OWNER_ROLE, ensure_role, pg_database_comment
 
-ODOO = str(STANDINS / "odoo")
-MODULES_17 = "base,web,mail,contacts,agreement,agreement_legal"
+TARGET = odoo_target.current()
+STANDIN = odoo_target.OdooTarget(real=False)  # upgrade run's Odoo in both modes (_upgrade_run)
+MODULES = ",".join(("base", "web", *odoo_target.APPS))
+# The stand-in's 17 -> 18 upgrade run migrates OCA's agreement_legal (its pre-fix).
+MODULES_17_RUN = "base,web,mail,contacts,agreement,agreement_legal"
+# A real install or -u all takes a minute or more on a loaded machine; the stand-in's a second.
+RUN_TIMEOUT = 900.0 if TARGET.real else 120.0
+pytestmark = pytest.mark.timeout(3600 if TARGET.real else 600)
 # Marker fields that differ between two correct runs (times, digests, which set, attempts).
 VOLATILE = re.compile(r"(_at$|time|date|fingerprint|^set$|restored_from|secret|uuid|attempt)")
 
@@ -170,6 +185,13 @@ class Case:
     rerun_outcome: str = "unchanged"  # what a run after a complete one answers
 
 
+class SlowRunner(Runner):
+    """The Runner with a deadline that fits the Odoo under test."""
+
+    def __call__(self, args: Sequence[str], timeout: float = RUN_TIMEOUT, **env: str) -> JobRun:
+        return super().__call__(args, timeout, **env)
+
+
 class World:
     """What the cases share in this module: templates, a production tenant, a backup set."""
 
@@ -178,24 +200,34 @@ class World:
         self.prefix = "kc" + uuid.uuid4().hex[:6]
         self.count = 0
         self.references: dict[str, dict[str, Any]] = {}
+        target = TARGET.for_admin(pg_dsn)
         self.bins = tmp / "bin"
-        self.bins.mkdir()
-        self.odoo17 = self._wrapper(17)
-        self.odoo18 = self._wrapper(18)
+        # The Odoo under test, with the test addons on its addons path.
+        self.odoo17, self.odoo18 = (str(target.binary(self.bins, v)) for v in (17, 18))
+        self.conf17, self.conf18 = (str(target.config(tmp / f"conf{v}", v)) for v in (17, 18))
         self.d18, self.d17, self.dp = tmp / "data18", tmp / "data17", tmp / "dataP"
-        self.tpl18 = self._template("18", "base,web,mail,contacts", self.odoo18, self.d18)
-        self.tpl17 = self._template("17", MODULES_17, self.odoo17, self.d17)
-        # OpenUpgrade (the framework beside the scripts), and the 17 side's config naming it.
+        self.tpl18 = self._template("18", MODULES, self.odoo18, self.conf18, self.d18)
+        # environment-db's Odoo: stops itself before a neutralise while the hold file exists.
+        self.hold = tmp / "hold-neutralize"
+        self.env_odoo18 = self._held(self.odoo18, self.hold)
+        self.tpl17 = self._template("17", MODULES, self.odoo17, self.conf17, self.d17)
+        # upgrade run's world, on the stand-in: its binaries, a 17 template with OCA's
+        # agreement_legal, OpenUpgrade (the framework beside the scripts) and the 17 side's
+        # config naming it.
+        self.s17 = str(STANDIN.binary(self.bins, 17, name="standin17"))
+        self.s18 = str(STANDIN.binary(self.bins, 18, name="standin18"))
+        self.ds17 = tmp / "dataS17"
         openupgrade = tmp / "openupgrade"
         self.scripts = openupgrade / "openupgrade_scripts" / "scripts"
         (self.scripts / "base" / "18.0.1.3").mkdir(parents=True)
         (self.scripts / "base" / "18.0.1.3" / "pre-migration.py").write_text("# script\n")
         (openupgrade / "openupgrade_framework").mkdir()
         (openupgrade / "openupgrade_framework" / "__manifest__.py").write_text("{}\n")
-        self.conf17 = tmp / "odoo17.conf"
-        self.conf17.write_text(f"[options]\naddons_path = {openupgrade}\n")
-        # One production tenant from the template (environments hang off it), one with data
-        # (copied environments, backups and restores), and one signed backup set of it.
+        self.sconf17 = tmp / "standin17.conf"
+        self.sconf17.write_text(f"[options]\naddons_path = {openupgrade}\n")
+        self.tpls17 = self._template("17run", MODULES_17_RUN, self.s17, None, self.ds17, "17")
+        # One production tenant from the template (environments hang off it, fresh or copied),
+        # one with data (backups and restores), and one signed backup set of it.
         self.prod = self.token()
         done = run(self.tenant_args(self.prod, self.tpl18, self.d18, "18"))
         assert done.rc == 0, done.output
@@ -220,17 +252,28 @@ class World:
         self.count += 1
         return f"{self.prefix}x{self.count:03d}"  # none a prefix of another
 
-    def _wrapper(self, version: int) -> str:
-        path = self.bins / f"odoo{version}"
-        path.write_text(f'#!/bin/sh\nODOO_STANDIN_VERSION={version} exec {ODOO} "$@"\n')
+    def _held(self, odoo: str, hold: Path) -> str:
+        """`odoo`, but a `neutralize` call stops itself first (SIGSTOP) if it can remove `hold`:
+        once, so the test can act while the job is inside its neutralise step."""
+        path = self.bins / "held-odoo18"
+        path.write_text(
+            "#!/bin/sh\n"
+            f'if [ "$1" = neutralize ] && rm {shlex.quote(str(hold))} 2>/dev/null; then\n'
+            "    kill -STOP $$\n"
+            "fi\n"
+            f'exec {shlex.quote(odoo)} "$@"\n'
+        )
         path.chmod(0o755)
         return str(path)
 
-    def _template(self, version: str, modules: str, odoo: str, data_dir: Path) -> str:
-        name = f"template_{self.prefix}_{version}"
-        built = self.run(["template-build", "--template-code", "basic", "--odoo-version", version,
-                          "--modules", modules, "--template-db", name, "--odoo-bin", odoo,
-                          "--data-dir", str(data_dir)])  # fmt: skip
+    def _template(
+        self, tag: str, modules: str, odoo: str, conf: str | None, data_dir: Path, version: str = ""
+    ) -> str:
+        name = f"template_{self.prefix}_{tag}"
+        config = ["--odoo-config", conf] if conf else []
+        built = self.run(["template-build", "--template-code", "basic", "--odoo-version",
+                          version or tag, "--modules", modules, "--template-db", name,
+                          "--odoo-bin", odoo, *config, "--data-dir", str(data_dir)])  # fmt: skip
         assert built.rc == 0, built.output
         return name
 
@@ -241,9 +284,9 @@ class World:
                 "--owner-name", "Ada", "--template-db", template,
                 "--data-dir", str(data_dir)]  # fmt: skip
 
-    def tenant17(self) -> str:
+    def tenant17(self, template: str, data_dir: Path) -> str:
         sub = self.token()
-        done = self.run(self.tenant_args(sub, self.tpl17, self.d17, "17"))
+        done = self.run(self.tenant_args(sub, template, data_dir, "17"))
         assert done.rc == 0, done.output
         return sub
 
@@ -270,8 +313,8 @@ def _tenant_db(w: World) -> Case:
 def _template_build(w: World) -> Case:
     tok = w.token()
     args = ["template-build", "--template-code", "basic", "--odoo-version", "18", "--modules",
-            "base,web,mail,contacts", "--template-db", f"template_{tok}", "--odoo-bin", w.odoo18,
-            "--data-dir", str(w.d18)]  # fmt: skip
+            MODULES, "--template-db", f"template_{tok}", "--odoo-bin", w.odoo18,
+            "--odoo-config", w.conf18, "--data-dir", str(w.d18)]  # fmt: skip
     return Case(tok, args, w.d18)
 
 
@@ -279,15 +322,18 @@ def _env_fresh(w: World) -> Case:
     env = "e" + w.token()
     args = ["environment-db", "--subdomain", w.prod, "--env", env, "--tier", "starter",
             "--template-db", w.tpl18, "--owner-email", "o@x.example.com", "--owner-name", "Ada",
-            "--data-dir", str(w.d18), "--generation", "1", "--odoo-bin", w.odoo18]  # fmt: skip
+            "--data-dir", str(w.d18), "--generation", "1", "--odoo-bin", w.env_odoo18,
+            "--odoo-config", w.conf18]  # fmt: skip
     return Case(env, args, w.d18)
 
 
 def _env_copy(w: World) -> Case:
     env = "e" + w.token()
-    args = ["environment-db", "--subdomain", w.src, "--env", env, "--copy-from-production",
-            "--data-dir", str(w.dp), "--generation", "1", "--odoo-bin", w.odoo18]  # fmt: skip
-    return Case(env, args, w.dp)
+    # Production is the template's tenant: what Odoo built (and can neutralise a copy of).
+    args = ["environment-db", "--subdomain", w.prod, "--env", env, "--copy-from-production",
+            "--data-dir", str(w.d18), "--generation", "1", "--odoo-bin", w.env_odoo18,
+            "--odoo-config", w.conf18]  # fmt: skip
+    return Case(env, args, w.d18)
 
 
 def _backup(w: World) -> Case:
@@ -342,19 +388,29 @@ def _deprovision(w: World) -> Case:
 
 
 def _same_major(w: World) -> Case:
-    sub = w.tenant17()
+    sub = w.tenant17(w.tpl17, w.d17)
     args = ["upgrade", "--strategy", "same-major", "--subdomain", sub, "--to-version", "17",
-            "--odoo-bin", w.odoo17, "--data-dir", str(w.d17)]  # fmt: skip
+            "--odoo-bin", w.odoo17, "--odoo-config", w.conf17,
+            "--data-dir", str(w.d17)]  # fmt: skip
     return Case(sub, args, w.d17)
 
 
 def _upgrade_run(w: World) -> Case:
-    sub = w.tenant17()
+    """17 -> 18 on the stand-in in both modes, explicitly.
+
+    The source pass loads OpenUpgrade's framework into Odoo 17, which real-Odoo test mode does
+    not have (PLANA_TEST_OPENUPGRADE_PATH is OpenUpgrade 18.0's), and each real OpenUpgrade
+    migration of a whole database takes minutes: this file would run five of them (reference,
+    two kills, a cut, the queued snapshot). The 17 -> 18 migration against real Odoo belongs to
+    the upgrade tests; here the point is the job's convergence after a kill, which the
+    stand-in's passes exercise the same way (per-phase markers, snapshot, cutover).
+    """
+    sub = w.tenant17(w.tpls17, w.ds17)
     args = ["upgrade", "run", "--subdomain", sub, "--from-version", "17", "--to-version", "18",
-            "--data-dir", str(w.d17), "--source-odoo-bin", w.odoo17,
-            "--target-odoo-bin", w.odoo18, "--upgrade-path", str(w.scripts),
-            "--source-odoo-config", str(w.conf17)]  # fmt: skip
-    return Case(sub, args, w.d17)
+            "--data-dir", str(w.ds17), "--source-odoo-bin", w.s17,
+            "--target-odoo-bin", w.s18, "--upgrade-path", str(w.scripts),
+            "--source-odoo-config", str(w.sconf17)]  # fmt: skip
+    return Case(sub, args, w.ds17)
 
 
 JOBS: dict[str, Callable[[World], Case]] = {
@@ -415,8 +471,10 @@ def world(pg_dsn: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory)
     tmp = tmp_path_factory.mktemp("kill")
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         ensure_role(conn, OWNER_ROLE)
-    w = World(Runner(pg_dsn, redis_url, tmp), pg_dsn, tmp)
-    w.run.env["PLANA_TIMEOUT"] = "120"
+    odoo_target.ensure_role(pg_dsn, TARGET.for_admin(pg_dsn))
+    runner = SlowRunner(pg_dsn, redis_url, tmp)
+    runner.env["PLANA_TIMEOUT"] = str(int(RUN_TIMEOUT))
+    w = World(runner, pg_dsn, tmp)
     yield w
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         rows = conn.execute(
@@ -447,13 +505,83 @@ def converges(w: World, pg: psycopg.Connection[Any], job: str, case: Case, why: 
     assert again.rc == 0 and again.result["outcome"] == case.rerun_outcome, (why, again.output)
 
 
+def environment_work(w: World, case: Case) -> str:
+    """The work copy environment-db builds for `case`: `{db}__env`."""
+    tenant = case.args[case.args.index("--subdomain") + 1]
+    return naming.db_name(f"{tenant}--{case.tok}") + "__env"
+
+
+def waits(pg: psycopg.Connection[Any], query: str, name: str) -> list[int]:
+    """Backends whose `query…` naming `name` waits on a lock."""
+    rows = pg.execute(
+        "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND wait_event_type = 'Lock'"
+        " AND query LIKE %s AND strpos(query, %s) > 0",
+        (query + "%", name),
+    ).fetchall()
+    return sorted(r[0] for r in rows)
+
+
+def stopped(pid: int) -> list[int]:
+    """The processes under `pid` that are stopped (state T)."""
+    out = []
+    for p in descendants(pid):
+        with contextlib.suppress(OSError, IndexError):
+            if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+                out.append(p)
+    return out
+
+
+def sigkill_in_publish(w: World, pg: psycopg.Connection[Any], pg_dsn: str, case: Case) -> None:
+    """environment-db killed inside publish, for certain: its rename waits on our lock.
+
+    publish is a few statements: killed right after its log line, the job could be done
+    before the SIGKILL lands (seen under load). So its Odoo stops itself before neutralising
+    (the work copy exists then, publish has not begun); the test takes COMMENT ON DATABASE's
+    lock on the work copy (connections go through, ALTER DATABASE … RENAME waits for it), lets
+    Odoo go on, and kills the job once its rename waits on that lock.
+    """
+    work = environment_work(w, case)
+    w.hold.touch()
+    proc = start(w.run, case)
+    try:
+        with psycopg.connect(pg_dsn) as blocker:
+            until(lambda: bool(stopped(proc.pid)), "the neutralise never began")
+            comment = pg_database_comment(blocker, work)
+            blocker.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                sql.Identifier(work), sql.Literal(comment)))  # fmt: skip
+            for pid in stopped(proc.pid):
+                os.kill(pid, signal.SIGCONT)
+            read_until(proc, "publish")
+            until(lambda: bool(waits(pg, "ALTER DATABASE", work)),
+                  "publish's rename never waited")  # fmt: skip
+            signal_tree(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+            blocker.rollback()
+    finally:
+        w.hold.unlink(missing_ok=True)
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+
+# Kills that need the job held in their step (see sigkill_in_publish).
+HOLDS: dict[tuple[str, str], Callable[[World, psycopg.Connection[Any], str, Case], None]] = {
+    ("environment-db", "publish"): sigkill_in_publish,
+    ("environment-db-copy", "publish"): sigkill_in_publish,
+}
+
+
 @pytest.mark.parametrize(("job", "step"), KILLS, ids=[f"{j}@{s}" for j, s in KILLS])
 def test_sigkill_at_a_step_then_rerun_converges(
-    world: World, pg: psycopg.Connection[Any], run_job: Runner, job: str, step: str
+    world: World, pg: psycopg.Connection[Any], pg_dsn: str, job: str, step: str
 ) -> None:
     reference(world, pg, job)
     case = JOBS[job](world)
-    sigkill_at(world.run, case, step)
+    held = HOLDS.get((job, step))
+    if held is not None:
+        held(world, pg, pg_dsn, case)
+    else:
+        sigkill_at(world.run, case, step)
     converges(world, pg, job, case, f"killed at {step}")
 
 
@@ -482,7 +610,7 @@ def test_backends_terminated_mid_job_exit_75_then_rerun_converges(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
         assert cut, "the job held no PostgreSQL session"  # its lock session at least
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=RUN_TIMEOUT)
     finally:
         proc.kill()
     assert proc.returncode == 75, (step, out[-3000:], err)
@@ -504,7 +632,7 @@ def queued_clones(pg: psycopg.Connection[Any], work: str) -> list[int]:
 
 def until(check: Callable[[], bool], what: str) -> None:
     """Wait for server state (never for time): bounded, so a hang fails instead of stalling."""
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + RUN_TIMEOUT
     while not check():
         assert time.monotonic() < deadline, what
         time.sleep(0.05)
@@ -550,7 +678,7 @@ def test_environment_rerun_ends_the_killed_runs_clone_still_queued_on_the_server
             raise AssertionError(rerun.communicate()) from None
         finally:
             blocker.rollback()
-        out, err = rerun.communicate(timeout=120)
+        out, err = rerun.communicate(timeout=RUN_TIMEOUT)
     assert rerun.returncode == 0, out[-2000:] + err
     assert state(pg, case) == world.references["environment-db"]
     again = world.run(case.args)
@@ -618,7 +746,7 @@ def test_upgrade_rerun_ends_the_killed_runs_snapshot_clone_still_queued_on_the_s
             raise AssertionError(rerun.communicate()) from None
         finally:
             blocker.rollback()
-        out, err = rerun.communicate(timeout=180)
+        out, err = rerun.communicate(timeout=RUN_TIMEOUT)
     assert rerun.returncode == 0, out[-2000:] + err
     assert state(pg, case) == world.references["upgrade-run"]
     again = world.run(case.args, **case.env)
