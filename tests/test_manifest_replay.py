@@ -222,13 +222,18 @@ class Cluster:
             f"#!/bin/sh\nODOO_STANDIN_VERSION={version} exec {STANDINS / 'odoo'} \"$@\"\n"
         )
         odoo.chmod(0o755)
-        scripts = root / "opt/openupgrade/openupgrade_scripts/scripts/base" / f"{version}.0.1.3"
+        # As the image installs OpenUpgrade's wheels: /opt/openupgrade/odoo/addons holds both
+        # addons, and the image's config has that directory on its addons_path. The config is
+        # a file the job reads (its paths are not substituted): it names the local directory.
+        addons = root / "opt/openupgrade/odoo/addons"
+        for name in ("openupgrade_framework", "openupgrade_scripts"):
+            (addons / name).mkdir(parents=True)
+            (addons / name / "__manifest__.py").write_text(f"{{'name': '{name}'}}\n")
+        scripts = addons / "openupgrade_scripts/scripts/base" / f"{version}.0.1.3"
         scripts.mkdir(parents=True)
         (scripts / "pre-migration.py").write_text("# OpenUpgrade script\n")
         (root / "etc/odoo").mkdir(parents=True)
-        (root / "etc/odoo/plana.conf").write_text(
-            "[options]\naddons_path = /mnt/extra-addons,/opt/openupgrade\n"
-        )
+        (root / "etc/odoo/plana.conf").write_text(f"[options]\naddons_path = {addons}\n")
         return root
 
     # -- substitutions --------------------------------------------------------------------
