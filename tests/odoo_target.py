@@ -25,6 +25,9 @@ Variables of test mode (each version that has a BIN needs its ADDONS):
 - `PLANA_TEST_OPENUPGRADE_PATH`: optional, the directory holding the OpenUpgrade 18.0 addons
   `openupgrade_framework` and `openupgrade_scripts` (an OpenUpgrade checkout, or the pip
   wheels' `site-packages/odoo/addons`): the 17 -> 18 migration.
+- `PLANA_TEST_OPENUPGRADE17_PATH`: optional, the directory holding OpenUpgrade 17.0's
+  `openupgrade_framework` (the wheel's `site-packages/odoo/addons`), which the source (17)
+  pass of a 17 -> 18 run loads too; 17's python must import `openupgradelib`.
 - `PLANA_TEST_ODOO_PG_DSN`: the PostgreSQL role Odoo and the jobs connect as (Odoo refuses
   `postgres`). Default: the superuser DSN (`PLANA_TEST_PG_DSN`, or what `for_admin` is given)
   with user `odoo`, password `odoo` (the Odoo images' convention), a role `ensure_role` creates
@@ -94,6 +97,7 @@ class OdooTarget:
     bins: Mapping[int, str] = field(default_factory=dict)  # real mode: version -> executable
     addons: Mapping[int, str] = field(default_factory=dict)  # real mode: version -> addons path
     openupgrade: str | None = None  # real mode: the OpenUpgrade 18.0 addons directory
+    openupgrade17: str | None = None  # real mode: OpenUpgrade 17.0's framework's directory
     odoo_dsn: str | None = None  # PLANA_TEST_ODOO_PG_DSN
     admin_dsn: str = DEFAULT_ADMIN_DSN  # the superuser's: PLANA_TEST_PG_DSN, or the session's
 
@@ -202,6 +206,13 @@ class OdooTarget:
     def _openupgrade(self, version: int) -> str:
         if not self.real:
             return str(_standin_openupgrade())
+        if version == 17 and self.openupgrade17:
+            return self.openupgrade17
+        if version == 17:
+            raise TargetError(
+                "no OpenUpgrade for Odoo 17: set PLANA_TEST_OPENUPGRADE17_PATH (the directory "
+                "holding OpenUpgrade 17.0's openupgrade_framework)"
+            )
         if version != 18 or not self.openupgrade:
             raise TargetError(
                 f"no OpenUpgrade for Odoo {version}: set "
@@ -210,7 +221,8 @@ class OdooTarget:
         return self.openupgrade
 
     def has_openupgrade(self, version: int) -> bool:
-        return self.has(version) and (not self.real or (version == 18 and bool(self.openupgrade)))
+        mine = {17: self.openupgrade17, 18: self.openupgrade}.get(version)
+        return self.has(version) and (not self.real or bool(mine))
 
     def upgrade_path(self, tmpdir: Path, version: int) -> Path:
         """An --upgrade-path for migrating to `version`: OpenUpgrade's scripts (test mode) or a
@@ -267,11 +279,20 @@ def from_env(environ: Mapping[str, str] | None = None) -> OdooTarget:
             f"PLANA_TEST_OPENUPGRADE_PATH={openupgrade} holds no "
             "openupgrade_scripts/scripts (an OpenUpgrade 18.0 checkout?)"
         )
+    openupgrade17 = environ.get("PLANA_TEST_OPENUPGRADE17_PATH") or None
+    if openupgrade17 and not (
+        Path(openupgrade17) / "openupgrade_framework" / "__manifest__.py"
+    ).is_file():
+        raise TargetError(
+            f"PLANA_TEST_OPENUPGRADE17_PATH={openupgrade17} holds no "
+            "openupgrade_framework (OpenUpgrade 17.0's addons directory?)"
+        )
     return OdooTarget(
         real=real,
         bins=bins,
         addons=addons,
         openupgrade=openupgrade if real else None,
+        openupgrade17=openupgrade17 if real else None,
         odoo_dsn=environ.get("PLANA_TEST_ODOO_PG_DSN") or None,
         admin_dsn=environ.get("PLANA_TEST_PG_DSN") or DEFAULT_ADMIN_DSN,
     )
