@@ -760,3 +760,27 @@ def test_same_major_reruns_when_the_code_of_an_installed_module_changes(
     assert changed.rc == 0 and changed.result["outcome"] == "updated", changed.output
     assert changed.result["revision"] != first.result["revision"]
     assert changed.result["revision"].startswith("Odoo Server 17.0; code ")
+
+
+def test_a_work_filestore_that_came_after_the_cutover_is_never_published(
+    env: Any, run_job: Runner, tenant: str
+) -> None:
+    """After a cutover both renames are done ({db} is the upgraded files, {db}__rb17 the old
+    ones). A `{db}__up18` filestore appearing later (a re-run filestore-copy of the work name,
+    say) is stale: a re-run cutover must not move it into place nor over the rollback copy."""
+    sub, db = tenant, naming.db_name(tenant)
+    done = run_job(run_args(env, sub, "--source-odoo-config", env.conf17,
+                            "--target-odoo-config", env.conf18,
+                            "--upgrade-path", env.scripts))  # fmt: skip
+    assert done.rc == 0 and done.result["outcome"] == "updated", done.output
+    fs = env.d17 / "filestore"
+    live, rollback = files_of(fs / db), files_of(fs / f"{db}__rb17")
+    assert live and rollback
+    stale = fs / f"{db}__up18" / "ab"
+    stale.mkdir(parents=True)
+    (stale / ("ab" + "0" * 38)).write_bytes(b"stale pre-upgrade file")
+    again = run_job(["upgrade", "cutover", *hop(sub, env.d17)])
+    assert again.rc == 0 and again.result["outcome"] == "unchanged", again.output
+    assert files_of(fs / db) == live and files_of(fs / f"{db}__rb17") == rollback
+    assert (stale / ("ab" + "0" * 38)).exists()  # left alone, with a warning
+    assert any(e.get("event") == "stale work filestore left alone" for e in again.logs)
