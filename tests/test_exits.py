@@ -233,6 +233,7 @@ def test_a_backend_terminated_while_a_thread_waits_on_it_is_75(
     assert res["exit_code"] == 75 and "postgresql" in res["error"]
 
 
+@pytest.mark.timeout(1800 if odoo_target.current().real else 300)  # a real install: minutes
 def test_template_build_whose_sessions_are_terminated_mid_odoo_exits_75(
     run_job: Runner, pg: psycopg.Connection[Any], uid: str, tmp_path: Path, drop_dbs: list[str],
     pg_dsn: str,

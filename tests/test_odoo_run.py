@@ -43,6 +43,7 @@ VERSION = 18  # the builds' Odoo: the stand-in's 18 or real Odoo 18
 # A real base install takes a minute or more on a loaded machine; the stand-in's a second.
 RUN_TIMEOUT = 900.0 if TARGET.real else 120.0
 RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \d+ ([A-Z]+) ")
+pytestmark = pytest.mark.timeout(1800 if TARGET.real else 300)
 LEVEL = {"DEBUG": "debug", "INFO": "info", "WARNING": "warning", "ERROR": "error",
          "CRITICAL": "critical"}  # fmt: skip
 TERM_TRAP = textwrap.dedent(
@@ -365,6 +366,30 @@ def test_an_odoo_stopped_before_it_finished_is_75_even_when_it_exits_0(
         "odoo was stopped (forced shutdown after a second signal, exit 0) before the build"
     ), res["error"]
     assert mine(pg, build.name) == set()  # the half-built database is gone
+
+
+def test_sigterm_to_a_build_reaches_odoo_at_once_and_the_job_says_how_it_ended(
+    build: Build, pg: psycopg.Connection[Any]
+) -> None:
+    """The pod's SIGTERM reaches the job only; the job passes it on to Odoo at once (held by
+    SLEEP for an hour, Odoo would otherwise be SIGKILLed after the grace), Odoo turns it into
+    KeyboardInterrupt and ends by SIGINT, and the job (75: it did not finish) says so."""
+    job = build.run_job.popen(build.args(f"base,web,{SLEEP}", build.sleeping(3600)))
+    assert job.stdout is not None
+    try:
+        events_until(job.stdout, lambda e: SLEEP_LINE in str(e.get("event")))
+        job.send_signal(signal.SIGTERM)
+        out, err = job.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        job.kill()
+        job.communicate()
+    assert job.returncode == 75, out + err
+    res = json.loads(out.strip().splitlines()[-1])
+    how = f"ended by signal 2 within the {proc.GRACE_S:g}s grace after SIGTERM"
+    assert res["stopped"] == {"odoo": how}, res
+    assert res["error"] == f"terminated by signal 15; odoo {how}", res["error"]
+    # No template was published; the work copy may stay, for the next run to drop.
+    assert mine(pg, build.name) <= {f"{build.name}__build"}
 
 
 def signal_odoo_twice(pid: int) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import psycopg
+import pytest
 
 from jobs import redact
 from tests import odoo_target
@@ -136,6 +137,7 @@ def test_the_webhook_key_without_its_prefix_never_reaches_any_output(
 # ----------------------------------------------------------------------------- Odoo's password
 
 
+@pytest.mark.timeout(1800 if odoo_target.current().real else 300)  # a real install: minutes
 def test_a_sigkill_during_odoo_leaves_no_password_in_tmpdir(
     run_job: Runner, pg_dsn: str, pg: psycopg.Connection[Any], uid: str, tmp_path: Path,
     drop_dbs: list[str],
