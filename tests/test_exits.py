@@ -254,11 +254,13 @@ def test_template_build_whose_sessions_are_terminated_mid_odoo_exits_75(
     proc = run_job.popen(args)
     assert proc.stdout is not None
     try:
+        printed = []
         for line in proc.stdout:  # the job is waiting on Odoo, its own sessions idle
+            printed.append(line)
             if SLEEP_LINE in line:
                 break
         else:
-            raise AssertionError("SLEEP_LINE never came")
+            raise AssertionError("SLEEP_LINE never came:\n" + "".join(printed[-40:]))
         ports = set(local_ports([proc.pid]))  # the job's sessions, not Odoo's (another process)
         killed = pg.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
