@@ -20,10 +20,15 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import ROOT, STANDINS, Runner, job_env, local_ports
+from tests import odoo_target
+from tests.conftest import ROOT, Runner, job_env, local_ports
+from tests.odoo_target import SLEEP, SLEEP_LINE, SLEEP_VAR
 from tests.servers.webhook import WebhookReceiver
 from tests.test_tenant_db import OWNER_ROLE, ensure_role
 
+TARGET = odoo_target.current()  # the stand-in, or real Odoo in test mode
+# A real base install takes a minute or more on a loaded machine; the stand-in's a second.
+ODOO_TIMEOUT = 900.0 if TARGET.real else 120.0
 SPEC = ["--subdomain", "acme", "--project-id", "23", "--tier", "pro", "--odoo-version", "18"]
 
 
@@ -228,20 +233,34 @@ def test_a_backend_terminated_while_a_thread_waits_on_it_is_75(
     assert res["exit_code"] == 75 and "postgresql" in res["error"]
 
 
+@pytest.mark.timeout(1800 if odoo_target.current().real else 300)  # a real install: minutes
 def test_template_build_whose_sessions_are_terminated_mid_odoo_exits_75(
-    run_job: Runner, pg: psycopg.Connection[Any], uid: str, tmp_path: Path, drop_dbs: list[str]
-) -> None:
+    run_job: Runner, pg: psycopg.Connection[Any], uid: str, tmp_path: Path, drop_dbs: list[str],
+    pg_dsn: str,
+) -> None:  # fmt: skip
+    """The Odoo under test (odoo_target) installs SLEEP, which logs SLEEP_LINE and then sleeps
+    inside its transaction: the job is waiting on Odoo, its own sessions idle, when they are
+    terminated; it finds out when Odoo is done and uses them again."""
+    TARGET.require(18)
+    target = TARGET.for_admin(pg_dsn)
     ensure_role(pg, OWNER_ROLE)
     drop_dbs.append(f"template_{uid}%")
+    # Long enough for the terminations below to land first (they follow SLEEP_LINE at once).
+    odoo = target.binary(tmp_path / "odoo", 18, env={SLEEP_VAR: "15"})
     args = ["template-build", "--template-code", "basic", "--odoo-version", "18",
-            "--modules", "base,web", "--template-db", f"template_{uid}",
-            "--odoo-bin", str(STANDINS / "odoo"), "--data-dir", str(tmp_path / "data")]  # fmt: skip
-    proc = run_job.popen(args, ODOO_STANDIN_SLEEP="8", ODOO_STANDIN_VERSION="18")
+            "--modules", f"base,web,{SLEEP}", "--template-db", f"template_{uid}",
+            "--odoo-bin", str(odoo), "--odoo-config", str(target.config(tmp_path / "odoo", 18)),
+            "--data-dir", str(tmp_path / "data")]  # fmt: skip
+    proc = run_job.popen(args)
     assert proc.stdout is not None
     try:
+        printed = []
         for line in proc.stdout:  # the job is waiting on Odoo, its own sessions idle
-            if "standin: sleeping" in line:
+            printed.append(line)
+            if SLEEP_LINE in line:
                 break
+        else:
+            raise AssertionError("SLEEP_LINE never came:\n" + "".join(printed[-40:]))
         ports = set(local_ports([proc.pid]))  # the job's sessions, not Odoo's (another process)
         killed = pg.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -249,7 +268,7 @@ def test_template_build_whose_sessions_are_terminated_mid_odoo_exits_75(
             (sorted(ports),),
         ).fetchall()
         assert killed  # at least its main session and its lock session
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=ODOO_TIMEOUT)
     finally:
         proc.kill()
     assert proc.returncode == 75, out + err

@@ -8,12 +8,17 @@
 - an Odoo run stopped by a signal is transient (75) unless it had finished;
 - `build verified` lists the modules asked for; result keys such as `source-pass` are not
   mistaken for secrets.
+
+The template-build tests drive the Odoo under test (tests/odoo_target): the stand-in in CI, real
+Odoo 18 in test mode. Failures and pauses come from the test addons (FAIL, SLEEP), so both
+worlds fail and sleep the same way; the tests wait for SLEEP_LINE, never for time.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,10 +33,19 @@ import pytest
 
 from jobs import odoo, proc, redact
 from jobs.errors import TransientError
-from tests.conftest import ROOT, STANDINS, JobRun, Runner, job_env
+from tests import odoo_target
+from tests.conftest import ROOT, JobRun, Runner, job_env
+from tests.odoo_target import FAIL, SLEEP, SLEEP_LINE, SLEEP_VAR, OdooTarget
 from tests.test_tenant_db import mine
 
-ODOO = STANDINS / "odoo"
+TARGET = odoo_target.current()
+VERSION = 18  # the builds' Odoo: the stand-in's 18 or real Odoo 18
+# A real base install takes a minute or more on a loaded machine; the stand-in's a second.
+RUN_TIMEOUT = 900.0 if TARGET.real else 120.0
+RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \d+ ([A-Z]+) ")
+pytestmark = pytest.mark.timeout(1800 if TARGET.real else 300)
+LEVEL = {"DEBUG": "debug", "INFO": "info", "WARNING": "warning", "ERROR": "error",
+         "CRITICAL": "critical"}  # fmt: skip
 TERM_TRAP = textwrap.dedent(
     """
     import signal, sys
@@ -228,22 +242,38 @@ def test_how_an_odoo_run_was_stopped() -> None:
 
 
 class Build:
-    def __init__(self, run_job: Runner, uid: str, tmp: Path) -> None:
+    """template-build of Odoo 18 with the target's binary and config (its addons path holds the
+    test addons)."""
+
+    def __init__(self, run_job: Runner, uid: str, tmp: Path, target: OdooTarget) -> None:
         self.run_job, self.name, self.data_dir = run_job, f"template_{uid}", tmp / "data"
+        self.target, self.tmp = target, tmp / "odoo"
+        self.odoo = target.binary(self.tmp, VERSION)
+        self.conf = target.config(self.tmp, VERSION)
 
-    def args(self, modules: str, odoo_bin: Path = ODOO) -> list[str]:
-        return ["template-build", "--template-code", "basic", "--odoo-version", "18",
+    def sleeping(self, seconds: int) -> Path:
+        """An Odoo whose SLEEP addon sleeps `seconds` (it logs SLEEP_LINE first)."""
+        return self.target.binary(
+            self.tmp, VERSION, env={SLEEP_VAR: str(seconds)}, name="odoo-sleeping"
+        )
+
+    def args(self, modules: str, odoo_bin: Path | None = None) -> list[str]:
+        return ["template-build", "--template-code", "basic", "--odoo-version", str(VERSION),
                 "--modules", modules, "--template-db", self.name,
-                "--odoo-bin", str(odoo_bin), "--data-dir", str(self.data_dir)]  # fmt: skip
+                "--odoo-bin", str(odoo_bin or self.odoo), "--odoo-config", str(self.conf),
+                "--data-dir", str(self.data_dir)]  # fmt: skip
 
-    def __call__(self, modules: str, odoo_bin: Path = ODOO, **env: str) -> JobRun:
-        return self.run_job(self.args(modules, odoo_bin), ODOO_STANDIN_VERSION="18", **env)
+    def __call__(self, modules: str, odoo_bin: Path | None = None, **env: str) -> JobRun:
+        return self.run_job(self.args(modules, odoo_bin), timeout=RUN_TIMEOUT, **env)
 
 
 @pytest.fixture
-def build(run_job: Runner, uid: str, tmp_path: Path, drop_dbs: list[str]) -> Iterator[Build]:
+def build(
+    run_job: Runner, uid: str, tmp_path: Path, drop_dbs: list[str], pg_dsn: str
+) -> Iterator[Build]:
+    TARGET.require(VERSION)
     drop_dbs.append(f"template_{uid}%")
-    yield Build(run_job, uid, tmp_path)
+    yield Build(run_job, uid, tmp_path, TARGET.for_admin(pg_dsn))
 
 
 def odoo_lines(run: JobRun) -> list[dict[str, Any]]:
@@ -251,17 +281,30 @@ def odoo_lines(run: JobRun) -> list[dict[str, Any]]:
 
 
 def test_a_failed_build_quotes_the_exception_and_logs_odoo_levels(build: Build) -> None:
-    res = build("base,web,mail,crm", ODOO_STANDIN_FAIL_AT="crm")
+    res = build(f"base,web,{FAIL}")
     assert res.rc == 65, res.output
-    assert (
-        "odoo exited 255: odoo.standin.StandinFailure: standin: simulated failure while "
-        "loading module 'crm' (ODOO_STANDIN_FAIL_AT)" in res.result["error"]
-    ), res.result["error"]
-    level = {e["event"].split(": ", 1)[-1].strip(): e["level"] for e in odoo_lines(res)}
+    # The ParseError of the FAIL addon's record (a model no module defines), with its
+    # continuation line, not Odoo's closing chatter.
+    error = res.result["error"]
+    assert "odoo exited 255: odoo.tools.convert.ParseError: while parsing " in error, error
+    assert f"{FAIL}/data/{FAIL}_data.xml:4, somewhere inside" in error, error
+    assert 'model="plana.test.missing"' in error, error
+    lines = odoo_lines(res)
+    level = {e["event"].split(": ", 1)[-1].strip(): e["level"] for e in lines}
     assert level["Failed to load registry"] == "error"
     assert level[f"Failed to initialize database `{build.name}__build`."] == "critical"
-    assert level["Traceback (most recent call last):"] == "error"  # part of the ERROR record
     assert level["Initiating shutdown"] == "info"
+    # A traceback is part of its record: each of its lines has the record's level.
+    record, in_traceback, tracebacks = "", False, 0
+    for e in lines:
+        if m := RECORD.match(e["event"]):
+            record, in_traceback = LEVEL[m[1]], False
+        elif e["event"].strip() == "Traceback (most recent call last):":
+            in_traceback, tracebacks = True, tracebacks + 1
+            assert record in ("error", "critical"), e  # the failure's, not a warning's
+        if in_traceback:
+            assert e["level"] == record, e
+    assert tracebacks
 
 
 def test_the_postgres_user_refused_by_odoo_is_78_with_its_message(
@@ -290,8 +333,8 @@ def test_an_odoo_that_finished_then_was_stopped_is_not_a_failure(
     wrapper = tmp_path / "odoo-then-sigint"
     wrapper.write_text(textwrap.dedent(f"""\
         #!/bin/sh
-        [ "$1" = --version ] && exec "{ODOO}" "$@"
-        "{ODOO}" "$@" || exit $?
+        [ "$1" = --version ] && exec "{build.odoo}" "$@"
+        "{build.odoo}" "$@" || exit $?
         kill -INT $$
         """))  # fmt: skip
     wrapper.chmod(0o755)
@@ -306,14 +349,14 @@ def test_an_odoo_stopped_before_it_finished_is_75_even_when_it_exits_0(
 ) -> None:
     """Two signals (someone stopping Odoo in the pod): "Forced shutdown.", exit 0, nothing done.
     Not a bad module list (65) but an interrupted run: 75, retried."""
-    job = build.run_job.popen(build.args("base,web,mail"), ODOO_STANDIN_VERSION="18",
-                              ODOO_STANDIN_SLEEP="60")  # fmt: skip
+    # SLEEP holds Odoo mid-install (inside its transaction) until the signals come.
+    job = build.run_job.popen(build.args(f"base,web,{SLEEP}", build.sleeping(3600)))
     assert job.stdout is not None
     try:
-        seen = events_until(job.stdout, lambda e: "standin: sleeping" in str(e.get("event")))
+        seen = events_until(job.stdout, lambda e: SLEEP_LINE in str(e.get("event")))
         pid = next(e["pid"] for e in seen if e.get("event") == "started")
         signal_odoo_twice(pid)
-        out, err = job.communicate(timeout=60)
+        out, err = job.communicate(timeout=RUN_TIMEOUT)
     finally:
         job.kill()
         job.communicate()
@@ -323,6 +366,30 @@ def test_an_odoo_stopped_before_it_finished_is_75_even_when_it_exits_0(
         "odoo was stopped (forced shutdown after a second signal, exit 0) before the build"
     ), res["error"]
     assert mine(pg, build.name) == set()  # the half-built database is gone
+
+
+def test_sigterm_to_a_build_reaches_odoo_at_once_and_the_job_says_how_it_ended(
+    build: Build, pg: psycopg.Connection[Any]
+) -> None:
+    """The pod's SIGTERM reaches the job only; the job passes it on to Odoo at once (held by
+    SLEEP for an hour, Odoo would otherwise be SIGKILLed after the grace), Odoo turns it into
+    KeyboardInterrupt and ends by SIGINT, and the job (75: it did not finish) says so."""
+    job = build.run_job.popen(build.args(f"base,web,{SLEEP}", build.sleeping(3600)))
+    assert job.stdout is not None
+    try:
+        events_until(job.stdout, lambda e: SLEEP_LINE in str(e.get("event")))
+        job.send_signal(signal.SIGTERM)
+        out, err = job.communicate(timeout=RUN_TIMEOUT)
+    finally:
+        job.kill()
+        job.communicate()
+    assert job.returncode == 75, out + err
+    res = json.loads(out.strip().splitlines()[-1])
+    how = f"ended by signal 2 within the {proc.GRACE_S:g}s grace after SIGTERM"
+    assert res["stopped"] == {"odoo": how}, res
+    assert res["error"] == f"terminated by signal 15; odoo {how}", res["error"]
+    # No template was published; the work copy may stay, for the next run to drop.
+    assert mine(pg, build.name) <= {f"{build.name}__build"}
 
 
 def signal_odoo_twice(pid: int) -> None:

@@ -15,9 +15,12 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import psycopg
+import pytest
 
 from jobs import redact
-from tests.conftest import ROOT, STANDINS, Runner, job_dsn
+from tests import odoo_target
+from tests.conftest import ROOT, Runner, job_dsn
+from tests.odoo_target import SLEEP, SLEEP_LINE, SLEEP_VAR
 from tests.servers.webhook import Reply, WebhookReceiver
 from tests.test_tenant_db import OWNER_ROLE, ensure_role
 
@@ -134,31 +137,37 @@ def test_the_webhook_key_without_its_prefix_never_reaches_any_output(
 # ----------------------------------------------------------------------------- Odoo's password
 
 
+@pytest.mark.timeout(1800 if odoo_target.current().real else 300)  # a real install: minutes
 def test_a_sigkill_during_odoo_leaves_no_password_in_tmpdir(
     run_job: Runner, pg_dsn: str, pg: psycopg.Connection[Any], uid: str, tmp_path: Path,
     drop_dbs: list[str],
 ) -> None:  # fmt: skip
+    """The Odoo under test (odoo_target: the stand-in, or real Odoo 18) is killed while its SLEEP
+    addon holds it mid-install: the job's temporary Odoo config is left behind, without the
+    password, and nothing the job or Odoo printed up to then holds it."""
+    odoo_target.current().require(18)
+    target = odoo_target.current().for_admin(pg_dsn)
     ensure_role(pg, OWNER_ROLE)
     drop_dbs.append(f"template_{uid}%")
     secret = "odoo-pw-" + uid
     dsn = psycopg.conninfo.make_conninfo(job_dsn(pg_dsn), password=secret)  # trust: ignored
     tmpdir = tmp_path / "tmpdir"
     tmpdir.mkdir()
+    odoo = target.binary(tmp_path / "odoo", 18, env={SLEEP_VAR: "3600"})  # until the kill
     args = ["template-build", "--template-code", "basic", "--odoo-version", "18",
-            "--modules", "base,web", "--template-db", f"template_{uid}",
-            "--odoo-bin", str(STANDINS / "odoo"), "--data-dir", str(tmp_path / "data")]  # fmt: skip
-    proc = run_job.popen(
-        args, PLANA_PG_DSN=dsn, TMPDIR=str(tmpdir), ODOO_STANDIN_SLEEP="60",
-        ODOO_STANDIN_VERSION="18",
-    )  # fmt: skip
-    assert proc.stdout is not None
-    child = None
+            "--modules", f"base,web,{SLEEP}", "--template-db", f"template_{uid}",
+            "--odoo-bin", str(odoo), "--odoo-config", str(target.config(tmp_path / "odoo", 18)),
+            "--data-dir", str(tmp_path / "data")]  # fmt: skip
+    proc = run_job.popen(args, PLANA_PG_DSN=dsn, TMPDIR=str(tmpdir))
+    assert proc.stdout is not None and proc.stderr is not None
+    child, printed = None, []
     try:
         for line in proc.stdout:
+            printed.append(line)
             event = json.loads(line)
             if event.get("event") == "started" and event.get("child") == "odoo":
                 child = int(event["pid"])
-            if "standin: sleeping" in line:
+            if SLEEP_LINE in line:
                 break
         assert child is not None
         # Odoo got the password the way real Odoo reads it: libpq's environment.
@@ -169,7 +178,9 @@ def test_a_sigkill_during_odoo_leaves_no_password_in_tmpdir(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)  # a pod kill takes the job and its Odoo child
         proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
+    assert any(SLEEP_LINE in line for line in printed)  # Odoo was mid-install, connected
+    assert secret not in "".join(printed) + out + err  # the job's log, Odoo's lines in it
     confs = list(tmpdir.glob("plana-odoo-*.conf"))
     assert confs  # the kill skipped the clean-up, as it does in a pod...
     for conf in confs:
