@@ -23,6 +23,7 @@ from psycopg import sql
 
 from bench.report import Measure, Row, markdown
 from jobs import marker, naming
+from tests import conftest
 
 ROOT = Path(__file__).resolve().parent.parent
 ODOO = ROOT / "tests" / "standins" / "odoo"
@@ -44,8 +45,10 @@ def _make_tenant(dsn: str, sub: str, data_dir: Path) -> str:
         **os.environ,
         "PGHOST": str(params.get("host", "127.0.0.1")),
         "PGPORT": str(params.get("port", 5432)),
-        "PGUSER": str(params.get("user", "postgres")),
+        # Odoo (and so the stand-in) refuses the postgres role: the jobs' own role, as in tests.
+        "PGUSER": conftest.JOB_ROLE,
     }
+    conftest.ensure_job_role(dsn)
     subprocess.run(
         [sys.executable, str(ODOO), "-d", db, "-i", "base,mail,contacts", "--without-demo=all",
          "--stop-after-init", "-D", str(data_dir)],

@@ -42,6 +42,7 @@ from psycopg import sql
 
 from bench.report import Measure, Row, markdown
 from jobs import filestore, marker, naming
+from tests import conftest
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -87,9 +88,12 @@ def build_template(conn: psycopg.Connection[Any], name: str, data_dir: Path) -> 
     """The Odoo core from the stand-in, then Odoo-shaped data (odoo_shape.sql) and files."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     params = psycopg.conninfo.conninfo_to_dict(DSN)
-    for key, var in (("host", "PGHOST"), ("port", "PGPORT"), ("user", "PGUSER")):
+    for key, var in (("host", "PGHOST"), ("port", "PGPORT")):
         if params.get(key):
             env[var] = str(params[key])
+    # Odoo (and so the stand-in) refuses the postgres role: the jobs' own role, as in tests.
+    conftest.ensure_job_role(DSN)
+    env["PGUSER"] = conftest.JOB_ROLE
     subprocess.run(
         [str(ODOO), "-d", name, "-i", "base,web,mail,contacts", "--without-demo=all",
          "--stop-after-init", "--no-http", "-D", str(data_dir), "--log-level=warn"],

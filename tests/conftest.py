@@ -58,6 +58,11 @@ LOOPBACK_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOOPBACK_REDIS = "redis://127.0.0.1:6379/15"
 
 
+def _answers(dsn: str) -> bool:
+    psycopg.connect(dsn, connect_timeout=2).close()
+    return True
+
+
 def _answering_pg() -> str | None:
     """PostgreSQL on loopback (as .ci/run and the demo use it), when it answers."""
     try:
@@ -97,7 +102,7 @@ def pg_dsn(request: pytest.FixtureRequest) -> str:
         )
         port = services.port_for("postgres", 5432)
         dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-        _wait(lambda: psycopg.connect(dsn, connect_timeout=2).close() is None)
+        _wait(lambda: _answers(dsn))
     return dsn
 
 
