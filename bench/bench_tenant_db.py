@@ -50,15 +50,17 @@ ODOO = ROOT / "tests" / "standins" / "odoo"
 DSN = os.environ.get("PLANA_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 SHAPE = Path(__file__).with_name("odoo_shape.sql")  # ~720 Odoo-shaped tables, ~340 MB
-# The default run fits a laptop: the same ~740 tables and their relations (what a clone pays
-# per file) with a quarter of the rows and files, one concurrent round, no memory fill: about
-# 8 GB of disk at its peak (every clone is kept until the end: see above). BENCH_FULL=1 is the
-# full-size run (about 45 GB of disk, plus the memory fill where free memory goes back to the
-# host).
+# The default run fits a laptop: single runs and dump|restore on the full-size template (what a
+# clone of a real tenant costs), the 10 concurrent runs on a second template with the same
+# ~740 tables and their relations but a quarter of the rows and files, one concurrent round,
+# best of 2 single runs, no memory fill: about 9 GB of disk at its peak (every clone is kept
+# until the end: see above). BENCH_FULL=1 is the full-size run (about 45 GB of disk, plus the
+# memory fill where free memory goes back to the host).
 FULL = os.environ.get("BENCH_FULL", "") == "1"
-SCALE = 1.0 if FULL else 0.25
-FILES = int(2_400 * SCALE)
-REPEAT = 3
+SCALE = 1.0  # the single runs' template
+CONCURRENT_SCALE = 1.0 if FULL else 0.25
+FILES = 2_400  # at scale 1
+REPEAT = 3 if FULL else 2
 CONCURRENT = 10
 CONCURRENT_ROUNDS = 3 if FULL else 1
 OWNER = "plana"
@@ -84,7 +86,9 @@ def _drop(conn: psycopg.Connection[Any], name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
 
 
-def build_template(conn: psycopg.Connection[Any], name: str, data_dir: Path) -> dict[str, Any]:
+def build_template(
+    conn: psycopg.Connection[Any], name: str, data_dir: Path, scale: float
+) -> dict[str, Any]:
     """The Odoo core from the stand-in, then Odoo-shaped data (odoo_shape.sql) and files."""
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     params = psycopg.conninfo.conninfo_to_dict(DSN)
@@ -101,7 +105,7 @@ def build_template(conn: psycopg.Connection[Any], name: str, data_dir: Path) -> 
     )  # fmt: skip
     with psycopg.connect(DSN, dbname=name, autocommit=True) as db:
         with db.transaction():
-            db.execute(shape_sql(SCALE).encode())
+            db.execute(shape_sql(scale).encode())
         db.execute("VACUUM ANALYZE")
         shape = db.execute(
             "SELECT (SELECT count(*) FROM pg_tables WHERE schemaname = 'public'),"
@@ -113,7 +117,7 @@ def build_template(conn: psycopg.Connection[Any], name: str, data_dir: Path) -> 
         assert shape is not None
     fs = naming.filestore(name, data_dir)
     rnd = os.urandom(1 << 20)
-    for i in range(FILES):
+    for i in range(round(FILES * scale)):
         size_i = 4096 + (i * 7919) % 65536
         start = (i * 104729) % (len(rnd) - size_i)
         content = rnd[start : start + size_i] + i.to_bytes(4, "big")
@@ -303,23 +307,29 @@ def _footprint_gb(conn: psycopg.Connection[Any], names: list[str], data_dir: Pat
 def measure() -> tuple[list[Row], list[str]]:
     tag = uuid.uuid4().hex[:8]
     template = f"template_bench_{tag}"
+    # The concurrent runs' template: the same one in the full run, a smaller one by default.
+    ctemplate = template if CONCURRENT_SCALE == SCALE else f"template_bench_{tag}_c"
     work = Path(tempfile.mkdtemp(prefix="bench-tenant-db-"))
     data_dir = work / "data"
-    made: list[str] = [template]
+    made: list[str] = [template, ctemplate]
     with psycopg.connect(DSN, autocommit=True) as conn:
         try:
             if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (OWNER,)).fetchone():
                 conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(sql.Identifier(OWNER)))
             t0 = time.perf_counter()
-            shape = build_template(conn, template, data_dir)
+            shape = build_template(conn, template, data_dir, SCALE)
+            cshape = shape
+            if ctemplate != template:
+                cshape = build_template(conn, ctemplate, data_dir, CONCURRENT_SCALE)
             print(f"template: {shape['tables']} tables, {shape['relations']} relations, "
                   f"{shape['foreign_keys']} foreign keys, {shape['db_mb']} MB, "
                   f"{shape['files']} files ({shape['fs_mb']} MB); built in "
                   f"{time.perf_counter() - t0:.1f}s", flush=True)  # fmt: skip
 
             fill_mb = fill_size_mb()
-            need = (2 * REPEAT + 3 + 3 * CONCURRENT * CONCURRENT_ROUNDS) * (
-                shape["db_mb"] + shape["fs_mb"]) * 1e6 + fill_mb * 1e6  # fmt: skip
+            need = ((2 * REPEAT + 3) * (shape["db_mb"] + shape["fs_mb"])
+                    + 3 * CONCURRENT * CONCURRENT_ROUNDS * (cshape["db_mb"] + cshape["fs_mb"])
+                    ) * 1e6 + fill_mb * 1e6  # fmt: skip
             if shutil.disk_usage(work).free < need:
                 raise SystemExit(f"not enough disk: the bench keeps its databases until the end"
                                  f" and needs {need / 1e9:.0f} GB free")  # fmt: skip
@@ -360,11 +370,11 @@ def measure() -> tuple[list[Row], list[str]]:
                     bare_db, floor_db = f"bench_cbare_{tag}_{r}_{i}", f"bench_cfloor_{tag}_{r}_{i}"
                     sub = f"bench{tag}c{r}x{i}"
                     made += [bare_db, floor_db, naming.db_name(sub)]
-                    batches["bare"].append(functools.partial(bare, template, bare_db, data_dir))
+                    batches["bare"].append(functools.partial(bare, ctemplate, bare_db, data_dir))
                     batches["floor"].append(
-                        functools.partial(startup_then_bare, template, floor_db, data_dir)
+                        functools.partial(startup_then_bare, ctemplate, floor_db, data_dir)
                     )
-                    batches["job"].append(functools.partial(tenant_db, template, sub, data_dir))
+                    batches["job"].append(functools.partial(tenant_db, ctemplate, sub, data_dir))
                 for kind in ("bare", "floor", "job")[:: 1 if r % 2 == 0 else -1]:
                     settle(conn)
                     conc[kind].append(timed(functools.partial(run_all, batches[kind])))
@@ -381,12 +391,13 @@ def measure() -> tuple[list[Row], list[str]]:
         Row(CONCURRENT_JOB, conc_floor, conc_job),
         Row(FLOOR, conc_bare, conc_floor),
     ]
-    size = "full size (BENCH_FULL=1)" if FULL else f"default size (rows and files x{SCALE:g})"
+    size = "full size (BENCH_FULL=1)" if FULL else "default size"
     notes = [
         f"tenant-db, {size}: Odoo-shaped template of {shape['tables']} tables,"
         f" {shape['relations']} relations, {shape['foreign_keys']} foreign keys,"
-        f" {shape['db_mb']} MB, {shape['files']} files ({shape['fs_mb']} MB); single runs best"
-        f" of {REPEAT}, concurrent best of {CONCURRENT_ROUNDS} rounds; peak disk"
+        f" {shape['db_mb']} MB, {shape['files']} files ({shape['fs_mb']} MB); the concurrent"
+        f" runs' template {cshape['db_mb']} MB, {cshape['files']} files; single runs best of"
+        f" {REPEAT}, concurrent best of {CONCURRENT_ROUNDS} round(s); peak disk"
         f" {peak_gb:.1f} GB; memory fill {fill_mb / 1024:.1f} GB",
         f"tenant-db single runs: bare {[round(x, 2) for x in singles_bare]}, tenant-db"
         f" {[round(x, 2) for x in singles_job]}; concurrent rounds: bare"

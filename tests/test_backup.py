@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from psycopg import sql
 
 from jobs import marker, naming
 from tests import odoo_target
-from tests.conftest import BACKUP_KEY, JOB_ROLE, Runner, job_dsn
+from tests.conftest import BACKUP_KEY, JOB_ROLE, STANDINS, Runner, job_dsn
 
 DOMAIN = naming.DEFAULT_BASE_DOMAIN
 TARGET = odoo_target.current()
@@ -63,17 +64,37 @@ def odoo_db(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
 
 
 def make_tenant(
-    pg_dsn: str, base: tuple[str, Path], sub: str, data_dir: Path, partners: int = 50
+    pg_dsn: str,
+    sub: str,
+    data_dir: Path,
+    partners: int = 50,
+    *,
+    base: tuple[str, Path] | None = None,
 ) -> str:
-    """A tenant database as tenant-db leaves it: Odoo-initialised (a clone of `base`, with its
-    filestore), marked, with some data."""
+    """A tenant database as tenant-db leaves it: Odoo-initialised, marked, with some data.
+
+    With `base` (a database the Odoo under test initialised, and its filestore) it is a clone
+    of that; without, the stand-in initialises it (base, mail, contacts): the tests of other
+    files that only need an Odoo-shaped tenant, whichever Odoo is under test.
+    """
     db = naming.db_name(sub)
-    job_dsn(pg_dsn)  # the jobs' role exists
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {}").format(
-            sql.Identifier(db), sql.Identifier(base[0]), sql.Identifier(JOB_ROLE)))  # fmt: skip
-    if base[1].is_dir():
-        shutil.copytree(base[1], naming.filestore(db, data_dir))
+    if base is not None:
+        job_dsn(pg_dsn)  # the jobs' role exists
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {}").format(
+                sql.Identifier(db), sql.Identifier(base[0]), sql.Identifier(JOB_ROLE)))  # fmt: skip
+        if base[1].is_dir():
+            shutil.copytree(base[1], naming.filestore(db, data_dir))
+    else:
+        params = psycopg.conninfo.conninfo_to_dict(job_dsn(pg_dsn))  # Odoo refuses `postgres`
+        env = {**os.environ, "PGHOST": str(params.get("host", "127.0.0.1")),
+               "PGPORT": str(params.get("port", 5432)), "PGUSER": JOB_ROLE}  # fmt: skip
+        env.pop("PGDATABASE", None)
+        subprocess.run(
+            [sys.executable, str(STANDINS / "odoo"), "-d", db, "-i", "base,mail,contacts",
+             "--without-demo=all", "--stop-after-init", "-D", str(data_dir)],
+            env=env, check=True, capture_output=True,
+        )  # fmt: skip
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         marker.write(
             conn, db, marker.Marker("tenant", "complete", {"subdomain": sub, "project_id": 7})
@@ -154,7 +175,7 @@ def tenant(
     dest = tmp_path / "backups"
     dest.mkdir()
     drop_dbs.append(f"{uid}%")
-    db = make_tenant(pg_dsn, odoo_db, uid, data_dir)
+    db = make_tenant(pg_dsn, uid, data_dir, base=odoo_db)
     args = ["--subdomain", uid, "--dest", str(dest), "--data-dir", str(data_dir)]
     return {"sub": uid, "db": db, "data_dir": data_dir, "dest": dest, "args": args}
 
