@@ -544,11 +544,11 @@ def test_missing_dependency_fails_with_exit_255(
     assert states(pg_dsn, db).get(name, ("uninstalled",))[0] == "uninstalled"
 
 
+@pytest.mark.parametrize("base", [17], ids=["odoo17"], indirect=True)  # a 17 database only
 def test_openupgrade_migrates_a_17_database_to_18(
     base: Base, clone: Callable[[], str], pg_dsn: str, tmp_path: Path
 ) -> None:
-    if base.odoo.version != 17:
-        pytest.skip("migrates a database built by 17")
+    assert base.odoo.version == 17
     target = base.odoo.target
     if not target.has_openupgrade(18):
         pytest.skip("no OpenUpgrade (PLANA_TEST_OPENUPGRADE_PATH)")
