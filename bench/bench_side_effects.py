@@ -25,7 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.report import Measure, Row, markdown
+from bench import report
+from bench.report import Measure, Row
 from tests.servers.erp import Erp, ErpServer
 from tests.servers.webhook import WebhookReceiver
 from tests.synapse import Synapse, free_port
@@ -141,9 +142,7 @@ def measure() -> tuple[list[Row], list[str]]:
 
 
 def main() -> int:
-    rows, notes = measure()
-    print(markdown(rows, notes))
-    return 0 if all(r.met is not False for r in rows) else 1
+    return report.run(measure)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bench.report import Measure, Row, markdown
+from bench import report
+from bench.report import Measure, Row
 from jobs import filestore, marker, naming
 from tests import conftest
 
@@ -409,9 +410,7 @@ def measure() -> tuple[list[Row], list[str]]:
 
 
 def main() -> int:
-    rows, notes = measure()
-    print(markdown(rows, notes))
-    return 0 if all(r.met is not False for r in rows) else 1
+    return report.run(measure)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import datetime as dt
 import operator
 import platform
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,13 @@ def markdown(rows: list[Row], notes: list[str]) -> str:
     if notes:
         lines += ["", *(f"- {note}" for note in notes)]
     return "\n".join(lines) + "\n"
+
+
+def run(measure: Callable[[], tuple[list[Row], list[str]]]) -> int:
+    """A bench module's `main()`: measure, print its table, 1 if a target was missed."""
+    rows, notes = measure()
+    print(markdown(rows, notes))
+    return 0 if all(r.met is not False for r in rows) else 1
 
 
 def write_readme(path: Path, table: str) -> None:

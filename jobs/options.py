@@ -110,7 +110,7 @@ data_dir = option("--data-dir", env="PLANA_DATA_DIR", default=naming.DEFAULT_DAT
                   show_default=True, help="Odoo data dir holding filestore/.")  # fmt: skip
 odoo_bin = option("--odoo-bin", env="PLANA_ODOO_BIN", default="odoo", show_default=True,
                   help="The Odoo executable.")  # fmt: skip
-# The Odoo config and addons path an Odoo child starts from (template-build has its own copies).
+# The Odoo config and addons path an Odoo child starts from (template-build, environment-db).
 odoo_config = option("--odoo-config", env="PLANA_ODOO_CONFIG", default=None,
                      help="Odoo config file to start from [default: $ODOO_RC].")  # fmt: skip
 addons_path = option("--addons-path", env="PLANA_ODOO_ADDONS_PATH", default=None,

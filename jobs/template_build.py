@@ -114,18 +114,8 @@ def fingerprint(
     default=None,
     help="Revision of the addons (part of the fingerprint, with the digest of their code).",
 )
-@options.option(
-    "--addons-path",
-    env="PLANA_ODOO_ADDONS_PATH",
-    default=None,
-    help="Odoo --addons-path (default: the Odoo config's).",
-)
-@options.option(
-    "--odoo-config",
-    env="PLANA_ODOO_CONFIG",
-    default=None,
-    help="Odoo config file to start from [default: $ODOO_RC].",
-)
+@options.addons_path
+@options.odoo_config
 @options.option(
     "--template-db",
     env="PLANA_TEMPLATE_DB",
