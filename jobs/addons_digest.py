@@ -6,10 +6,14 @@ installed), their `depends` closure and the `auto_install` modules those pull in
 from the first directory of the addons path that holds it, exactly as Odoo looks modules up,
 and the server code of the `odoo` package around that `base`.
 
-- `search_path(odoo_bin, *, odoo_config=None, addons_path=None)` → the addons directories in
-  Odoo's order: Odoo's own `odoo/addons` (where `base` lives; Odoo always puts it first), then
-  `addons_path` (the job's `--addons-path`, else the config's `addons_path` option; without
-  either, Odoo's default `<checkout>/addons` when it exists).
+- `installation(odoo_bin)` → `Installation`: what the binary's own interpreter says of the
+  `odoo` package it imports (`package`, its `addons` dirs; empty for a shell wrapper), and
+  `release_package`, the package directory holding `release.py` (the version line).
+- `search_path(odoo_bin, *, odoo_config=None, addons_path=None, found=None)` → the addons
+  directories in Odoo's order: Odoo's own `odoo/addons` (where `base` lives; Odoo always puts
+  it first), then `addons_path` (the job's `--addons-path`, else the config's `addons_path`
+  option; without either, Odoo's default `<checkout>/addons` when it exists). `found`: an
+  `installation(odoo_bin)` already made (the probe is not run twice).
 - `digest(modules, path)` → `Digest`: `value` (SHA-256 hex), `modules` (every module covered →
   the SHA-256 of its directory, or "missing"), `server` (the same for the `odoo` package that
   holds the `base` found, without its `addons/`: the ORM and loader), `path`. Deterministic:
@@ -104,11 +108,21 @@ class Digest:
 
 
 @dataclass(frozen=True)
-class _Installation:
+class Installation:
     """What Odoo's own interpreter says: the odoo package dirs and its addons dirs."""
 
     package: tuple[str, ...]
     addons: tuple[str, ...]
+
+    @property
+    def release_package(self) -> str | None:
+        """The `odoo` package the binary imports, when it is one with a release.py: that file
+        names the version the binary reports. Never a guess from the addons path, which a
+        shell wrapper could contradict."""
+        for where in self.package:
+            if os.path.isfile(os.path.join(where, "release.py")):
+                return where
+        return None
 
 
 def search_path(
@@ -116,13 +130,14 @@ def search_path(
     *,
     odoo_config: str | Path | None = None,
     addons_path: str | None = None,
+    found: Installation | None = None,
 ) -> list[str]:
     """Odoo's addons directories, in its search order (the first one holding a module wins).
 
     `addons_path` is the job's `--addons-path`, which beats the config's `addons_path` as on
     Odoo's command line; `odoo_config` the base config (default `$ODOO_RC`) the job gives Odoo.
     """
-    found = _installation(odoo_bin)
+    found = found if found is not None else installation(odoo_bin)
     configured = addons_path if addons_path and addons_path.strip() else None
     if configured is None:
         configured = odoo.base_option("addons_path", odoo_config)
@@ -347,7 +362,7 @@ def _normalize(entry: str) -> str:
     return os.path.realpath(os.path.abspath(os.path.expanduser(os.path.expandvars(entry.strip()))))
 
 
-def _installation(odoo_bin: str) -> _Installation:
+def installation(odoo_bin: str) -> Installation:
     """Where the Odoo that `odoo_bin` runs keeps its own `odoo/addons` (base lives there).
 
     Asked of the interpreter named in the binary's shebang: it is the one Odoo runs on, so its
@@ -358,7 +373,7 @@ def _installation(odoo_bin: str) -> _Installation:
     accepts it too.
     """
     log = structlog.get_logger()
-    none = _Installation((), ())
+    none = Installation((), ())
     exe = shutil.which(odoo_bin)
     if exe is None:
         return none
@@ -385,7 +400,7 @@ def _installation(odoo_bin: str) -> _Installation:
     if not addons:
         log.info("no odoo package found by the odoo binary's interpreter",
                  interpreter=interpreter[0], binary=script)  # fmt: skip
-    return _Installation(package, addons)
+    return Installation(package, addons)
 
 
 def _shebang_python(script: str) -> list[str] | None:

@@ -37,7 +37,10 @@ Stable API (used by template-build, upgrade, backup and environment-db):
   `neutralize -d {db}`), with exactly `run`'s connection handling (`connected`).
 - `base_option(name, base_config)` reads one option of the base config.
 - `binary_version(odoo_bin)` → the `--version` line (e.g. "Odoo Server 18.0");
-  `major(text)` → 18.
+  `release_version(package)` → the same line read from an `odoo` package's own `release.py`
+  (None when it does not give one), without importing Odoo: most of `odoo --version`'s 1.5-2 s
+  is that import; `installed_version(odoo_bin, package)`: the release.py line when there is
+  one, else `--version` (78 either way when the binary is missing); `major(text)` → 18.
 - `module_states(conn)` → `{name: state}` from `ir_module_module`; `check_modules(states,
   wanted)` → the list of problems (a wanted module not `installed`, anything left
   `to install`/`to upgrade`/`to remove`). The exit code of Odoo is never trusted alone: it exits 0
@@ -49,7 +52,9 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -59,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import structlog
 from psycopg.conninfo import conninfo_to_dict
 
 from jobs import pg, proc, redact, retry
@@ -464,6 +470,62 @@ def binary_version(odoo_bin: str, *, deadline: retry.Deadline | None = None) -> 
         tail = redact.text(done.stderr.strip()[-300:])
         raise ConfigError(f"{odoo_bin} --version failed (exit {done.returncode}): {tail}")
     return lines[0]
+
+
+# Runs an odoo package's release.py alone (no `odoo` import, no site-packages) and prints what
+# `odoo --version` prints: odoo/tools/config.py's "%s %s" % (description, version).
+_RELEASE_PROBE = """\
+import runpy, sys
+ns = runpy.run_path(sys.argv[1])
+print("%s %s" % (ns["description"], ns["version"]))
+"""
+RELEASE_TIMEOUT_S = 10.0
+
+
+def release_version(package: str | None) -> str | None:
+    """The `--version` line of the Odoo whose `odoo` package is `package`, from its release.py.
+
+    release.py is plain Python computing `version` from `version_info`; it runs in a separate
+    isolated interpreter (a broken or hanging file is a None here, not a stuck job). None: no
+    package, or no `description`/`version` in it; the caller then asks the binary.
+    """
+    if package is None:
+        return None
+    release = os.path.join(package, "release.py")
+    if not os.path.isfile(release):
+        return None
+    try:
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _RELEASE_PROBE, release],
+            capture_output=True,
+            text=True,
+            timeout=RELEASE_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+            env={},
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
+    if done.returncode != 0 or len(lines) != 1 or major(lines[0]) is None:
+        return None
+    return lines[0]
+
+
+def installed_version(
+    odoo_bin: str, package: str | None, *, deadline: retry.Deadline | None = None
+) -> str:
+    """`binary_version`, read from `package`'s release.py when that gives it (the unchanged
+    template-build then starts no Odoo at all). The binary must still be there to run: 78."""
+    if shutil.which(odoo_bin) is None:
+        if os.path.exists(odoo_bin) or shutil.which(odoo_bin, mode=os.F_OK) is not None:
+            raise ConfigError(f"odoo binary not executable: {odoo_bin}")
+        raise ConfigError(f"odoo binary not found: {odoo_bin}")
+    text = release_version(package)
+    source = os.path.join(package, "release.py") if text is not None and package else "--version"
+    if text is None:
+        text = binary_version(odoo_bin, deadline=deadline)
+    structlog.get_logger().info("odoo version", binary=text, source=source)
+    return text
 
 
 def major(version_text: str) -> int | None:

@@ -12,6 +12,7 @@ whichever Odoo that is, with the same calls:
     env = target.env()                        # PG* of target.dsn, no stray ODOO_*/PG*
     target.dsn                                # the job's PLANA_PG_DSN (a LOGIN CREATEDB role)
     target.binary(tmp, v, log_calls=log); calls(log)   # what the jobs ran, one argv per call
+    target.binary(tmp, v, python=True)        # a Python-script odoo beside its odoo package
     target.config(tmp, 18, openupgrade=True)  # + OpenUpgrade's addons (if has_openupgrade(18))
     target.upgrade_path(tmp, 18)              # --upgrade-path for 17 -> 18
 
@@ -142,13 +143,26 @@ class OdooTarget:
         log_calls: Path | None = None,
         env: Mapping[str, str] | None = None,
         name: str | None = None,
+        python: bool = False,
     ) -> Path:
         """An executable `odoo` of `version` in `tmpdir`, as an image has one.
 
         `log_calls`: a file the wrapper appends each call's arguments to (read them with
         `calls`). `env`: variables the wrapper sets for Odoo (e.g. PLANA_TEST_ODOO_SLEEP).
+        `python`: the wrapper is a Python script, as the image's `/usr/bin/odoo` is, in its own
+        directory `tmpdir/py{version}` beside the `odoo` package it stands for (`package`): the
+        jobs' probe of the binary's interpreter then finds that package, as in the image.
         """
         self.require(version)
+        sets = {**(env or {})}
+        if self.real:
+            exe = [self.bins[version]]
+        else:
+            sets["ODOO_STANDIN_VERSION"] = str(version)
+            exe = [sys.executable, str(STANDIN)]  # the venv's python: psycopg is there
+        if python:
+            return self._python_binary(tmpdir / f"py{version}", version, exe, sets, log_calls,
+                                       name)  # fmt: skip
         path = tmpdir / (name or f"odoo{version}")
         tmpdir.mkdir(parents=True, exist_ok=True)
         lines = ["#!/bin/sh"]
@@ -156,18 +170,60 @@ class OdooTarget:
             # One record per call: each argument NUL-terminated, then a newline.
             lines.append(f"printf '%s\\0' \"$@\" >> {shlex.quote(str(log_calls))}")
             lines.append(f"printf '\\n' >> {shlex.quote(str(log_calls))}")
-        sets = {**(env or {})}
-        if self.real:
-            exe = [self.bins[version]]
-        else:
-            sets["ODOO_STANDIN_VERSION"] = str(version)
-            exe = [sys.executable, str(STANDIN)]  # the venv's python: psycopg is there
         for key, value in sets.items():
             lines.append(f"{key}={shlex.quote(value)}; export {key}")
         lines.append("exec " + " ".join(map(shlex.quote, exe)) + ' "$@"')
         path.write_text("\n".join(lines) + "\n")
         path.chmod(0o755)
         return path
+
+    def _python_binary(
+        self, where: Path, version: int, exe: list[str], sets: Mapping[str, str],
+        log_calls: Path | None, name: str | None,
+    ) -> Path:  # fmt: skip
+        where.mkdir(parents=True, exist_ok=True)
+        package = where / "odoo"
+        if not package.exists():
+            if self.real:
+                package.symlink_to(self.package(version), target_is_directory=True)
+            else:
+                _standin_package(package, version)
+        path = where / (name or f"odoo{version}")
+        # sys.executable: the shebang names a real interpreter, and the wrapper imports nothing
+        # of Odoo (it execs the binary); the probe finds `odoo` beside it (sys.path[0]).
+        body = [
+            f"#!{sys.executable}",
+            "import os, sys",
+            f"log = {str(log_calls) if log_calls else None!r}",
+            "if log:",
+            "    with open(log, 'ab') as fh:",
+            "        fh.write(b''.join(os.fsencode(a) + b'\\0' for a in sys.argv[1:]) + b'\\n')",
+            f"os.environ.update({dict(sets)!r})",
+            f"exe = {exe!r}",
+            "os.execv(exe[0], exe + sys.argv[1:])",
+        ]
+        path.write_text("\n".join(body) + "\n")
+        path.chmod(0o755)
+        return path
+
+    def package(self, version: int) -> Path:
+        """Real mode: the `odoo` package of `version`'s binary (what its interpreter imports,
+        else the one holding the `base` of its addons path)."""
+        from jobs import addons_digest
+
+        found = addons_digest.installation(self.bins[version]).release_package
+        if found is None:
+            for entry in self.addons[version].split(","):
+                base = Path(entry.strip()) / "base" / "__manifest__.py"
+                if entry.strip() and base.is_file():
+                    found = addons_digest.server_package(str(base.parent))
+                    break
+        if found is None:
+            raise TargetError(
+                f"Odoo {version}'s odoo package not found: make PLANA_TEST_ODOO{version}_BIN a "
+                f"Python odoo-bin, or list its odoo/addons in PLANA_TEST_ODOO{version}_ADDONS"
+            )
+        return Path(found)
 
     # -- the addons, the config ----------------------------------------------------------------
     def addons_path(self, version: int, *extra: str | Path, openupgrade: bool = False) -> str:
@@ -280,9 +336,10 @@ def from_env(environ: Mapping[str, str] | None = None) -> OdooTarget:
             "openupgrade_scripts/scripts (an OpenUpgrade 18.0 checkout?)"
         )
     openupgrade17 = environ.get("PLANA_TEST_OPENUPGRADE17_PATH") or None
-    if openupgrade17 and not (
-        Path(openupgrade17) / "openupgrade_framework" / "__manifest__.py"
-    ).is_file():
+    if (
+        openupgrade17
+        and not (Path(openupgrade17) / "openupgrade_framework" / "__manifest__.py").is_file()
+    ):
         raise TargetError(
             f"PLANA_TEST_OPENUPGRADE17_PATH={openupgrade17} holds no "
             "openupgrade_framework (OpenUpgrade 17.0's addons directory?)"
@@ -296,6 +353,29 @@ def from_env(environ: Mapping[str, str] | None = None) -> OdooTarget:
         odoo_dsn=environ.get("PLANA_TEST_ODOO_PG_DSN") or None,
         admin_dsn=environ.get("PLANA_TEST_PG_DSN") or DEFAULT_ADMIN_DSN,
     )
+
+
+def _standin_package(package: Path, version: int) -> None:
+    """For the stand-in: an `odoo` package as an image has one, with base's manifest and
+    Odoo's own release.py (never imported: the jobs only find it and read its release.py)."""
+    (package / "addons" / "base").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise SystemExit('the stand-in odoo is not imported')\n")
+    (package / "addons" / "__init__.py").write_text("")
+    (package / "addons" / "base" / "__manifest__.py").write_text("{'depends': []}\n")
+    (package / "release.py").write_text(RELEASE_PY.format(version=version))
+
+
+# Odoo 17/18's odoo/release.py, the part that makes `release.version` and `description`.
+RELEASE_PY = """\
+RELEASE_LEVELS = [ALPHA, BETA, RELEASE_CANDIDATE, FINAL] = ['alpha', 'beta', 'candidate', 'final']
+RELEASE_LEVELS_DISPLAY = {{ALPHA: ALPHA, BETA: BETA, RELEASE_CANDIDATE: 'rc', FINAL: ''}}
+version_info = ({version}, 0, 0, FINAL, 0, '')
+version = '.'.join(str(s) for s in version_info[:2]) + RELEASE_LEVELS_DISPLAY[version_info[3]] \\
+    + str(version_info[4] or '') + version_info[5]
+series = serie = major_version = '.'.join(str(s) for s in version_info[:2])
+product_name = 'Odoo'
+description = 'Odoo Server'
+"""
 
 
 @functools.cache

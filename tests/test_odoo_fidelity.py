@@ -293,6 +293,27 @@ def test_version_prints_the_series(target: OdooTarget, version: int, tmp_path: P
     assert res.stdout == f"Odoo Server {version}.0\n"
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_release_py_gives_the_version_line(
+    target: OdooTarget, version: int, tmp_path: Path
+) -> None:
+    """What template-build reads instead of running `odoo --version` (jobs.odoo.release_version)
+    is what the binary prints: real Odoo's own release.py in test mode."""
+    from jobs import addons_digest
+    from jobs import odoo as odoo_mod
+
+    target.require(version)
+    exe = target.binary(tmp_path, version, python=True)
+    package = addons_digest.installation(str(exe)).release_package
+    assert package is not None and Path(package).name == "odoo"
+    asked = subprocess.run(
+        [str(exe), "--version"], env=target.env(), capture_output=True, text=True,
+        timeout=RUN_TIMEOUT,
+    )  # fmt: skip
+    assert asked.returncode == 0, asked.stderr
+    assert odoo_mod.release_version(package) == asked.stdout.strip() == f"Odoo Server {version}.0"
+
+
 def test_unknown_option_is_a_usage_error(odoo: Odoo) -> None:
     res = odoo.run("--no-such-option", "--stop-after-init", config=False)
     assert res.returncode == 2 and res.stdout == ""

@@ -196,6 +196,42 @@ PARSE_ERROR_RUN = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("body", "line"),
+    [
+        (odoo_target.RELEASE_PY.format(version=17), "Odoo Server 17.0"),
+        ("description = 'Odoo Server'\nversion = 'saas~18.2'\n", "Odoo Server saas~18.2"),
+        ("description = 'Odoo Server'\n", None),  # no version: ask the binary
+        ("description = 'Odoo Server'\nversion = 'dev'\n", None),  # no "NN.N" series in it
+        ("import odoo\n", None),  # it runs alone: nothing to import
+        ("raise SystemExit(3)\n", None),
+        ("print('extra')\ndescription, version = 'Odoo Server', '18.0'\n", None),
+    ],
+)
+def test_release_py_gives_the_version_line_or_none(
+    tmp_path: Path, body: str, line: str | None
+) -> None:
+    (tmp_path / "release.py").write_text(body)
+    assert odoo.release_version(str(tmp_path)) == line
+
+
+def test_release_py_runs_alone_and_bounded(tmp_path: Path, monkeypatch: Any) -> None:
+    assert odoo.release_version(None) is None
+    assert odoo.release_version(str(tmp_path)) is None  # no release.py
+    secret = "never-" + str(os.getpid())
+    monkeypatch.setenv("PLANA_PG_DSN", f"postgresql://u:{secret}@h/db")
+    (tmp_path / "release.py").write_text(
+        "import os\ndescription = 'Odoo Server'\n"
+        "version = '18.0' + ('!' if 'PLANA_PG_DSN' in os.environ else '')\n"
+    )
+    assert odoo.release_version(str(tmp_path)) == "Odoo Server 18.0"  # no environment at all
+    monkeypatch.setattr(odoo, "RELEASE_TIMEOUT_S", 0.5)
+    (tmp_path / "release.py").write_text("while True:\n    pass\n")
+    started = time.monotonic()
+    assert odoo.release_version(str(tmp_path)) is None
+    assert time.monotonic() - started < 30  # bounded by the timeout, not by the file
+
+
 def test_odoo_lines_keep_their_level_and_the_error_is_the_exception() -> None:
     out = odoo.Output()
     levels = [out.level(line) for line in PARSE_ERROR_RUN]

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,9 +64,11 @@ class Build:
         self.name = f"template_{uid}"
         self.data_dir = tmp / "data"
         self.log = tmp / "odoo-calls.log"
+        self.python = False  # True: a Python-script odoo beside its package, as in the image
 
     def odoo(self, version: int) -> Path:
-        return self.target.binary(self.tmp / "bin", version, log_calls=self.log)
+        return self.target.binary(self.tmp / "bin", version, log_calls=self.log,
+                                  python=self.python)  # fmt: skip
 
     def conf(self, version: int) -> Path:
         return self.target.config(self.tmp / "conf", version)
@@ -203,6 +206,53 @@ def test_build_then_same_fingerprint_is_a_noop_that_never_runs_odoo(
     forced = build.run([*build.args(f"{APP},{APP2}"), "--force"])
     assert forced.rc == 0 and forced.result["outcome"] == "updated", forced.output
     assert build.catalog(pg)["oid"] != cat["oid"]
+
+
+def test_image_odoo_unchanged_rerun_starts_no_odoo(
+    build: Build, pg: psycopg.Connection[Any]
+) -> None:
+    """The image's `odoo` is a Python script: its interpreter names the odoo package, whose
+    release.py gives the version line, so an unchanged run starts no Odoo (whose import is
+    most of `odoo --version`'s 1.5-2 s). The line is exactly what `odoo --version` prints."""
+    build.python = True
+    first = build()
+    assert first.rc == 0 and first.result["outcome"] == "created", first.output
+    ran = calls(build.log)
+    assert ran and all(c != ["--version"] for c in ran), ran  # the build ran -i, no --version
+    asked = subprocess.run([build.odoo(18), "--version"], capture_output=True, text=True)
+    assert asked.returncode == 0
+    assert build.catalog(pg)["marker"]["binary"] == asked.stdout.strip() == "Odoo Server 18.0"
+
+    before = len(calls(build.log))
+    again = build()
+    assert again.rc == 0 and again.result["outcome"] == "unchanged", again.output
+    assert calls(build.log)[before:] == []  # not even --version
+    said = [e for e in again.logs if e.get("event") == "odoo version"]
+    assert [e["source"] for e in said] == [str(build.odoo(18).parent / "odoo" / "release.py")]
+    assert build.catalog(pg)["marker"]["fingerprint"] == first.result["fingerprint"]
+
+    # The binary must still be there to run: beside the same package, not executable, or gone.
+    args = build.args()
+    at = args.index("--odoo-bin") + 1
+    noexec = build.odoo(18).with_name("odoo-noexec")
+    shutil.copy(build.odoo(18), noexec)
+    noexec.chmod(0o644)
+    for binary, said in ((noexec, "not executable"), (noexec.with_name("gone"), "not found")):
+        args[at] = str(binary)
+        broken = build.run(args)
+        assert broken.rc == 78 and said in broken.result["error"], broken.output
+
+
+def test_image_odoo_of_another_major_is_a_conflict_without_running_it(
+    build: Build, pg: psycopg.Connection[Any]
+) -> None:
+    build.target.require(17)
+    build.python = True
+    res = build.run(build.args(version=18, binary=17))
+    assert res.rc == 65, res.output
+    assert "is 'Odoo Server 17.0', not Odoo 18" in res.result["error"]
+    assert mine(pg, build.name) == set()
+    assert calls(build.log) == []
 
 
 def copy_addons(where: Path) -> Path:
