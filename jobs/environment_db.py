@@ -211,7 +211,7 @@ def _publish(
             marker.write(conn, n.db, final)
 
     retry.call(attempt, what=f"rename {n.work}", deadline=job.deadline,
-               transient=retry.pg_transient)  # fmt: skip
+               transient=pg.transient)  # fmt: skip
     _finish(conn, n)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from jobs import pg, retry
+from jobs import pg, retry, runner
 from jobs.errors import TransientError
 
 POLL_S = 0.2
@@ -85,6 +85,10 @@ def check_held() -> None:
     """Prove every lock this process holds is still held (75 at the first that is not)."""
     for lock in held():
         check(lock)
+
+
+# Before every step (Job.step), registered on import: a job that took no lock pays nothing.
+runner.on_step(check_held)
 
 
 def _harden(conn: psycopg.Connection[Any]) -> None:

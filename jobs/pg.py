@@ -19,7 +19,7 @@ import structlog
 from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict
 
-from jobs import redact, retry
+from jobs import redact, retry, runner
 from jobs.errors import ConfigError, JobError, TransientError, UsageError
 
 MAINTENANCE_DB = "postgres"
@@ -85,6 +85,11 @@ def classify(exc: BaseException) -> JobError | None:
     if transient(exc):
         return TransientError(f"postgresql: {type(exc).__name__}: {_first_line(exc)}")
     return None
+
+
+# The runner asks this module through hooks, registered on import: a job that never loads it
+# pays nothing for it (see runner.add_classifier).
+runner.add_classifier(classify)
 
 
 def _classify_connect(exc: psycopg.OperationalError) -> Exception:
@@ -254,6 +259,10 @@ def cancel_running(wait_s: float = CANCEL_WAIT_S) -> list[int]:
     else:
         log.info("cancelled running statements", pids=pids)
     return pids
+
+
+# On SIGTERM, before the unwinding closes the lock sessions (runner._on_signal).
+runner.on_terminate(cancel_running)
 
 
 def _brief(exc: BaseException) -> str:

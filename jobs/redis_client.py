@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import redis
 
+from jobs import runner
 from jobs.errors import ConfigError, ConflictError, JobError, TransientError
 
 # Replies a server gives while it cannot serve writes for now: a replica, a failover, a load.
@@ -56,3 +57,7 @@ def classify(exc: BaseException, what: str = "redis") -> JobError | None:
     if isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE"):
         return ConflictError(f"{what}: a key holds another type than expected: {exc}")
     return None
+
+
+# The runner asks this module through a hook registered on import (see runner.add_classifier).
+runner.add_classifier(classify)

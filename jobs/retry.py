@@ -1,8 +1,9 @@
 """Retry policy, in one place: tenacity with a total deadline shared by the whole job.
 
-Which failures are transient is decided per dependency (`pg_transient`, `redis_transient`,
-`http_transient`); everything else propagates at once. A transient failure that outlives the
-deadline becomes TransientError (exit 75) so Kubernetes counts the pod and retries it later.
+Which failures are transient is decided per dependency (`pg.transient`,
+`redis_client.transient`, `http_transient`) and passed in by the caller; everything else
+propagates at once. A transient failure that outlives the deadline becomes TransientError
+(exit 75) so Kubernetes counts the pod and retries it later.
 """
 
 from __future__ import annotations
@@ -60,27 +61,6 @@ def parse_retry_after(header: str | None) -> float | None:
         return max(0.0, parsedate_to_datetime(header).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
-
-
-# The predicates below only route to the dependency's own classifier (`jobs.pg.transient`,
-# `jobs.redis_client.transient`), and only once its driver is loaded: an exception of its types
-# cannot exist before, and a job should not pay for drivers it never uses.
-
-
-def pg_transient(exc: BaseException) -> bool:
-    if "psycopg" not in sys.modules:
-        return False
-    from jobs import pg
-
-    return pg.transient(exc)
-
-
-def redis_transient(exc: BaseException) -> bool:
-    if "redis" not in sys.modules:
-        return False
-    from jobs import redis_client
-
-    return redis_client.transient(exc)
 
 
 def http_transient(exc: BaseException) -> bool:

@@ -32,7 +32,7 @@ class Job:
         log.bind(**context)
 
     def step(self, name: str) -> None:
-        """Enter step `name`; 75 first if a lock this job holds was lost (see jobs.locks).
+        """Enter step `name`; 75 first if a lock this job holds was lost (`locks.check_held`).
 
         Called before every step that changes state: a job whose lock session was ended
         (terminated, timed out, cut off) must not act, because another run may already hold
@@ -48,20 +48,41 @@ class Job:
         _check_locks()
 
 
-# Looked up in sys.modules, not imported: jobs that never touch PostgreSQL do not pay for the
-# driver at start-up, and a module that is not loaded holds no lock and no connection.
+# Hooks the dependency modules register when they are imported, never imported from here:
+# a job that never touches PostgreSQL does not pay for the driver at start-up, and a module
+# that is not loaded holds no lock, no connection and no exception of its types.
+Classifier = Callable[[BaseException], JobError | None]
+_classifiers: list[Classifier] = []
+_step_checks: list[Callable[[], None]] = []
+_terminate_hooks: list[Callable[[], object]] = []
+
+
+def add_classifier(fn: Classifier) -> None:
+    """Have `classify` ask `fn` what an unhandled exception stands for (pg, redis_client)."""
+    if fn not in _classifiers:
+        _classifiers.append(fn)
+
+
+def on_step(fn: Callable[[], None]) -> None:
+    """Run `fn` before every step; it raises to stop the job (locks: a lost lock is 75)."""
+    if fn not in _step_checks:
+        _step_checks.append(fn)
+
+
+def on_terminate(fn: Callable[[], object]) -> None:
+    """Run `fn` on SIGTERM/SIGINT before unwinding (pg: cancel the statements in flight)."""
+    if fn not in _terminate_hooks:
+        _terminate_hooks.append(fn)
 
 
 def _check_locks() -> None:
-    locks: Any = sys.modules.get("jobs.locks")
-    if locks is not None:
-        locks.check_held()
+    for check in list(_step_checks):
+        check()
 
 
 def _cancel_statements() -> None:
-    pg: Any = sys.modules.get("jobs.pg")
-    if pg is not None:
-        pg.cancel_running()
+    for hook in list(_terminate_hooks):
+        hook()
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -93,19 +114,15 @@ def classify(exc: BaseException) -> JobError | None:
 
     Each dependency decides what its own failures mean, in one place (`pg.classify`,
     `redis_client.classify`): a PostgreSQL connection lost mid-job is transient (75) whichever
-    step, job or thread it hit, not a bug. A driver is asked only if it is loaded: an exception
-    of its types cannot exist otherwise, and a job should not import drivers it never uses.
+    step, job or thread it hit, not a bug. A dependency is asked only if its module is loaded
+    (it registers with `add_classifier` on import): an exception of its driver's types cannot
+    exist otherwise, and a job should not import drivers it never uses. Each one names only
+    its own driver's exceptions, so the order they are asked in does not matter.
     """
-    if "psycopg" in sys.modules:
-        from jobs import pg
-
-        known = pg.classify(exc)
+    for fn in list(_classifiers):
+        known = fn(exc)
         if known is not None:
             return known
-    if "redis" in sys.modules:
-        from jobs import redis_client
-
-        return redis_client.classify(exc)
     return None
 
 

@@ -187,7 +187,7 @@ def create_clone(
         lambda: conn.execute(statement),
         what=f"clone {source} to {target}",
         deadline=deadline,
-        transient=retry.pg_transient,
+        transient=pg.transient,
     )
 
 
@@ -457,9 +457,7 @@ def _publish(ctx: _Ctx, fingerprint: str | None) -> None:
             pg.rename_database(conn, ctx.work, ctx.db)
             marker.write(conn, ctx.db, done)
 
-    retry.call(
-        attempt, what=f"rename {ctx.work}", deadline=job.deadline, transient=retry.pg_transient
-    )
+    retry.call(attempt, what=f"rename {ctx.work}", deadline=job.deadline, transient=pg.transient)
     job.log.info("published", database=ctx.db)
 
 

@@ -623,9 +623,7 @@ def swap(
             for db, mark in marks.items():
                 marker.write(conn, db, mark)
 
-    retry.call(
-        attempt, what="swap databases", deadline=ctx.job.deadline, transient=retry.pg_transient
-    )
+    retry.call(attempt, what="swap databases", deadline=ctx.job.deadline, transient=pg.transient)
 
 
 def cutover(ctx: Ctx) -> Done:

@@ -215,3 +215,35 @@ def test_job_body_runs_with_the_collector_on_and_start_up_frozen() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:2] == ["True", "True True"]
+
+
+def test_drivers_load_only_with_the_modules_that_use_them_and_register_their_hooks() -> None:
+    """The runner reaches PostgreSQL, Redis and the locks only through hooks those modules
+    register on import: emit-event must start without psycopg or matrix-nio, and once a
+    PostgreSQL job's modules are loaded its classifier, lock check and SIGTERM cancel are in
+    place (without them a lost lock would go unnoticed and a SIGTERM would leave its statement
+    running, with no error)."""
+    probe = (
+        "import json, sys\n"
+        "import jobs.cli, jobs.emit_event\n"
+        "print(json.dumps(sorted(m for m in ('psycopg', 'nio', 'httpx') if m in sys.modules)))\n"
+        "from jobs import runner\n"
+        "hooks = lambda: sorted(f'{f.__module__}.{f.__name__}' for f in"
+        " runner._classifiers + runner._step_checks + runner._terminate_hooks)\n"
+        "print(json.dumps(hooks()))\n"
+        "import jobs.tenant_db\n"
+        "print(json.dumps(hooks()))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    loaded, before, after = (json.loads(line) for line in done.stdout.splitlines())
+    assert loaded == []
+    assert before == ["jobs.redis_client.classify"]
+    assert after == [
+        "jobs.locks.check_held",
+        "jobs.pg.cancel_running",
+        "jobs.pg.classify",
+        "jobs.redis_client.classify",
+    ]
