@@ -56,8 +56,6 @@ PARTIAL = ".partial"
 DELETING = ".deleting"
 MANIFEST_FORMAT = mf.FORMAT
 CHUNK = 1 << 20
-# Marker kinds a backup accepts: databases this project created for a tenant.
-BACKUP_KINDS = ("tenant", "environment")
 LOCK_WAIT_S = 120.0
 # How long pg_dump (and the row counts) wait for a table lock held elsewhere (an upgrade).
 DEFAULT_LOCK_WAIT_S = 60.0
@@ -511,7 +509,7 @@ def take(
         if not pg.database_exists(conn, db):
             raise ConflictError(f"database {db} does not exist", database=db)
         mark = marker.read(conn, db)
-        if mark is None or mark.kind not in BACKUP_KINDS:
+        if mark is None or mark.kind not in marker.BACKUP_KINDS:
             raise ConflictError(f"database {db} does not carry this project's marker", database=db)
         settings = database_settings(conn, db)
         server = conn.execute("SHOW server_version").fetchone()

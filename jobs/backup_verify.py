@@ -28,7 +28,6 @@ from jobs.errors import ConfigError, ConflictError, TransientError
 from jobs.result import Done
 
 SCRATCH_SUFFIX = "__vfy"
-SCRATCH_KIND = "verify-scratch"
 # What pg_restore prints when the server, not the dump, is the problem: retry later (75).
 _SERVER_TROUBLE = (
     "connection to server",
@@ -118,7 +117,7 @@ def _verify_checked(
     job.check_locks()  # after reading the whole archive: still ours before touching scratch
     with pg.connection(dsn=dsn, deadline=job.deadline) as conn:
         restore.end_orphans(conn, restore.session_name("verify", tenant.db_name), job.deadline)
-        restore.drop_unmarked(job, conn, scratch, SCRATCH_KIND)
+        restore.drop_unmarked(job, conn, scratch, marker.VERIFY_SCRATCH_KIND)
         if pg.database_exists(conn, scratch):
             pg.drop_database(conn, scratch)  # our own marker: a killed run's scratch copy
         job.step("restore")
@@ -128,7 +127,9 @@ def _verify_checked(
             marker.write(
                 conn,
                 scratch,
-                marker.Marker(SCRATCH_KIND, "created", {"subdomain": tenant.subdomain}),
+                marker.Marker(
+                    marker.VERIFY_SCRATCH_KIND, "created", {"subdomain": tenant.subdomain}
+                ),
             )
             bad = _pg_restore(job, pinned[manifest.dump.path], scratch, dsn, jobs_n)
             if bad:  # the dump passed its checksum but does not restore

@@ -43,9 +43,7 @@ import psycopg
 
 from jobs import (
     backup,
-    backup_verify,
     emit_event,
-    environment_db,
     filestore,
     locks,
     manifest,
@@ -54,10 +52,7 @@ from jobs import (
     options,
     pg,
     redis_client,
-    restore,
     runner,
-    tenant_db,
-    upgrade_phases,
 )
 from jobs.errors import ConflictError
 from jobs.result import Done
@@ -91,18 +86,18 @@ def deprovision(**kw: Any) -> None:
 
 
 # Marker kinds a database may carry under each of the tenant's names (live or work copy).
-TENANT_LIVE: tuple[str, ...] = (tenant_db.KIND,)
+TENANT_LIVE: tuple[str, ...] = (marker.TENANT_KIND,)
 TENANT_WORK = (
-    tenant_db.KIND,  # `__new` (tenant-db), `__old` (a restore's swapped-out live)
-    restore.WORK_KIND,
-    backup_verify.SCRATCH_KIND,
-    upgrade_phases.WORK_KIND,
-    upgrade_phases.ROLLBACK_KIND,
+    marker.TENANT_KIND,  # `__new` (tenant-db), `__old` (a restore's swapped-out live)
+    marker.RESTORE_WORK_KIND,
+    marker.VERIFY_SCRATCH_KIND,
+    marker.UPGRADE_WORK_KIND,
+    marker.ROLLBACK_KIND,
 )
-ENV_LIVE = (environment_db.KIND,)
-ENV_WORK = (environment_db.KIND, environment_db.WORK_KIND)
+ENV_LIVE = (marker.ENVIRONMENT_KIND,)
+ENV_WORK = (marker.ENVIRONMENT_KIND, marker.ENVIRONMENT_WORK_KIND)
 # Kinds whose writers recorded no subdomain before: accepted without one under a work name.
-OLD_FORM = (restore.WORK_KIND, backup_verify.SCRATCH_KIND, environment_db.WORK_KIND)
+OLD_FORM = (marker.RESTORE_WORK_KIND, marker.VERIFY_SCRATCH_KIND, marker.ENVIRONMENT_WORK_KIND)
 
 
 def like_escape(text: str) -> str:

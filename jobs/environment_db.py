@@ -49,8 +49,6 @@ from jobs import (
 from jobs.errors import ConfigError, ConflictError, JobError, TransientError
 from jobs.result import Done
 
-KIND = "environment"
-WORK_KIND = "environment-work"
 WORK_SUFFIX = "__env"
 
 
@@ -153,7 +151,9 @@ def _build(job: runner.Job, conn: psycopg.Connection[Any], ctx: dict[str, Any]) 
         settings["owner"] = ctx["role"]
         settings["public_connect"] = False
         restore.create_empty(conn, n.work, settings)
-        marker.write(conn, n.work, marker.Marker(WORK_KIND, "created", ctx["owner"]))
+        marker.write(
+            conn, n.work, marker.Marker(marker.ENVIRONMENT_WORK_KIND, "created", ctx["owner"])
+        )
         _copy_database(job, prod, n.work, dsn)
         job.step("copy-filestore")
         facts["filestore"] = filestore.copy_tree(
@@ -169,7 +169,9 @@ def _build(job: runner.Job, conn: psycopg.Connection[Any], ctx: dict[str, Any]) 
             tenant_db.create_clone(conn, template, n.work, owner=ctx["role"], deadline=job.deadline)
             job.check_locks()
             tenant_db.restrict_connect(conn, n.work, ctx["role"])
-            marker.write(conn, n.work, marker.Marker(WORK_KIND, "created", ctx["owner"]))
+            marker.write(
+                conn, n.work, marker.Marker(marker.ENVIRONMENT_WORK_KIND, "created", ctx["owner"])
+            )
             src_fs = naming.filestore(template, ctx["data_dir"])
             facts["filestore"] = filestore.copy_tree(src_fs, n.fs_work, kind="env").as_dict()
         with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
@@ -320,7 +322,9 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
             restore.rename_database(conn, n.old, n.db)
         current = marker.read(conn, n.db) if pg.database_exists(conn, n.db) else None
         if pg.database_exists(conn, n.db) and (
-            current is None or current.kind != KIND or current.data.get("tenant") != sub
+            current is None
+            or current.kind != marker.ENVIRONMENT_KIND
+            or current.data.get("tenant") != sub
         ):
             raise ConflictError(f"database {n.db} exists and is not this tenant's environment")
         if current is not None:
@@ -337,7 +341,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
             if mark is None or mark.kind != "tenant":
                 raise ConflictError(f"production database {ctx['production']} is not a tenant")
         facts = _build(job, conn, ctx)
-        final = marker.Marker(KIND, "complete", {
+        final = marker.Marker(marker.ENVIRONMENT_KIND, "complete", {
             "subdomain": env_tenant.subdomain, "tenant": sub, "env": env_name,
             "source": "production" if copy else "template", "generation": generation,
         })  # fmt: skip

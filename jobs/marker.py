@@ -18,10 +18,23 @@ from jobs import pg
 
 PREFIX = "plana-jobs "
 
+# Every kind of marker a job writes, in one place: a job recognises the others' databases by
+# these (deprovision drops them all, restore and backup check what they may overwrite or take).
+TENANT_KIND = "tenant"  # tenant-db; upgrade and restore publish a tenant under it again
+TEMPLATE_KIND = "template"  # template-build
+ENVIRONMENT_KIND = "environment"  # environment-db
+ENVIRONMENT_WORK_KIND = "environment-work"  # environment-db's work copy `{db}__env`
+RESTORE_WORK_KIND = "restore-work"  # restore's work copy
+VERIFY_SCRATCH_KIND = "verify-scratch"  # backup-verify's scratch database
+UPGRADE_WORK_KIND = "upgrade-work"  # upgrade's work copy
+ROLLBACK_KIND = "rollback"  # the pre-upgrade tenant an upgrade keeps for its rollback
+# Marker kinds a backup accepts: databases this project created for a tenant.
+BACKUP_KINDS = (TENANT_KIND, ENVIRONMENT_KIND)
+
 
 @dataclass
 class Marker:
-    kind: str  # tenant | template | environment | upgrade-work | rollback | build
+    kind: str  # one of the *_KIND above
     state: str  # the last step completed, e.g. "cloned", "personalised", "complete"
     data: dict[str, Any] = field(default_factory=dict)
 

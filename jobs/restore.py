@@ -59,7 +59,6 @@ from jobs.errors import ConflictError, UsageError
 from jobs.result import Done
 
 WORK_SUFFIX = "__rst"
-WORK_KIND = "restore-work"
 UPGRADE_WORK_INFIX = "__up"  # jobs.upgrade_phases: the work copy `{db}__up{to}`
 
 
@@ -302,8 +301,8 @@ def _restore_checked(
     the extraction read those, never the set's paths again.
     """
     name = set_dir.name
-    drop_unmarked(job, conn, n.work, WORK_KIND)
-    work = _ours(conn, n.work, (WORK_KIND,))
+    drop_unmarked(job, conn, n.work, marker.RESTORE_WORK_KIND)
+    work = _ours(conn, n.work, (marker.RESTORE_WORK_KIND,))
     reusable = (
         work is not None
         and work.state == "verified"
@@ -314,8 +313,8 @@ def _restore_checked(
         job.step("pg_restore")
         pg.drop_database(conn, n.work)
         create_empty(conn, n.work, manifest.settings, owner)
-        marker.write(conn, n.work, marker.Marker(
-            WORK_KIND, "created", {"set": name, "subdomain": target.subdomain}))  # fmt: skip
+        created = {"set": name, "subdomain": target.subdomain}
+        marker.write(conn, n.work, marker.Marker(marker.RESTORE_WORK_KIND, "created", created))
         pg_restore(job, pinned[manifest.dump.path], n.work, dsn, jobs_n)
         job.step("verify")
         with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
@@ -328,7 +327,7 @@ def _restore_checked(
             if as_copy:
                 new_identity(wconn, target.hostname)
         state = {"set": name, "as_copy": as_copy, "subdomain": target.subdomain}
-        marker.write(conn, n.work, marker.Marker(WORK_KIND, "verified", state))
+        marker.write(conn, n.work, marker.Marker(marker.RESTORE_WORK_KIND, "verified", state))
     job.step("filestore")
     # A kept stage may be half done: extract_filestore starts it afresh.
     extract_filestore(pinned[manifest.filestore.path], manifest, n.fs_work)
@@ -356,10 +355,10 @@ def restore_set(
     backup.check_owner(manifest, source, name)
     refuse_during_upgrade(conn, n.db)
     _roll_back_swap(job, conn, n)
-    current = _ours(conn, n.db, (*backup.BACKUP_KINDS, WORK_KIND))
+    current = _ours(conn, n.db, (*marker.BACKUP_KINDS, marker.RESTORE_WORK_KIND))
     final = _final_marker(manifest, name, as_copy, target)
 
-    if current is not None and current.kind != WORK_KIND:
+    if current is not None and current.kind != marker.RESTORE_WORK_KIND:
         if current.data.get("restored_from") == name:
             job.log.info("set already restored", set=name, database=n.db)
             moved = swap.place_filestore(n)
@@ -369,7 +368,7 @@ def restore_set(
     elif current is None and n.fs.exists() and not replace:
         raise ConflictError(f"filestore {n.fs} exists without its database: pass --replace")
 
-    if current is None or current.kind != WORK_KIND:
+    if current is None or current.kind != marker.RESTORE_WORK_KIND:
         job.step("check-set")
         pinned: dict[str, int] = {}
         problems = backup.check_files(set_dir, manifest, pinned)

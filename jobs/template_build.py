@@ -56,7 +56,6 @@ from jobs import (
 from jobs.errors import ConflictError, TransientError, UsageError
 from jobs.result import Done
 
-KIND = "template"
 BUILD_SUFFIX = "__build"
 OLD_SUFFIX = "__old"
 _MODULE_SPLIT = re.compile(r"[\s,]+")
@@ -219,7 +218,7 @@ def _converge(ctx: _Ctx, kw: dict[str, Any], odoo_bin: str) -> Done:
     job.step("observe")
     live = marker.read(conn, ctx.template) if pg.database_exists(conn, ctx.template) else None
     existed = pg.database_exists(conn, ctx.template)
-    if existed and (live is None or live.kind != KIND):
+    if existed and (live is None or live.kind != marker.TEMPLATE_KIND):
         raise ConflictError(
             f"database {ctx.template} exists but was not built by plana-jobs: left untouched"
         )
@@ -245,7 +244,7 @@ def _converge(ctx: _Ctx, kw: dict[str, Any], odoo_bin: str) -> Done:
     resumable = (
         not kw["force"]
         and build is not None
-        and build.kind == KIND
+        and build.kind == marker.TEMPLATE_KIND
         and build.state == "verified"
         and build.data.get("fingerprint") == ctx.fingerprint
         and _fs_fingerprint(ctx, ctx.build) == ctx.fingerprint
@@ -322,7 +321,7 @@ def _build(ctx: _Ctx, kw: dict[str, Any], odoo_bin: str) -> None:
         )
     tenant_db.restrict_connect(conn, ctx.build)  # CONNECT for the building role only
     filestore.write_mark(ctx.fs(ctx.build), {"fingerprint": ctx.fingerprint})
-    marker.write(conn, ctx.build, marker.Marker(KIND, "verified", ctx.data))
+    marker.write(conn, ctx.build, marker.Marker(marker.TEMPLATE_KIND, "verified", ctx.data))
     job.log.info("build verified", modules={m: states[m] for m in ctx.modules})
 
 
@@ -336,7 +335,7 @@ def _swap_database(ctx: _Ctx, existed: bool) -> None:
         if existed:
             pg.rename_database(conn, ctx.template, ctx.old)
         pg.rename_database(conn, ctx.build, ctx.template)
-        marker.write(conn, ctx.template, marker.Marker(KIND, "complete", ctx.data))
+        marker.write(conn, ctx.template, marker.Marker(marker.TEMPLATE_KIND, "complete", ctx.data))
     ctx.job.log.info("template database swapped in", database=ctx.template)
 
 

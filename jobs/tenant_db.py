@@ -59,8 +59,6 @@ from jobs.result import Done
 restrict_connect = access.restrict_connect
 public_can_connect = access.public_can_connect
 
-KIND = "tenant"
-TEMPLATE_KIND = "template"
 WORK_SUFFIX = "__new"
 MAX_DB_NAME = 63  # PostgreSQL's NAMEDATALEN - 1, in bytes
 DEFAULT_OWNER_ROLE = "plana"
@@ -150,7 +148,7 @@ def check_template(
             template=template,
         )
     mark = marker.read(conn, template)
-    if mark is None or mark.kind != TEMPLATE_KIND:
+    if mark is None or mark.kind != marker.TEMPLATE_KIND:
         return None  # a template made by other means: clone it as it is
     fingerprint = str(mark.data.get("fingerprint", ""))
     if mark.state != "complete":
@@ -321,7 +319,7 @@ class _Ctx:
             "template": self.template,
             **data,
         }
-        marker.write(self.conn, db, marker.Marker(KIND, state, body))
+        marker.write(self.conn, db, marker.Marker(marker.TENANT_KIND, state, body))
         self.job.log.info("marker", database=db, state=state)
 
 
@@ -410,7 +408,7 @@ def _work_state(ctx: _Ctx, fingerprint: str | None) -> str | None:
     mark = marker.read(conn, work)
     ours = (
         mark is not None
-        and mark.kind == KIND
+        and mark.kind == marker.TENANT_KIND
         and mark.data.get("subdomain") == ctx.spec.tenant.subdomain
         and mark.state in STATES[:-1]
     )
@@ -441,7 +439,7 @@ def _publish(ctx: _Ctx, fingerprint: str | None) -> None:
     """Rename the work database to the tenant's name and mark it complete, atomically."""
     conn, job = ctx.conn, ctx.job
     done = marker.Marker(
-        KIND,
+        marker.TENANT_KIND,
         "complete",
         {
             "subdomain": ctx.spec.tenant.subdomain,
@@ -467,7 +465,7 @@ def _existing(ctx: _Ctx) -> Done:
     mark = marker.read(conn, db)
     if (
         mark is None
-        or mark.kind != KIND
+        or mark.kind != marker.TENANT_KIND
         or mark.data.get("subdomain") != ctx.spec.tenant.subdomain
         or mark.state != "complete"
     ):

@@ -37,9 +37,6 @@ from jobs.errors import ConfigError, ConflictError, TransientError, UsageError
 from jobs.result import Done
 from jobs.tenant_db import create_clone, restrict_connect  # a clone is made as tenant-db makes it
 
-TENANT_KIND = "tenant"
-WORK_KIND = "upgrade-work"
-ROLLBACK_KIND = "rollback"
 PHASES = ("snapshot", "source-pass", "prefix", "target-pass", "cutover")
 FRAMEWORK = "openupgrade_framework"
 SCRIPTS_ADDON = "openupgrade_scripts"
@@ -183,7 +180,7 @@ def live_marker(ctx: Ctx) -> marker.Marker:
     mark = marker.read(ctx.conn, db)
     if (
         mark is None
-        or mark.kind != TENANT_KIND
+        or mark.kind != marker.TENANT_KIND
         or mark.state != "complete"
         or mark.data.get("subdomain") != ctx.spec.tenant.subdomain
     ):
@@ -233,7 +230,7 @@ def work_marker(ctx: Ctx) -> marker.Marker | None:
     mark = marker.read(ctx.conn, ctx.spec.work)
     if (
         mark is None
-        or mark.kind != WORK_KIND
+        or mark.kind != marker.UPGRADE_WORK_KIND
         or {k: mark.data.get(k) for k in ("subdomain", "from", "to")} != ctx.spec.hop()
         or mark.state in ("failed", "rolled-back")
         or mark.data.get("running")
@@ -324,7 +321,7 @@ def snapshot(ctx: Ctx) -> Done:
     ctx.job.check_locks()  # a long copy: the lock may have been lost meanwhile
     restrict_connect(conn, s.work, owner)
     body = {**s.hop(), "attempt": up["attempt"], "phases": ["snapshot"], "prefixes": []}
-    marker.write(conn, s.work, marker.Marker(WORK_KIND, "snapshot", body))
+    marker.write(conn, s.work, marker.Marker(marker.UPGRADE_WORK_KIND, "snapshot", body))
     log.info("work copy cloned", database=s.work, attempt=up["attempt"])
     return Done("created", {"phase": "snapshot", "work_db": s.work, **up})
 
@@ -334,7 +331,7 @@ def rollback_copy(ctx: Ctx, db: str, frm: int, to: int) -> marker.Marker | None:
     mark = marker.read(ctx.conn, db) if pg.database_exists(ctx.conn, db) else None
     if (
         mark is None
-        or mark.kind != ROLLBACK_KIND
+        or mark.kind != marker.ROLLBACK_KIND
         or mark.data.get("subdomain") != ctx.spec.tenant.subdomain
         or (mark.data.get("from"), mark.data.get("to")) != (frm, to)
     ):
@@ -599,7 +596,7 @@ def finish_rollback_filestore(ctx: Ctx) -> bool:
     mark = marker.read(ctx.conn, s.work)
     if (
         mark is None
-        or mark.kind != WORK_KIND
+        or mark.kind != marker.UPGRADE_WORK_KIND
         or mark.state != "rolled-back"
         or {k: mark.data.get(k) for k in ("subdomain", "from", "to")} != s.hop()
     ):
@@ -646,7 +643,7 @@ def cutover(ctx: Ctx) -> Done:
         "base_before": up.get("base") if isinstance(up, dict) else None,
     }
     new_live = marker.Marker(
-        TENANT_KIND,
+        marker.TENANT_KIND,
         "complete",
         {
             **tenant,
@@ -656,7 +653,7 @@ def cutover(ctx: Ctx) -> Done:
             "upgrade": history,
         },
     )
-    old_live = marker.Marker(ROLLBACK_KIND, "complete", {**s.hop(), "tenant": tenant})
+    old_live = marker.Marker(marker.ROLLBACK_KIND, "complete", {**s.hop(), "tenant": tenant})
     ctx.job.check_locks()  # after seeding the filestore (a copy): still ours before the swap
     swap(ctx, [(s.db, s.rollback), (s.work, s.db)], {s.db: new_live, s.rollback: old_live}, s.db)
     ctx.job.log.info("cut over", database=s.db, rollback_db=s.rollback)
@@ -686,8 +683,10 @@ def rollback(ctx: Ctx) -> Done:
             )
         if pg.database_exists(conn, s.work):
             pg.drop_database(conn, s.work)  # only an abandoned copy can hold the name now
-        restored = marker.Marker(TENANT_KIND, "complete", dict(old.data.get("tenant", {})))
-        upgraded_mark = marker.Marker(WORK_KIND, "rolled-back", {**s.hop(), "was": live.data})
+        restored = marker.Marker(marker.TENANT_KIND, "complete", dict(old.data.get("tenant", {})))
+        upgraded_mark = marker.Marker(
+            marker.UPGRADE_WORK_KIND, "rolled-back", {**s.hop(), "was": live.data}
+        )
         swap(
             ctx, [(s.db, s.work), (s.rollback, s.db)], {s.db: restored, s.work: upgraded_mark}, s.db
         )

@@ -188,7 +188,7 @@ def _prepare(
     ctx.job.check_locks()  # a long copy: the lock may have been lost meanwhile
     restrict_connect(conn, s.work, owner)
     body = {**s.hop(), "strategy": STRATEGY, "revision": rev, "attempt": up["attempt"]}
-    mark = marker.Marker(ph.WORK_KIND, "snapshot", body)
+    mark = marker.Marker(marker.UPGRADE_WORK_KIND, "snapshot", body)
     marker.write(conn, s.work, mark)
     if filestore.present(s.fs(s.db)):  # a symlinked live filestore is refused (65)
         stats = filestore.copy_tree(s.fs(s.db), s.fs(s.work), kind="upgrade")
@@ -240,7 +240,7 @@ def _swap(ctx: ph.Ctx, live: marker.Marker, up: dict[str, Any], rev: str) -> dic
         "revision_before": tenant.get("addons_revision"),
     }
     new_live = marker.Marker(
-        ph.TENANT_KIND,
+        marker.TENANT_KIND,
         "complete",
         {
             **tenant,
@@ -252,7 +252,7 @@ def _swap(ctx: ph.Ctx, live: marker.Marker, up: dict[str, Any], rev: str) -> dic
         },
     )
     old_live = marker.Marker(
-        ph.ROLLBACK_KIND, "complete", {**s.hop(), "strategy": STRATEGY, "tenant": tenant}
+        marker.ROLLBACK_KIND, "complete", {**s.hop(), "strategy": STRATEGY, "tenant": tenant}
     )
     ctx.job.check_locks()
     ph.swap(ctx, [(s.db, s.rollback), (s.work, s.db)], {s.db: new_live, s.rollback: old_live}, s.db)
