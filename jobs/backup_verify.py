@@ -22,7 +22,19 @@ from typing import Any
 
 import click
 
-from jobs import backup, locks, marker, naming, options, pg, proc, restore, runner, set_archive
+from jobs import (
+    backup,
+    clone,
+    locks,
+    marker,
+    naming,
+    options,
+    pg,
+    proc,
+    restore,
+    runner,
+    set_archive,
+)
 from jobs import manifest as mf
 from jobs.errors import ConfigError, ConflictError, TransientError
 from jobs.result import Done
@@ -116,13 +128,13 @@ def _verify_checked(
     problems += check_archive(pinned[manifest.filestore.path], manifest.filestore)
     job.check_locks()  # after reading the whole archive: still ours before touching scratch
     with pg.connection(dsn=dsn, deadline=job.deadline) as conn:
-        restore.end_orphans(conn, restore.session_name("verify", tenant.db_name), job.deadline)
+        clone.claim_session(conn, clone.session_name("verify", tenant.db_name), job.deadline)
         restore.drop_unmarked(job, conn, scratch, marker.VERIFY_SCRATCH_KIND)
         if pg.database_exists(conn, scratch):
             pg.drop_database(conn, scratch)  # our own marker: a killed run's scratch copy
         job.step("restore")
         # No tenant role: CONNECT for the job's own role only.
-        restore.create_empty(conn, scratch, manifest.settings, None)
+        clone.create_empty(conn, scratch, manifest.settings, None)
         try:
             marker.write(
                 conn,

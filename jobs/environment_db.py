@@ -4,7 +4,8 @@ follow the naming contract, and can never be those of a tenant (no subdomain con
 
 Two sources:
 - fresh (default): a clone of the tier's template, personalised, exactly as `tenant-db` does it
-  (its `create_clone`, `restrict_connect`, `personalise`, under the template's shared lock);
+  (`clone.create_clone`, `clone.restrict_connect`, `identity.personalise`, under the template's
+  shared lock);
 - `--copy-from-production`: `pg_dump | pg_restore` of the tenant's database, streamed, and a
   content-verified copy of its filestore. pg_dump reads one MVCC snapshot and takes only ACCESS
   SHARE locks: production keeps serving, no session of it is ended, nothing is frozen.
@@ -32,7 +33,9 @@ import psycopg
 
 from jobs import (
     backup,
+    clone,
     filestore,
+    identity,
     locks,
     marker,
     naming,
@@ -40,11 +43,9 @@ from jobs import (
     options,
     pg,
     proc,
-    restore,
     retry,
     runner,
     swap,
-    tenant_db,
 )
 from jobs.errors import ConfigError, ConflictError, JobError, TransientError
 from jobs.result import Done
@@ -150,7 +151,7 @@ def _build(job: runner.Job, conn: psycopg.Connection[Any], ctx: dict[str, Any]) 
         settings = backup.database_settings(conn, prod)
         settings["owner"] = ctx["role"]
         settings["public_connect"] = False
-        restore.create_empty(conn, n.work, settings)
+        clone.create_empty(conn, n.work, settings)
         marker.write(
             conn, n.work, marker.Marker(marker.ENVIRONMENT_WORK_KIND, "created", ctx["owner"])
         )
@@ -160,25 +161,23 @@ def _build(job: runner.Job, conn: psycopg.Connection[Any], ctx: dict[str, Any]) 
             ctx["production_fs"], n.fs_work, kind="env"
         ).as_dict()
         with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
-            restore.new_identity(wconn, env_tenant.hostname)
+            identity.new_identity(wconn, env_tenant.hostname)
     else:
         template = ctx["template"]
         job.step("clone")
-        with tenant_db.template_lock(template, deadline=job.deadline, dsn=dsn):
-            tenant_db.check_template(conn, template, Path(ctx["data_dir"]))
-            tenant_db.create_clone(conn, template, n.work, owner=ctx["role"], deadline=job.deadline)
+        with clone.template_lock(template, deadline=job.deadline, dsn=dsn):
+            clone.check_template(conn, template, Path(ctx["data_dir"]))
+            clone.create_clone(conn, template, n.work, owner=ctx["role"], deadline=job.deadline)
             job.check_locks()
-            tenant_db.restrict_connect(conn, n.work, ctx["role"])
+            clone.restrict_connect(conn, n.work, ctx["role"])
             marker.write(
                 conn, n.work, marker.Marker(marker.ENVIRONMENT_WORK_KIND, "created", ctx["owner"])
             )
             src_fs = naming.filestore(template, ctx["data_dir"])
             facts["filestore"] = filestore.copy_tree(src_fs, n.fs_work, kind="env").as_dict()
         with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
-            identity = tenant_db.Identity(
-                env_tenant.hostname, ctx["owner_email"], ctx["owner_name"]
-            )
-            facts["identity"] = tenant_db.personalise(wconn, identity)
+            who = identity.Identity(env_tenant.hostname, ctx["owner_email"], ctx["owner_name"])
+            facts["identity"] = identity.personalise(wconn, who)
     job.step("neutralise")
     try:
         neutralise(job, ctx, n.work)
@@ -202,14 +201,14 @@ def _publish(
     """Old environment aside, work database and filestore in, marker: then drop the old."""
     n.fs.parent.mkdir(parents=True, exist_ok=True)
     if pg.database_exists(conn, n.db):
-        restore.rename_database(conn, n.db, n.old)
+        clone.rename_database(conn, n.db, n.old)
     if n.fs.exists():
         os.rename(n.fs, n.fs_old)
 
     def attempt() -> None:
         pg.terminate_sessions(conn, n.work)
         with conn.transaction():
-            restore.rename_database(conn, n.work, n.db)
+            clone.rename_database(conn, n.work, n.db)
             marker.write(conn, n.db, final)
 
     retry.call(attempt, what=f"rename {n.work}", deadline=job.deadline,
@@ -252,7 +251,7 @@ def _finish(conn: psycopg.Connection[Any], n: swap.Names) -> bool:
 @options.option(
     "--owner-role",
     env="PLANA_OWNER_ROLE",
-    default=tenant_db.DEFAULT_OWNER_ROLE,
+    default=clone.DEFAULT_OWNER_ROLE,
     show_default=True,
     help="PostgreSQL role owning the database.",
 )
@@ -278,7 +277,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     copy = bool(kw["copy_from_production"])
     ctx: dict[str, Any] = {
         "copy": copy, "env_tenant": env_tenant, "data_dir": kw["data_dir"],
-        "role": tenant_db.owner_role(kw["owner_role"]),
+        "role": clone.owner_role(kw["owner_role"]),
         "names": _names(env_tenant, kw["data_dir"]),
         # Whose the work copy is, so deprovision can tell it from anyone else's.
         "owner": {"subdomain": env_tenant.subdomain, "tenant": sub, "env": env_name},
@@ -293,7 +292,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         tier = naming.tier(kw["tier"])
         version = naming.odoo_version(kw["odoo_version"])
         ctx.update(
-            template=tenant_db.template_name(kw["template_db"], field="template-db")
+            template=clone.template_name(kw["template_db"], field="template-db")
             if kw["template_db"]
             else naming.template_db(naming.template_for_tier(tier), version),
             owner_email=naming.owner_email(kw["owner_email"]),
@@ -308,10 +307,10 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         pg.connection(dsn=dsn, deadline=job.deadline) as conn,
         locks.advisory(f"tenant:{n.db}", deadline=job.deadline, dsn=dsn),
     ):
-        tenant_db.require_role(conn, ctx["role"])
+        clone.require_role(conn, ctx["role"])
         # A killed run's CREATE DATABASE of the work copy may still be running on the server
         # (it does not read its socket until done): end it, or ours collides with it.
-        restore.end_orphans(conn, restore.session_name("environment", n.db), job.deadline)
+        clone.claim_session(conn, clone.session_name("environment", n.db), job.deadline)
         job.step("observe")
         if not pg.database_exists(conn, n.db) and pg.database_exists(conn, n.old):
             # A killed swap: the old pair comes back, filestore first. Renaming the database
@@ -319,7 +318,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
             # its filestore still aside, and the next run would take the work filestore for it.
             if n.fs_old.exists() and not n.fs.exists():
                 os.rename(n.fs_old, n.fs)
-            restore.rename_database(conn, n.old, n.db)
+            clone.rename_database(conn, n.old, n.db)
         current = marker.read(conn, n.db) if pg.database_exists(conn, n.db) else None
         if pg.database_exists(conn, n.db) and (
             current is None

@@ -14,45 +14,39 @@ tenant's. `--as-copy` gives the restored database its own `database.secret`/`dat
 `database.create_date` and `web.base.url`, as Odoo's duplication does.
 
 The set is untrusted input (jobs.manifest): it must be signed with the backup key and name the
-tenant it is restored from (subdomain, database, base domain). From its manifest only the
-encoding and collation (each from a whitelist) and the marker's kind and identity fields are
-applied: the owner is always `--owner-role`, CONNECT is granted to it alone (jobs.access), and
-where a job stood (`upgrading`, `odoo_version`, `final_backup` …) is never restored. The
-filestore archive is extracted member by member (jobs.set_archive). A tenant frozen for an
-upgrade, or with an upgrade work copy `{db}__up{N}`, is refused: the cutover would otherwise
-publish a copy taken before the restore. A `{db}__rst` without a marker is what a kill during its
-CREATE DATABASE leaves (no tenant's name contains `_`), and is dropped.
+tenant it is restored from (subdomain, database, base domain). From its manifest only the encoding
+and collation (each from a whitelist) and the marker's kind and identity fields are applied: the
+owner is always `--owner-role`, CONNECT is granted to it alone (`clone.restrict_connect`), and
+where a job stood (`upgrading`, `odoo_version`, `final_backup` …) is never restored. The filestore
+archive is extracted member by member (jobs.set_archive). A tenant frozen for an upgrade, or with
+an upgrade work copy `{db}__up{N}`, is refused: the cutover would otherwise publish a copy taken
+before the restore. A `{db}__rst` without a marker is what a kill during its CREATE DATABASE leaves
+(no tenant's name contains `_`), and is dropped.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
-import uuid
-from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 import psycopg
-from psycopg import sql
 
 from jobs import (
-    access,
     backup,
+    clone,
     filestore,
+    identity,
     locks,
     marker,
     naming,
     options,
     pg,
     proc,
-    retry,
     runner,
     set_archive,
     swap,
-    tenant_db,
 )
 from jobs import manifest as mf
 from jobs.errors import ConflictError, UsageError
@@ -63,42 +57,6 @@ UPGRADE_WORK_INFIX = "__up"  # jobs.upgrade_phases: the work copy `{db}__up{to}`
 
 
 # ---------------------------------------------------------------------------- building blocks
-
-
-def rename_database(conn: psycopg.Connection[Any], old: str, new: str) -> None:
-    pg.terminate_sessions(conn, old)  # a straggling session would make the rename fail
-    pg.rename_database(conn, old, new)
-
-
-def role_exists(conn: psycopg.Connection[Any], role: str) -> bool:
-    return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
-
-
-def create_empty(
-    conn: psycopg.Connection[Any],
-    name: str,
-    settings: mf.DbSettings | Mapping[str, Any],
-    owner: str | None = None,
-) -> None:
-    """An empty database with whitelisted encoding/collation, owned by `owner`, CONNECT for it only.
-
-    `settings` may be a plain mapping (a live database's facts): its `owner` is used when no
-    `owner` is given, and its encoding and collation pass the same whitelist as a manifest's.
-    """
-    if not isinstance(settings, mf.DbSettings):
-        owner = owner or settings.get("owner")
-        settings = mf.settings_of({k: settings.get(k) for k in ("encoding", "collate", "ctype")})
-    parts = [sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))]
-    if settings.encoding:
-        parts.append(sql.SQL("ENCODING {}").format(sql.Literal(settings.encoding)))
-    if settings.collate:
-        parts.append(sql.SQL("LC_COLLATE {}").format(sql.Literal(settings.collate)))
-    if settings.ctype:
-        parts.append(sql.SQL("LC_CTYPE {}").format(sql.Literal(settings.ctype)))
-    if owner:
-        parts.append(sql.SQL("OWNER {}").format(sql.Identifier(owner)))
-    conn.execute(sql.SQL(" ").join(parts))
-    access.restrict_connect(conn, name, owner)
 
 
 def pg_restore_argv(
@@ -145,23 +103,6 @@ def check_restored(conn: psycopg.Connection[Any], manifest: mf.Manifest) -> list
         if want is not None and rows != want:
             problems.append(f"{key}: {rows} rows != recorded {want}")
     return problems
-
-
-def new_identity(conn: psycopg.Connection[Any], hostname: str) -> None:
-    """What Odoo's duplication resets: a copy never shares secret or uuid with its original."""
-    values = {
-        "database.secret": str(uuid.uuid4()),
-        "database.uuid": str(uuid.uuid4()),
-        "database.create_date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        "web.base.url": f"https://{hostname}",
-    }
-    with conn.transaction():
-        for key, value in values.items():
-            conn.execute(
-                "INSERT INTO ir_config_parameter (key, value) VALUES (%s, %s)"
-                " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                (key, value),
-            )
 
 
 def extract_filestore(archive_fd: int, manifest: mf.Manifest, stage: Path) -> int:
@@ -234,18 +175,6 @@ def drop_unmarked(job: runner.Job, conn: psycopg.Connection[Any], name: str, kin
     pg.drop_database(conn, name)
 
 
-def session_name(job_name: str, db: str) -> str:
-    """The application_name of a run's own sessions (≤ 63 bytes, one per job and database)."""
-    tail = db if len(db) <= 36 else hashlib.sha1(db.encode(), usedforsecurity=False).hexdigest()
-    return f"plana-job {job_name} {tail}"
-
-
-def end_orphans(conn: psycopg.Connection[Any], app: str, deadline: retry.Deadline) -> None:
-    """Name this session `app` and end a killed run's sessions of that name (lock held)."""
-    conn.execute("SELECT set_config('application_name', %s, false)", (app,))
-    tenant_db.end_orphans(conn, app, deadline)
-
-
 # ---------------------------------------------------------------------------- the restore
 
 
@@ -267,7 +196,7 @@ def _roll_back_swap(job: runner.Job, conn: psycopg.Connection[Any], n: swap.Name
         return False
     if n.fs_old.exists() and not n.fs.exists():
         os.rename(n.fs_old, n.fs)
-    rename_database(conn, n.old, n.db)
+    clone.rename_database(conn, n.old, n.db)
     job.log.warning("rolled back an interrupted swap", database=n.db)
     return True
 
@@ -312,7 +241,7 @@ def _restore_checked(
     if not reusable:
         job.step("pg_restore")
         pg.drop_database(conn, n.work)
-        create_empty(conn, n.work, manifest.settings, owner)
+        clone.create_empty(conn, n.work, manifest.settings, owner)
         created = {"set": name, "subdomain": target.subdomain}
         marker.write(conn, n.work, marker.Marker(marker.RESTORE_WORK_KIND, "created", created))
         pg_restore(job, pinned[manifest.dump.path], n.work, dsn, jobs_n)
@@ -325,7 +254,7 @@ def _restore_checked(
                     problems=problems,
                 )
             if as_copy:
-                new_identity(wconn, target.hostname)
+                identity.new_identity(wconn, target.hostname)
         state = {"set": name, "as_copy": as_copy, "subdomain": target.subdomain}
         marker.write(conn, n.work, marker.Marker(marker.RESTORE_WORK_KIND, "verified", state))
     job.step("filestore")
@@ -383,12 +312,12 @@ def restore_set(
         job.step("swap")
         n.fs.parent.mkdir(parents=True, exist_ok=True)
         if current is not None:
-            rename_database(conn, n.db, n.old)
+            clone.rename_database(conn, n.db, n.old)
         if n.fs.exists():
             os.rename(n.fs, n.fs_old)
-        rename_database(conn, n.work, n.db)
+        clone.rename_database(conn, n.work, n.db)
     # From here the tenant's name holds the verified restore; finish publishing it.
-    access.restrict_connect(conn, n.db, owner)
+    clone.restrict_connect(conn, n.db, owner)
     swap.place_filestore(n)
     marker.write(conn, n.db, final)
     swap.drop_old(conn, n)
@@ -443,7 +372,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     if target != source and not kw["as_copy"]:
         # Two live tenants must never share database.secret/uuid.
         raise UsageError("to-subdomain", "restoring into another tenant needs --as-copy")
-    owner = tenant_db.owner_role(kw["owner_role"], field="owner-role")
+    owner = clone.owner_role(kw["owner_role"], field="owner-role")
     dest = backup.dest_dir(kw["dest"])
     key = mf.read_key(kw["backup_key_file"])
     set_dir = backup.pick_set(backup.tenant_dir(dest, source.subdomain), kw["set_name"])
@@ -453,9 +382,9 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         locks.advisory(lock_name(target.db_name), deadline=job.deadline, dsn=dsn),
         pg.connection(dsn=dsn, deadline=job.deadline) as conn,
     ):
-        tenant_db.require_role(conn, owner)
+        clone.require_role(conn, owner)
         refuse_deprovisioned(conn, dest, target, key, set_dir)
-        end_orphans(conn, session_name("restore", target.db_name), job.deadline)
+        clone.claim_session(conn, clone.session_name("restore", target.db_name), job.deadline)
         outcome = restore_set(
             job, conn, set_dir, source, target, kw["data_dir"], dsn, key=key, owner=owner,
             replace=kw["replace"], as_copy=kw["as_copy"], jobs_n=kw["jobs_n"],

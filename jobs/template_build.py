@@ -43,6 +43,7 @@ from psycopg import sql
 
 from jobs import (
     addons_digest,
+    clone,
     filestore,
     locks,
     marker,
@@ -51,7 +52,6 @@ from jobs import (
     options,
     pg,
     runner,
-    tenant_db,
 )
 from jobs.errors import ConflictError, TransientError, UsageError
 from jobs.result import Done
@@ -171,7 +171,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     data_dir = Path(kw["data_dir"] or naming.DEFAULT_DATA_DIR)
     odoo_bin = kw["odoo_bin"] or "odoo"
     template = (
-        tenant_db.template_name(kw["template_db"])
+        clone.template_name(kw["template_db"])
         if kw["template_db"]
         else naming.template_db(code, version)
     )
@@ -233,7 +233,7 @@ def _converge(ctx: _Ctx, kw: dict[str, Any], odoo_bin: str) -> Done:
                 return Done("unchanged", details)
             if _fs_fingerprint(ctx, ctx.build) == ctx.fingerprint:
                 job.step("swap-filestore")  # a run died between the two halves of the swap
-                with tenant_db.template_lock(
+                with clone.template_lock(
                     ctx.template, deadline=job.deadline, shared=False, dsn=ctx.dsn
                 ):
                     _swap_filestore(ctx)
@@ -264,7 +264,7 @@ def _converge(ctx: _Ctx, kw: dict[str, Any], odoo_bin: str) -> Done:
     pg.terminate_sessions(conn, ctx.build)  # allow_connections does not end existing sessions
 
     job.step("swap")
-    with tenant_db.template_lock(ctx.template, deadline=job.deadline, shared=False, dsn=ctx.dsn):
+    with clone.template_lock(ctx.template, deadline=job.deadline, shared=False, dsn=ctx.dsn):
         _swap_database(ctx, existed)
         _swap_filestore(ctx)
     job.step("cleanup")
@@ -319,7 +319,7 @@ def _build(ctx: _Ctx, kw: dict[str, Any], odoo_bin: str) -> None:
             f"template build failed, live template untouched: {'; '.join(problems)[:600]}",
             problems=problems[:20],
         )
-    tenant_db.restrict_connect(conn, ctx.build)  # CONNECT for the building role only
+    clone.restrict_connect(conn, ctx.build)  # CONNECT for the building role only
     filestore.write_mark(ctx.fs(ctx.build), {"fingerprint": ctx.fingerprint})
     marker.write(conn, ctx.build, marker.Marker(marker.TEMPLATE_KIND, "verified", ctx.data))
     job.log.info("build verified", modules={m: states[m] for m in ctx.modules})

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from jobs import locks, options, pg, restore, runner
+from jobs import clone, locks, options, pg, runner
 from jobs import upgrade_phases as ph
 from jobs.errors import UsageError
 from jobs.result import Done
@@ -78,9 +78,7 @@ def _locked(ctx: ph.Ctx, phase: str, fn: Callable[[ph.Ctx], Done]) -> Done:
     with locks.advisory(f"tenant:{ctx.spec.db}", deadline=ctx.job.deadline, dsn=ctx.spec.dsn):
         # A killed run's clone of the work copy may still run on the server (a backend reads
         # its socket only between statements): end it, or ours fails on the same name.
-        restore.end_orphans(
-            ctx.conn, restore.session_name("upgrade", ctx.spec.db), ctx.job.deadline
-        )
+        clone.claim_session(ctx.conn, clone.session_name("upgrade", ctx.spec.db), ctx.job.deadline)
         return fn(ctx)
 
 

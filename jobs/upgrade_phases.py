@@ -33,9 +33,9 @@ import psycopg
 from psycopg import sql
 
 from jobs import filestore, marker, naming, odoo, pg, retry, runner
+from jobs.clone import create_clone, restrict_connect  # a clone is made as tenant-db makes it
 from jobs.errors import ConfigError, ConflictError, TransientError, UsageError
 from jobs.result import Done
-from jobs.tenant_db import create_clone, restrict_connect  # a clone is made as tenant-db makes it
 
 PHASES = ("snapshot", "source-pass", "prefix", "target-pass", "cutover")
 FRAMEWORK = "openupgrade_framework"

@@ -34,9 +34,9 @@ import psycopg
 
 from jobs import addons_digest, filestore, marker, odoo, pg, redact
 from jobs import upgrade_phases as ph
+from jobs.clone import create_clone, restrict_connect
 from jobs.errors import ConflictError, JobError, TransientError
 from jobs.result import Done
-from jobs.tenant_db import create_clone, restrict_connect
 
 STRATEGY = "same-major"
 VERIFIED = "verified"

@@ -40,7 +40,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import marker, naming, restore
+from jobs import clone, marker, naming
 from tests import odoo_target
 from tests.conftest import BIN, JobRun, Runner, local_ports
 from tests.test_backup import make_tenant
@@ -756,4 +756,4 @@ def test_upgrade_rerun_ends_the_killed_runs_snapshot_clone_still_queued_on_the_s
 def test_session_names_fit_postgres() -> None:
     """The orphan search matches application_name exactly: it must survive the 63-byte cut."""
     long_db = naming.db_name("a" * 30 + "--" + "b" * 20)
-    assert len(restore.session_name("environment", long_db).encode()) <= 63
+    assert len(clone.session_name("environment", long_db).encode()) <= 63

@@ -28,7 +28,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import access, addons_digest, filestore, locks, marker, naming
+from jobs import addons_digest, clone, filestore, locks, marker, naming
 from tests import odoo_target
 from tests.conftest import Runner, job_dsn
 from tests.odoo_target import APP, APP2, FAIL, LEAVE, SLEEP, SLEEP_LINE, SLEEP_VAR, OdooTarget
@@ -135,7 +135,7 @@ class Build:
                 sql.Identifier(self.name)
             )
         )
-        access.restrict_connect(conn, self.name, owner)
+        clone.restrict_connect(conn, self.name, owner)
         marker.write(conn, self.name, live)
         self.fs().parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(built.fs(), self.fs(), symlinks=True)

@@ -25,7 +25,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import filestore, locks, marker, naming, tenant_db
+from jobs import filestore, identity, locks, marker, naming, tenant_db
+from jobs.clone import create_clone
 from jobs.retry import Deadline
 from tests import odoo_target
 from tests.conftest import BIN, Runner, database_names, job_dsn
@@ -373,7 +374,7 @@ def test_personalised_admin_gets_mails_email_normalized(
 
 
 def make_clone(pg: psycopg.Connection[Any], tpl: dict[str, Any], name: str) -> str:
-    tenant_db.create_clone(pg, tpl["name"], name, owner=OWNER_ROLE, deadline=Deadline(60))
+    create_clone(pg, tpl["name"], name, owner=OWNER_ROLE, deadline=Deadline(60))
     return name
 
 
@@ -429,8 +430,8 @@ def test_personalise_recomputes_the_contacts_of_renamed_partners(
         other = add_partner(conn, name="Zed", complete_name="Zed")
         conn.execute("UPDATE res_partner SET commercial_partner_id = id WHERE id = %s", (other,))
 
-        facts = tenant_db.personalise(
-            conn, tenant_db.Identity("x.example.com", "Ada@Example.COM", owner, "Acme")
+        facts = identity.personalise(
+            conn, identity.Identity("x.example.com", "Ada@Example.COM", owner, "Acme")
         )
         assert facts["admin_login"] == "Ada@Example.COM"
         rows = conn.execute(
@@ -462,8 +463,8 @@ def test_personalise_updates_mails_email_normalized(pg_dsn: str, mail_clone: str
     email_normalized is the normalised new email."""
     with psycopg.connect(pg_dsn, dbname=mail_clone, autocommit=True) as conn:
         assert has_email_normalized(conn)
-        tenant_db.personalise(
-            conn, tenant_db.Identity("x.example.com", "Ada@Example.COM", "Ada", "Acme")
+        identity.personalise(
+            conn, identity.Identity("x.example.com", "Ada@Example.COM", "Ada", "Acme")
         )
         assert partner_by_xmlid(conn, "partner_admin")[3] == "Ada@Example.COM"
         assert email_normalized(conn, "partner_admin") == "ada@example.com"
@@ -474,16 +475,16 @@ def test_personalise_without_mail_has_no_email_normalized_to_update(
 ) -> None:
     with psycopg.connect(pg_dsn, dbname=clone, autocommit=True) as conn:
         assert not has_email_normalized(conn)  # base only: mail's column is not there
-        tenant_db.personalise(conn, tenant_db.Identity("x.example.com", "a@b.example", "Acme"))
+        identity.personalise(conn, identity.Identity("x.example.com", "a@b.example", "Acme"))
         assert name_search(conn, "Acme") == {"Acme"}
 
 
 def test_odoo_normalisations() -> None:
-    assert tenant_db.PY_WHITESPACE == "".join(
+    assert identity.PY_WHITESPACE == "".join(
         c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace()
     )
-    assert tenant_db.email_normalized("Ada.L+x@Example.COM") == "ada.l+x@example.com"
-    assert tenant_db.email_normalized("Ädä@Example.COM") == "Ädä@example.com"  # SMTPUTF8: kept
+    assert identity.email_normalized("Ada.L+x@Example.COM") == "ada.l+x@example.com"
+    assert identity.email_normalized("Ädä@Example.COM") == "Ädä@example.com"  # SMTPUTF8: kept
 
 
 def test_second_run_is_unchanged(

@@ -1,5 +1,5 @@
 -- mail's stored res_partner.email_normalized (mail.thread.blacklist), for the admin's partner
--- whose email personalise.sql changed. Run by jobs.tenant_db.personalise in the same transaction,
+-- whose email personalise.sql changed. Run by jobs.identity.personalise in the same transaction,
 -- only when the column exists (mail installed); the value is computed by the job, as Odoo's
 -- email_normalize does (the owner's address, lower-cased).
 
