@@ -23,15 +23,15 @@ from typing import Any
 import click
 
 from jobs import (
-    backup,
+    backup_sets,
     clone,
     locks,
     marker,
     naming,
     options,
     pg,
+    pg_tools,
     proc,
-    restore,
     runner,
     set_archive,
 )
@@ -72,11 +72,11 @@ def _pg_restore(job: runner.Job, dump_fd: int, db: str, dsn: str | None, jobs_n:
     Only a dump pg_restore cannot use is a problem of the set; a missing binary (78), a
     SIGTERM (75) or a server that went away (75) propagate as what they are.
     """
-    argv, env = restore.pg_restore_argv(db, dsn, jobs_n, dump_fd)
+    argv, env = pg_tools.pg_restore_argv(db, dsn, jobs_n, dump_fd)
     done = proc.run(argv, name="pg_restore", env=env, deadline=job.deadline, pass_fds=(dump_fd,))
     if done.returncode == 0:
         return None
-    err = backup.child_failed("pg_restore", done.returncode, done.tail)
+    err = pg_tools.child_failed("pg_restore", done.returncode, done.tail)
     said = " | ".join(done.tail[-3:]).lower()
     if isinstance(err, ConfigError) or any(s in said for s in _SERVER_TROUBLE):
         raise err
@@ -94,11 +94,11 @@ def verify_set(
     jobs_n: int = 1,
 ) -> list[str]:
     """Every problem found with the set (empty: it restores and matches its manifest)."""
-    manifest = backup.load_manifest(set_dir, key)
-    backup.check_owner(manifest, tenant, set_dir.name)
+    manifest = backup_sets.load_manifest(set_dir, key)
+    backup_sets.check_owner(manifest, tenant, set_dir.name)
     job.step("checksums")
     pinned: dict[str, int] = {}
-    problems = backup.check_files(set_dir, manifest, pinned)
+    problems = backup_sets.check_files(set_dir, manifest, pinned)
     if problems:
         return problems  # restoring a corrupt dump proves nothing more
     try:
@@ -129,7 +129,7 @@ def _verify_checked(
     job.check_locks()  # after reading the whole archive: still ours before touching scratch
     with pg.connection(dsn=dsn, deadline=job.deadline) as conn:
         clone.claim_session(conn, clone.session_name("verify", tenant.db_name), job.deadline)
-        restore.drop_unmarked(job, conn, scratch, marker.VERIFY_SCRATCH_KIND)
+        marker.drop_unmarked(job, conn, scratch, marker.VERIFY_SCRATCH_KIND)
         if pg.database_exists(conn, scratch):
             pg.drop_database(conn, scratch)  # our own marker: a killed run's scratch copy
         job.step("restore")
@@ -148,7 +148,7 @@ def _verify_checked(
                 return [*problems, bad]
             job.step("compare")
             with pg.connection(scratch, dsn=dsn, deadline=job.deadline) as sconn:
-                problems += restore.check_restored(sconn, manifest)
+                problems += backup_sets.check_restored(sconn, manifest)
         finally:
             pg.drop_database(conn, scratch)
     return problems
@@ -173,9 +173,9 @@ def backup_verify(**kw: Any) -> None:
 
 def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     tenant = naming.Tenant(naming.subdomain(kw["subdomain"]), naming.base_domain(kw["base_domain"]))
-    dest = backup.dest_dir(kw["dest"])
+    dest = backup_sets.dest_dir(kw["dest"])
     key = mf.read_key(kw["backup_key_file"])
-    set_dir = backup.pick_set(backup.tenant_dir(dest, tenant.subdomain), kw["set_name"])
+    set_dir = backup_sets.pick_set(backup_sets.tenant_dir(dest, tenant.subdomain), kw["set_name"])
     dsn = pg.base_conninfo(kw["pg_dsn"])
     job.bind(tenant=tenant.subdomain)
     lock = f"verify:{tenant.db_name}"  # the scratch database's owner: only this job names it

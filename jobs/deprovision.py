@@ -42,7 +42,7 @@ import click
 import psycopg
 
 from jobs import (
-    backup,
+    backup_sets,
     emit_event,
     filestore,
     locks,
@@ -63,9 +63,9 @@ STATE = "deprovisioning"
 
 def final_set(dest: Path, subdomain: str, key: bytes) -> str | None:
     """The newest complete, signed set of the tenant marked `final`, if any."""
-    tdir = backup.tenant_dir(dest, subdomain)
-    for name in reversed(backup.complete_sets(tdir)):
-        if backup.is_final(tdir / name, key):
+    tdir = backup_sets.tenant_dir(dest, subdomain)
+    for name in reversed(backup_sets.complete_sets(tdir)):
+        if backup_sets.is_final(tdir / name, key):
             return name
     return None
 
@@ -75,7 +75,7 @@ def final_set(dest: Path, subdomain: str, key: bytes) -> str | None:
 @options.project_id
 @options.tier
 @options.generation
-@backup.backup_options
+@options.backup_options
 @options.events_stream
 @options.data_dir
 @options.pg_dsn
@@ -200,7 +200,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     tier = naming.tier(kw["tier"]) if kw["tier"] else None
     generation = options.generation_value(kw["generation"])
     stream = emit_event._stream(kw["stream"])  # as emit-event checks it
-    dest = backup.dest_dir(kw["dest"])
+    dest = backup_sets.dest_dir(kw["dest"])
     dsn = pg.base_conninfo(kw["pg_dsn"])
     key = manifest.read_key(kw["backup_key_file"])
     client = redis_client.from_url(kw["redis_url"])
@@ -230,11 +230,13 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
             mark = marker.read(conn, db)
             assert mark is not None  # checked by _databases
             kept = mark.data.get("final_backup")
-            tdir = backup.tenant_dir(dest, tenant.subdomain)
-            if mark.state != STATE or not (kept and (tdir / str(kept) / backup.MANIFEST).is_file()):
+            tdir = backup_sets.tenant_dir(dest, tenant.subdomain)
+            if mark.state != STATE or not (
+                kept and (tdir / str(kept) / backup_sets.MANIFEST).is_file()
+            ):
                 job.step("final-backup")
-                with locks.advisory(backup.lock_name(db), deadline=job.deadline, dsn=dsn):
-                    made = backup.take(
+                with locks.advisory(backup_sets.lock_name(db), deadline=job.deadline, dsn=dsn):
+                    made = backup_sets.take(
                         job, tenant, dest, kw["data_dir"], dsn, kw["jobs_n"],
                         final=True, lock_wait=kw["lock_wait"], key=key,
                     )  # fmt: skip

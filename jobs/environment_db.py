@@ -32,7 +32,7 @@ import click
 import psycopg
 
 from jobs import (
-    backup,
+    backup_sets,
     clone,
     filestore,
     identity,
@@ -42,6 +42,7 @@ from jobs import (
     odoo,
     options,
     pg,
+    pg_tools,
     proc,
     retry,
     runner,
@@ -116,8 +117,8 @@ def _names(env: naming.Tenant, data_dir: str) -> swap.Names:
 
 def _copy_database(job: runner.Job, source: str, work: str, dsn: str | None) -> None:
     """pg_dump | pg_restore, streamed: no dump file, and production is only read."""
-    src_info, env = backup.child_conninfo(source, dsn)
-    dst_info, _ = backup.child_conninfo(work, dsn)
+    src_info, env = pg_tools.child_conninfo(source, dsn)
+    dst_info, _ = pg_tools.child_conninfo(work, dsn)
     dump_argv = ["pg_dump", f"--dbname={src_info}", "--format=custom", "--compress=0",
                  "--lock-wait-timeout=60000ms"]  # fmt: skip
     restore_argv = ["pg_restore", f"--dbname={dst_info}", "--exit-on-error", "--no-comments"]
@@ -128,9 +129,9 @@ def _copy_database(job: runner.Job, source: str, work: str, dsn: str | None) -> 
             restored = rst.wait(deadline=job.deadline)
         dumped = dump.wait(deadline=job.deadline)
     if dumped != 0:
-        raise backup.child_failed("pg_dump", dumped, list(dump.tail))
+        raise pg_tools.child_failed("pg_dump", dumped, list(dump.tail))
     if restored != 0:
-        raise backup.child_failed("pg_restore", restored, list(rst.tail))
+        raise pg_tools.child_failed("pg_restore", restored, list(rst.tail))
 
 
 def _build(job: runner.Job, conn: psycopg.Connection[Any], ctx: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +149,7 @@ def _build(job: runner.Job, conn: psycopg.Connection[Any], ctx: dict[str, Any]) 
     if ctx["copy"]:
         prod: str = ctx["production"]
         job.step("copy-database")
-        settings = backup.database_settings(conn, prod)
+        settings = backup_sets.database_settings(conn, prod)
         settings["owner"] = ctx["role"]
         settings["public_connect"] = False
         clone.create_empty(conn, n.work, settings)

@@ -14,7 +14,8 @@ from typing import Any
 
 import psycopg
 
-from jobs import pg
+from jobs import pg, runner
+from jobs.errors import ConflictError
 
 PREFIX = "plana-jobs "
 
@@ -63,3 +64,22 @@ def read(conn: psycopg.Connection[Any], db: str) -> Marker | None:
 
 def write(conn: psycopg.Connection[Any], db: str, marker: Marker) -> None:
     pg.set_database_comment(conn, db, marker.encode())
+
+
+def drop_unmarked(job: runner.Job, conn: psycopg.Connection[Any], name: str, kind: str) -> None:
+    """Drop `name` when it is a work database a killed run left before marking it.
+
+    Only this exact name, which no tenant can have (subdomains and base domains never contain
+    `_`), and only while the caller holds the lock for it. One carrying someone else's
+    comment is refused (65).
+    """
+    if not pg.database_exists(conn, name):
+        return
+    comment = pg.database_comment(conn, name)
+    mark = Marker.decode(comment)
+    if mark is not None and mark.kind == kind:
+        return
+    if comment is not None:
+        raise ConflictError(f"database {name} exists and is not ours", database=name)
+    job.log.info("dropping an unmarked work database left by a killed run", database=name)
+    pg.drop_database(conn, name)

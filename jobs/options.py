@@ -148,6 +148,30 @@ backup_set_source = stack(
            show_default=True, help="pg_restore parallel jobs."),
 )  # fmt: skip
 
+# How long pg_dump (and the row counts) wait for a table lock held elsewhere (an upgrade).
+DEFAULT_LOCK_WAIT_S = 60.0
+# backup and deprovision (a final backup) take a set with these.
+backup_options = stack(
+    backup_key_file,
+    option("--dest", env="PLANA_BACKUP_DEST", default=None,
+           help="Mounted backup volume; sets go to {dest}/{subdomain}/{timestamp}/."),
+    option("--jobs", "jobs_n", env="PLANA_BACKUP_JOBS", type=click.IntRange(1, 16),
+           default=1, show_default=True,
+           help="pg_dump parallel jobs; above 1 the dump is in directory format."),
+    option("--lock-wait", env="PLANA_BACKUP_LOCK_WAIT", type=Seconds(0.1, 86400),
+           default=DEFAULT_LOCK_WAIT_S, show_default=True,
+           help="Seconds to wait for a table lock held elsewhere before failing (75)."),
+)  # fmt: skip
+
+retention_options = stack(
+    option("--keep-daily", env="PLANA_BACKUP_KEEP_DAILY", type=click.IntRange(0),
+           default=7, show_default=True, help="Days (that have sets) to keep one of."),
+    option("--keep-weekly", env="PLANA_BACKUP_KEEP_WEEKLY", type=click.IntRange(0),
+           default=4, show_default=True, help="ISO weeks to keep one set of."),
+    option("--keep-monthly", env="PLANA_BACKUP_KEEP_MONTHLY", type=click.IntRange(0),
+           default=6, show_default=True, help="Months to keep one set of."),
+)  # fmt: skip
+
 
 def client(kw: dict[str, Any], *, owner: bool = True) -> naming.ClientSpec:
     """Validate the PLANAClient spec fields in `kw` (exit 64 on the first bad one).

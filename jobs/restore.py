@@ -34,18 +34,16 @@ import click
 import psycopg
 
 from jobs import (
-    backup,
+    backup_sets,
     clone,
-    filestore,
     identity,
     locks,
     marker,
     naming,
     options,
     pg,
-    proc,
+    pg_tools,
     runner,
-    set_archive,
     swap,
 )
 from jobs import manifest as mf
@@ -57,78 +55,6 @@ UPGRADE_WORK_INFIX = "__up"  # jobs.upgrade_phases: the work copy `{db}__up{to}`
 
 
 # ---------------------------------------------------------------------------- building blocks
-
-
-def pg_restore_argv(
-    db: str, dsn: str | None, jobs_n: int, dump_fd: int
-) -> tuple[list[str], dict[str, str]]:
-    """pg_restore of the dump open at `dump_fd` (the checked inode, handed on as /dev/fd/N).
-
-    pg_restore is never given the dump's path: between the checksum and the restore the set's
-    volume could have a file or directory swapped under that name.
-    """
-    conninfo, env = backup.child_conninfo(db, dsn)
-    argv = ["pg_restore", f"--dbname={conninfo}", "--exit-on-error", "--no-comments"]
-    if jobs_n > 1:
-        argv.append(f"--jobs={jobs_n}")
-    argv.append(f"/dev/fd/{dump_fd}")
-    return argv, env
-
-
-def pg_restore(job: runner.Job, dump_fd: int, db: str, dsn: str | None, jobs_n: int) -> None:
-    argv, env = pg_restore_argv(db, dsn, jobs_n, dump_fd)
-    done = proc.run(argv, name="pg_restore", env=env, deadline=job.deadline, pass_fds=(dump_fd,))
-    if done.returncode != 0:
-        raise backup.child_failed("pg_restore", done.returncode, done.tail)
-
-
-def check_restored(conn: psycopg.Connection[Any], manifest: mf.Manifest) -> list[str]:
-    """What differs between a restored database and its set's manifest (empty: it matches)."""
-    problems: list[str] = []
-    want_version = manifest.base_version
-    got_version = backup.base_version(conn)
-    if want_version and got_version != want_version:
-        problems.append(f"base: installed version {got_version} != recorded {want_version}")
-    tables = manifest.tables
-    names = backup.table_names(conn)
-    got = {f"{s}.{t}" for s, t in names}
-    missing, extra = sorted(set(tables) - got), sorted(got - set(tables))
-    if missing:
-        problems.append(f"tables missing: {', '.join(missing[:10])}")
-    if extra:
-        problems.append(f"tables not in the manifest: {', '.join(extra[:10])}")
-    counts = backup.row_counts(conn, [(s, t) for s, t in names if f"{s}.{t}" in tables])
-    for key, rows in sorted(counts.items()):
-        want = tables[key].rows
-        if want is not None and rows != want:
-            problems.append(f"{key}: {rows} rows != recorded {want}")
-    return problems
-
-
-def extract_filestore(archive_fd: int, manifest: mf.Manifest, stage: Path) -> int:
-    """Unpack the set's filestore (open at `archive_fd`, the descriptor that was hashed; left
-    open) into `stage` (emptied first), member by member; returns the files."""
-    filestore.discard(stage)  # whatever is there, a link included (removed, never followed)
-    try:
-        stage.mkdir(parents=True)
-        stage_fd = mf.open_dir(str(stage))
-    except OSError as exc:  # something was put there since: another writer in the filestore dir
-        raise ConflictError(
-            f"staging {stage.name}: cannot be created safely: {exc.strerror}"
-        ) from None
-    archive_fd = os.dup(archive_fd)  # fdopen below closes its own copy
-    os.lseek(archive_fd, 0, os.SEEK_SET)
-    try:
-        with os.fdopen(archive_fd, "rb") as fh:
-            report = set_archive.extract(fh, stage_fd)
-        os.fsync(stage_fd)
-    finally:
-        os.close(stage_fd)
-    if report.files != manifest.filestore.files:
-        raise ConflictError(
-            f"restored filestore: {report.files} files != recorded {manifest.filestore.files}"
-        )
-    return report.files
 
 
 def refuse_during_upgrade(conn: psycopg.Connection[Any], db: str) -> None:
@@ -154,25 +80,6 @@ def refuse_during_upgrade(conn: psycopg.Connection[Any], db: str) -> None:
             f"{db} has an upgrade under way ({', '.join(work)}): finish or roll it back first",
             database=db,
         )
-
-
-def drop_unmarked(job: runner.Job, conn: psycopg.Connection[Any], name: str, kind: str) -> None:
-    """Drop `name` when it is a work database a killed run left before marking it.
-
-    Only this exact name, which no tenant can have (subdomains and base domains never contain
-    `_`), and only while the caller holds the lock for it. One carrying someone else's
-    comment is refused (65).
-    """
-    if not pg.database_exists(conn, name):
-        return
-    comment = pg.database_comment(conn, name)
-    mark = marker.Marker.decode(comment)
-    if mark is not None and mark.kind == kind:
-        return
-    if comment is not None:
-        raise ConflictError(f"database {name} exists and is not ours", database=name)
-    job.log.info("dropping an unmarked work database left by a killed run", database=name)
-    pg.drop_database(conn, name)
 
 
 # ---------------------------------------------------------------------------- the restore
@@ -230,7 +137,7 @@ def _restore_checked(
     the extraction read those, never the set's paths again.
     """
     name = set_dir.name
-    drop_unmarked(job, conn, n.work, marker.RESTORE_WORK_KIND)
+    marker.drop_unmarked(job, conn, n.work, marker.RESTORE_WORK_KIND)
     work = _ours(conn, n.work, (marker.RESTORE_WORK_KIND,))
     reusable = (
         work is not None
@@ -244,10 +151,10 @@ def _restore_checked(
         clone.create_empty(conn, n.work, manifest.settings, owner)
         created = {"set": name, "subdomain": target.subdomain}
         marker.write(conn, n.work, marker.Marker(marker.RESTORE_WORK_KIND, "created", created))
-        pg_restore(job, pinned[manifest.dump.path], n.work, dsn, jobs_n)
+        pg_tools.pg_restore(job, pinned[manifest.dump.path], n.work, dsn, jobs_n)
         job.step("verify")
         with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
-            problems = check_restored(wconn, manifest)
+            problems = backup_sets.check_restored(wconn, manifest)
             if problems:
                 raise ConflictError(
                     f"restored database differs from set {name}: {'; '.join(problems[:5])}",
@@ -259,7 +166,7 @@ def _restore_checked(
         marker.write(conn, n.work, marker.Marker(marker.RESTORE_WORK_KIND, "verified", state))
     job.step("filestore")
     # A kept stage may be half done: extract_filestore starts it afresh.
-    extract_filestore(pinned[manifest.filestore.path], manifest, n.fs_work)
+    backup_sets.extract_filestore(pinned[manifest.filestore.path], manifest, n.fs_work)
 
 
 def restore_set(
@@ -280,8 +187,8 @@ def restore_set(
     """Restore `set_dir` (a set of `source`) as `target`; the caller holds the target's lock."""
     n = swap.Names.of(target, data_dir, work_suffix=WORK_SUFFIX, fs_work=swap.restore_stage)
     name = set_dir.name
-    manifest = backup.load_manifest(set_dir, key)
-    backup.check_owner(manifest, source, name)
+    manifest = backup_sets.load_manifest(set_dir, key)
+    backup_sets.check_owner(manifest, source, name)
     refuse_during_upgrade(conn, n.db)
     _roll_back_swap(job, conn, n)
     current = _ours(conn, n.db, (*marker.BACKUP_KINDS, marker.RESTORE_WORK_KIND))
@@ -300,7 +207,7 @@ def restore_set(
     if current is None or current.kind != marker.RESTORE_WORK_KIND:
         job.step("check-set")
         pinned: dict[str, int] = {}
-        problems = backup.check_files(set_dir, manifest, pinned)
+        problems = backup_sets.check_files(set_dir, manifest, pinned)
         if problems:
             raise ConflictError(f"set {name}: {'; '.join(problems)}", problems=problems)
         try:
@@ -373,9 +280,9 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         # Two live tenants must never share database.secret/uuid.
         raise UsageError("to-subdomain", "restoring into another tenant needs --as-copy")
     owner = clone.owner_role(kw["owner_role"], field="owner-role")
-    dest = backup.dest_dir(kw["dest"])
+    dest = backup_sets.dest_dir(kw["dest"])
     key = mf.read_key(kw["backup_key_file"])
-    set_dir = backup.pick_set(backup.tenant_dir(dest, source.subdomain), kw["set_name"])
+    set_dir = backup_sets.pick_set(backup_sets.tenant_dir(dest, source.subdomain), kw["set_name"])
     dsn = pg.base_conninfo(kw["pg_dsn"])
     job.bind(tenant=target.subdomain)
     with (
@@ -405,9 +312,9 @@ def refuse_deprovisioned(
     """
     if pg.database_exists(conn, target.db_name):
         return
-    tdir = backup.tenant_dir(dest, target.subdomain)
-    for name in reversed(backup.complete_sets(tdir)):
-        if backup.is_final(tdir / name, key):
+    tdir = backup_sets.tenant_dir(dest, target.subdomain)
+    for name in reversed(backup_sets.complete_sets(tdir)):
+        if backup_sets.is_final(tdir / name, key):
             if chosen == tdir / name:
                 return
             raise ConflictError(

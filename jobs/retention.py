@@ -1,4 +1,5 @@
-"""Grandfather-father-son retention over backup set timestamps: a pure function.
+"""Grandfather-father-son retention over backup set timestamps: a pure function (`expired`),
+and `apply_retention`, which deletes from a tenant's sets what it finds expired.
 
 A set is kept when it is the newest set of one of the `daily` most recent days that have a set,
 of one of the `weekly` most recent ISO weeks that have one, or of one of the `monthly` most
@@ -16,6 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
+
+from jobs import backup_sets, runner
 
 
 @dataclass(frozen=True)
@@ -76,3 +80,23 @@ def expired(
     """The complement of `keep`, oldest first."""
     all_times = set(times)
     return sorted(all_times - keep(all_times, policy, protect_from))
+
+
+def apply_retention(
+    job: runner.Job, tdir: Path, policy: Policy, just_written: str, key: bytes
+) -> list[str]:
+    """Delete expired sets (never a `final` one: a deprovisioned tenant's last backup).
+
+    Only a signed manifest's `final` is believed; an unsigned set is an ordinary candidate.
+    """
+    candidates: dict[datetime, str] = {}
+    for name in backup_sets.complete_sets(tdir):
+        if not backup_sets.is_final(tdir / name, key):
+            candidates[backup_sets.set_time(name)] = name
+    deleted: list[str] = []
+    for t in expired(candidates, policy, protect_from=backup_sets.set_time(just_written)):
+        backup_sets.remove_tree(tdir / candidates[t])
+        deleted.append(candidates[t])
+    if deleted:
+        job.log.info("retention deleted sets", deleted=deleted)
+    return deleted

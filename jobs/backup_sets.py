@@ -1,0 +1,617 @@
+"""Backup sets: their layout on the backup volume, how one is taken, and how one is read back.
+
+    {dest}/{subdomain}/{YYYYMMDDTHHMMSSZ}/db.dump | db.dir/   pg_dump custom | directory format
+                                          filestore.tar       the filestore, paths relative to it
+                                          manifest.json       sizes, sha256, versions, row counts
+                                          manifest.sig        HMAC-SHA256 of manifest.json
+
+`take` builds a set as `{ts}.partial` and publishes it by one rename, `manifest.json` written
+last inside it (the caller holds the tenant's backup lock, `lock_name`). Reading one back
+(restore, backup-verify, deprovision) goes through `load_manifest`, `check_owner` and
+`check_files`: a set is untrusted input (jobs.manifest). `check_restored` and
+`extract_filestore` compare a restored copy with its set and unpack its filestore.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from jobs import filestore, fstree, marker, naming, options, pg, pg_tools, proc, runner, set_archive
+from jobs import manifest as mf
+from jobs.errors import ConfigError, ConflictError, TransientError, UsageError
+
+SET_NAME = mf.SET_NAME
+SET_FORMAT = "%Y%m%dT%H%M%SZ"
+MANIFEST = mf.MANIFEST
+DUMP_FILE = mf.DUMP_FILE
+DUMP_DIR = mf.DUMP_DIR
+FILESTORE_TAR = mf.FILESTORE_TAR
+PARTIAL = ".partial"
+DELETING = ".deleting"
+MANIFEST_FORMAT = mf.FORMAT
+CHUNK = 1 << 20
+# Room a set needs below --dest: "/{subdomain ≤ 63}/{set}.partial/db.dir/NNNN.dat.gz" and tar's
+# temporary names, with margin.
+SET_PATH_ROOM = 160
+
+
+# ---------------------------------------------------------------------------- set layout
+
+
+def set_time(name: str) -> datetime:
+    return datetime.strptime(name, SET_FORMAT).replace(tzinfo=UTC)
+
+
+def set_name(t: datetime) -> str:
+    return t.astimezone(UTC).strftime(SET_FORMAT)
+
+
+def tenant_dir(dest: Path, subdomain: str) -> Path:
+    return dest / subdomain
+
+
+def complete_sets(tdir: Path) -> list[str]:
+    """Names of the complete sets under a tenant's directory, oldest first."""
+    if not tdir.is_dir():
+        return []
+    return sorted(
+        p.name for p in tdir.iterdir() if SET_NAME.fullmatch(p.name) and (p / MANIFEST).is_file()
+    )
+
+
+def open_set(set_dir: Path) -> int:
+    """The set directory by descriptor: `{tenant dir}/{set}` with both levels O_NOFOLLOW."""
+    try:
+        return mf.open_set(set_dir.parent.parent, set_dir.parent.name, set_dir.name)
+    except FileNotFoundError:
+        raise ConflictError(f"set {set_dir.name}: no such set in {set_dir.parent}") from None
+    except OSError as exc:  # ELOOP/ENOTDIR: a level was swapped for a link or a file
+        raise ConflictError(
+            f"set {set_dir.name}: cannot be opened safely: {exc.strerror}"
+        ) from None
+
+
+def load_manifest(set_dir: Path, key: bytes) -> mf.Manifest:
+    """The authenticated, schema-checked manifest of a set (65 on any doubt)."""
+    fd = open_set(set_dir)
+    try:
+        return mf.load(fd, key, set_dir.name)[0]
+    finally:
+        os.close(fd)
+
+
+def is_final(set_dir: Path, key: bytes) -> bool:
+    """True only when the set's manifest is validly signed and says `final: true`.
+
+    Retention and deprovision need only this one fact, and only from a signed manifest.
+    """
+    try:
+        fd = open_set(set_dir)
+    except ConflictError:
+        return False
+    try:
+        data = mf.authenticated(fd, key, set_dir.name)
+    except ConflictError:
+        return False
+    finally:
+        os.close(fd)
+    return isinstance(data, dict) and data.get("final") is True
+
+
+def check_owner(m: mf.Manifest, tenant: naming.Tenant, label: str) -> None:
+    """A set is only ever read for the tenant it was taken of (65 otherwise)."""
+    got = (m.subdomain, m.database, m.base_domain)
+    want = (tenant.subdomain, tenant.db_name, tenant.base_domain)
+    if got != want:
+        raise ConflictError(
+            f"set {label} belongs to {m.subdomain} (database {m.database}, domain "
+            f"{m.base_domain}), not to {tenant.subdomain}: refused",
+            set=label,
+        )
+
+
+def pick_set(tdir: Path, wanted: str | None, field: str = "set") -> Path:
+    """The set named `wanted`, or the newest complete one; ConflictError when there is none."""
+    if wanted:
+        if not SET_NAME.fullmatch(wanted):
+            raise UsageError(field, f"must be a set name like 20250131T020000Z, got {wanted!r}")
+        path = tdir / wanted
+        if not (path / MANIFEST).is_file():
+            raise ConflictError(f"set {wanted}: no complete set of that name in {tdir}")
+        return path
+    sets = complete_sets(tdir)
+    if not sets:
+        raise ConflictError(f"no complete backup set in {tdir}")
+    return tdir / sets[-1]
+
+
+def check_files(set_dir: Path, m: mf.Manifest, pinned: dict[str, int] | None = None) -> list[str]:
+    """Every mismatch between the set's files and the manifest's sizes and checksums.
+
+    `pinned` receives the checked dump's descriptor (see `manifest.check_files`).
+    """
+    fd = open_set(set_dir)
+    try:
+        return mf.check_files(fd, m, pinned)
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory so that no crash leaves it looking complete: rename, then delete."""
+    if not path.exists():
+        return
+    doomed = path if path.name.endswith(DELETING) else path.with_name(path.name + DELETING)
+    if doomed != path:
+        path.rename(doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def clean_leftovers(tdir: Path) -> list[str]:
+    """Remove `.partial` and `.deleting` sets left by killed runs (caller holds the lock)."""
+    removed: list[str] = []
+    if not tdir.is_dir():
+        return removed
+    for p in sorted(tdir.iterdir()):
+        if p.is_dir() and (p.name.endswith(PARTIAL) or p.name.endswith(DELETING)):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def dest_dir(value: str | None, field: str = "dest") -> Path:
+    """The mounted backup volume: required and a usable path (64); existing, writable (78)."""
+    if not value:
+        raise UsageError(field, "is required (PLANA_BACKUP_DEST)")
+    raw = os.fsencode(value)
+    name_max = os.pathconf("/", "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    if b"\0" in raw or not value.isprintable():
+        raise UsageError(field, "must be a printable path (PLANA_BACKUP_DEST)")
+    if any(len(part) > name_max for part in raw.split(b"/")):
+        raise UsageError(field, f"has a component longer than {name_max} bytes (PLANA_BACKUP_DEST)")
+    if len(os.fsencode(os.path.abspath(value))) + SET_PATH_ROOM > os.pathconf("/", "PC_PATH_MAX"):
+        raise UsageError(field, "is too long to hold backup sets (PLANA_BACKUP_DEST)")
+    path = Path(value)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        problem = f"is not a usable path: {exc.strerror} (PLANA_BACKUP_DEST)"
+        raise UsageError(field, problem) from None
+    if not path.is_dir():
+        raise ConfigError(f"{field}: {value} is not a directory (is the volume mounted?)")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{field}: {value} is not writable")
+    return path
+
+
+# ---------------------------------------------------------------------------- observing the db
+
+
+@dataclass
+class Snapshot:
+    """What one exported snapshot says about the database being dumped."""
+
+    snapshot_id: str
+    base_version: str | None
+    tables: dict[str, dict[str, int]]
+    settings: dict[str, Any]
+
+
+def database_settings(conn: psycopg.Connection[Any], db: str) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT pg_get_userbyid(d.datdba), pg_encoding_to_char(d.encoding), d.datcollate,"
+        " d.datctype, has_database_privilege('public', d.oid, 'CONNECT')"
+        " FROM pg_database d WHERE d.datname = %s",
+        (db,),
+    ).fetchone()
+    assert row is not None
+    return {
+        "owner": row[0],
+        "encoding": row[1],
+        "collate": row[2],
+        "ctype": row[3],
+        "public_connect": bool(row[4]),
+    }
+
+
+def table_names(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition"
+        " AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+        " AND n.nspname NOT LIKE 'pg\\_toast%%' ORDER BY 1, 2"
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+def row_counts(conn: psycopg.Connection[Any], names: list[tuple[str, str]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for schema, table in names:
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(table)
+        )
+        row = conn.execute(query).fetchone()
+        counts[f"{schema}.{table}"] = int(row[0]) if row else 0
+    return counts
+
+
+def base_version(conn: psycopg.Connection[Any]) -> str | None:
+    # Probe first: a failed query would abort the snapshot's transaction.
+    found = conn.execute("SELECT to_regclass('ir_module_module')").fetchone()
+    if not found or found[0] is None:
+        return None
+    row = conn.execute(
+        "SELECT latest_version FROM ir_module_module WHERE name = 'base' AND state = 'installed'"
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def odoo_series(version: str | None) -> str | None:
+    """`18.0.1.3` → `18.0` (the Odoo series a module version starts with)."""
+    if not version:
+        return None
+    parts = version.split(".")
+    return ".".join(parts[:2]) if len(parts) >= 2 else version
+
+
+# ---------------------------------------------------------------------------- taking a set
+
+
+@dataclass
+class BackupSet:
+    path: Path
+    manifest: dict[str, Any]  # as written (and signed)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def _new_set_name(tdir: Path) -> str:
+    """A UTC timestamp name that no set (complete or not) uses yet."""
+    while True:
+        name = set_name(datetime.now(UTC))
+        if not (tdir / name).exists() and not (tdir / (name + PARTIAL)).exists():
+            return name
+        time.sleep(0.2)  # two sets within one second: wait for the next second
+
+
+def _dump(
+    job: runner.Job,
+    db: str,
+    snap: Snapshot,
+    work: Path,
+    dsn: str | None,
+    jobs_n: int,
+    lock_wait: float,
+) -> dict[str, dict[str, Any]]:
+    conninfo, env = pg_tools.child_conninfo(db, dsn)
+    argv = [
+        "pg_dump",
+        f"--dbname={conninfo}",
+        f"--snapshot={snap.snapshot_id}",
+        f"--lock-wait-timeout={int(lock_wait * 1000)}ms",
+        "--no-sync",  # we fsync what we publish ourselves
+    ]
+    files: dict[str, dict[str, Any]] = {}
+    if jobs_n > 1:
+        target = work / DUMP_DIR
+        argv += ["--format=directory", f"--jobs={jobs_n}", f"--file={target}"]
+        done = proc.run(argv, name="pg_dump", env=env, deadline=job.deadline)
+        if done.returncode != 0:
+            raise pg_tools.child_failed("pg_dump", done.returncode, done.tail)
+        for p in sorted(target.iterdir()):
+            files[f"{DUMP_DIR}/{p.name}"] = _seal(p)
+        return files
+    # Written by pg_dump itself (not through a pipe): a seekable file gets data offsets in its
+    # TOC, which parallel pg_restore needs, and it is faster.
+    target = work / DUMP_FILE
+    argv += ["--format=custom", f"--file={target}"]
+    done = proc.run(argv, name="pg_dump", env=env, deadline=job.deadline)
+    if done.returncode != 0:
+        raise pg_tools.child_failed("pg_dump", done.returncode, done.tail)
+    files[DUMP_FILE] = _seal(target)
+    return files
+
+
+def _seal(path: Path) -> dict[str, Any]:
+    """Size and sha256 of a finished file, and fsync it (the set must survive a node crash).
+
+    The fsync (waiting on the disk) runs beside the hashing (CPU), not after it.
+    """
+    with path.open("rb") as fh:
+        syncer = threading.Thread(target=os.fsync, args=(fh.fileno(),), daemon=True)
+        syncer.start()
+        digest = hashlib.sha256()
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+        syncer.join()
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _archive_filestore(
+    job: runner.Job, fs: Path, work: Path
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """`filestore.tar` of the tenant's filestore, built from descriptors (jobs.fstree).
+
+    Not `tar --files-from`: tar opens each listed name by path and follows a directory the
+    tenant swapped for a symlink after the listing. Here each directory is opened relative to
+    its parent with O_NOFOLLOW and each file's bytes come from its own descriptor (sendfile),
+    so nothing outside the tenant's tree can get into its set. A symlinked filestore root is
+    refused (FilestoreError, 65). An absent filestore (no attachment ever stored) archives as
+    an empty tar.
+    """
+    target = work / FILESTORE_TAR
+    root = fstree.open_root(fs)
+    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        tar = fstree.TarWriter(out)
+        if root is not None:
+            for rel, dir_fd, listed in fstree.walk(root):
+                if job.deadline.expired():
+                    raise TransientError("filestore archive still running at the deadline")
+                for name, _size in listed:
+                    tar.add(dir_fd, name, f"{rel}/{name}" if rel else name)
+        tar.close()
+    finally:
+        os.close(out)
+        if root is not None:
+            os.close(root)
+    info = {
+        "path": FILESTORE_TAR,
+        "files": tar.files,
+        "bytes": tar.bytes,
+        "present": root is not None,
+    }
+    return {FILESTORE_TAR: _seal(target)}, info
+
+
+def _archive_in_thread(job: runner.Job, fs: Path, work: Path, out: dict[str, Any]) -> None:
+    try:
+        out["result"] = _archive_filestore(job, fs, work)
+    except Exception as exc:  # re-raised by the caller, in the job's thread
+        out["error"] = exc
+
+
+@contextlib.contextmanager
+def _exported_snapshot(
+    job: runner.Job, db: str, dsn: str | None
+) -> Iterator[tuple[psycopg.Connection[Any], Snapshot]]:
+    """A read-only repeatable-read transaction whose snapshot pg_dump and the counts share."""
+    with pg.connection(db, dsn=dsn, deadline=job.deadline, autocommit=False) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+        assert row is not None
+        names = table_names(conn)
+        estimates = dict(
+            conn.execute(
+                "SELECT n.nspname || '.' || c.relname, c.reltuples::bigint FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p')"
+            ).fetchall()
+        )
+        tables = {
+            f"{s}.{t}": {"estimate": max(-1, int(estimates.get(f"{s}.{t}", -1)))} for s, t in names
+        }
+        snap = Snapshot(row[0], base_version(conn), tables, {})
+        yield conn, snap
+        conn.rollback()
+
+
+def _count_in_snapshot(
+    db: str,
+    dsn: str | None,
+    job: runner.Job,
+    snapshot_id: str,
+    lock_wait: float,
+    out: dict[str, Any],
+) -> None:
+    """Exact row counts in the dump's snapshot, on a second connection while pg_dump runs."""
+    try:
+        with pg.connection(db, dsn=dsn, deadline=job.deadline, autocommit=False) as conn:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
+            # As pg_dump's --lock-wait-timeout: an exclusive lock held elsewhere fails the run.
+            conn.execute(
+                sql.SQL("SET LOCAL lock_timeout = {}").format(
+                    sql.Literal(f"{int(lock_wait * 1000)}ms")
+                )
+            )
+            out["counts"] = row_counts(conn, table_names(conn))
+            conn.rollback()
+    except Exception as exc:  # reported by the caller, in the job's thread
+        out["error"] = exc
+
+
+def take(
+    job: runner.Job,
+    tenant: naming.Tenant,
+    dest: Path,
+    data_dir: str,
+    dsn: str | None,
+    jobs_n: int = 1,
+    final: bool = False,
+    lock_wait: float = options.DEFAULT_LOCK_WAIT_S,
+    *,
+    key: bytes,
+) -> BackupSet:
+    """Write one complete set for `tenant`; the caller holds the tenant's backup lock."""
+    db = tenant.db_name
+    tdir = tenant_dir(dest, tenant.subdomain)
+    job.step("observe")
+    with pg.connection(dsn=dsn, deadline=job.deadline) as conn:
+        if not pg.database_exists(conn, db):
+            raise ConflictError(f"database {db} does not exist", database=db)
+        mark = marker.read(conn, db)
+        if mark is None or mark.kind not in marker.BACKUP_KINDS:
+            raise ConflictError(f"database {db} does not carry this project's marker", database=db)
+        settings = database_settings(conn, db)
+        server = conn.execute("SHOW server_version").fetchone()
+    tdir.mkdir(parents=True, exist_ok=True)
+    removed = clean_leftovers(tdir)
+    if removed:
+        job.log.info("removed leftovers of interrupted runs", removed=removed)
+
+    name = _new_set_name(tdir)
+    work = tdir / (name + PARTIAL)
+    work.mkdir()
+    started = datetime.now(UTC)
+    job.step("dump")
+    with _exported_snapshot(job, db, dsn) as (_conn, snap):
+        counted: dict[str, Any] = {}
+        counter = threading.Thread(
+            target=_count_in_snapshot,
+            args=(db, dsn, job, snap.snapshot_id, lock_wait, counted),
+            daemon=True,
+        )
+        counter.start()
+        # The filestore is archived while pg_dump runs: its files are content-addressed and
+        # only ever added, so every file the snapshot references is there to be listed.
+        fs = tenant.filestore(data_dir)
+        archived: dict[str, Any] = {}
+        archiver = threading.Thread(
+            target=_archive_in_thread, args=(job, fs, work, archived), daemon=True
+        )
+        archiver.start()
+        try:
+            files = _dump(job, db, snap, work, dsn, jobs_n, lock_wait)
+        finally:
+            counter.join()
+            archiver.join()
+    exc = counted.get("error")
+    if isinstance(exc, psycopg.Error):
+        raise TransientError(f"counting rows in the dump's snapshot: {type(exc).__name__}: {exc}")
+    if isinstance(exc, Exception):
+        raise exc
+    for table, rows in counted.get("counts", {}).items():
+        if table in snap.tables:
+            snap.tables[table]["rows"] = rows
+
+    if "error" in archived:
+        raise archived["error"]
+    fs_files, fs_info = archived["result"]
+    files.update(fs_files)
+
+    pg_dump_version = subprocess.run(
+        ["pg_dump", "--version"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "set": name,
+        "subdomain": tenant.subdomain,
+        "database": db,
+        "base_domain": tenant.base_domain,
+        "final": final,
+        "started_at": started.isoformat(timespec="seconds"),
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "dump": {"format": "directory" if jobs_n > 1 else "custom",
+                 "path": DUMP_DIR if jobs_n > 1 else DUMP_FILE},
+        "filestore": fs_info,
+        "files": files,
+        "postgresql": {"server_version": server[0] if server else None,
+                       "pg_dump": pg_dump_version},
+        "odoo": {"series": odoo_series(snap.base_version), "base_version": snap.base_version},
+        "database_settings": settings,
+        "marker": {"kind": mark.kind, "state": mark.state, **mark.data},
+        "tables": snap.tables,
+    }  # fmt: skip
+    job.step("publish")
+    body = json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8")
+    # The signature first: a set is complete once manifest.json is there, and must be signed.
+    _write_durably(work / mf.SIGNATURE, mf.sign(key, body).encode("ascii") + b"\n")
+    _write_durably(work / MANIFEST, body)
+    fsync_dir(work)
+    final_path = tdir / name
+    work.rename(final_path)
+    fsync_dir(tdir)
+    job.log.info("set written", set=name, files=len(files), tables=len(snap.tables))
+    return BackupSet(final_path, manifest)
+
+
+def _write_durably(path: Path, body: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as fh:
+        fh.write(body)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.rename(path)
+
+
+def lock_name(db: str) -> str:
+    return f"backup:{db}"
+
+
+# ---------------------------------------------------------------------------- restoring a set
+
+
+def check_restored(conn: psycopg.Connection[Any], manifest: mf.Manifest) -> list[str]:
+    """What differs between a restored database and its set's manifest (empty: it matches)."""
+    problems: list[str] = []
+    want_version = manifest.base_version
+    got_version = base_version(conn)
+    if want_version and got_version != want_version:
+        problems.append(f"base: installed version {got_version} != recorded {want_version}")
+    tables = manifest.tables
+    names = table_names(conn)
+    got = {f"{s}.{t}" for s, t in names}
+    missing, extra = sorted(set(tables) - got), sorted(got - set(tables))
+    if missing:
+        problems.append(f"tables missing: {', '.join(missing[:10])}")
+    if extra:
+        problems.append(f"tables not in the manifest: {', '.join(extra[:10])}")
+    counts = row_counts(conn, [(s, t) for s, t in names if f"{s}.{t}" in tables])
+    for key, rows in sorted(counts.items()):
+        want = tables[key].rows
+        if want is not None and rows != want:
+            problems.append(f"{key}: {rows} rows != recorded {want}")
+    return problems
+
+
+def extract_filestore(archive_fd: int, manifest: mf.Manifest, stage: Path) -> int:
+    """Unpack the set's filestore (open at `archive_fd`, the descriptor that was hashed; left
+    open) into `stage` (emptied first), member by member; returns the files."""
+    filestore.discard(stage)  # whatever is there, a link included (removed, never followed)
+    try:
+        stage.mkdir(parents=True)
+        stage_fd = mf.open_dir(str(stage))
+    except OSError as exc:  # something was put there since: another writer in the filestore dir
+        raise ConflictError(
+            f"staging {stage.name}: cannot be created safely: {exc.strerror}"
+        ) from None
+    archive_fd = os.dup(archive_fd)  # fdopen below closes its own copy
+    os.lseek(archive_fd, 0, os.SEEK_SET)
+    try:
+        with os.fdopen(archive_fd, "rb") as fh:
+            report = set_archive.extract(fh, stage_fd)
+        os.fsync(stage_fd)
+    finally:
+        os.close(stage_fd)
+    if report.files != manifest.filestore.files:
+        raise ConflictError(
+            f"restored filestore: {report.files} files != recorded {manifest.filestore.files}"
+        )
+    return report.files
