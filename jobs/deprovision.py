@@ -43,7 +43,7 @@ import psycopg
 
 from jobs import (
     backup_sets,
-    emit_event,
+    events,
     filestore,
     locks,
     manifest,
@@ -199,7 +199,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     project = naming.project_id(kw["project_id"]) if kw["project_id"] else None
     tier = naming.tier(kw["tier"]) if kw["tier"] else None
     generation = options.generation_value(kw["generation"])
-    stream = emit_event._stream(kw["stream"])  # as emit-event checks it
+    stream = events.stream_name(kw["stream"])  # as emit-event checks it
     dest = backup_sets.dest_dir(kw["dest"])
     dsn = pg.base_conninfo(kw["pg_dsn"])
     key = manifest.read_key(kw["backup_key_file"])
@@ -279,7 +279,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         "db_name": db,
         "occurred_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    eid = emit_event.event_id(EVENT_TYPE, tenant.subdomain, generation)
+    eid = events.event_id(EVENT_TYPE, tenant.subdomain, generation)
     fields["event_id"] = eid
     if project is not None:
         fields["project_id"] = str(project)
@@ -290,7 +290,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     if details.get("final_backup"):
         fields["final_backup"] = str(details["final_backup"])
     try:
-        added, entry = emit_event.xadd_once(client, stream, eid, fields, deadline=job.deadline)
+        added, entry = events.xadd_once(client, stream, eid, fields, deadline=job.deadline)
     finally:
         client.close()
     if added:
