@@ -22,7 +22,6 @@ Idempotent: an existing environment is `unchanged`; `--refresh` rebuilds it once
 from __future__ import annotations
 
 import contextlib
-import importlib.resources
 import os
 import subprocess
 from pathlib import Path
@@ -39,6 +38,7 @@ from jobs import (
     locks,
     marker,
     naming,
+    neutralise,
     odoo,
     options,
     pg,
@@ -48,65 +48,10 @@ from jobs import (
     runner,
     swap,
 )
-from jobs.errors import ConfigError, ConflictError, JobError, TransientError
+from jobs.errors import ConfigError, ConflictError, JobError
 from jobs.result import Done
 
 WORK_SUFFIX = "__env"
-
-
-def database_major(conn: psycopg.Connection[Any]) -> int | None:
-    """The Odoo major version of the database Odoo would load (its `base` module's)."""
-    row = conn.execute(
-        "SELECT latest_version FROM ir_module_module WHERE name = 'base'"
-        " AND state IN ('installed', 'to upgrade', 'to remove')"
-    ).fetchone()
-    return odoo.major(str(row[0])) if row and row[0] else None
-
-
-def neutralise(job: runner.Job, ctx: dict[str, Any], db: str) -> None:
-    """`odoo neutralize -d db` with the environment's own binary (one transaction, in Odoo).
-
-    Odoo's own mechanism, so every installed module's `data/neutralize.sql` is applied, those
-    of custom addons on the addons path too. The binary must be the database's major version:
-    another version's SQL is written for another schema. A failed run leaves nothing applied
-    (Odoo rolls back) and a re-run starts over from a new copy, hence 75.
-    """
-    binary: str = ctx["binary"]
-    with pg.connection(db, dsn=ctx["dsn"], deadline=job.deadline) as wconn:
-        db_major = database_major(wconn)
-    if db_major != odoo.major(binary):
-        raise ConflictError(
-            f"{db} is Odoo {db_major}, {ctx['odoo_bin']} is {binary!r}: cannot neutralise it",
-            binary=binary,
-        )
-    args = ["-d", db]
-    if ctx["addons_path"]:
-        args.append(f"--addons-path={ctx['addons_path']}")
-    done = odoo.run_command(
-        ctx["odoo_bin"], "neutralize", args, dsn=ctx["dsn"], base_config=ctx["odoo_config"],
-        deadline=job.deadline,
-    )  # fmt: skip
-    if done.returncode < 0:
-        raise TransientError(f"odoo neutralize was killed by signal {-done.returncode}")
-    if done.returncode != 0:
-        said = " | ".join(done.tail[-3:]) or "(no output)"
-        raise TransientError(f"odoo neutralize exited {done.returncode}: {said}"[:600])
-
-
-def check_neutralised(conn: psycopg.Connection[Any]) -> list[str]:
-    query = importlib.resources.files("jobs.sql").joinpath("environment/check.sql")
-    row = conn.execute(query.read_text(encoding="utf-8")).fetchone()
-    assert row is not None
-    problems = []
-    if row[0] != "true":
-        problems.append(f"database.is_neutralized is {row[0]!r}")
-    if row[1]:
-        problems.append(f"{row[1]} outgoing mail servers still active")
-    if row[2]:
-        problems.append(f"{row[2]} scheduled actions still active")
-    if row[3]:
-        problems.append("the neutralized-database banner (web.neutralize_banner) is inactive")
-    return problems
 
 
 def _names(env: naming.Tenant, data_dir: str) -> swap.Names:
@@ -181,9 +126,9 @@ def _build(job: runner.Job, conn: psycopg.Connection[Any], ctx: dict[str, Any]) 
             facts["identity"] = identity.personalise(wconn, who)
     job.step("neutralise")
     try:
-        neutralise(job, ctx, n.work)
+        neutralise.neutralise(job, ctx, n.work)
         with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
-            problems = check_neutralised(wconn)
+            problems = neutralise.check_neutralised(wconn)
         if problems:
             raise ConflictError(f"environment not neutralised: {'; '.join(problems)}")
     except JobError:
@@ -282,7 +227,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         "names": _names(env_tenant, kw["data_dir"]),
         # Whose the work copy is, so deprovision can tell it from anyone else's.
         "owner": {"subdomain": env_tenant.subdomain, "tenant": sub, "env": env_name},
-        # The environment's Odoo: it neutralises the copy (`neutralise`).
+        # The environment's Odoo: it neutralises the copy (`neutralise.neutralise`).
         "odoo_bin": kw["odoo_bin"] or "odoo", "odoo_config": kw["odoo_config"],
         "addons_path": kw["addons_path"],
     }  # fmt: skip

@@ -1,0 +1,71 @@
+"""Neutralising a copy of a tenant's database, as Odoo does it, and proving it was.
+
+A copy of production must never send its mail or run its crons: `neutralise` has the copy's own
+Odoo binary run `odoo neutralize` on it (every installed module's `data/neutralize.sql`), and
+`check_neutralised` (`sql/environment/check.sql`) says what is still live.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from typing import Any
+
+import psycopg
+
+from jobs import odoo, pg, runner
+from jobs.errors import ConflictError, TransientError
+
+
+def database_major(conn: psycopg.Connection[Any]) -> int | None:
+    """The Odoo major version of the database Odoo would load (its `base` module's)."""
+    row = conn.execute(
+        "SELECT latest_version FROM ir_module_module WHERE name = 'base'"
+        " AND state IN ('installed', 'to upgrade', 'to remove')"
+    ).fetchone()
+    return odoo.major(str(row[0])) if row and row[0] else None
+
+
+def neutralise(job: runner.Job, ctx: dict[str, Any], db: str) -> None:
+    """`odoo neutralize -d db` with the environment's own binary (one transaction, in Odoo).
+
+    Odoo's own mechanism, so every installed module's `data/neutralize.sql` is applied, those
+    of custom addons on the addons path too. The binary must be the database's major version:
+    another version's SQL is written for another schema. A failed run leaves nothing applied
+    (Odoo rolls back) and a re-run starts over from a new copy, hence 75.
+    """
+    binary: str = ctx["binary"]
+    with pg.connection(db, dsn=ctx["dsn"], deadline=job.deadline) as wconn:
+        db_major = database_major(wconn)
+    if db_major != odoo.major(binary):
+        raise ConflictError(
+            f"{db} is Odoo {db_major}, {ctx['odoo_bin']} is {binary!r}: cannot neutralise it",
+            binary=binary,
+        )
+    args = ["-d", db]
+    if ctx["addons_path"]:
+        args.append(f"--addons-path={ctx['addons_path']}")
+    done = odoo.run_command(
+        ctx["odoo_bin"], "neutralize", args, dsn=ctx["dsn"], base_config=ctx["odoo_config"],
+        deadline=job.deadline,
+    )  # fmt: skip
+    if done.returncode < 0:
+        raise TransientError(f"odoo neutralize was killed by signal {-done.returncode}")
+    if done.returncode != 0:
+        said = " | ".join(done.tail[-3:]) or "(no output)"
+        raise TransientError(f"odoo neutralize exited {done.returncode}: {said}"[:600])
+
+
+def check_neutralised(conn: psycopg.Connection[Any]) -> list[str]:
+    query = importlib.resources.files("jobs.sql").joinpath("environment/check.sql")
+    row = conn.execute(query.read_text(encoding="utf-8")).fetchone()
+    assert row is not None
+    problems = []
+    if row[0] != "true":
+        problems.append(f"database.is_neutralized is {row[0]!r}")
+    if row[1]:
+        problems.append(f"{row[1]} outgoing mail servers still active")
+    if row[2]:
+        problems.append(f"{row[2]} scheduled actions still active")
+    if row[3]:
+        problems.append("the neutralized-database banner (web.neutralize_banner) is inactive")
+    return problems
