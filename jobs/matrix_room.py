@@ -7,24 +7,16 @@ that race resolves the alias and continues with the winner's room, so concurrent
 runs converge on one room. An existing room is then brought to the wanted name, topic, staff
 power level and invites, changing only what differs.
 
-nio retries rate limits and timeouts without bound by default; here it is told not to retry at
-all (`max_limit_exceeded=0`, `max_timeouts=0`) and every call goes through `jobs.retry` with the
-job's deadline, honouring `retry_after_ms`.
+Every call goes through `matrix.Matrix`: bounded by the job's deadline, never nio's own retries.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import re
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
-import aiohttp
 import click
 from nio import (
-    AsyncClient,
-    AsyncClientConfig,
     ErrorResponse,
     RoomCreateResponse,
     RoomGetStateResponse,
@@ -34,18 +26,15 @@ from nio import (
     WhoamiResponse,
 )
 
-from jobs import http, naming, options, retry, runner, secrets
+from jobs import http, matrix, naming, options, retry, runner, secrets
 from jobs.errors import ConfigError, ConflictError, TransientError, UsageError
 from jobs.result import Done
-
-T = TypeVar("T")
 
 MODERATOR = 50  # the power level Matrix clients call "Moderator"
 # A room whose alias we resolved but whose state we may not read is either being created by a
 # racing run (the alias is bound before the room's first events) or not ours. Wait this long
 # for the former before calling it the latter (65).
 NOT_IN_ROOM_GRACE_S = 5.0
-AUTH_ERRCODES = {"M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"}
 _USER_ID = re.compile(r"@[a-z0-9._=/+-]+:[A-Za-z0-9.-]+(?::[0-9]{1,5})?", re.ASCII)
 
 
@@ -70,77 +59,11 @@ class NotInRoom(retry.RetryLater):
     """The room's state is forbidden to us: being created by a racing run, or not ours."""
 
 
-def _errcode(resp: ErrorResponse) -> str:
-    return str(resp.status_code or "")
-
-
-def _http_status(resp: ErrorResponse) -> int:
-    transport = getattr(resp, "transport_response", None)
-    return int(getattr(transport, "status", 0) or 0)
-
-
-def _raise_common(resp: ErrorResponse, what: str) -> None:
-    """Failures every call shares: rate limits and server errors (retried), a bad token (78)."""
-    code, status = _errcode(resp), _http_status(resp)
-    if code == "M_LIMIT_EXCEEDED" or status == 429:
-        after = resp.retry_after_ms / 1000 if resp.retry_after_ms else None
-        raise retry.RetryLater(f"{what}: M_LIMIT_EXCEEDED", retry_after=after)
-    if status >= 500:
-        raise retry.RetryLater(f"{what}: HTTP {status}: {resp.message}")
-    if code in AUTH_ERRCODES or status == 401:
-        raise ConfigError(f"PLANA_MATRIX_TOKEN_FILE: the homeserver refused the token ({code})")
-
-
-class Matrix:
-    """nio's AsyncClient driven from synchronous code: one event loop, bounded calls."""
-
-    def __init__(self, job: runner.Job, homeserver: str, token: str, timeout: float) -> None:
-        self.job = job
-        self.timeout = timeout
-        # nio logs through the standard library (to stderr, unformatted, unredacted); every
-        # failure it reports is also returned to us and reported by the job, so mute it.
-        logging.getLogger("nio").setLevel(logging.CRITICAL + 1)
-        self.loop = asyncio.new_event_loop()
-        config = AsyncClientConfig(
-            max_limit_exceeded=0,
-            max_timeouts=0,
-            request_timeout=timeout,
-            encryption_enabled=False,
-            store_sync_tokens=False,
-        )
-        self.client = AsyncClient(homeserver, config=config)
-        self.client.access_token = token
-
-    def close(self) -> None:
-        self.loop.run_until_complete(self.client.close())
-        self.loop.close()
-
-    def call(self, what: str, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """One request, retried on transient failures until the job's deadline."""
-        return self.retrying(what, make, self.job.deadline)
-
-    def retrying(
-        self, what: str, make: Callable[[], Coroutine[Any, Any, T]], deadline: retry.Deadline
-    ) -> T:
-        def attempt() -> T:
-            return self.loop.run_until_complete(self._bounded(what, make()))
-
-        return retry.call(attempt, what=what, deadline=deadline, transient=retry.http_transient)
-
-    async def _bounded(self, what: str, coro: Awaitable[T]) -> T:
-        # nio's own timeout covers one HTTP exchange; this one also caps it at the deadline.
-        limit = max(0.1, min(self.timeout, self.job.deadline.remaining()))
-        try:
-            return await asyncio.wait_for(coro, timeout=limit)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise retry.RetryLater(f"{what}: {type(exc).__name__}: {exc}") from None
-
-
 class Room:
     """The wanted support room and the steps that make the homeserver agree with it."""
 
     def __init__(
-        self, mx: Matrix, alias: str, localpart: str, name: str, topic: str, staff: list[str]
+        self, mx: matrix.Matrix, alias: str, localpart: str, name: str, topic: str, staff: list[str]
     ) -> None:
         self.mx = mx
         self.alias = alias
@@ -155,7 +78,7 @@ class Room:
             resp = await self.mx.client.whoami()
             if isinstance(resp, WhoamiResponse):
                 return str(resp.user_id)
-            _raise_common(resp, "whoami")
+            matrix.raise_common(resp, "whoami")
             raise ConfigError(f"PLANA_MATRIX_TOKEN_FILE: token check failed: {resp}")
 
         self.user_id = self.mx.call("matrix whoami", go)
@@ -166,9 +89,9 @@ class Room:
             resp = await self.mx.client.room_resolve_alias(self.alias)
             if isinstance(resp, RoomResolveAliasResponse):
                 return str(resp.room_id)
-            if _errcode(resp) == "M_NOT_FOUND" or _http_status(resp) == 404:
+            if matrix.errcode(resp) == "M_NOT_FOUND" or matrix.http_status(resp) == 404:
                 return None
-            _raise_common(resp, "resolve alias")
+            matrix.raise_common(resp, "resolve alias")
             raise ConflictError(f"cannot resolve {self.alias}: {resp}")
 
         return self.mx.call("matrix resolve alias", go)
@@ -189,9 +112,9 @@ class Room:
                 return str(resp.room_id)
             # M_ROOM_IN_USE when the alias existed before the request; 409 when a concurrent
             # creation bound it first. Either way another run won: use its room.
-            if _errcode(resp) == "M_ROOM_IN_USE" or _http_status(resp) == 409:
+            if matrix.errcode(resp) == "M_ROOM_IN_USE" or matrix.http_status(resp) == 409:
                 return None
-            _raise_common(resp, "create room")
+            matrix.raise_common(resp, "create room")
             raise ConflictError(f"cannot create {self.alias}: {resp}")
 
         return self.mx.call("matrix create room", go)
@@ -201,12 +124,10 @@ class Room:
             resp = await self.mx.client.room_get_state(room_id)
             if isinstance(resp, RoomGetStateResponse):
                 return list(resp.events)
-            if _errcode(resp) in ("M_FORBIDDEN", "M_NOT_FOUND") or _http_status(resp) in (
-                403,
-                404,
-            ):
-                raise NotInRoom(f"room state of {room_id}: {_errcode(resp)}", retry_after=0.5)
-            _raise_common(resp, "room state")
+            code = matrix.errcode(resp)
+            if code in ("M_FORBIDDEN", "M_NOT_FOUND") or matrix.http_status(resp) in (403, 404):
+                raise NotInRoom(f"room state of {room_id}: {code}", retry_after=0.5)
+            matrix.raise_common(resp, "room state")
             raise ConflictError(f"cannot read the state of {room_id}: {resp}")
 
         grace = retry.Deadline(min(NOT_IN_ROOM_GRACE_S, self.mx.job.deadline.remaining()))
@@ -225,7 +146,7 @@ class Room:
         async def go() -> None:
             resp = await self.mx.client.room_put_state(room_id, event_type, content)
             if isinstance(resp, ErrorResponse):
-                _raise_common(resp, f"set {event_type}")
+                matrix.raise_common(resp, f"set {event_type}")
                 raise ConflictError(f"cannot set {event_type} in {room_id}: {resp}")
 
         self.mx.call(f"matrix set {event_type}", go)
@@ -234,7 +155,7 @@ class Room:
         async def go() -> None:
             resp = await self.mx.client.room_invite(room_id, user_id)
             if isinstance(resp, ErrorResponse):
-                _raise_common(resp, "invite")
+                matrix.raise_common(resp, "invite")
                 raise ConflictError(f"cannot invite {user_id} to {room_id}: {resp}")
 
         self.mx.call("matrix invite", go)
@@ -334,7 +255,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     job.bind(tenant=sub)
     token = secrets.read_file(kw["token_file"], "PLANA_MATRIX_TOKEN_FILE")
 
-    mx = Matrix(job, homeserver, token, timeout)
+    mx = matrix.Matrix(job, homeserver, token, timeout)
     room = Room(mx, alias, naming.room_localpart(sub, spec.project_id), room_name(owner),
                 room_topic(spec), staff)  # fmt: skip
     details: dict[str, Any] = {"alias": alias}
