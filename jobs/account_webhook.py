@@ -24,10 +24,11 @@ from typing import Any
 
 import click
 
-from jobs import http, options, redact, retry, runner, secrets
-from jobs.errors import ConfigError, ConflictError, UsageError
-from jobs.naming import ClientSpec
-from jobs.result import Done
+from jobs import http
+from jobs.core import params, redact, retry, runner, secrets
+from jobs.core.errors import ConfigError, ConflictError, UsageError
+from jobs.core.naming import ClientSpec
+from jobs.core.result import Done
 
 # Namespace for uuid5 webhook ids: fixed forever, or re-deliveries would stop deduplicating.
 WEBHOOK_NAMESPACE = uuid.UUID("2b0d3f0e-9a51-4c61-8f55-3c2f7e6b9d42")
@@ -89,42 +90,42 @@ def _event(value: str | None) -> str:
 
 
 @click.command("account-webhook")
-@options.client_spec
-@options.generation
-@options.option(
+@params.client_spec
+@params.generation
+@params.option(
     "--event",
     env="PLANA_WEBHOOK_EVENT",
     default="tenant.provisioned",
     show_default=True,
     help=f"Event type: {', '.join(EVENTS)}.",
 )
-@options.option(
+@params.option(
     "--url",
     env="PLANA_ACCOUNT_WEBHOOK_URL",
     default=None,
     help="The account portal's webhook endpoint.",
 )
-@options.option(
+@params.option(
     "--secret-file",
     env="PLANA_ACCOUNT_WEBHOOK_SECRET_FILE",
     default=None,
     help="File holding the signing secret (whsec_…).",
 )
-@options.request_timeout
-@options.option(
+@params.request_timeout
+@params.option(
     "--redis-url",
     env="PLANA_REDIS_URL",
     default=None,
     help="Redis holding the delivery ledger; without it every run delivers (the portal dedupes).",
 )
-@options.option(
+@params.option(
     "--ledger-prefix",
     env="PLANA_WEBHOOK_LEDGER_PREFIX",
     default=DEFAULT_LEDGER_PREFIX,
     show_default=True,
     help="Key prefix of the delivery ledger.",
 )
-@options.common
+@params.common
 def account_webhook(**kw: Any) -> None:
     """POST the tenant event to the account portal, signed per Standard Webhooks."""
     runner.run("account-webhook", lambda job: _run(job, kw), timeout=kw["timeout"])
@@ -132,9 +133,9 @@ def account_webhook(**kw: Any) -> None:
 
 def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     # Every input is checked before the secret is read or a request is sent.
-    spec = options.client(kw)
+    spec = params.client(kw)
     event = _event(kw["event"])
-    generation = options.generation_value(kw["generation"])
+    generation = params.generation_value(kw["generation"])
     target = http.url(kw["url"], "accountWebhookUrl")
     timeout = http.request_timeout(kw["request_timeout"])
     ledger = Ledger.open(kw["redis_url"], kw["ledger_prefix"], job.deadline)

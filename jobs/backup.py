@@ -27,20 +27,21 @@ from typing import Any
 
 import click
 
-from jobs import backup_sets, locks, naming, options, pg, retention, runner
+from jobs import backup_sets, locks, pg, retention
 from jobs import manifest as mf
-from jobs.result import Done
+from jobs.core import naming, params, runner
+from jobs.core.result import Done
 
 LOCK_WAIT_S = 120.0
 
 
 @click.command("backup")
-@options.subdomain
-@options.backup_options
-@options.retention_options
-@options.data_dir
-@options.pg_dsn
-@options.common
+@params.subdomain
+@params.backup_options
+@params.retention_options
+@params.data_dir
+@params.pg_dsn
+@params.common
 def backup(**kw: Any) -> None:
     """Dump one tenant's database and filestore into a new set, then apply retention."""
     runner.run("backup", lambda job: _run(job, kw), timeout=kw["timeout"])

@@ -31,9 +31,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from jobs import filestore, fstree, marker, naming, options, pg, pg_tools, proc, runner, set_archive
+from jobs import filestore, marker, pg, pg_tools, set_archive
 from jobs import manifest as mf
-from jobs.errors import ConfigError, ConflictError, TransientError, UsageError
+from jobs.core import fstree, naming, params, proc, runner
+from jobs.core.errors import ConfigError, ConflictError, TransientError, UsageError
 
 SET_NAME = mf.SET_NAME
 SET_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -357,7 +358,7 @@ def _seal(path: Path) -> dict[str, Any]:
 def _archive_filestore(
     job: runner.Job, fs: Path, work: Path
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """`filestore.tar` of the tenant's filestore, built from descriptors (jobs.fstree).
+    """`filestore.tar` of the tenant's filestore, built from descriptors (jobs.core.fstree).
 
     Not `tar --files-from`: tar opens each listed name by path and follows a directory the
     tenant swapped for a symlink after the listing. Here each directory is opened relative to
@@ -455,7 +456,7 @@ def take(
     dsn: str | None,
     jobs_n: int = 1,
     final: bool = False,
-    lock_wait: float = options.DEFAULT_LOCK_WAIT_S,
+    lock_wait: float = params.DEFAULT_LOCK_WAIT_S,
     *,
     key: bytes,
 ) -> BackupSet:

@@ -22,22 +22,11 @@ from typing import Any
 
 import click
 
-from jobs import (
-    backup_sets,
-    clone,
-    locks,
-    marker,
-    naming,
-    options,
-    pg,
-    pg_tools,
-    proc,
-    runner,
-    set_archive,
-)
+from jobs import backup_sets, clone, locks, marker, pg, pg_tools, set_archive
 from jobs import manifest as mf
-from jobs.errors import ConfigError, ConflictError, TransientError
-from jobs.result import Done
+from jobs.core import naming, params, proc, runner
+from jobs.core.errors import ConfigError, ConflictError, TransientError
+from jobs.core.result import Done
 
 SCRATCH_SUFFIX = "__vfy"
 # What pg_restore prints when the server, not the dump, is the problem: retry later (75).
@@ -155,17 +144,17 @@ def _verify_checked(
 
 
 @click.command("backup-verify")
-@options.subdomain
-@options.option(
+@params.subdomain
+@params.option(
     "--set",
     "set_name",
     env="PLANA_BACKUP_SET",
     default=None,
     help="Set to verify; default: the newest complete set.",
 )
-@options.backup_set_source
-@options.pg_dsn
-@options.common
+@params.backup_set_source
+@params.pg_dsn
+@params.common
 def backup_verify(**kw: Any) -> None:
     """Verify a backup set: checksums, a scratch restore, base version, tables, filestore."""
     runner.run("backup-verify", lambda job: _run(job, kw), timeout=kw["timeout"])  # fmt: skip

@@ -15,8 +15,9 @@ from typing import Any, NoReturn
 
 import click
 
-from jobs import __version__, log, redact, runner
-from jobs.errors import ExitCode, JobError, UsageError
+from jobs import __version__
+from jobs.core import log, redact, runner
+from jobs.core.errors import ExitCode, JobError, UsageError
 
 # name → "module:attribute" of the click command. Only commands that work are listed.
 COMMANDS: dict[str, str] = {

@@ -34,9 +34,10 @@ import psycopg
 import structlog
 from psycopg import sql
 
-from jobs import filestore, locks, marker, naming, pg, retry
+from jobs import filestore, locks, marker, pg
 from jobs import manifest as mf
-from jobs.errors import ConfigError, TransientError, UsageError
+from jobs.core import naming, retry
+from jobs.core.errors import ConfigError, TransientError, UsageError
 
 MAX_DB_NAME = 63  # PostgreSQL's NAMEDATALEN - 1, in bytes
 DEFAULT_OWNER_ROLE = "plana"

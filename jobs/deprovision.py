@@ -41,21 +41,10 @@ from typing import Any
 import click
 import psycopg
 
-from jobs import (
-    backup_sets,
-    events,
-    filestore,
-    locks,
-    manifest,
-    marker,
-    naming,
-    options,
-    pg,
-    redis_client,
-    runner,
-)
-from jobs.errors import ConflictError
-from jobs.result import Done
+from jobs import backup_sets, events, filestore, locks, manifest, marker, pg, redis_client
+from jobs.core import naming, params, runner
+from jobs.core.errors import ConflictError
+from jobs.core.result import Done
 
 EVENT_TYPE = "client.deprovisioned"
 STATE = "deprovisioning"
@@ -71,15 +60,15 @@ def final_set(dest: Path, subdomain: str, key: bytes) -> str | None:
 
 
 @click.command("deprovision")
-@options.subdomain
-@options.project_id
-@options.tier
-@options.generation
-@options.backup_options
-@options.events_stream
-@options.data_dir
-@options.pg_dsn
-@options.common
+@params.subdomain
+@params.project_id
+@params.tier
+@params.generation
+@params.backup_options
+@params.events_stream
+@params.data_dir
+@params.pg_dsn
+@params.common
 def deprovision(**kw: Any) -> None:
     """Final backup, then drop the tenant's database and filestore; emit client.deprovisioned."""
     runner.run("deprovision", lambda job: _run(job, kw), timeout=kw["timeout"])  # fmt: skip
@@ -198,7 +187,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     tenant = naming.Tenant(naming.subdomain(kw["subdomain"]), naming.base_domain(kw["base_domain"]))
     project = naming.project_id(kw["project_id"]) if kw["project_id"] else None
     tier = naming.tier(kw["tier"]) if kw["tier"] else None
-    generation = options.generation_value(kw["generation"])
+    generation = params.generation_value(kw["generation"])
     stream = events.stream_name(kw["stream"])  # as emit-event checks it
     dest = backup_sets.dest_dir(kw["dest"])
     dsn = pg.base_conninfo(kw["pg_dsn"])

@@ -11,9 +11,10 @@ from typing import Any
 
 import click
 
-from jobs import events, options, redis_client, runner
-from jobs.errors import UsageError
-from jobs.result import Done
+from jobs import events, redis_client
+from jobs.core import params, runner
+from jobs.core.errors import UsageError
+from jobs.core.result import Done
 
 EVENT_TYPES = ("client.provisioned", "client.updated", "client.deprovisioned")
 
@@ -32,14 +33,14 @@ def _event_type(value: str | None) -> str:
 
 
 @click.command("emit-event")
-@options.subdomain
-@options.project_id
-@options.tier
-@options.odoo_version
-@options.owner_email
-@options.owner_name
-@options.generation
-@options.option(
+@params.subdomain
+@params.project_id
+@params.tier
+@params.odoo_version
+@params.owner_email
+@params.owner_name
+@params.generation
+@params.option(
     "--type",
     "event_type",
     env="PLANA_EVENT_TYPE",
@@ -47,8 +48,8 @@ def _event_type(value: str | None) -> str:
     show_default=True,
     help=f"Event type: {', '.join(EVENT_TYPES)}.",
 )
-@options.events_stream
-@options.option(
+@params.events_stream
+@params.option(
     "--maxlen",
     env="PLANA_EVENTS_MAXLEN",
     type=click.IntRange(min=1, max=MAXLEN_MAX),
@@ -56,7 +57,7 @@ def _event_type(value: str | None) -> str:
     show_default=True,
     help="Approximate stream cap.",
 )
-@options.option(
+@params.option(
     "--dedupe-ttl",
     env="PLANA_EVENTS_DEDUPE_TTL",
     type=click.IntRange(min=DEDUPE_TTL_MIN_S, max=DEDUPE_TTL_MAX_S),
@@ -64,7 +65,7 @@ def _event_type(value: str | None) -> str:
     show_default=True,
     help="Seconds an event id is remembered.",
 )
-@options.common
+@params.common
 def emit_event(**kw: Any) -> None:
     """XADD one tenant event to the PLANA events stream, exactly once per event id."""
     runner.run("emit-event", lambda job: _run(job, kw), timeout=kw["timeout"])
@@ -72,9 +73,9 @@ def emit_event(**kw: Any) -> None:
 
 def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     # Observe the input first: every field is validated before Redis is contacted.
-    spec = options.client(kw, owner=False)
+    spec = params.client(kw, owner=False)
     event_type = _event_type(kw["event_type"])
-    generation = options.generation_value(kw["generation"])
+    generation = params.generation_value(kw["generation"])
     stream = events.stream_name(kw["stream"])
     client = redis_client.from_url(kw["redis_url"])
     job.bind(tenant=spec.tenant.subdomain)

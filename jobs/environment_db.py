@@ -37,19 +37,15 @@ from jobs import (
     identity,
     locks,
     marker,
-    naming,
     neutralise,
     odoo,
-    options,
     pg,
     pg_tools,
-    proc,
-    retry,
-    runner,
     swap,
 )
-from jobs.errors import ConfigError, ConflictError, JobError
-from jobs.result import Done
+from jobs.core import naming, params, proc, retry, runner
+from jobs.core.errors import ConfigError, ConflictError, JobError
+from jobs.core.result import Done
 
 WORK_SUFFIX = "__env"
 
@@ -169,45 +165,45 @@ def _finish(conn: psycopg.Connection[Any], n: swap.Names) -> bool:
 
 
 @click.command("environment-db")
-@options.subdomain
-@options.option(
+@params.subdomain
+@params.option(
     "--env",
     "env_name",
     env="PLANA_ENVIRONMENT",
     default=None,
     help="Environment name (DNS label without '--'), e.g. staging: {subdomain}--{env}.",
 )
-@options.tier
-@options.odoo_version
-@options.owner_email
-@options.owner_name
-@options.generation
-@options.option(
+@params.tier
+@params.odoo_version
+@params.owner_email
+@params.owner_name
+@params.generation
+@params.option(
     "--copy-from-production",
     is_flag=True,
     env="PLANA_COPY_FROM_PRODUCTION",
     help="Copy the tenant's database and filestore instead of the tier's template.",
 )
-@options.option(
+@params.option(
     "--refresh",
     is_flag=True,
     env="PLANA_REFRESH",
     help="Rebuild an existing environment (once per --generation).",
 )
-@options.option(
+@params.option(
     "--owner-role",
     env="PLANA_OWNER_ROLE",
     default=clone.DEFAULT_OWNER_ROLE,
     show_default=True,
     help="PostgreSQL role owning the database.",
 )
-@options.template_db
-@options.odoo_bin
-@options.odoo_config
-@options.addons_path
-@options.data_dir
-@options.pg_dsn
-@options.common
+@params.template_db
+@params.odoo_bin
+@params.odoo_config
+@params.addons_path
+@params.data_dir
+@params.pg_dsn
+@params.common
 def environment_db(**kw: Any) -> None:
     """Create (or --refresh) a tenant environment, fresh or copied, always neutralised."""
     runner.run("environment-db", lambda job: _run(job, kw), timeout=kw["timeout"])  # fmt: skip
@@ -244,7 +240,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
             owner_email=naming.owner_email(kw["owner_email"]),
             owner_name=naming.owner_name(kw["owner_name"]),
         )
-    generation = options.generation_value(kw["generation"])
+    generation = params.generation_value(kw["generation"])
     dsn = ctx["dsn"] = kw["pg_dsn"]
     n: swap.Names = ctx["names"]
     job.bind(tenant=sub, environment=env_tenant.subdomain)

@@ -17,9 +17,10 @@ from typing import Any, Protocol
 import click
 import httpx
 
-from jobs import http, options, redact, retry, runner, secrets
-from jobs.errors import ConfigError, ConflictError, UsageError
-from jobs.result import Done
+from jobs import http
+from jobs.core import params, redact, retry, runner, secrets
+from jobs.core.errors import ConfigError, ConflictError, UsageError
+from jobs.core.result import Done
 
 DEFAULT_MODEL = "plana.saas.subscription"
 FIELDS = ("subdomain", "project_id", "tier", "odoo_version", "hostname", "state")
@@ -269,49 +270,47 @@ def _pattern(value: str | None, pattern: re.Pattern[str], field: str, what: str)
 
 
 @click.command("erp-callback")
-@options.client_spec
-@options.option("--erp-url", env="PLANA_ERP_URL", default=None, help="Base URL of the ERP (Odoo).")
-@options.option(
+@params.client_spec
+@params.option("--erp-url", env="PLANA_ERP_URL", default=None, help="Base URL of the ERP (Odoo).")
+@params.option(
     "--erp-db",
     env="PLANA_ERP_DB",
     default=None,
     help="ERP database (required for jsonrpc; sent as X-Odoo-Database for json2).",
 )
-@options.option(
-    "--erp-login", env="PLANA_ERP_LOGIN", default=None, help="ERP user login (jsonrpc)."
-)
-@options.option(
+@params.option("--erp-login", env="PLANA_ERP_LOGIN", default=None, help="ERP user login (jsonrpc).")
+@params.option(
     "--erp-api-key-file", env=KEY_FILE, default=None, help="File holding the ERP user's API key."
 )
-@options.option(
+@params.option(
     "--erp-api",
     env="PLANA_ERP_API",
     default="jsonrpc",
     show_default=True,
     help="jsonrpc (Odoo 17/18) or json2 (Odoo 19).",
 )
-@options.option(
+@params.option(
     "--erp-model",
     env="PLANA_ERP_MODEL",
     default=DEFAULT_MODEL,
     show_default=True,
     help="The subscription model.",
 )
-@options.option(
+@params.option(
     "--erp-fields",
     env="PLANA_ERP_FIELDS",
     default="",
     help=f"ERP field names where they differ: name=erp_field,… ({', '.join(FIELDS)}).",
 )
-@options.option(
+@params.option(
     "--state",
     env="PLANA_ERP_STATE",
     default="active",
     show_default=True,
     help="Value of the record's state field.",
 )
-@options.request_timeout
-@options.common
+@params.request_timeout
+@params.common
 def erp_callback(**kw: Any) -> None:
     """Upsert the tenant's subscription record in the PLANA ERP (Odoo external API)."""
     runner.run("erp-callback", lambda job: _run(job, kw), timeout=kw["timeout"])
@@ -319,7 +318,7 @@ def erp_callback(**kw: Any) -> None:
 
 def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     # Everything is validated before the key is read or a request is sent.
-    spec = options.client(kw, owner=False)
+    spec = params.client(kw, owner=False)
     base = http.url(kw["erp_url"], "erpUrl").rstrip("/")
     api_name = _choice(kw["erp_api"], APIS, "erpApi")
     model = _pattern(kw["erp_model"], _MODEL, "erpModel", "an Odoo model name (a.b)")

@@ -11,8 +11,9 @@ import uuid
 
 import redis
 
-from jobs import redis_client, retry
-from jobs.errors import UsageError
+from jobs import redis_client
+from jobs.core import retry
+from jobs.core.errors import UsageError
 
 # Namespace for uuid5 event ids: fixed forever, or re-runs would stop deduplicating.
 EVENT_NAMESPACE = uuid.UUID("6f1f6a3e-58c4-4f3b-9d0a-5d0c2b1e7a11")

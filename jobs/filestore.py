@@ -1,6 +1,6 @@
 """Odoo filestores: staged, incremental, content-verified copies, and crash-safe removal.
 
-Every tree is read and written by file descriptor (jobs.fstree), never by a path the tenant
+Every tree is read and written by file descriptor (jobs.core.fstree), never by a path the tenant
 could have swapped: the root is opened `O_DIRECTORY|O_NOFOLLOW`, each level relative to its
 parent, each file `O_NOFOLLOW` and `fstat`-ed as regular before a byte is read; the target is
 written by `mkdir`/`open` relative to opened directories. A filestore (source or target) that
@@ -57,9 +57,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs import fstree
-from jobs.errors import TransientError
-from jobs.fstree import FilestoreError as FilestoreError  # 65: corrupt, or a symlinked tree
+from jobs.core import fstree
+from jobs.core.errors import TransientError
+from jobs.core.fstree import FilestoreError as FilestoreError  # 65: corrupt, or a symlinked tree
 
 CHUNK = 1 << 20
 MARK_FILE = ".plana-mark.json"

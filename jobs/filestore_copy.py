@@ -17,10 +17,11 @@ from typing import Any
 
 import click
 
-from jobs import filestore, naming, options, runner
+from jobs import filestore
 from jobs import filestore_side as fs
-from jobs.errors import ConflictError, TransientError, UsageError
-from jobs.result import Done
+from jobs.core import naming, params, runner
+from jobs.core.errors import ConflictError, TransientError, UsageError
+from jobs.core.result import Done
 
 TRANSPORTS = ("local", "kubectl")
 VERIFY_MODES = ("none", "names", "sha1")
@@ -125,105 +126,105 @@ def plan(kw: dict[str, Any]) -> Plan:
 
 
 @click.command("filestore-copy")
-@options.option(
+@params.option(
     "--transport",
     env="PLANA_FILESTORE_TRANSPORT",
     default="kubectl",
     show_default=True,
     help="kubectl (holder pods) or local (two directories).",
 )
-@options.option(
+@params.option(
     "--db",
     env="PLANA_FILESTORE_DB",
     default=None,
     help="Filestore directory (database) name; default from --subdomain.",
 )
-@options.subdomain
-@options.option(
+@params.subdomain
+@params.option(
     "--source-root",
     env="PLANA_SOURCE_ROOT",
     default=DEFAULT_ROOT,
     show_default=True,
     help="Filestore root on the source side.",
 )
-@options.option(
+@params.option(
     "--target-root",
     env="PLANA_TARGET_ROOT",
     default=DEFAULT_ROOT,
     show_default=True,
     help="Filestore root on the target side.",
 )
-@options.option(
+@params.option(
     "--source-namespace",
     env="PLANA_SOURCE_NAMESPACE",
     default=None,
     help="kubectl: source namespace [default: from --from-version].",
 )
-@options.option(
+@params.option(
     "--source-pod",
     env="PLANA_SOURCE_POD",
     default=None,
     help="kubectl: holder pod mounting the source volume.",
 )
-@options.option(
+@params.option(
     "--source-container",
     env="PLANA_SOURCE_CONTAINER",
     default=None,
     help="kubectl: container in the source pod.",
 )
-@options.option(
+@params.option(
     "--target-namespace",
     env="PLANA_TARGET_NAMESPACE",
     default=None,
     help="kubectl: target namespace [default: from --to-version].",
 )
-@options.option(
+@params.option(
     "--target-pod",
     env="PLANA_TARGET_POD",
     default=None,
     help="kubectl: holder pod mounting the target volume.",
 )
-@options.option(
+@params.option(
     "--target-container",
     env="PLANA_TARGET_CONTAINER",
     default=None,
     help="kubectl: container in the target pod.",
 )
-@options.option(
+@params.option(
     "--from-version",
     env="PLANA_FROM_VERSION",
     default=None,
     help="Source Odoo major version (names the default source namespace).",
 )
-@options.option(
+@params.option(
     "--to-version",
     env="PLANA_TO_VERSION",
     default=None,
     help="Target Odoo major version (names the default target namespace).",
 )
-@options.option(
+@params.option(
     "--kubectl",
     env="PLANA_KUBECTL",
     default="kubectl",
     show_default=True,
     help="The kubectl executable.",
 )
-@options.option(
+@params.option(
     "--verify",
     env="PLANA_FILESTORE_VERIFY",
     default="names",
     show_default=True,
     help="none | names (count, bytes, names) | sha1 (also content = name).",
 )
-@options.option(
+@params.option(
     "--progress-interval",
     env="PLANA_PROGRESS_INTERVAL",
-    type=options.Seconds(0.1, 3600),
+    type=params.Seconds(0.1, 3600),
     default=5.0,
     show_default=True,
     help="Seconds between progress log lines.",
 )
-@options.common
+@params.common
 def filestore_copy(**kw: Any) -> None:
     """Copy {root}/{db} from the source side to the target side, staged and verified."""
     runner.run("filestore-copy", lambda job: _run(job, kw), timeout=kw["timeout"])

@@ -2,7 +2,7 @@
 
 Through kubectl every operation is an ordinary command (find, tar, sha1sum, mkdir, mv, cp, rm)
 run in the holder pod (the Odoo images: Debian/Ubuntu, so GNU find, tar and coreutils are
-there). A local side is walked by file descriptor instead (jobs.fstree), never by a path the
+there). A local side is walked by file descriptor instead (jobs.core.fstree), never by a path the
 tenant could have swapped: the listing, the hashing, the source half of the tar pipe (a tar
 stream written from descriptors, fed to the target's `tar -x`), the merge of the staging into
 an existing target (hard links made relative to opened directories) and the removal of the
@@ -24,8 +24,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import IO
 
-from jobs import fstree, proc, retry
-from jobs.errors import TransientError
+from jobs.core import fstree, proc, retry
+from jobs.core.errors import TransientError
 
 Listing = dict[str, int]  # relative file name → size in bytes
 PIPE_SIZE = 1 << 20

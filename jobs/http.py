@@ -2,7 +2,7 @@
 
 A peer's answer is sorted into three kinds here, once, so every job treats them alike: 2xx is
 returned; 5xx and 429 become `RetryLater` (honouring `Retry-After`) and are retried by
-`jobs.retry` until the job's deadline; anything else is returned for the job to classify (a 4xx
+`jobs.core.retry` until the job's deadline; anything else is returned for the job to classify (a 4xx
 means something different to each peer).
 """
 
@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from jobs import retry
-from jobs.errors import UsageError
-from jobs.options import DEFAULT_REQUEST_TIMEOUT_S
+from jobs.core import retry
+from jobs.core.errors import UsageError
+from jobs.core.params import DEFAULT_REQUEST_TIMEOUT_S
 
 CONNECT_TIMEOUT_S = 5.0
 USER_AGENT = "plana-jobs"

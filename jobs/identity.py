@@ -17,8 +17,8 @@ from typing import Any
 
 import psycopg
 
-from jobs import naming
-from jobs.errors import ConflictError
+from jobs.core import naming
+from jobs.core.errors import ConflictError
 
 
 @dataclass(frozen=True)

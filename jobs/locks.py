@@ -25,8 +25,9 @@ from typing import Any
 import psycopg
 import structlog
 
-from jobs import pg, retry, runner
-from jobs.errors import TransientError
+from jobs import pg
+from jobs.core import retry, runner
+from jobs.core.errors import TransientError
 
 POLL_S = 0.2
 

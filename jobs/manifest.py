@@ -23,8 +23,8 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
-from jobs import secrets
-from jobs.errors import ConfigError, ConflictError
+from jobs.core import secrets
+from jobs.core.errors import ConfigError, ConflictError
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -69,7 +69,7 @@ MARKER_IDENTITY = (
 
 def read_key(path: str | None) -> bytes:
     """The backup key from its Secret file: missing, unreadable, empty or short → 78."""
-    value = secrets.read_file(path, KEY_FIELD)  # registered with jobs.redact
+    value = secrets.read_file(path, KEY_FIELD)  # registered with jobs.core.redact
     if len(value) < MIN_KEY_CHARS:
         raise ConfigError(f"{KEY_FIELD}: the key is shorter than {MIN_KEY_CHARS} characters")
     return value.encode("utf-8")

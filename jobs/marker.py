@@ -14,8 +14,9 @@ from typing import Any
 
 import psycopg
 
-from jobs import pg, runner
-from jobs.errors import ConflictError
+from jobs import pg
+from jobs.core import runner
+from jobs.core.errors import ConflictError
 
 PREFIX = "plana-jobs "
 

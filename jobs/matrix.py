@@ -2,9 +2,9 @@
 Matrix error response means for the exit code.
 
 nio retries rate limits and timeouts without bound by default; here it is told not to retry at
-all (`max_limit_exceeded=0`, `max_timeouts=0`) and every call goes through `jobs.retry` with the
-job's deadline, honouring `retry_after_ms`. `raise_common` names the failures every call
-shares: a rate limit or a server error (retried), a refused token (78).
+all (`max_limit_exceeded=0`, `max_timeouts=0`) and every call goes through `jobs.core.retry`
+with the job's deadline, honouring `retry_after_ms`. `raise_common` names the failures every
+call shares: a rate limit or a server error (retried), a refused token (78).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import aiohttp
 from nio import AsyncClient, AsyncClientConfig, ErrorResponse
 
-from jobs import retry, runner
-from jobs.errors import ConfigError
+from jobs.core import retry, runner
+from jobs.core.errors import ConfigError
 
 T = TypeVar("T")
 

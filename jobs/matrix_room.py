@@ -26,9 +26,10 @@ from nio import (
     WhoamiResponse,
 )
 
-from jobs import http, matrix, naming, options, retry, runner, secrets
-from jobs.errors import ConfigError, ConflictError, TransientError, UsageError
-from jobs.result import Done
+from jobs import http, matrix
+from jobs.core import naming, params, retry, runner, secrets
+from jobs.core.errors import ConfigError, ConflictError, TransientError, UsageError
+from jobs.core.result import Done
 
 MODERATOR = 50  # the power level Matrix clients call "Moderator"
 # A room whose alias we resolved but whose state we may not read is either being created by a
@@ -204,39 +205,39 @@ class Room:
 
 
 @click.command("matrix-room")
-@options.client_spec
-@options.option(
+@params.client_spec
+@params.option(
     "--homeserver",
     env="PLANA_MATRIX_HOMESERVER",
     default=None,
     help="Client-server API base URL of the homeserver.",
 )
-@options.option(
+@params.option(
     "--server-name",
     env="PLANA_MATRIX_SERVER_NAME",
     default=None,
     help="Matrix server name (the part after ':' in ids and aliases).",
 )
-@options.option(
+@params.option(
     "--token-file",
     env="PLANA_MATRIX_TOKEN_FILE",
     default=None,
     help="File holding the bot's access token.",
 )
-@options.option(
+@params.option(
     "--invite",
     env="PLANA_MATRIX_INVITE",
     default="",
     help="Staff user ids to invite as moderators, comma or space separated.",
 )
-@options.option(
+@params.option(
     "--request-timeout",
     env="PLANA_HTTP_TIMEOUT",
-    type=options.Seconds(0, 300, min_open=True),
+    type=params.Seconds(0, 300, min_open=True),
     default=None,
-    help=f"Seconds per request [default: {options.DEFAULT_REQUEST_TIMEOUT_S:g}].",
+    help=f"Seconds per request [default: {params.DEFAULT_REQUEST_TIMEOUT_S:g}].",
 )
-@options.common
+@params.common
 def matrix_room(**kw: Any) -> None:
     """Ensure the tenant's support room: alias, name, topic, staff invites."""
     runner.run("matrix-room", lambda job: _run(job, kw), timeout=kw["timeout"])
@@ -244,7 +245,7 @@ def matrix_room(**kw: Any) -> None:
 
 def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     # All input is validated before the token is read or the homeserver contacted.
-    spec = options.client(kw, owner=False)
+    spec = params.client(kw, owner=False)
     owner = naming.owner_name(kw.get("owner_name"))
     homeserver = http.url(kw["homeserver"], "matrixHomeserver").rstrip("/")
     server = naming.server_name(kw["server_name"])

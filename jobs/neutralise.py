@@ -12,8 +12,9 @@ from typing import Any
 
 import psycopg
 
-from jobs import odoo, pg, runner
-from jobs.errors import ConflictError, TransientError
+from jobs import odoo, pg
+from jobs.core import runner
+from jobs.core.errors import ConflictError, TransientError
 
 
 def database_major(conn: psycopg.Connection[Any]) -> int | None:

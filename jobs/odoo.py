@@ -17,7 +17,7 @@ Stable API (used by template-build, upgrade, backup and environment-db):
   to libpq when `db_password` is unset, and libpq then reads it); it is never written to the
   config file, which a SIGKILL would leave behind in `$TMPDIR`. A `db_password` of the base
   config is moved the same way. `PGDATABASE` is removed from the child's environment (Odoo 19
-  would treat it like `-d`). Output is streamed into the log through `jobs.proc`, each line at
+  would treat it like `-d`). Output is streamed into the log through `jobs.core.proc`, each line at
   the level Odoo gave it (ERROR → error, CRITICAL → critical, WARNING → warning; a traceback
   keeps the level of its record); SIGTERM stops the child; `watch=` sees every output line
   (the last ones only are kept in `tail`). Odoo refusing the `postgres`
@@ -67,8 +67,9 @@ import psycopg
 import structlog
 from psycopg.conninfo import conninfo_to_dict
 
-from jobs import pg, proc, redact, retry
-from jobs.errors import ConfigError
+from jobs import pg
+from jobs.core import proc, redact, retry
+from jobs.core.errors import ConfigError
 
 PENDING_STATES = frozenset({"to install", "to upgrade", "to remove"})
 MODULE_NAME = re.compile(r"[a-z0-9_]{1,128}", re.ASCII)
@@ -244,7 +245,7 @@ def base_password(base_config: str | Path | None = None) -> str | None:
 class Output:
     """What Odoo's output says, read line by line while it streams (both pipes: thread-safe).
 
-    `level` is the per-line classifier `jobs.proc` calls; it remembers on the way what
+    `level` is the per-line classifier `jobs.core.proc` calls; it remembers on the way what
     `error_line` later reports.
     """
 

@@ -19,8 +19,8 @@ import structlog
 from psycopg import pq, sql
 from psycopg.conninfo import conninfo_to_dict
 
-from jobs import redact, retry, runner
-from jobs.errors import ConfigError, JobError, TransientError, UsageError
+from jobs.core import redact, retry, runner
+from jobs.core.errors import ConfigError, JobError, TransientError, UsageError
 
 MAINTENANCE_DB = "postgres"
 

@@ -8,8 +8,9 @@ import os
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from jobs import pg, proc, runner
-from jobs.errors import ConfigError, TransientError
+from jobs import pg
+from jobs.core import proc, runner
+from jobs.core.errors import ConfigError, TransientError
 
 
 def child_conninfo(dbname: str, dsn: str | None = None) -> tuple[str, dict[str, str]]:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import redis
 
-from jobs import runner
-from jobs.errors import ConfigError, ConflictError, JobError, TransientError
+from jobs.core import runner
+from jobs.core.errors import ConfigError, ConflictError, JobError, TransientError
 
 # Replies a server gives while it cannot serve writes for now: a replica, a failover, a load.
 _TRANSIENT_REPLIES = ("LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY ")

@@ -33,22 +33,11 @@ from typing import Any
 import click
 import psycopg
 
-from jobs import (
-    backup_sets,
-    clone,
-    identity,
-    locks,
-    marker,
-    naming,
-    options,
-    pg,
-    pg_tools,
-    runner,
-    swap,
-)
+from jobs import backup_sets, clone, identity, locks, marker, pg, pg_tools, swap
 from jobs import manifest as mf
-from jobs.errors import ConflictError, UsageError
-from jobs.result import Done
+from jobs.core import naming, params, runner
+from jobs.core.errors import ConflictError, UsageError
+from jobs.core.result import Done
 
 WORK_SUFFIX = "__rst"
 UPGRADE_WORK_INFIX = "__up"  # jobs.upgrade_phases: the work copy `{db}__up{to}`
@@ -235,37 +224,37 @@ def restore_set(
 
 
 @click.command("restore")
-@options.subdomain
-@options.option(
+@params.subdomain
+@params.option(
     "--set",
     "set_name",
     env="PLANA_BACKUP_SET",
     default=None,
     help="Set to restore (e.g. 20250131T020000Z); default: the newest complete set.",
 )
-@options.option(
+@params.option(
     "--to-subdomain",
     env="PLANA_RESTORE_TO_SUBDOMAIN",
     default=None,
     help="Tenant to restore into; default: the set's own tenant.",
 )
-@options.option(
+@params.option(
     "--replace",
     is_flag=True,
     env="PLANA_RESTORE_REPLACE",
     help="Swap over an existing database (kept until the restore is verified).",
 )
-@options.option(
+@params.option(
     "--as-copy",
     is_flag=True,
     env="PLANA_RESTORE_AS_COPY",
     help="Give the restored database its own database.secret/uuid and URL.",
 )
-@options.backup_set_source
-@options.owner_role
-@options.data_dir
-@options.pg_dsn
-@options.common
+@params.backup_set_source
+@params.owner_role
+@params.data_dir
+@params.pg_dsn
+@params.common
 def restore(**kw: Any) -> None:
     """Restore a backup set into a database that does not exist yet (or --replace one)."""
     runner.run("restore", lambda job: _run(job, kw), timeout=kw["timeout"])

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from jobs import backup_sets, runner
+from jobs import backup_sets
+from jobs.core import runner
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from jobs import filestore
-from jobs.errors import ConflictError, TransientError
+from jobs.core.errors import ConflictError, TransientError
 
 CHUNK = 1 << 20
 _PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}")

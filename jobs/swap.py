@@ -19,7 +19,8 @@ from typing import Any
 
 import psycopg
 
-from jobs import filestore, fstree, naming, pg
+from jobs import filestore, pg
+from jobs.core import fstree, naming
 
 OLD_SUFFIX = "__old"
 

@@ -41,20 +41,10 @@ import click
 import psycopg
 from psycopg import sql
 
-from jobs import (
-    addons_digest,
-    clone,
-    filestore,
-    locks,
-    marker,
-    naming,
-    odoo,
-    options,
-    pg,
-    runner,
-)
-from jobs.errors import ConflictError, TransientError, UsageError
-from jobs.result import Done
+from jobs import addons_digest, clone, filestore, locks, marker, odoo, pg
+from jobs.core import naming, params, runner
+from jobs.core.errors import ConflictError, TransientError, UsageError
+from jobs.core.result import Done
 
 BUILD_SUFFIX = "__build"
 OLD_SUFFIX = "__old"
@@ -97,43 +87,43 @@ def fingerprint(
 
 
 @click.command("template-build")
-@options.option(
+@params.option(
     "--template-code",
     env="PLANA_TEMPLATE_CODE",
     help="TemplateSnapshot templateCode: basic | pro | enterprise.",
 )
-@options.odoo_version
-@options.option(
+@params.odoo_version
+@params.option(
     "--modules",
     env="PLANA_TEMPLATE_MODULES",
     default=None,
     help="Modules to install (comma separated) instead of the code's default list.",
 )
-@options.option(
+@params.option(
     "--addons-revision",
     env="PLANA_ADDONS_REVISION",
     default=None,
     help="Revision of the addons (part of the fingerprint, with the digest of their code).",
 )
-@options.addons_path
-@options.odoo_config
-@options.option(
+@params.addons_path
+@params.odoo_config
+@params.option(
     "--template-db",
     env="PLANA_TEMPLATE_DB",
     default=None,
     help="Template database name [default: template_{code}_{version}].",
 )
-@options.option(
+@params.option(
     "--force",
     env="PLANA_TEMPLATE_FORCE",
     is_flag=True,
     default=False,
     help="Rebuild even when the fingerprint matches.",
 )
-@options.odoo_bin
-@options.data_dir
-@options.pg_dsn
-@options.common
+@params.odoo_bin
+@params.data_dir
+@params.pg_dsn
+@params.common
 def template_build(**kw: Any) -> None:
     """Build the template database of a TemplateSnapshot aside and swap it in."""
     runner.run("template-build", lambda job: _run(job, kw), timeout=kw["timeout"])

@@ -33,21 +33,10 @@ from typing import Any
 import click
 import psycopg
 
-from jobs import (
-    background,
-    clone,
-    filestore,
-    identity,
-    locks,
-    marker,
-    naming,
-    options,
-    pg,
-    retry,
-    runner,
-)
-from jobs.errors import ConflictError, UsageError
-from jobs.result import Done
+from jobs import clone, filestore, identity, locks, marker, pg
+from jobs.core import background, naming, params, retry, runner
+from jobs.core.errors import ConflictError, UsageError
+from jobs.core.result import Done
 
 WORK_SUFFIX = "__new"
 STATES = ("cloned", "filestore", "personalised", "complete")
@@ -70,18 +59,18 @@ def session_name(db: str) -> str:
 
 
 @click.command("tenant-db")
-@options.client_spec
-@options.option(
+@params.client_spec
+@params.option(
     "--owner-role",
     env="PLANA_OWNER_ROLE",
     default=clone.DEFAULT_OWNER_ROLE,
     show_default=True,
     help="PostgreSQL role owning the database (only it may connect).",
 )
-@options.template_db
-@options.data_dir
-@options.pg_dsn
-@options.common
+@params.template_db
+@params.data_dir
+@params.pg_dsn
+@params.common
 def tenant_db(**kw: Any) -> None:
     """Create the tenant's database from its tier's template, personalised and locked down."""
     runner.run("tenant-db", lambda job: _run(job, kw), timeout=kw["timeout"])
@@ -118,7 +107,7 @@ class _Ctx:
 
 def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     # Observe the input first: every field is validated before anything is touched.
-    spec = options.client(kw)
+    spec = params.client(kw)
     role = clone.owner_role(kw["owner_role"])
     template = clone.template_name(kw["template_db"]) if kw["template_db"] else spec.template
     data_dir = Path(kw["data_dir"] or naming.DEFAULT_DATA_DIR)

@@ -19,45 +19,46 @@ from typing import Any
 
 import click
 
-from jobs import clone, locks, options, pg, runner
+from jobs import clone, locks, pg
 from jobs import upgrade_phases as ph
-from jobs.errors import UsageError
-from jobs.result import Done
+from jobs.core import params, runner
+from jobs.core.errors import UsageError
+from jobs.core.result import Done
 from jobs.upgrade_same import same_major
 
 STRATEGIES = ("same-major", "snapshot-then-upgrade")
 
-hop = options.stack(
-    options.subdomain,
-    options.option(
+hop = params.stack(
+    params.subdomain,
+    params.option(
         "--from-version",
         env="PLANA_FROM_VERSION",
         default=None,
         help="TenantUpgrade fromVersion (17, 18).",
     ),
-    options.option(
+    params.option(
         "--to-version",
         env="PLANA_TO_VERSION",
         default=None,
         help="TenantUpgrade toVersion (fromVersion + 1; same-major: the version).",
     ),
-    options.data_dir,
-    options.pg_dsn,
-    options.common,
+    params.data_dir,
+    params.pg_dsn,
+    params.common,
 )
-upgrade_path = options.option(
+upgrade_path = params.option(
     "--upgrade-path",
     env="PLANA_UPGRADE_PATH",
     default=None,
     help="OpenUpgrade's openupgrade_scripts/scripts directory (target pass).",
 )
-odoo_config = options.option(
+odoo_config = params.option(
     "--odoo-config",
     env="PLANA_ODOO_CONFIG",
     default=None,
     help="Odoo config file the passes start from [default: $ODOO_RC].",
 )
-addons_revision = options.option(
+addons_revision = params.option(
     "--addons-revision",
     env="PLANA_ADDONS_REVISION",
     default=None,
@@ -199,28 +200,28 @@ def _strategy(value: str | None) -> str | None:
     return value
 
 
-run_options = options.stack(
-    options.odoo_bin,
-    options.option(
+run_options = params.stack(
+    params.odoo_bin,
+    params.option(
         "--source-odoo-bin",
         env="PLANA_SOURCE_ODOO_BIN",
         default=None,
         help="run: the fromVersion Odoo executable [default: --odoo-bin].",
     ),
-    options.option(
+    params.option(
         "--target-odoo-bin",
         env="PLANA_TARGET_ODOO_BIN",
         default=None,
         help="run: the toVersion Odoo executable [default: --odoo-bin].",
     ),
     odoo_config,
-    options.option(
+    params.option(
         "--source-odoo-config",
         env="PLANA_SOURCE_ODOO_CONFIG",
         default=None,
         help="run: the fromVersion Odoo's config file [default: --odoo-config].",
     ),
-    options.option(
+    params.option(
         "--target-odoo-config",
         env="PLANA_TARGET_ODOO_CONFIG",
         default=None,
@@ -263,7 +264,7 @@ class _UpgradeGroup(click.Group):
 
 
 @click.group("upgrade", cls=_UpgradeGroup, invoke_without_command=True)
-@options.option(
+@params.option(
     "--strategy",
     env="PLANA_STRATEGY",
     default=None,
@@ -298,7 +299,7 @@ def upgrade(ctx: click.Context, /, **kw: Any) -> None:
 
 @upgrade.command("same-major")
 @hop
-@options.odoo_bin
+@params.odoo_bin
 @odoo_config
 @addons_revision
 def same_major_command(**kw: Any) -> None:
@@ -315,7 +316,7 @@ def snapshot_command(**kw: Any) -> None:
 
 @upgrade.command("source-pass")
 @hop
-@options.odoo_bin
+@params.odoo_bin
 @odoo_config
 def source_pass_command(**kw: Any) -> None:
     """fromVersion binary, --load=base,web,openupgrade_framework -u all, on the work copy."""
@@ -336,7 +337,7 @@ def prefix_command(**kw: Any) -> None:
 
 @upgrade.command("target-pass")
 @hop
-@options.odoo_bin
+@params.odoo_bin
 @odoo_config
 @upgrade_path
 def target_pass_command(**kw: Any) -> None:

@@ -32,10 +32,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from jobs import filestore, marker, naming, odoo, pg, retry, runner
+from jobs import filestore, marker, odoo, pg
 from jobs.clone import create_clone, restrict_connect  # a clone is made as tenant-db makes it
-from jobs.errors import ConfigError, ConflictError, TransientError, UsageError
-from jobs.result import Done
+from jobs.core import naming, retry, runner
+from jobs.core.errors import ConfigError, ConflictError, TransientError, UsageError
+from jobs.core.result import Done
 
 PHASES = ("snapshot", "source-pass", "prefix", "target-pass", "cutover")
 FRAMEWORK = "openupgrade_framework"

@@ -32,11 +32,12 @@ from typing import Any
 
 import psycopg
 
-from jobs import addons_digest, filestore, marker, odoo, pg, redact
+from jobs import addons_digest, filestore, marker, odoo, pg
 from jobs import upgrade_phases as ph
 from jobs.clone import create_clone, restrict_connect
-from jobs.errors import ConflictError, JobError, TransientError
-from jobs.result import Done
+from jobs.core import redact
+from jobs.core.errors import ConflictError, JobError, TransientError
+from jobs.core.result import Done
 
 STRATEGY = "same-major"
 VERIFIED = "verified"

@@ -235,7 +235,7 @@ def test_a_receiver_that_is_down_is_75(run_job: Runner, secret_file: str) -> Non
         (["--event", "tenant.exploded"], {}, "event"),
         (["--generation", "0"], {}, "generation"),
         (["--owner-email", "nope"], {}, "ownerEmail"),
-        # Refused by the shared options.Seconds type, whose line names the flag and variable.
+        # Refused by the shared params.Seconds type, whose line names the flag and variable.
         (["--request-timeout", "0"], {}, "Invalid value for '--request-timeout' (env var: "
                                          "'PLANA_HTTP_TIMEOUT')"),
     ],

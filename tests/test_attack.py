@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from jobs import naming
+from jobs.core import naming
 from tests.conftest import BIN, Runner
 from tests.test_backup import tree
 from tests.test_backup_trust import verify_args, world  # noqa: F401  (fixture)

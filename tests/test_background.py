@@ -1,4 +1,4 @@
-"""jobs.background.beside: a thread beside a step, stopped and joined when the step fails."""
+"""jobs.core.background.beside: a thread beside a step, stopped and joined when the step fails."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from jobs import background
+from jobs.core import background
 
 
 def _until_stopped(log: list[str], started: threading.Event, *, stop: threading.Event) -> str:

@@ -25,7 +25,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import marker, naming
+from jobs import marker
+from jobs.core import naming
 from tests import odoo_target
 from tests.conftest import BACKUP_KEY, JOB_ROLE, STANDINS, Runner, job_dsn
 

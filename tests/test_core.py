@@ -14,7 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from jobs import locks, redact, result
+from jobs import locks
+from jobs.core import redact, result
 from tests.conftest import ROOT, job_env
 
 
@@ -227,7 +228,7 @@ def test_drivers_load_only_with_the_modules_that_use_them_and_register_their_hoo
         "import json, sys\n"
         "import jobs.cli, jobs.emit_event\n"
         "print(json.dumps(sorted(m for m in ('psycopg', 'nio', 'httpx') if m in sys.modules)))\n"
-        "from jobs import runner\n"
+        "from jobs.core import runner\n"
         "hooks = lambda: sorted(f'{f.__module__}.{f.__name__}' for f in"
         " runner._classifiers + runner._step_checks + runner._terminate_hooks)\n"
         "print(json.dumps(hooks()))\n"

@@ -25,8 +25,8 @@ import click
 import pytest
 import yaml
 
-from jobs import naming
 from jobs.cli import COMMANDS, cli
+from jobs.core import naming
 from tests.test_images import DOCKERFILE, chain, last, parse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,7 +199,7 @@ def needs_pg(contexts: list[click.Context]) -> bool:
 def required_environ_reads() -> set[str]:
     """PLANA_* variables jobs/ reads from os.environ without a default."""
     names: set[str] = set()
-    for path in (ROOT / "jobs").glob("*.py"):
+    for path in (ROOT / "jobs").rglob("*.py"):
         text = path.read_text()
         names |= set(re.findall(r"os\.environ\[\s*[\"'](PLANA_\w+)[\"']\s*\]", text))
         names |= set(re.findall(r"os\.getenv\(\s*[\"'](PLANA_\w+)[\"']\s*\)", text))
@@ -376,8 +376,8 @@ def test_the_checks_catch_a_bad_manifest() -> None:
     assert missing_values(parse_cli(argv(box), without)) == ["matrix-room: PLANA_MATRIX_HOMESERVER"]
 
 
-# Time a container may still need after its PLANA_TIMEOUT: stopping a child (jobs.proc's grace),
-# writing the result, the interpreter's start. The Job's deadline is only the backstop.
+# Time a container may still need after its PLANA_TIMEOUT: stopping a child (jobs.core.proc's
+# grace), writing the result, the interpreter's start. The Job's deadline is only the backstop.
 STOP_MARGIN_S = 60
 
 

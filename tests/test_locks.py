@@ -11,9 +11,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import filestore, locks, marker, naming, tenant_db
-from jobs.errors import TransientError
-from jobs.retry import Deadline
+from jobs import filestore, locks, marker, tenant_db
+from jobs.core import naming
+from jobs.core.errors import TransientError
+from jobs.core.retry import Deadline
 from tests.conftest import Runner
 from tests.test_tenant_db import (  # noqa: F401  (`template` is a fixture)
     active_sessions,

@@ -63,7 +63,7 @@ import redis
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from jobs import naming
+from jobs.core import naming
 from tests.conftest import BACKUP_KEY, BIN, STANDINS, Runner
 from tests.servers.erp import Erp, ErpServer
 from tests.servers.webhook import WebhookReceiver

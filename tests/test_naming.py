@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs import naming
-from jobs.errors import UsageError
+from jobs.core import naming
+from jobs.core.errors import UsageError
 
 
 def test_seed_examples() -> None:

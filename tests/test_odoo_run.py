@@ -31,8 +31,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from jobs import odoo, proc, redact
-from jobs.errors import TransientError
+from jobs import odoo
+from jobs.core import proc, redact
+from jobs.core.errors import TransientError
 from tests import odoo_target
 from tests.conftest import ROOT, JobRun, Runner, job_env
 from tests.odoo_target import FAIL, SLEEP, SLEEP_LINE, SLEEP_VAR, OdooTarget

@@ -17,7 +17,7 @@ from urllib.parse import quote, quote_plus
 import psycopg
 import pytest
 
-from jobs import redact
+from jobs.core import redact
 from tests import odoo_target
 from tests.conftest import ROOT, Runner, job_dsn
 from tests.odoo_target import SLEEP, SLEEP_LINE, SLEEP_VAR
@@ -46,7 +46,7 @@ ADVERSARIAL = [
 
 PROBE = """
 import sys
-from jobs import redact
+from jobs.core import redact
 redact.register("Zq")
 for expr in sys.argv[1:]:
     out = redact.text(eval(expr))

@@ -21,7 +21,7 @@ OUTSIDE = re.compile(
     r"|\.\./shared\b|/work/share[d]"  # the directory beside the clone that holds them
     r"|\b[Ii]ssues? #?[0-9]"  # issue numbers: the code and docs say what, not which ticket
 )
-# Variables every job reads outside any command's options (jobs/log.py, jobs/result.py).
+# Variables every job reads outside any command's options (jobs/core/log.py, jobs/core/result.py).
 GLOBAL_VARIABLES = {"PLANA_LOG_FORMAT", "PLANA_TERMINATION_LOG"}
 
 

@@ -8,8 +8,9 @@ from email.utils import format_datetime
 
 import pytest
 
-from jobs import pg, retry
-from jobs.errors import ConfigError, TransientError
+from jobs import pg
+from jobs.core import retry
+from jobs.core.errors import ConfigError, TransientError
 
 
 def test_transient_failures_are_retried_until_success() -> None:

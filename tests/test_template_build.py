@@ -28,7 +28,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import addons_digest, clone, filestore, locks, marker, naming
+from jobs import addons_digest, clone, filestore, locks, marker
+from jobs.core import naming
 from tests import odoo_target
 from tests.conftest import Runner, job_dsn
 from tests.odoo_target import APP, APP2, FAIL, LEAVE, SLEEP, SLEEP_LINE, SLEEP_VAR, OdooTarget

@@ -25,9 +25,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import filestore, identity, locks, marker, naming, tenant_db
+from jobs import filestore, identity, locks, marker, tenant_db
 from jobs.clone import create_clone
-from jobs.retry import Deadline
+from jobs.core import naming
+from jobs.core.retry import Deadline
 from tests import odoo_target
 from tests.conftest import BIN, Runner, database_names, job_dsn
 

@@ -32,7 +32,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import naming
+from jobs.core import naming
 from jobs.upgrade_phases import prefix_files
 from tests import odoo_target
 from tests.conftest import JOB_ROLE, JobRun, Runner, database_names

@@ -2,7 +2,7 @@
 
     python -m tests.drivers.child_job ARGV...
 
-Runs ARGV with `jobs.proc.run` (name "child") inside `jobs.runner.run`, the way a job runs
+Runs ARGV with `jobs.core.proc.run` (name "child") inside `jobs.core.runner.run`, the way a job runs
 pg_dump, tar or Odoo: its output streamed into the log, a SIGTERM to the job stopping it.
 Not shipped; used by tests/test_odoo_run.py.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import sys
 
-from jobs import proc, runner
-from jobs.result import Done
+from jobs.core import proc, runner
+from jobs.core.result import Done
 
 
 def child(job: runner.Job, argv: list[str]) -> Done:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import sys
 
-from jobs import locks, pg, proc, runner, secrets
-from jobs.errors import ConflictError
-from jobs.result import Done
+from jobs import locks, pg
+from jobs.core import proc, runner, secrets
+from jobs.core.errors import ConflictError
+from jobs.core.result import Done
 
 
 def hold_lock(job: runner.Job, name: str, wait_s: float, child_s: str) -> Done:

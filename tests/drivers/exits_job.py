@@ -14,8 +14,9 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from jobs import pg, runner
-from jobs.result import Done
+from jobs import pg
+from jobs.core import runner
+from jobs.core.result import Done
 
 
 def bug(job: runner.Job) -> Done:

@@ -1,6 +1,6 @@
 """Shared click options: every option has its PLANA_* variable (docs/design.md environment table).
 
-Spec fields are taken as plain strings and validated by `jobs.naming`, so that every bad value,
+Spec fields are taken as plain strings and validated by `jobs.core.naming`, so that every bad value,
 missing ones included, is refused the same way: exit 64 and one line naming the field.
 """
 
@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from jobs import naming
+from jobs.core import naming
 
 F = TypeVar("F", bound=Callable[..., Any])
 

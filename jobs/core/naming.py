@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from jobs.errors import UsageError
+from jobs.core.errors import UsageError
 
 DEFAULT_BASE_DOMAIN: Final = "planapulse.app"
 DEFAULT_DATA_DIR: Final = "/var/lib/odoo"

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from jobs import redact
+from jobs.core import redact
 
 Outcome = Literal["created", "updated", "unchanged", "failed"]
 TERMINATION_LIMIT = 4096

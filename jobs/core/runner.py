@@ -12,9 +12,9 @@ from typing import Any, NoReturn
 
 import structlog
 
-from jobs import log, redact, result
-from jobs.errors import ExitCode, JobError, Terminated, UsageError
-from jobs.retry import Deadline
+from jobs.core import log, redact, result
+from jobs.core.errors import ExitCode, JobError, Terminated, UsageError
+from jobs.core.retry import Deadline
 
 
 class Job:

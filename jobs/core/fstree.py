@@ -29,7 +29,7 @@ import stat
 import tarfile
 from collections.abc import Iterator
 
-from jobs.errors import ConflictError, TransientError
+from jobs.core.errors import ConflictError, TransientError
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO swapped in for a file must not block the open (regular files ignore it).

@@ -33,8 +33,8 @@ from typing import IO, Any
 
 import structlog
 
-from jobs import redact, retry
-from jobs.errors import ConfigError, JobError, TransientError
+from jobs.core import redact, retry
+from jobs.core.errors import ConfigError, JobError, TransientError
 
 GRACE_S = 10.0
 TAIL_LINES = 20

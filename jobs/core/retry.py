@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import structlog
 import tenacity
 
-from jobs import redact
-from jobs.errors import TransientError
+from jobs.core import redact
+from jobs.core.errors import TransientError
 
 T = TypeVar("T")
 

@@ -9,8 +9,8 @@ from typing import Any, Final
 
 import structlog
 
-from jobs import redact
-from jobs.errors import UsageError
+from jobs.core import redact
+from jobs.core.errors import UsageError
 
 FORMATS: Final = ("json", "console")
 

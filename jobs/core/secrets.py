@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jobs import redact
-from jobs.errors import ConfigError
+from jobs.core import redact
+from jobs.core.errors import ConfigError
 
 
 def read_file(path: str | Path | None, field: str) -> str:
