@@ -42,7 +42,8 @@ from psycopg import sql
 
 from bench import report
 from bench.report import Measure, Row
-from jobs import filestore, marker
+from jobs import marker
+from jobs.adapters import filestore
 from jobs.core import naming
 from tests import conftest
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from jobs import http
+from jobs.adapters import http
 from jobs.core import params, redact, retry, runner, secrets
 from jobs.core.errors import ConfigError, ConflictError, UsageError
 from jobs.core.naming import ClientSpec
@@ -209,7 +209,7 @@ class Ledger:
             return None
         if not prefix or any(ch.isspace() for ch in prefix) or not prefix.isprintable():
             raise UsageError("ledgerPrefix", f"must be a Redis key prefix, got {prefix!r}")
-        from jobs import redis_client  # only jobs with a ledger pay for the driver
+        from jobs.adapters import redis_client  # only jobs with a ledger pay for the driver
 
         return cls(redis_client.from_url(url), prefix, deadline)
 
@@ -219,7 +219,7 @@ class Ledger:
     def _call(self, fn: Callable[[], Any], what: str) -> Any:
         """Run one Redis command: transient failures retried; a refused password (78) and
         the rest named by `redis_client.classify`, the same rules as emit-event's."""
-        from jobs import redis_client
+        from jobs.adapters import redis_client
 
         try:
             return retry.call(

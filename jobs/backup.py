@@ -27,8 +27,10 @@ from typing import Any
 
 import click
 
-from jobs import backup_sets, locks, pg, retention
+from jobs import backup_sets, retention
 from jobs import manifest as mf
+from jobs.adapters import pg
+from jobs.adapters.pg import locks
 from jobs.core import naming, params, runner
 from jobs.core.result import Done
 

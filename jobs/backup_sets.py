@@ -31,8 +31,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from jobs import filestore, marker, pg, pg_tools, set_archive
 from jobs import manifest as mf
+from jobs import marker, set_archive
+from jobs.adapters import filestore, pg
+from jobs.adapters.pg import tools as pg_tools
 from jobs.core import fstree, naming, params, proc, runner
 from jobs.core.errors import ConfigError, ConflictError, TransientError, UsageError
 

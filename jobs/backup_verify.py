@@ -22,8 +22,11 @@ from typing import Any
 
 import click
 
-from jobs import backup_sets, clone, locks, marker, pg, pg_tools, set_archive
+from jobs import backup_sets, clone, marker, set_archive
 from jobs import manifest as mf
+from jobs.adapters import pg
+from jobs.adapters.pg import locks
+from jobs.adapters.pg import tools as pg_tools
 from jobs.core import naming, params, proc, runner
 from jobs.core.errors import ConfigError, ConflictError, TransientError
 from jobs.core.result import Done

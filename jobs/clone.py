@@ -34,8 +34,10 @@ import psycopg
 import structlog
 from psycopg import sql
 
-from jobs import filestore, locks, marker, pg
 from jobs import manifest as mf
+from jobs import marker
+from jobs.adapters import filestore, pg
+from jobs.adapters.pg import locks
 from jobs.core import naming, retry
 from jobs.core.errors import ConfigError, TransientError, UsageError
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from jobs import events, redis_client
+from jobs import events
+from jobs.adapters import redis_client
 from jobs.core import params, runner
 from jobs.core.errors import UsageError
 from jobs.core.result import Done

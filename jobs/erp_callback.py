@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import click
 import httpx
 
-from jobs import http
+from jobs.adapters import http
 from jobs.core import params, redact, retry, runner, secrets
 from jobs.core.errors import ConfigError, ConflictError, UsageError
 from jobs.core.result import Done

@@ -11,7 +11,7 @@ import uuid
 
 import redis
 
-from jobs import redis_client
+from jobs.adapters import redis_client
 from jobs.core import retry
 from jobs.core.errors import UsageError
 

@@ -5,8 +5,8 @@ so the files get the target image's owner (UID 101 on 17 → 100 on 18). Only wh
 lacks is sent, into a staging directory beside the target (`.{db}.copy.partial`), which is
 verified and then renamed into place (or, when the target already holds part of the files,
 hard-linked into it file by file). The source is never written. A local side is walked by file
-descriptor (see jobs.filestore_side): nothing outside `{root}/{db}` is read or written, and a
-`{db}` that is a symlink is refused (65).
+descriptor (see jobs.adapters.remote_filestore): nothing outside `{root}/{db}` is read or written,
+and a `{db}` that is a symlink is refused (65).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 
 import click
 
-from jobs import filestore
-from jobs import filestore_side as fs
+from jobs.adapters import filestore
+from jobs.adapters import remote_filestore as fs
 from jobs.core import naming, params, runner
 from jobs.core.errors import ConflictError, TransientError, UsageError
 from jobs.core.result import Done

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from jobs import pg
+from jobs.adapters import pg
 from jobs.core import runner
 from jobs.core.errors import ConflictError
 

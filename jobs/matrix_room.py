@@ -26,7 +26,7 @@ from nio import (
     WhoamiResponse,
 )
 
-from jobs import http, matrix
+from jobs.adapters import http, matrix
 from jobs.core import naming, params, retry, runner, secrets
 from jobs.core.errors import ConfigError, ConflictError, TransientError, UsageError
 from jobs.core.result import Done

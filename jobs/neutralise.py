@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from jobs import odoo, pg
+from jobs.adapters import odoo, pg
 from jobs.core import runner
 from jobs.core.errors import ConflictError, TransientError
 

@@ -33,8 +33,11 @@ from typing import Any
 import click
 import psycopg
 
-from jobs import backup_sets, clone, identity, locks, marker, pg, pg_tools, swap
+from jobs import backup_sets, clone, identity, marker, swap
 from jobs import manifest as mf
+from jobs.adapters import pg
+from jobs.adapters.pg import locks
+from jobs.adapters.pg import tools as pg_tools
 from jobs.core import naming, params, runner
 from jobs.core.errors import ConflictError, UsageError
 from jobs.core.result import Done

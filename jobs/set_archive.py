@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from jobs import filestore
+from jobs.adapters import filestore
 from jobs.core.errors import ConflictError, TransientError
 
 CHUNK = 1 << 20

@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from jobs import filestore, pg
+from jobs.adapters import filestore, pg
 from jobs.core import fstree, naming
 
 OLD_SUFFIX = "__old"

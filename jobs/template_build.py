@@ -2,9 +2,9 @@
 
 The template `template_{code}_{version}` is identified by a fingerprint: a hash of the Odoo major
 version, the sorted module list, the binary's `--version` line, `PLANA_ADDONS_REVISION` and the
-digest of the modules' code on the addons path (`jobs.addons_digest`: the modules, their
-dependencies and auto-installed modules; `--version` alone is the same for every 18 build). It is
-kept in the template's marker (`COMMENT ON DATABASE`, readable without connecting: a template has
+digest of the modules' code on the addons path (`jobs.adapters.odoo.addons_digest`: the modules,
+their dependencies and auto-installed modules; `--version` alone is the same for every 18 build). It
+is kept in the template's marker (`COMMENT ON DATABASE`, readable without connecting: a template has
 `datallowconn = false`) and in its filestore's mark file, so a clone can tell that the two
 belong together.
 
@@ -41,7 +41,10 @@ import click
 import psycopg
 from psycopg import sql
 
-from jobs import addons_digest, clone, filestore, locks, marker, odoo, pg
+from jobs import clone, marker
+from jobs.adapters import filestore, odoo, pg
+from jobs.adapters.odoo import addons_digest
+from jobs.adapters.pg import locks
 from jobs.core import naming, params, runner
 from jobs.core.errors import ConflictError, TransientError, UsageError
 from jobs.core.result import Done

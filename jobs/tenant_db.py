@@ -33,7 +33,9 @@ from typing import Any
 import click
 import psycopg
 
-from jobs import clone, filestore, identity, locks, marker, pg
+from jobs import clone, identity, marker
+from jobs.adapters import filestore, pg
+from jobs.adapters.pg import locks
 from jobs.core import background, naming, params, retry, runner
 from jobs.core.errors import ConflictError, UsageError
 from jobs.core.result import Done

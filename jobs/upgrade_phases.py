@@ -32,7 +32,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from jobs import filestore, marker, odoo, pg
+from jobs import marker
+from jobs.adapters import filestore, odoo, pg
 from jobs.clone import create_clone, restrict_connect  # a clone is made as tenant-db makes it
 from jobs.core import naming, retry, runner
 from jobs.core.errors import ConfigError, ConflictError, TransientError, UsageError
@@ -121,8 +122,8 @@ def spec(kw: dict[str, Any], *, same_major: bool | None = False) -> Spec:
 class Side:
     """The Odoo of one side of the hop: its executable and its config file.
 
-    `config` None is `$ODOO_RC` (the image's config), as in `jobs.odoo`; `upgrade run` gives
-    each side its own, so the fromVersion binary never sees the toVersion addons.
+    `config` None is `$ODOO_RC` (the image's config), as in `jobs.adapters.odoo`; `upgrade run`
+    gives each side its own, so the fromVersion binary never sees the toVersion addons.
     """
 
     odoo_bin: str

@@ -32,8 +32,10 @@ from typing import Any
 
 import psycopg
 
-from jobs import addons_digest, filestore, marker, odoo, pg
+from jobs import marker
 from jobs import upgrade_phases as ph
+from jobs.adapters import filestore, odoo, pg
+from jobs.adapters.odoo import addons_digest
 from jobs.clone import create_clone, restrict_connect
 from jobs.core import redact
 from jobs.core.errors import ConflictError, JobError, TransientError

@@ -209,7 +209,7 @@ class OdooTarget:
     def package(self, version: int) -> Path:
         """Real mode: the `odoo` package of `version`'s binary (what its interpreter imports,
         else the one holding the `base` of its addons path)."""
-        from jobs import addons_digest
+        from jobs.adapters.odoo import addons_digest
 
         found = addons_digest.installation(self.bins[version]).release_package
         if found is None:

@@ -1,4 +1,5 @@
-"""`jobs.addons_digest`: the digest of Odoo modules' code, on real directories (no Odoo needed).
+"""`jobs.adapters.odoo.addons_digest`: the digest of Odoo modules' code, on real directories (no
+Odoo needed).
 
 Fake modules are directories with a `__manifest__.py`, laid out as Odoo's addons path would
 hold them; the Odoo binary's interpreter is this test's own Python.
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs import addons_digest
-from jobs.addons_digest import MISSING, digest, search_path
+from jobs.adapters.odoo import addons_digest
+from jobs.adapters.odoo.addons_digest import MISSING, digest, search_path
 
 
 def module(

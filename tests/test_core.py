@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from jobs import locks
+from jobs.adapters.pg import locks
 from jobs.core import redact, result
 from tests.conftest import ROOT, job_env
 
@@ -241,10 +241,10 @@ def test_drivers_load_only_with_the_modules_that_use_them_and_register_their_hoo
     assert done.returncode == 0, done.stderr
     loaded, before, after = (json.loads(line) for line in done.stdout.splitlines())
     assert loaded == []
-    assert before == ["jobs.redis_client.classify"]
+    assert before == ["jobs.adapters.redis_client.classify"]
     assert after == [
-        "jobs.locks.check_held",
-        "jobs.pg.cancel_running",
-        "jobs.pg.classify",
-        "jobs.redis_client.classify",
+        "jobs.adapters.pg.cancel_running",
+        "jobs.adapters.pg.classify",
+        "jobs.adapters.pg.locks.check_held",
+        "jobs.adapters.redis_client.classify",
     ]

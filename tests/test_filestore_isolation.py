@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from jobs import filestore
+from jobs.adapters import filestore
 from jobs.core import fstree, naming
 from tests.conftest import STANDINS, Runner, database_names
 from tests.test_backup import make_tenant, write_manifest

@@ -297,10 +297,11 @@ def test_version_prints_the_series(target: OdooTarget, version: int, tmp_path: P
 def test_release_py_gives_the_version_line(
     target: OdooTarget, version: int, tmp_path: Path
 ) -> None:
-    """What template-build reads instead of running `odoo --version` (jobs.odoo.release_version)
-    is what the binary prints: real Odoo's own release.py in test mode."""
-    from jobs import addons_digest
-    from jobs import odoo as odoo_mod
+    """What template-build reads instead of running `odoo --version`
+    (jobs.adapters.odoo.release_version) is what the binary prints: real Odoo's own release.py in
+    test mode."""
+    from jobs.adapters import odoo as odoo_mod
+    from jobs.adapters.odoo import addons_digest
 
     target.require(version)
     exe = target.binary(tmp_path, version, python=True)

@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from jobs import odoo
+from jobs.adapters import odoo
 from jobs.core import proc, redact
 from jobs.core.errors import TransientError
 from tests import odoo_target

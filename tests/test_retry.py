@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from jobs import pg
+from jobs.adapters import pg
 from jobs.core import retry
 from jobs.core.errors import ConfigError, TransientError
 

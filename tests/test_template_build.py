@@ -28,7 +28,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import addons_digest, clone, filestore, locks, marker
+from jobs import clone, marker
+from jobs.adapters import filestore
+from jobs.adapters.odoo import addons_digest
+from jobs.adapters.pg import locks
 from jobs.core import naming
 from tests import odoo_target
 from tests.conftest import Runner, job_dsn

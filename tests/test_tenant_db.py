@@ -25,7 +25,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import filestore, identity, locks, marker, tenant_db
+from jobs import identity, marker, tenant_db
+from jobs.adapters import filestore
+from jobs.adapters.pg import locks
 from jobs.clone import create_clone
 from jobs.core import naming
 from jobs.core.retry import Deadline

@@ -17,8 +17,8 @@ from jobs.core import naming
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Seconds per HTTP attempt. Here rather than in jobs.http so that declaring the option does not
-# import httpx into every job (tenant-db and friends never make an HTTP request).
+# Seconds per HTTP attempt. Here rather than in jobs.adapters.http so that declaring the option does
+# not import httpx into every job (tenant-db and friends never make an HTTP request).
 DEFAULT_REQUEST_TIMEOUT_S = 10.0
 # The longest deadline a job accepts: a week, far beyond any job, far below float trouble.
 MAX_SECONDS = 7 * 24 * 3600.0

@@ -13,7 +13,7 @@ sees the SIGTERM we send it at once (see `_Held`).
 
 `spawn`/`run` take an optional `level(line) -> str` that picks the log level of each output
 line ("debug", "info", "warning", "error", "critical"; default "info"), so a child whose own
-log format carries levels (Odoo, `jobs.odoo`) keeps them in the job's log.
+log format carries levels (Odoo, `jobs.adapters.odoo`) keeps them in the job's log.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import sys
 
-from jobs import locks, pg
+from jobs.adapters import pg
+from jobs.adapters.pg import locks
 from jobs.core import proc, runner, secrets
 from jobs.core.errors import ConflictError
 from jobs.core.result import Done

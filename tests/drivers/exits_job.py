@@ -14,7 +14,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from jobs import pg
+from jobs.adapters import pg
 from jobs.core import runner
 from jobs.core.result import Done
 

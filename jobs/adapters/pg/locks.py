@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from jobs import pg
+from jobs.adapters import pg
 from jobs.core import retry, runner
 from jobs.core.errors import TransientError
 

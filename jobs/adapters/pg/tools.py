@@ -8,7 +8,7 @@ import os
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from jobs import pg
+from jobs.adapters import pg
 from jobs.core import proc, runner
 from jobs.core.errors import ConfigError, TransientError
 

@@ -56,7 +56,7 @@ from typing import Any
 
 import structlog
 
-from jobs import odoo
+from jobs.adapters import odoo
 from jobs.core import fstree
 
 MANIFEST_NAMES = ("__manifest__.py", "__openerp__.py")  # Odoo's lookup order

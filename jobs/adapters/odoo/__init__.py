@@ -67,7 +67,7 @@ import psycopg
 import structlog
 from psycopg.conninfo import conninfo_to_dict
 
-from jobs import pg
+from jobs.adapters import pg
 from jobs.core import proc, redact, retry
 from jobs.core.errors import ConfigError
 

@@ -139,8 +139,8 @@ def run(side: Side, cmd: Sequence[str], *, what: str, deadline: retry.Deadline) 
 # Lists the files under those of the directories "$2"… (names under the root "$1") that exist:
 # `D <dir>` for each of them, then `F <dir> <name> <size>` per file, NUL-separated. A missing
 # root or directory is an answer (nothing there yet), not a failure. Dot-names (staging, marks,
-# temporaries) are never part of a filestore's content, as in jobs.filestore; -mindepth 1 keeps
-# a dot-named starting point (the staging directory) itself listed.
+# temporaries) are never part of a filestore's content, as in jobs.adapters.filestore; -mindepth 1
+# keeps a dot-named starting point (the staging directory) itself listed.
 _OBSERVE = r"""
 cd "$1" 2>/dev/null || exit 0
 shift; n=$#
