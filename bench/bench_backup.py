@@ -23,8 +23,8 @@ from psycopg import sql
 
 from bench import report
 from bench.report import Measure, Row
-from jobs import marker
 from jobs.core import naming
+from jobs.ops import marker
 from tests import conftest
 
 ROOT = Path(__file__).resolve().parent.parent

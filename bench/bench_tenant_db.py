@@ -42,9 +42,9 @@ from psycopg import sql
 
 from bench import report
 from bench.report import Measure, Row
-from jobs import marker
 from jobs.adapters import filestore
 from jobs.core import naming
+from jobs.ops import marker
 from tests import conftest
 
 ROOT = Path(__file__).resolve().parent.parent

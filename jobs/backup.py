@@ -13,7 +13,7 @@ killed run leaves only a `.partial`, which the next run (holding the tenant's ba
 live run's work is touched) deletes. Retention then removes expired sets, each renamed to
 `.deleting` first so a crash mid-delete never leaves a half set that looks complete.
 
-A set is input to validate when it is read back (jobs.manifest): its manifest must carry a
+A set is input to validate when it is read back (jobs.ops.manifest): its manifest must carry a
 valid signature made with the backup key, follow the schema and name the tenant it is read for.
 Taking and reading sets is `backup_sets`'s; deprovision takes its final set the same way.
 
@@ -27,12 +27,12 @@ from typing import Any
 
 import click
 
-from jobs import backup_sets, retention
-from jobs import manifest as mf
 from jobs.adapters import pg
 from jobs.adapters.pg import locks
 from jobs.core import naming, params, runner
 from jobs.core.result import Done
+from jobs.ops import backup_sets, retention
+from jobs.ops import manifest as mf
 
 LOCK_WAIT_S = 120.0
 

@@ -1,6 +1,6 @@
 """`plana-job backup-verify`: a backup that was never restored is a hope, not a backup.
 
-Authenticates the set (its manifest's HMAC, jobs.manifest) and checks it was taken of this
+Authenticates the set (its manifest's HMAC, jobs.ops.manifest) and checks it was taken of this
 tenant, checks the set's files against the manifest's sizes and sha256, checks every member of
 the filestore archive (regular files and directories with plain relative names only; each
 content-addressed file against its name, read from the archive, nothing extracted), restores
@@ -22,14 +22,14 @@ from typing import Any
 
 import click
 
-from jobs import backup_sets, clone, marker, set_archive
-from jobs import manifest as mf
 from jobs.adapters import pg
 from jobs.adapters.pg import locks
 from jobs.adapters.pg import tools as pg_tools
 from jobs.core import naming, params, proc, runner
 from jobs.core.errors import ConfigError, ConflictError, TransientError
 from jobs.core.result import Done
+from jobs.ops import backup_sets, clone, marker, set_archive
+from jobs.ops import manifest as mf
 
 SCRATCH_SUFFIX = "__vfy"
 # What pg_restore prints when the server, not the dump, is the problem: retry later (75).

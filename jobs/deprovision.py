@@ -41,12 +41,12 @@ from typing import Any
 import click
 import psycopg
 
-from jobs import backup_sets, events, manifest, marker
 from jobs.adapters import filestore, pg, redis_client
 from jobs.adapters.pg import locks
 from jobs.core import naming, params, runner
 from jobs.core.errors import ConflictError
 from jobs.core.result import Done
+from jobs.ops import backup_sets, events, manifest, marker
 
 EVENT_TYPE = "client.deprovisioned"
 STATE = "deprovisioning"

@@ -11,11 +11,11 @@ from typing import Any
 
 import click
 
-from jobs import events
 from jobs.adapters import redis_client
 from jobs.core import params, runner
 from jobs.core.errors import UsageError
 from jobs.core.result import Done
+from jobs.ops import events
 
 EVENT_TYPES = ("client.provisioned", "client.updated", "client.deprovisioned")
 

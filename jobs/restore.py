@@ -13,15 +13,15 @@ half-done swap is completed or rolled back) or reports `unchanged` when the set 
 tenant's. `--as-copy` gives the restored database its own `database.secret`/`database.uuid`,
 `database.create_date` and `web.base.url`, as Odoo's duplication does.
 
-The set is untrusted input (jobs.manifest): it must be signed with the backup key and name the
+The set is untrusted input (jobs.ops.manifest): it must be signed with the backup key and name the
 tenant it is restored from (subdomain, database, base domain). From its manifest only the encoding
 and collation (each from a whitelist) and the marker's kind and identity fields are applied: the
 owner is always `--owner-role`, CONNECT is granted to it alone (`clone.restrict_connect`), and
 where a job stood (`upgrading`, `odoo_version`, `final_backup` …) is never restored. The filestore
-archive is extracted member by member (jobs.set_archive). A tenant frozen for an upgrade, or with
-an upgrade work copy `{db}__up{N}`, is refused: the cutover would otherwise publish a copy taken
-before the restore. A `{db}__rst` without a marker is what a kill during its CREATE DATABASE leaves
-(no tenant's name contains `_`), and is dropped.
+archive is extracted member by member (jobs.ops.set_archive). A tenant frozen for an upgrade, or
+with an upgrade work copy `{db}__up{N}`, is refused: the cutover would otherwise publish a copy
+taken before the restore. A `{db}__rst` without a marker is what a kill during its CREATE DATABASE
+leaves (no tenant's name contains `_`), and is dropped.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ from typing import Any
 import click
 import psycopg
 
-from jobs import backup_sets, clone, identity, marker, swap
-from jobs import manifest as mf
 from jobs.adapters import pg
 from jobs.adapters.pg import locks
 from jobs.adapters.pg import tools as pg_tools
 from jobs.core import naming, params, runner
 from jobs.core.errors import ConflictError, UsageError
 from jobs.core.result import Done
+from jobs.ops import backup_sets, clone, identity, marker, swap
+from jobs.ops import manifest as mf
 
 WORK_SUFFIX = "__rst"
 UPGRADE_WORK_INFIX = "__up"  # jobs.upgrade_phases: the work copy `{db}__up{to}`

@@ -41,13 +41,13 @@ import click
 import psycopg
 from psycopg import sql
 
-from jobs import clone, marker
 from jobs.adapters import filestore, odoo, pg
 from jobs.adapters.odoo import addons_digest
 from jobs.adapters.pg import locks
 from jobs.core import naming, params, runner
 from jobs.core.errors import ConflictError, TransientError, UsageError
 from jobs.core.result import Done
+from jobs.ops import clone, marker
 
 BUILD_SUFFIX = "__build"
 OLD_SUFFIX = "__old"

@@ -1,6 +1,6 @@
 """`plana-job tenant-db` (PLANAClient): a tenant database cloned from its tier's template.
 
-Steps, each observed first and recorded in the work database's marker (`jobs.marker`,
+Steps, each observed first and recorded in the work database's marker (`jobs.ops.marker`,
 kind "tenant"), so that a run killed anywhere is resumed by the next one:
 
 1. `cloned`: `CREATE DATABASE "{db}__new" TEMPLATE "{template}" OWNER … STRATEGY FILE_COPY`
@@ -33,12 +33,12 @@ from typing import Any
 import click
 import psycopg
 
-from jobs import clone, identity, marker
 from jobs.adapters import filestore, pg
 from jobs.adapters.pg import locks
 from jobs.core import background, naming, params, retry, runner
 from jobs.core.errors import ConflictError, UsageError
 from jobs.core.result import Done
+from jobs.ops import clone, identity, marker
 
 WORK_SUFFIX = "__new"
 STATES = ("cloned", "filestore", "personalised", "complete")

@@ -19,13 +19,13 @@ from typing import Any
 
 import click
 
-from jobs import clone
 from jobs import upgrade_phases as ph
 from jobs.adapters import pg
 from jobs.adapters.pg import locks
 from jobs.core import params, runner
 from jobs.core.errors import UsageError
 from jobs.core.result import Done
+from jobs.ops import clone
 from jobs.upgrade_same import same_major
 
 STRATEGIES = ("same-major", "snapshot-then-upgrade")

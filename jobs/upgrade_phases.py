@@ -1,6 +1,6 @@
 """The snapshot-then-upgrade phases of `plana-job upgrade` (OpenUpgrade, one major per run).
 
-Where a tenant stands is read from three `COMMENT ON DATABASE` markers (`jobs.marker`):
+Where a tenant stands is read from three `COMMENT ON DATABASE` markers (`jobs.ops.marker`):
 
 - the live tenant `{db}` (kind "tenant", written by tenant-db): while an upgrade is under way its
   data carries `upgrading: {from, to, base, attempt}` (the tenant is frozen); after the cutover
@@ -32,12 +32,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from jobs import marker
 from jobs.adapters import filestore, odoo, pg
-from jobs.clone import create_clone, restrict_connect  # a clone is made as tenant-db makes it
 from jobs.core import naming, retry, runner
 from jobs.core.errors import ConfigError, ConflictError, TransientError, UsageError
 from jobs.core.result import Done
+from jobs.ops import marker
+from jobs.ops.clone import create_clone, restrict_connect  # a clone is made as tenant-db makes it
 
 PHASES = ("snapshot", "source-pass", "prefix", "target-pass", "cutover")
 FRAMEWORK = "openupgrade_framework"

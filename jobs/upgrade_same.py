@@ -32,14 +32,14 @@ from typing import Any
 
 import psycopg
 
-from jobs import marker
 from jobs import upgrade_phases as ph
 from jobs.adapters import filestore, odoo, pg
 from jobs.adapters.odoo import addons_digest
-from jobs.clone import create_clone, restrict_connect
 from jobs.core import redact
 from jobs.core.errors import ConflictError, JobError, TransientError
 from jobs.core.result import Done
+from jobs.ops import marker
+from jobs.ops.clone import create_clone, restrict_connect
 
 STRATEGY = "same-major"
 VERIFIED = "verified"

@@ -25,8 +25,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import marker
 from jobs.core import naming
+from jobs.ops import marker
 from tests import odoo_target
 from tests.conftest import BACKUP_KEY, JOB_ROLE, STANDINS, Runner, job_dsn
 

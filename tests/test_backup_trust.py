@@ -23,8 +23,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import marker
 from jobs.core import naming
+from jobs.ops import marker
 from tests.conftest import BIN, JOB_ROLE, Runner
 from tests.test_backup import add_attachment, make_tenant, table_digests, tree, write_manifest
 from tests.test_tenant_db import OWNER_ROLE, ensure_role

@@ -21,8 +21,8 @@ import pytest
 import redis
 from psycopg import sql
 
-from jobs import marker
 from jobs.core import naming
+from jobs.ops import marker
 from tests.conftest import JOB_ROLE, STANDINS, Runner
 from tests.test_backup import make_tenant, table_digests, tree
 from tests.test_tenant_db import OWNER_ROLE, ensure_role

@@ -23,8 +23,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import marker
 from jobs.core import naming
+from jobs.ops import marker
 from tests import odoo_target
 from tests.conftest import BIN, JobRun, Runner, job_dsn
 from tests.test_backup import add_attachment, config, table_digests, tree

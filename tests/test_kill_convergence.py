@@ -40,8 +40,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import clone, marker
 from jobs.core import naming
+from jobs.ops import clone, marker
 from tests import odoo_target
 from tests.conftest import BIN, JobRun, Runner, local_ports
 from tests.test_backup import make_tenant

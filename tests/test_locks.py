@@ -11,12 +11,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import marker, tenant_db
+from jobs import tenant_db
 from jobs.adapters import filestore
 from jobs.adapters.pg import locks
 from jobs.core import naming
 from jobs.core.errors import TransientError
 from jobs.core.retry import Deadline
+from jobs.ops import marker
 from tests.conftest import Runner
 from tests.test_tenant_db import (  # noqa: F401  (`template` is a fixture)
     active_sessions,

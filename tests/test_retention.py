@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from jobs.retention import Policy, expired, keep
+from jobs.ops.retention import Policy, expired, keep
 from tests.conftest import BACKUP_KEY, Runner
 from tests.test_backup import make_tenant
 

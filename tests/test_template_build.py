@@ -28,11 +28,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import clone, marker
 from jobs.adapters import filestore
 from jobs.adapters.odoo import addons_digest
 from jobs.adapters.pg import locks
 from jobs.core import naming
+from jobs.ops import clone, marker
 from tests import odoo_target
 from tests.conftest import Runner, job_dsn
 from tests.odoo_target import APP, APP2, FAIL, LEAVE, SLEEP, SLEEP_LINE, SLEEP_VAR, OdooTarget

@@ -25,12 +25,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import identity, marker, tenant_db
+from jobs import tenant_db
 from jobs.adapters import filestore
 from jobs.adapters.pg import locks
-from jobs.clone import create_clone
 from jobs.core import naming
 from jobs.core.retry import Deadline
+from jobs.ops import identity, marker
+from jobs.ops.clone import create_clone
 from tests import odoo_target
 from tests.conftest import BIN, Runner, database_names, job_dsn
 

@@ -8,7 +8,7 @@
 `take` builds a set as `{ts}.partial` and publishes it by one rename, `manifest.json` written
 last inside it (the caller holds the tenant's backup lock, `lock_name`). Reading one back
 (restore, backup-verify, deprovision) goes through `load_manifest`, `check_owner` and
-`check_files`: a set is untrusted input (jobs.manifest). `check_restored` and
+`check_files`: a set is untrusted input (jobs.ops.manifest). `check_restored` and
 `extract_filestore` compare a restored copy with its set and unpack its filestore.
 """
 
@@ -31,12 +31,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from jobs import manifest as mf
-from jobs import marker, set_archive
 from jobs.adapters import filestore, pg
 from jobs.adapters.pg import tools as pg_tools
 from jobs.core import fstree, naming, params, proc, runner
 from jobs.core.errors import ConfigError, ConflictError, TransientError, UsageError
+from jobs.ops import manifest as mf
+from jobs.ops import marker, set_archive
 
 SET_NAME = mf.SET_NAME
 SET_FORMAT = "%Y%m%dT%H%M%SZ"

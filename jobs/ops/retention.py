@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from jobs import backup_sets
 from jobs.core import runner
+from jobs.ops import backup_sets
 
 
 @dataclass(frozen=True)

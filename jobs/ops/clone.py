@@ -34,12 +34,12 @@ import psycopg
 import structlog
 from psycopg import sql
 
-from jobs import manifest as mf
-from jobs import marker
 from jobs.adapters import filestore, pg
 from jobs.adapters.pg import locks
 from jobs.core import naming, retry
 from jobs.core.errors import ConfigError, TransientError, UsageError
+from jobs.ops import manifest as mf
+from jobs.ops import marker
 
 MAX_DB_NAME = 63  # PostgreSQL's NAMEDATALEN - 1, in bytes
 DEFAULT_OWNER_ROLE = "plana"
