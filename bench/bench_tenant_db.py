@@ -79,7 +79,7 @@ CONCURRENT_JOB = Measure("tenant-db", f"{CONCURRENT} concurrent vs the floor: {C
 FLOOR = Measure("tenant-db", f"(the floor itself) vs {CONCURRENT} concurrent bare clones", "")
 MEASURES = [SINGLE, DUMP, CONCURRENT_JOB, FLOOR]
 # What a job process loads before it does anything (jobs/cli.py pauses the collector likewise).
-STARTUP = "import gc; gc.disable(); import jobs.cli, jobs.tenant_db"
+STARTUP = "import gc; gc.disable(); import jobs.cli, jobs.commands.tenant_db"
 
 
 def _drop(conn: psycopg.Connection[Any], name: str) -> None:

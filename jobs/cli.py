@@ -21,19 +21,19 @@ from jobs.core.errors import ExitCode, JobError, UsageError
 
 # name → "module:attribute" of the click command. Only commands that work are listed.
 COMMANDS: dict[str, str] = {
-    "template-build": "jobs.template_build:template_build",
-    "tenant-db": "jobs.tenant_db:tenant_db",
-    "environment-db": "jobs.environment_db:environment_db",
-    "upgrade": "jobs.upgrade:upgrade",
-    "filestore-copy": "jobs.filestore_copy:filestore_copy",
-    "matrix-room": "jobs.matrix_room:matrix_room",
-    "account-webhook": "jobs.account_webhook:account_webhook",
-    "erp-callback": "jobs.erp_callback:erp_callback",
-    "emit-event": "jobs.emit_event:emit_event",
-    "backup": "jobs.backup:backup",
-    "backup-verify": "jobs.backup_verify:backup_verify",
-    "restore": "jobs.restore:restore",
-    "deprovision": "jobs.deprovision:deprovision",
+    "template-build": "jobs.commands.template_build:template_build",
+    "tenant-db": "jobs.commands.tenant_db:tenant_db",
+    "environment-db": "jobs.commands.environment_db:environment_db",
+    "upgrade": "jobs.commands.upgrade:upgrade",
+    "filestore-copy": "jobs.commands.filestore_copy:filestore_copy",
+    "matrix-room": "jobs.commands.matrix_room:matrix_room",
+    "account-webhook": "jobs.commands.account_webhook:account_webhook",
+    "erp-callback": "jobs.commands.erp_callback:erp_callback",
+    "emit-event": "jobs.commands.emit_event:emit_event",
+    "backup": "jobs.commands.backup:backup",
+    "backup-verify": "jobs.commands.backup_verify:backup_verify",
+    "restore": "jobs.commands.restore:restore",
+    "deprovision": "jobs.commands.deprovision:deprovision",
 }
 
 

@@ -226,13 +226,13 @@ def test_drivers_load_only_with_the_modules_that_use_them_and_register_their_hoo
     running, with no error)."""
     probe = (
         "import json, sys\n"
-        "import jobs.cli, jobs.emit_event\n"
+        "import jobs.cli, jobs.commands.emit_event\n"
         "print(json.dumps(sorted(m for m in ('psycopg', 'nio', 'httpx') if m in sys.modules)))\n"
         "from jobs.core import runner\n"
         "hooks = lambda: sorted(f'{f.__module__}.{f.__name__}' for f in"
         " runner._classifiers + runner._step_checks + runner._terminate_hooks)\n"
         "print(json.dumps(hooks()))\n"
-        "import jobs.tenant_db\n"
+        "import jobs.commands.tenant_db\n"
         "print(json.dumps(hooks()))\n"
     )
     done = subprocess.run(

@@ -25,9 +25,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs import tenant_db
 from jobs.adapters import filestore
 from jobs.adapters.pg import locks
+from jobs.commands import tenant_db
 from jobs.core import naming
 from jobs.core.retry import Deadline
 from jobs.ops import identity, marker

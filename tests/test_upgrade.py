@@ -32,8 +32,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from jobs.commands.upgrade.phases import prefix_files
 from jobs.core import naming
-from jobs.upgrade_phases import prefix_files
 from tests import odoo_target
 from tests.conftest import JOB_ROLE, JobRun, Runner, database_names
 from tests.odoo_target import (

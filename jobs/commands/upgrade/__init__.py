@@ -2,12 +2,12 @@
 
 - `upgrade --strategy same-major` (or `upgrade same-major`): `odoo -u all` on a work copy of the
   frozen tenant, verified, swapped in with the old database kept as the rollback copy
-  (`jobs.upgrade_same`); the marker records the version and addons revision it last updated
-  to, so the same again is `unchanged`.
+  (`jobs.commands.upgrade.same_major`); the marker records the version and addons revision it last
+  updated to, so the same again is `unchanged`.
 - `upgrade snapshot|source-pass|prefix|target-pass|cutover|rollback|status`: the phases of the
-  snapshot-then-upgrade strategy (`jobs.upgrade_phases`), one per init container, since they run
-  in different images; `upgrade run` (or `--strategy snapshot-then-upgrade` without a phase)
-  runs every phase in one process when both binaries are at hand.
+  snapshot-then-upgrade strategy (`jobs.commands.upgrade.phases`), one per init container, since
+  they run in different images; `upgrade run` (or `--strategy snapshot-then-upgrade` without a
+  phase) runs every phase in one process when both binaries are at hand.
 """
 
 from __future__ import annotations
@@ -19,14 +19,16 @@ from typing import Any
 
 import click
 
-from jobs import upgrade_phases as ph
 from jobs.adapters import pg
 from jobs.adapters.pg import locks
+from jobs.commands.upgrade import phases as ph
+
+# As a module: a `same_major` function bound here would hide the submodule of that name.
+from jobs.commands.upgrade import same_major as same
 from jobs.core import params, runner
 from jobs.core.errors import UsageError
 from jobs.core.result import Done
 from jobs.ops import clone
-from jobs.upgrade_same import same_major
 
 STRATEGIES = ("same-major", "snapshot-then-upgrade")
 
@@ -129,7 +131,7 @@ def _same_major(kw: dict[str, Any]) -> None:
             return _locked(
                 ctx,
                 "same-major",
-                lambda c: same_major(
+                lambda c: same.same_major(
                     c, kw["odoo_bin"], kw["addons_revision"], kw.get("odoo_config")
                 ),
             )

@@ -3,7 +3,7 @@
 Odoo commits after each module it updates, so a `-u all` that fails at a later module leaves
 the database it ran on half updated. Same-major therefore never runs Odoo on the live tenant;
 in one run, under the tenant's lock, it works like the snapshot-then-upgrade chain, with its
-names, markers and swap (`jobs.upgrade_phases` with from = to = V):
+names, markers and swap (`jobs.commands.upgrade.phases` with from = to = V):
 
 1. observe: the live marker records the version and addons revision last updated to; the same
    again, with every module installed and base at V, is `unchanged` (Odoo does not run).
@@ -32,9 +32,9 @@ from typing import Any
 
 import psycopg
 
-from jobs import upgrade_phases as ph
 from jobs.adapters import filestore, odoo, pg
 from jobs.adapters.odoo import addons_digest
+from jobs.commands.upgrade import phases as ph
 from jobs.core import redact
 from jobs.core.errors import ConflictError, JobError, TransientError
 from jobs.core.result import Done

@@ -43,7 +43,7 @@ from jobs.ops import backup_sets, clone, identity, marker, swap
 from jobs.ops import manifest as mf
 
 WORK_SUFFIX = "__rst"
-UPGRADE_WORK_INFIX = "__up"  # jobs.upgrade_phases: the work copy `{db}__up{to}`
+UPGRADE_WORK_INFIX = "__up"  # jobs.commands.upgrade.phases: the work copy `{db}__up{to}`
 
 
 # ---------------------------------------------------------------------------- building blocks

@@ -12,7 +12,7 @@ Where a tenant stands is read from three `COMMENT ON DATABASE` markers (`jobs.op
   clones a fresh one from the frozen live database.
 - the rollback copy `{db}__rb{from}` (kind "rollback"): the old live database after the cutover.
 
-`upgrade same-major` (jobs.upgrade_same) uses the same names, markers and swap with
+`upgrade same-major` (jobs.commands.upgrade.same_major) uses the same names, markers and swap with
 from = to: `{db}__up{V}` and `{db}__rb{V}`; `rollback` and `status` take from = to for it.
 
 Suffixes are at most 6 bytes, so with a 40-byte subdomain and the default base domain every
