@@ -46,10 +46,11 @@ $(SYNAPSE_VENV)/bin/synapse_homeserver:
 
 synapse: $(SYNAPSE_VENV)/bin/synapse_homeserver ## Synapse in its own virtualenv
 
-lint: venv ## ruff and mypy --strict
+lint: venv ## ruff, mypy --strict and the package's import layers (lint-imports)
 	$(BIN)/ruff check jobs tests bench demo
 	$(BIN)/ruff format --check jobs demo
 	$(BIN)/mypy --strict jobs demo
+	$(BIN)/lint-imports --no-cache
 
 bench: venv ## measure each job against the bare operation (BENCH_ARGS=--readme: into README)
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -75,3 +75,17 @@ def test_importlib_resources_finds_every_sql_file() -> None:
         return out
 
     assert sorted(walk(importlib.resources.files("jobs.sql"), "")) == expected
+
+
+def test_every_python_package_is_declared() -> None:
+    """The editable install of the dev venv finds any subpackage of jobs/, the wheel (and so
+    every image) only the ones declared: a package left out of [tool.setuptools] packages
+    would pass every other test and be missing from the image."""
+    declared = set(_setuptools()["packages"])  # type: ignore[arg-type]
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for p in (ROOT / "jobs").rglob("__init__.py")
+        if "__pycache__" not in p.parts
+    }
+    missing = sorted(found - declared)
+    assert not missing, f"packages not declared in [tool.setuptools] packages: {missing}"

@@ -7,7 +7,10 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,7 +87,8 @@ def test_bare_plana_job_prints_the_normal_help_and_exits_64(tmp_path: Path) -> N
 def test_make_lint_covers_every_python_tree_and_the_readme_says_so() -> None:
     done = _make("-n", "lint")  # the recipe, as make would run it
     assert done.returncode == 0, done.stderr
-    recipe = [line for line in done.stdout.splitlines() if "ruff" in line or "mypy" in line]
+    tools = ("ruff", "mypy", "lint-imports")
+    recipe = [line for line in done.stdout.splitlines() if any(t in line for t in tools)]
     trees = {  # every top-level package with code of its own (sql/ only ships .sql files)
         p.name
         for p in ROOT.iterdir()
@@ -125,3 +129,70 @@ def test_tests_without_services_stop_with_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in done.stdout + done.stderr
     said = [line for line in done.stdout.splitlines() if "tests need PostgreSQL and Redis" in line]
     assert len(said) == 1, done.stdout
+
+
+# -- the package's layers ---------------------------------------------------------------------
+
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def _contract_names() -> dict[str, str]:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        contracts = tomllib.load(f)["tool"]["importlinter"]["contracts"]
+    return {c["id"]: c["name"] for c in contracts}
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    # The package under `root` comes first on the path, ahead of the editable install's finder
+    # (so a copy is checked, not the repository); --no-cache leaves no cache directory behind.
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_the_package_keeps_its_layers() -> None:
+    """reference > cli > commands > ops > adapters > core, commands independent of one another,
+    adapters of one another: the contracts in pyproject.toml, as `make lint` checks them (CI
+    runs only `make test`, so this is where CI holds the package to them)."""
+    done = _lint_imports(ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 broken" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize(
+    ("path", "added", "contract"),
+    [
+        ("commands/restore.py", "from jobs.commands import backup", "commands"),
+        ("adapters/http.py", "from jobs.adapters import redis_client", "adapters"),
+        # grimp sees imports inside functions too: a lazy import is no way around a layer.
+        ("core/retry.py", "def _lazy() -> None:\n    from jobs.ops import marker", "layers"),
+        ("stray.py", "", "layers"),  # `exhaustive`: a new top-level module has no layer yet
+    ],
+)
+def test_the_layers_catch_each_kind_of_violation(
+    tmp_path: Path, path: str, added: str, contract: str
+) -> None:
+    """The check is not vacuous: a copy of the package with one offending module breaks it."""
+    shutil.copytree(ROOT / "jobs", tmp_path / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    target = tmp_path / "jobs" / path
+    target.write_text((target.read_text() if target.exists() else "") + f"\n{added}\n")
+    done = _lint_imports(tmp_path)
+    assert done.returncode != 0, done.stdout
+    name = _contract_names()[contract]
+    assert re.search(rf"^{re.escape(name)} BROKEN", done.stdout, re.M), done.stdout
+
+
+def test_cli_loads_only_command_modules() -> None:
+    """cli imports the commands by the strings of its COMMANDS table, which import-linter cannot
+    see: each one must name a module of jobs.commands, or a command could sit in any layer."""
+    from jobs.cli import COMMANDS
+
+    outside = {name: t for name, t in COMMANDS.items() if not t.startswith("jobs.commands.")}
+    assert not outside, f"COMMANDS targets outside jobs.commands: {outside}"
