@@ -9,14 +9,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.resources
-import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
+from jobs.adapters.pg import script
 from jobs.core import naming
 from jobs.core.errors import ConflictError
 
@@ -33,13 +32,6 @@ class Identity:
     @classmethod
     def of(cls, spec: naming.ClientSpec) -> Identity:
         return cls(spec.tenant.hostname, spec.owner_email, spec.owner_name)
-
-
-def _statements(name: str) -> list[str]:
-    """The statements of sql/{name}: comment lines dropped, split at a ";" ending a line."""
-    text = importlib.resources.files("jobs.sql").joinpath(name).read_text(encoding="utf-8")
-    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
-    return [part.strip() for part in re.split(r";\s*$", body, flags=re.M) if part.strip()]
 
 
 # The characters Python's str.strip() removes (str.isspace()): Odoo strips complete_name so.
@@ -87,12 +79,12 @@ def personalise(conn: psycopg.Connection[Any], identity: Identity) -> dict[str, 
     }
     try:
         with conn.transaction():
-            for statement in _statements("tenant/personalise.sql"):
+            for statement in script.statements("tenant/personalise.sql"):
                 conn.execute(statement, params)
             if _has_column(conn, "res_partner", "email_normalized"):  # mail is installed
-                for statement in _statements("tenant/personalise_mail.sql"):
+                for statement in script.statements("tenant/personalise_mail.sql"):
                     conn.execute(statement, params)
-            row = conn.execute(_statements("tenant/check.sql")[0]).fetchone()
+            row = conn.execute(script.statements("tenant/check.sql")[0]).fetchone()
             if row is None or row[0] != params["admin_login"] or row[3] != params["uuid"]:
                 raise ConflictError(
                     f"database {conn.info.dbname} has no Odoo admin user / main company to "

@@ -7,12 +7,12 @@ Odoo binary run `odoo neutralize` on it (every installed module's `data/neutrali
 
 from __future__ import annotations
 
-import importlib.resources
 from typing import Any
 
 import psycopg
 
 from jobs.adapters import odoo, pg
+from jobs.adapters.pg import script
 from jobs.core import runner
 from jobs.core.errors import ConflictError, TransientError
 
@@ -57,8 +57,7 @@ def neutralise(job: runner.Job, ctx: dict[str, Any], db: str) -> None:
 
 
 def check_neutralised(conn: psycopg.Connection[Any]) -> list[str]:
-    query = importlib.resources.files("jobs.sql").joinpath("environment/check.sql")
-    row = conn.execute(query.read_text(encoding="utf-8")).fetchone()
+    row = conn.execute(script.read("environment/check.sql")).fetchone()
     assert row is not None
     problems = []
     if row[0] != "true":

@@ -1,7 +1,8 @@
 -- Give a clone of a template its own identity, as Odoo's duplication does
 -- (ir.config_parameter.init(force=True)), plus the owner's admin identity and the tenant URL.
 --
--- Run by jobs.ops.identity.personalise in ONE transaction, one statement per ";" at a line end,
+-- Run by jobs.ops.identity.personalise in ONE transaction, one statement at a time (split by
+-- jobs.adapters.pg.script as PostgreSQL reads the text: quotes, $$ bodies, comments),
 -- with named parameters (%(name)s): values are never spliced into the text.
 -- Every tenant gets a fresh database.secret (signs sessions and tokens: two tenants sharing it
 -- could forge each other's sessions) and database.uuid.
