@@ -87,3 +87,27 @@ def test_the_shipped_scripts_split_as_the_line_end_rule_did(name: str) -> None:
     body = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("--"))
     old = [part.strip() for part in re.split(r";\s*$", body, flags=re.M) if part.strip()]
     assert script.statements(name) == old and old
+
+
+# ------------------------------------------------- base's version: one reader for every job
+
+
+def test_base_version_one_reader_for_every_job(pg: psycopg.Connection[Any]) -> None:
+    """backup, restore, upgrade and environment-db read base's version through odoo.base_version:
+    None without the module table (and the transaction still usable), the states asked for."""
+    from jobs.adapters import odoo
+
+    assert odoo.series("18.0.1.3") == "18.0" and odoo.series(None) is None
+    assert odoo.major("18.0.1.3") == 18 and odoo.major("") is None
+    with pg.transaction():
+        assert not odoo.has_module_table(pg) and odoo.base_version(pg) is None
+        pg.execute("SELECT 1")  # the probe aborted nothing
+        pg.execute(sql.SQL("CREATE TEMP TABLE ir_module_module (name text, state text,"
+                           " latest_version text)"))  # fmt: skip
+        pg.execute("INSERT INTO ir_module_module VALUES ('base', 'to upgrade', '17.0.1.3')")
+        assert odoo.has_module_table(pg)
+        assert odoo.base_version(pg) is None
+        assert odoo.base_version(pg, odoo.LOADED) == "17.0.1.3"
+        pg.execute("UPDATE ir_module_module SET state = 'installed'")
+        assert odoo.base_version(pg) == "17.0.1.3"
+        pg.execute(sql.SQL("DROP TABLE ir_module_module"))

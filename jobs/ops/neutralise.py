@@ -19,11 +19,8 @@ from jobs.core.errors import ConflictError, TransientError
 
 def database_major(conn: psycopg.Connection[Any]) -> int | None:
     """The Odoo major version of the database Odoo would load (its `base` module's)."""
-    row = conn.execute(
-        "SELECT latest_version FROM ir_module_module WHERE name = 'base'"
-        " AND state IN ('installed', 'to upgrade', 'to remove')"
-    ).fetchone()
-    return odoo.major(str(row[0])) if row and row[0] else None
+    version = odoo.base_version(conn, odoo.LOADED)
+    return odoo.major(version) if version else None
 
 
 def neutralise(job: runner.Job, ctx: dict[str, Any], db: str) -> None:
