@@ -78,7 +78,9 @@ def test_a_do_block_runs_statement_by_statement_with_parameters(
 
 
 @pytest.mark.parametrize(
-    "name", ["tenant/personalise.sql", "tenant/personalise_mail.sql", "tenant/check.sql"]
+    "name",
+    ["tenant/identity.sql", "tenant/personalise.sql", "tenant/personalise_mail.sql",
+     "tenant/check.sql"],
 )
 def test_the_shipped_scripts_split_as_the_line_end_rule_did(name: str) -> None:
     """The files as written hold no quoted ";": the old rule (comment lines dropped, split at a
