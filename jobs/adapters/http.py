@@ -8,7 +8,7 @@ means something different to each peer).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -103,28 +103,34 @@ def send(
     what: str,
     deadline: retry.Deadline,
     timeout: float = DEFAULT_REQUEST_TIMEOUT_S,
-    prepare: Callable[[], dict[str, Any]] | None = None,
     **kwargs: Any,
 ) -> httpx.Response:
     """Send a request, retrying transport errors, 5xx and 429 within the deadline (then 75).
 
-    `prepare` is called before every attempt and its keyword arguments are merged in, for
-    headers that must be fresh on each attempt (a signature over the current timestamp).
+    Headers that must be fresh on each attempt (a signature over the current timestamp) come
+    from an `auth=PerAttempt(...)`: httpx runs it for every request it sends.
     """
 
     def once() -> httpx.Response:
-        extra = prepare() if prepare else {}
-        return attempt(
-            http,
-            method,
-            target,
-            what=what,
-            deadline=deadline,
-            timeout=timeout,
-            **{**kwargs, **extra},
-        )
+        return attempt(http, method, target, what=what, deadline=deadline, timeout=timeout,
+                       **kwargs)  # fmt: skip
 
     return retry.call(once, what=what, deadline=deadline, transient=retry.http_transient)
+
+
+class PerAttempt(httpx.Auth):
+    """Headers computed for each request as httpx sends it (every attempt of `send`), from the
+    request itself: httpx's own hook for signing (`Auth.auth_flow`), so a retry carries a
+    fresh timestamp and a signature over exactly the bytes it sends."""
+
+    def __init__(self, headers: Callable[[httpx.Request], Mapping[str, str]]) -> None:
+        self._headers = headers
+        self.attempts = 0
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        self.attempts += 1
+        request.headers.update(self._headers(request))
+        yield request
 
 
 def snippet(response: httpx.Response, limit: int = 200) -> str:

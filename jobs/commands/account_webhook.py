@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -29,6 +29,9 @@ from jobs.core import params, redact, retry, runner, secrets
 from jobs.core.errors import ConfigError, ConflictError, UsageError
 from jobs.core.naming import ClientSpec
 from jobs.core.result import Done
+
+if TYPE_CHECKING:  # the adapter imports httpx; here it only names a type
+    import httpx
 
 # Namespace for uuid5 webhook ids: fixed forever, or re-deliveries would stop deduplicating.
 WEBHOOK_NAMESPACE = uuid.UUID("2b0d3f0e-9a51-4c61-8f55-3c2f7e6b9d42")
@@ -151,30 +154,27 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
             job.log.info("already delivered", delivered_at=delivered_at, **details)
             return Done("unchanged", {**details, "delivered_at": delivered_at})
     body = json.dumps(payload(event, spec, generation), separators=(",", ":")).encode()
-    attempts = 0
 
-    def headers() -> dict[str, Any]:
+    def signed(request: httpx.Request) -> dict[str, str]:
         # A fresh timestamp (and so a fresh signature) on every attempt: receivers refuse
-        # timestamps older than their tolerance, and a retry may come minutes later.
-        nonlocal attempts
-        attempts += 1
+        # timestamps older than their tolerance, and a retry may come minutes later. Signed
+        # over the body as sent.
         ts = int(time.time())
         return {
-            "headers": {
-                "content-type": "application/json",
-                "webhook-id": msg_id,
-                "webhook-timestamp": str(ts),
-                "webhook-signature": sign(key, msg_id, ts, body),
-            }
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(ts),
+            "webhook-signature": sign(key, msg_id, ts, request.content),
         }
 
+    signature = http.PerAttempt(signed)
     job.step("deliver")
     with http.client(timeout, target) as client:
         response = http.send(
             client, "POST", target, what="account webhook", deadline=job.deadline,
-            timeout=timeout, prepare=headers, content=body,
+            timeout=timeout, auth=signature, content=body,
+            headers={"content-type": "application/json"},
         )  # fmt: skip
-    details.update(status=response.status_code, attempts=attempts)
+    details.update(status=response.status_code, attempts=signature.attempts)
     if response.is_success:
         job.log.info("webhook delivered", **details)
         if ledger is not None:

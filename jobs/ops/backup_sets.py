@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from jobs.adapters import filestore, pg
+from jobs.adapters import filestore, odoo, pg
 from jobs.adapters.pg import tools as pg_tools
 from jobs.core import fstree, naming, params, proc, runner
 from jobs.core.errors import ConfigError, ConflictError, TransientError, UsageError
@@ -263,25 +263,6 @@ def row_counts(conn: psycopg.Connection[Any], names: list[tuple[str, str]]) -> d
     return counts
 
 
-def base_version(conn: psycopg.Connection[Any]) -> str | None:
-    # Probe first: a failed query would abort the snapshot's transaction.
-    found = conn.execute("SELECT to_regclass('ir_module_module')").fetchone()
-    if not found or found[0] is None:
-        return None
-    row = conn.execute(
-        "SELECT latest_version FROM ir_module_module WHERE name = 'base' AND state = 'installed'"
-    ).fetchone()
-    return None if row is None else row[0]
-
-
-def odoo_series(version: str | None) -> str | None:
-    """`18.0.1.3` → `18.0` (the Odoo series a module version starts with)."""
-    if not version:
-        return None
-    parts = version.split(".")
-    return ".".join(parts[:2]) if len(parts) >= 2 else version
-
-
 # ---------------------------------------------------------------------------- taking a set
 
 
@@ -420,7 +401,7 @@ def _exported_snapshot(
         tables = {
             f"{s}.{t}": {"estimate": max(-1, int(estimates.get(f"{s}.{t}", -1)))} for s, t in names
         }
-        snap = Snapshot(row[0], base_version(conn), tables, {})
+        snap = Snapshot(row[0], odoo.base_version(conn), tables, {})
         yield conn, snap
         conn.rollback()
 
@@ -537,7 +518,7 @@ def take(
         "files": files,
         "postgresql": {"server_version": server[0] if server else None,
                        "pg_dump": pg_dump_version},
-        "odoo": {"series": odoo_series(snap.base_version), "base_version": snap.base_version},
+        "odoo": {"series": odoo.series(snap.base_version), "base_version": snap.base_version},
         "database_settings": settings,
         "marker": {"kind": mark.kind, "state": mark.state, **mark.data},
         "tables": snap.tables,
@@ -575,7 +556,7 @@ def check_restored(conn: psycopg.Connection[Any], manifest: mf.Manifest) -> list
     """What differs between a restored database and its set's manifest (empty: it matches)."""
     problems: list[str] = []
     want_version = manifest.base_version
-    got_version = base_version(conn)
+    got_version = odoo.base_version(conn)
     if want_version and got_version != want_version:
         problems.append(f"base: installed version {got_version} != recorded {want_version}")
     tables = manifest.tables

@@ -9,14 +9,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.resources
-import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
+from jobs.adapters.pg import script
 from jobs.core import naming
 from jobs.core.errors import ConflictError
 
@@ -35,12 +34,8 @@ class Identity:
         return cls(spec.tenant.hostname, spec.owner_email, spec.owner_name)
 
 
-def _statements(name: str) -> list[str]:
-    """The statements of sql/{name}: comment lines dropped, split at a ";" ending a line."""
-    text = importlib.resources.files("jobs.sql").joinpath(name).read_text(encoding="utf-8")
-    body = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
-    return [part.strip() for part in re.split(r";\s*$", body, flags=re.M) if part.strip()]
-
+# What every copy of a database gets (sql/tenant/identity.sql), personalised or not.
+IDENTITY = script.statements("tenant/identity.sql")
 
 # The characters Python's str.strip() removes (str.isspace()): Odoo strips complete_name so.
 PY_WHITESPACE = (
@@ -74,10 +69,7 @@ def personalise(conn: psycopg.Connection[Any], identity: Identity) -> dict[str, 
     Returns the non-secret facts (uuid, base_url, admin_login); the secret is never returned.
     """
     params = {
-        "secret": str(uuid.uuid4()),
-        "uuid": str(uuid.uuid4()),
-        "create_date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        "base_url": f"https://{identity.hostname}",
+        **_fresh_identity(identity.hostname),
         "admin_login": identity.owner_email,
         "owner_email": identity.owner_email,
         "owner_name": identity.owner_name,
@@ -87,12 +79,12 @@ def personalise(conn: psycopg.Connection[Any], identity: Identity) -> dict[str, 
     }
     try:
         with conn.transaction():
-            for statement in _statements("tenant/personalise.sql"):
+            for statement in [*IDENTITY, *script.statements("tenant/personalise.sql")]:
                 conn.execute(statement, params)
             if _has_column(conn, "res_partner", "email_normalized"):  # mail is installed
-                for statement in _statements("tenant/personalise_mail.sql"):
+                for statement in script.statements("tenant/personalise_mail.sql"):
                     conn.execute(statement, params)
-            row = conn.execute(_statements("tenant/check.sql")[0]).fetchone()
+            row = conn.execute(script.statements("tenant/check.sql")[0]).fetchone()
             if row is None or row[0] != params["admin_login"] or row[3] != params["uuid"]:
                 raise ConflictError(
                     f"database {conn.info.dbname} has no Odoo admin user / main company to "
@@ -107,16 +99,16 @@ def personalise(conn: psycopg.Connection[Any], identity: Identity) -> dict[str, 
 
 def new_identity(conn: psycopg.Connection[Any], hostname: str) -> None:
     """What Odoo's duplication resets: a copy never shares secret or uuid with its original."""
-    values = {
-        "database.secret": str(uuid.uuid4()),
-        "database.uuid": str(uuid.uuid4()),
-        "database.create_date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        "web.base.url": f"https://{hostname}",
-    }
     with conn.transaction():
-        for key, value in values.items():
-            conn.execute(
-                "INSERT INTO ir_config_parameter (key, value) VALUES (%s, %s)"
-                " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                (key, value),
-            )
+        for statement in IDENTITY:
+            conn.execute(statement, _fresh_identity(hostname))
+
+
+def _fresh_identity(hostname: str) -> dict[str, str]:
+    """identity.sql's parameters: a new secret and uuid, now, the URL of `hostname`."""
+    return {
+        "secret": str(uuid.uuid4()),
+        "uuid": str(uuid.uuid4()),
+        "create_date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "base_url": f"https://{hostname}",
+    }

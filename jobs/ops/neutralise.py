@@ -7,23 +7,20 @@ Odoo binary run `odoo neutralize` on it (every installed module's `data/neutrali
 
 from __future__ import annotations
 
-import importlib.resources
 from typing import Any
 
 import psycopg
 
 from jobs.adapters import odoo, pg
+from jobs.adapters.pg import script
 from jobs.core import runner
 from jobs.core.errors import ConflictError, TransientError
 
 
 def database_major(conn: psycopg.Connection[Any]) -> int | None:
     """The Odoo major version of the database Odoo would load (its `base` module's)."""
-    row = conn.execute(
-        "SELECT latest_version FROM ir_module_module WHERE name = 'base'"
-        " AND state IN ('installed', 'to upgrade', 'to remove')"
-    ).fetchone()
-    return odoo.major(str(row[0])) if row and row[0] else None
+    version = odoo.base_version(conn, odoo.LOADED)
+    return odoo.major(version) if version else None
 
 
 def neutralise(job: runner.Job, ctx: dict[str, Any], db: str) -> None:
@@ -57,8 +54,7 @@ def neutralise(job: runner.Job, ctx: dict[str, Any], db: str) -> None:
 
 
 def check_neutralised(conn: psycopg.Connection[Any]) -> list[str]:
-    query = importlib.resources.files("jobs.sql").joinpath("environment/check.sql")
-    row = conn.execute(query.read_text(encoding="utf-8")).fetchone()
+    row = conn.execute(script.read("environment/check.sql")).fetchone()
     assert row is not None
     problems = []
     if row[0] != "true":

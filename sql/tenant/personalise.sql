@@ -1,21 +1,18 @@
--- Give a clone of a template its own identity, as Odoo's duplication does
--- (ir.config_parameter.init(force=True)), plus the owner's admin identity and the tenant URL.
+-- Give a clone of a template the owner's admin identity and the tenant URL, frozen. Its own
+-- database.secret, uuid, creation date and URL come first, from identity.sql (what every copy
+-- gets, as Odoo's duplication does).
 --
--- Run by jobs.ops.identity.personalise in ONE transaction, one statement per ";" at a line end,
+-- Run by jobs.ops.identity.personalise in ONE transaction, one statement at a time (split by
+-- jobs.adapters.pg.script as PostgreSQL reads the text: quotes, $$ bodies, comments),
 -- with named parameters (%(name)s): values are never spliced into the text.
--- Every tenant gets a fresh database.secret (signs sessions and tokens: two tenants sharing it
--- could forge each other's sessions) and database.uuid.
 -- Odoo's ORM recomputes the STORED fields it derives from a changed field; plain SQL must do it
 -- itself (the last two statements): a stale res_partner.complete_name, which name_search and the
 -- partners' order read, would keep the company findable as "My Company" only. mail's
 -- res_partner.email_normalized is updated by personalise_mail.sql, run when that column exists.
 
+-- The tenant's URL is fixed: Odoo would otherwise take it from the first admin's request.
 INSERT INTO ir_config_parameter (key, value)
-VALUES ('database.secret', %(secret)s),
-       ('database.uuid', %(uuid)s),
-       ('database.create_date', %(create_date)s),
-       ('web.base.url', %(base_url)s),
-       ('web.base.url.freeze', 'True')
+VALUES ('web.base.url.freeze', 'True')
 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
 
 -- The admin user (xmlid base.user_admin) logs in with the owner's email. The template's default

@@ -535,6 +535,39 @@ def major(version_text: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def series(version: str | None) -> str | None:
+    """`18.0.1.3` → `18.0`: the Odoo series a module version (base's latest_version) starts
+    with; None for none."""
+    if not version:
+        return None
+    parts = version.split(".")
+    return ".".join(parts[:2]) if len(parts) >= 2 else version
+
+
+def has_module_table(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the database has Odoo's module table (asked without failing a transaction)."""
+    found = conn.execute("SELECT to_regclass('ir_module_module')").fetchone()
+    return bool(found and found[0] is not None)
+
+
+INSTALLED = ("installed",)
+# What Odoo loads: a module marked for update or removal is still in the registry.
+LOADED = ("installed", "to upgrade", "to remove")
+
+
+def base_version(conn: psycopg.Connection[Any], states: Sequence[str] = INSTALLED) -> str | None:
+    """`latest_version` of the `base` module in one of `states` (e.g. "18.0.1.3"), or None:
+    no such row, or no module table at all (probed first, so that a caller's transaction, a
+    backup's snapshot, is never aborted by the query)."""
+    if not has_module_table(conn):
+        return None
+    row = conn.execute(
+        "SELECT latest_version FROM ir_module_module WHERE name = 'base' AND state = ANY(%s)",
+        (list(states),),
+    ).fetchone()
+    return str(row[0]) if row and row[0] else None
+
+
 def module_states(conn: psycopg.Connection[Any]) -> dict[str, str]:
     """Every module's state, read from the database Odoo just worked on."""
     rows = conn.execute("SELECT name, state FROM ir_module_module").fetchall()

@@ -211,20 +211,10 @@ def owner_of(conn: psycopg.Connection[Any], db: str) -> str:
 
 def base_version(ctx: Ctx, db: str) -> str:
     """`latest_version` of the installed `base` module of `db` ("" when there is none)."""
-    try:
-        with pg.connection(db, dsn=ctx.spec.dsn, deadline=ctx.job.deadline) as conn:
-            row = conn.execute(
-                "SELECT latest_version FROM ir_module_module WHERE name = 'base'"
-                " AND state = 'installed'"
-            ).fetchone()
-    except psycopg.errors.UndefinedTable:
-        raise ConflictError(f"database {db} is not an Odoo database", database=db) from None
-    return str(row[0]) if row and row[0] else ""
-
-
-def major_of(version: str) -> int | None:
-    head = version.split(".", 1)[0]
-    return int(head) if head.isdigit() else None
+    with pg.connection(db, dsn=ctx.spec.dsn, deadline=ctx.job.deadline) as conn:
+        if not odoo.has_module_table(conn):
+            raise ConflictError(f"database {db} is not an Odoo database", database=db)
+        return odoo.base_version(conn) or ""
 
 
 def work_marker(ctx: Ctx) -> marker.Marker | None:
@@ -292,7 +282,7 @@ def snapshot(ctx: Ctx) -> Done:
         if not allows_connections(conn, s.db):
             raise ConflictError(f"{s.db} is frozen, but not by an upgrade: left untouched")
         base = base_version(ctx, s.db)
-        if major_of(base) != s.from_version:
+        if odoo.major(base) != s.from_version:
             raise ConflictError(
                 f"{s.db}: base is at {base or 'nothing'}, not {s.from_version}.0 (fromVersion)",
                 database=s.db,
@@ -490,7 +480,7 @@ def verify(ctx: Ctx, db: str, version: int) -> list[str]:
         return [f"{db} has no module table"]
     problems = odoo.check_modules(states, ["base"])
     base = str(row[0]) if row and row[0] else ""
-    if major_of(base) != version:
+    if odoo.major(base) != version:
         problems.append(f"base is at {base or 'nothing'}, not {version}.0")
     return problems
 
