@@ -238,7 +238,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
 
     with (
         pg.connection(dsn=dsn, deadline=job.deadline) as conn,
-        locks.advisory(f"tenant:{n.db}", deadline=job.deadline, dsn=dsn),
+        locks.advisory(locks.tenant(n.db), deadline=job.deadline, dsn=dsn),
     ):
         clone.require_role(conn, ctx["role"])
         # A killed run's CREATE DATABASE of the work copy may still be running on the server

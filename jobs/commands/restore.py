@@ -278,7 +278,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     dsn = pg.base_conninfo(kw["pg_dsn"])
     job.bind(tenant=target.subdomain)
     with (
-        locks.advisory(lock_name(target.db_name), deadline=job.deadline, dsn=dsn),
+        locks.advisory(locks.tenant(target.db_name), deadline=job.deadline, dsn=dsn),
         pg.connection(dsn=dsn, deadline=job.deadline) as conn,
     ):
         clone.require_role(conn, owner)
@@ -315,8 +315,3 @@ def refuse_deprovisioned(
                 final_backup=name,
             )
     return
-
-
-def lock_name(db: str) -> str:
-    """The lock every job that replaces or removes a tenant's database takes."""
-    return f"tenant:{db}"

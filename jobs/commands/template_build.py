@@ -202,7 +202,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     with pg.connection(dsn=kw["pg_dsn"], deadline=job.deadline) as conn:
         ctx = _Ctx(job, conn, template, version, modules, fp, data, data_dir, kw["pg_dsn"])
         # One build per template at a time; clones are not blocked by this lock.
-        with locks.advisory(f"template-build:{template}", deadline=job.deadline, dsn=ctx.dsn):
+        with locks.advisory(locks.template_build(template), deadline=job.deadline, dsn=ctx.dsn):
             return _converge(ctx, kw, odoo_bin)
 
 

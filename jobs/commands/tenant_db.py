@@ -124,7 +124,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     with pg.connection(dsn=dsn, deadline=job.deadline) as conn:
         clone.require_role(conn, role)
         ctx = _Ctx(job, conn, spec, role, data_dir, dsn, template)
-        with locks.advisory(f"tenant:{db}", deadline=job.deadline, dsn=dsn):
+        with locks.advisory(locks.tenant(db), deadline=job.deadline, dsn=dsn):
             # Named only once the lock is ours: runs still waiting for it are not orphans.
             conn.execute("SELECT set_config('application_name', %s, false)", (app,))
             clone.end_orphans(conn, app, job.deadline)
