@@ -112,8 +112,8 @@ def check_template(
             "still be building",
             template=template,
         )
-    mark = marker.read(conn, template)
-    if mark is None or mark.kind != marker.TEMPLATE_KIND:
+    mark = marker.ours(conn, template, marker.TEMPLATE_KIND)
+    if mark is None:
         return None  # a template made by other means: clone it as it is
     fingerprint = str(mark.data.get("fingerprint", ""))
     if mark.state != "complete":
