@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import pytest
 
 from jobs.adapters.pg import locks
 from jobs.core import redact, result
+from jobs.ops import backup_sets
 from tests.conftest import ROOT, job_env
 
 
@@ -64,6 +66,58 @@ def test_lock_key_is_stable_and_signed_64_bit() -> None:
     assert locks.key("a") != locks.key("b")
     for name in ("a", "template:template_basic_18", "x" * 500):
         assert -(2**63) <= locks.key(name) < 2**63
+
+
+# Lock names are held across a rollout by pods of the older image: their text (and the key made
+# from it) may never change, only be added to.
+LOCK_NAMES = {
+    locks.tenant: "tenant:acme.planapulse.app",
+    locks.verify: "verify:acme.planapulse.app",
+    locks.backup: "backup:acme.planapulse.app",
+    locks.template: "template:acme.planapulse.app",
+    locks.template_build: "template-build:acme.planapulse.app",
+}
+
+
+def test_lock_names_are_pinned() -> None:
+    for make, text in LOCK_NAMES.items():
+        assert make("acme.planapulse.app") == text
+    assert locks.key("tenant:acme.planapulse.app") == 8045504012383292443
+    assert locks.key("template:template_basic_18") == 662319523552526034
+    # Not yet removed from backup_sets (unused there): it must not drift meanwhile.
+    assert backup_sets.lock_name("acme.planapulse.app") == "backup:acme.planapulse.app"
+
+
+def _lock_constructor(node: ast.expr) -> str | None:
+    """The constructor `node` calls when it is `locks.<name>(...)` (or `<name>(...)` in locks)."""
+    if not isinstance(node, ast.Call):
+        return None
+    func = node.func
+    if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+        return func.attr if func.value.id == "locks" else None
+    return func.id if isinstance(func, ast.Name) else None
+
+
+def test_every_advisory_lock_name_comes_from_a_constructor() -> None:
+    constructors = {make.__name__ for make in LOCK_NAMES}
+    calls = 0
+    for path in sorted((ROOT / "jobs").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name != "advisory":
+                continue
+            calls += 1
+            args = [*node.args[:1], *(k.value for k in node.keywords if k.arg == "name")]
+            assert len(args) == 1, f"{path}:{node.lineno}: advisory() without a name"
+            made = _lock_constructor(args[0])
+            assert made in constructors, (
+                f"{path}:{node.lineno}: the lock name must be one of locks.{sorted(constructors)}"
+                f"(...), not {ast.unparse(args[0])}"
+            )
+    assert calls >= 10  # the scan saw the call sites (a broken walk would pass vacuously)
 
 
 def test_second_holder_waits_then_times_out_with_75(

@@ -56,8 +56,9 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     dsn = pg.base_conninfo(kw["pg_dsn"])
     key = mf.read_key(kw["backup_key_file"])
     job.bind(tenant=tenant.subdomain)
-    lock = backup_sets.lock_name(tenant.db_name)
-    with locks.advisory(lock, deadline=job.deadline, wait_s=LOCK_WAIT_S, dsn=dsn):
+    with locks.advisory(
+        locks.backup(tenant.db_name), deadline=job.deadline, wait_s=LOCK_WAIT_S, dsn=dsn
+    ):
         made = backup_sets.take(job, tenant, dest, kw["data_dir"], dsn, kw["jobs_n"],
                                 lock_wait=kw["lock_wait"], key=key)  # fmt: skip
         job.step("retention")

@@ -170,8 +170,8 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     set_dir = backup_sets.pick_set(backup_sets.tenant_dir(dest, tenant.subdomain), kw["set_name"])
     dsn = pg.base_conninfo(kw["pg_dsn"])
     job.bind(tenant=tenant.subdomain)
-    lock = f"verify:{tenant.db_name}"  # the scratch database's owner: only this job names it
-    with locks.advisory(lock, deadline=job.deadline, dsn=dsn):
+    # The scratch database's owner: only this job (and deprovision, to drop it) names it.
+    with locks.advisory(locks.verify(tenant.db_name), deadline=job.deadline, dsn=dsn):
         problems = verify_set(job, set_dir, tenant, dsn, key, kw["jobs_n"])
     if problems:
         raise ConflictError(

@@ -202,9 +202,9 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     changed: list[str] = []
 
     with (
-        locks.advisory(f"tenant:{db}", deadline=job.deadline, dsn=dsn),
+        locks.advisory(locks.tenant(db), deadline=job.deadline, dsn=dsn),
         # backup-verify's lock: its scratch copy `{db}__vfy` is not dropped under it.
-        locks.advisory(f"verify:{db}", deadline=job.deadline, dsn=dsn),
+        locks.advisory(locks.verify(db), deadline=job.deadline, dsn=dsn),
         pg.connection(dsn=dsn, deadline=job.deadline) as conn,
     ):
         job.step("observe")
@@ -226,7 +226,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
                 kept and (tdir / str(kept) / backup_sets.MANIFEST).is_file()
             ):
                 job.step("final-backup")
-                with locks.advisory(backup_sets.lock_name(db), deadline=job.deadline, dsn=dsn):
+                with locks.advisory(locks.backup(db), deadline=job.deadline, dsn=dsn):
                     made = backup_sets.take(
                         job, tenant, dest, kw["data_dir"], dsn, kw["jobs_n"],
                         final=True, lock_wait=kw["lock_wait"], key=key,

@@ -238,7 +238,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
 
     with (
         pg.connection(dsn=dsn, deadline=job.deadline) as conn,
-        locks.advisory(f"tenant:{n.db}", deadline=job.deadline, dsn=dsn),
+        locks.advisory(locks.tenant(n.db), deadline=job.deadline, dsn=dsn),
     ):
         clone.require_role(conn, ctx["role"])
         # A killed run's CREATE DATABASE of the work copy may still be running on the server
@@ -252,13 +252,10 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
             if n.fs_old.exists() and not n.fs.exists():
                 os.rename(n.fs_old, n.fs)
             clone.rename_database(conn, n.old, n.db)
-        current = marker.read(conn, n.db) if pg.database_exists(conn, n.db) else None
-        if pg.database_exists(conn, n.db) and (
-            current is None
-            or current.kind != marker.ENVIRONMENT_KIND
-            or current.data.get("tenant") != sub
-        ):
-            raise ConflictError(f"database {n.db} exists and is not this tenant's environment")
+        current = marker.require_ours(
+            conn, n.db, marker.ENVIRONMENT_KIND, match={"tenant": sub},
+            what="is not this tenant's environment", absent_ok=True,
+        )  # fmt: skip
         if current is not None:
             repaired = _finish(conn, n)
             same_generation = (
@@ -268,10 +265,12 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
                 details = {"database": n.db, "source": current.data.get("source")}
                 return Done("updated" if repaired else "unchanged", details)
         if copy:
-            mark = marker.read(conn, ctx["production"]) if pg.database_exists(
-                conn, ctx["production"]) else None  # fmt: skip
-            if mark is None or mark.kind != "tenant":
-                raise ConflictError(f"production database {ctx['production']} is not a tenant")
+            marker.require_ours(
+                conn,
+                ctx["production"],
+                marker.TENANT_KIND,
+                what="is not a tenant to copy as production",
+            )
         facts = _build(job, conn, ctx)
         final = marker.Marker(marker.ENVIRONMENT_KIND, "complete", {
             "subdomain": env_tenant.subdomain, "tenant": sub, "env": env_name,

@@ -77,18 +77,6 @@ def refuse_during_upgrade(conn: psycopg.Connection[Any], db: str) -> None:
 # ---------------------------------------------------------------------------- the restore
 
 
-def _ours(conn: psycopg.Connection[Any], db: str, kinds: tuple[str, ...]) -> marker.Marker | None:
-    """The marker of `db` if it is one of `kinds`; ConflictError if `db` exists but is not ours."""
-    if not pg.database_exists(conn, db):
-        return None
-    mark = marker.read(conn, db)
-    if mark is None or mark.kind not in kinds:
-        raise ConflictError(
-            f"database {db} exists and is not ours (no matching marker)", database=db
-        )
-    return mark
-
-
 def _roll_back_swap(job: runner.Job, conn: psycopg.Connection[Any], n: swap.Names) -> bool:
     """A swap killed before the work database took the tenant's name: put the old one back."""
     if pg.database_exists(conn, n.db) or not pg.database_exists(conn, n.old):
@@ -130,7 +118,7 @@ def _restore_checked(
     """
     name = set_dir.name
     marker.drop_unmarked(job, conn, n.work, marker.RESTORE_WORK_KIND)
-    work = _ours(conn, n.work, (marker.RESTORE_WORK_KIND,))
+    work = marker.require_ours(conn, n.work, marker.RESTORE_WORK_KIND, absent_ok=True)
     reusable = (
         work is not None
         and work.state == "verified"
@@ -183,7 +171,9 @@ def restore_set(
     backup_sets.check_owner(manifest, source, name)
     refuse_during_upgrade(conn, n.db)
     _roll_back_swap(job, conn, n)
-    current = _ours(conn, n.db, (*marker.BACKUP_KINDS, marker.RESTORE_WORK_KIND))
+    current = marker.require_ours(
+        conn, n.db, (*marker.BACKUP_KINDS, marker.RESTORE_WORK_KIND), absent_ok=True
+    )
     final = _final_marker(manifest, name, as_copy, target)
 
     if current is not None and current.kind != marker.RESTORE_WORK_KIND:
@@ -278,7 +268,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     dsn = pg.base_conninfo(kw["pg_dsn"])
     job.bind(tenant=target.subdomain)
     with (
-        locks.advisory(lock_name(target.db_name), deadline=job.deadline, dsn=dsn),
+        locks.advisory(locks.tenant(target.db_name), deadline=job.deadline, dsn=dsn),
         pg.connection(dsn=dsn, deadline=job.deadline) as conn,
     ):
         clone.require_role(conn, owner)
@@ -315,8 +305,3 @@ def refuse_deprovisioned(
                 final_backup=name,
             )
     return
-
-
-def lock_name(db: str) -> str:
-    """The lock every job that replaces or removes a tenant's database takes."""
-    return f"tenant:{db}"

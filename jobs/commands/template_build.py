@@ -202,19 +202,17 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     with pg.connection(dsn=kw["pg_dsn"], deadline=job.deadline) as conn:
         ctx = _Ctx(job, conn, template, version, modules, fp, data, data_dir, kw["pg_dsn"])
         # One build per template at a time; clones are not blocked by this lock.
-        with locks.advisory(f"template-build:{template}", deadline=job.deadline, dsn=ctx.dsn):
+        with locks.advisory(locks.template_build(template), deadline=job.deadline, dsn=ctx.dsn):
             return _converge(ctx, kw, odoo_bin)
 
 
 def _converge(ctx: _Ctx, kw: dict[str, Any], odoo_bin: str) -> Done:
     job, conn = ctx.job, ctx.conn
     job.step("observe")
-    live = marker.read(conn, ctx.template) if pg.database_exists(conn, ctx.template) else None
-    existed = pg.database_exists(conn, ctx.template)
-    if existed and (live is None or live.kind != marker.TEMPLATE_KIND):
-        raise ConflictError(
-            f"database {ctx.template} exists but was not built by plana-jobs: left untouched"
-        )
+    live = marker.require_ours(
+        conn, ctx.template, marker.TEMPLATE_KIND, what="was not built by plana-jobs", absent_ok=True
+    )
+    existed = live is not None  # ours: absent is None, anything not ours is 65 above
     details = {"template": ctx.template, "fingerprint": ctx.fingerprint, "modules": ctx.modules}
 
     if not kw["force"] and live is not None and live.data.get("fingerprint") == ctx.fingerprint:
@@ -233,14 +231,12 @@ def _converge(ctx: _Ctx, kw: dict[str, Any], odoo_bin: str) -> Done:
                 _drop_leftovers(ctx)
                 return Done("updated", {**details, "resumed": "filestore swap"})
 
-    build = marker.read(conn, ctx.build) if pg.database_exists(conn, ctx.build) else None
+    build = marker.ours(
+        conn, ctx.build, marker.TEMPLATE_KIND, states=("verified",),
+        match={"fingerprint": ctx.fingerprint},
+    )  # fmt: skip
     resumable = (
-        not kw["force"]
-        and build is not None
-        and build.kind == marker.TEMPLATE_KIND
-        and build.state == "verified"
-        and build.data.get("fingerprint") == ctx.fingerprint
-        and _fs_fingerprint(ctx, ctx.build) == ctx.fingerprint
+        not kw["force"] and build is not None and _fs_fingerprint(ctx, ctx.build) == ctx.fingerprint
     )
     if resumable:
         job.log.info("resuming a verified build", database=ctx.build)

@@ -36,7 +36,7 @@ import psycopg
 from jobs.adapters import filestore, pg
 from jobs.adapters.pg import locks
 from jobs.core import background, naming, params, retry, runner
-from jobs.core.errors import ConflictError, UsageError
+from jobs.core.errors import UsageError
 from jobs.core.result import Done
 from jobs.ops import clone, identity, marker
 
@@ -124,7 +124,7 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     with pg.connection(dsn=dsn, deadline=job.deadline) as conn:
         clone.require_role(conn, role)
         ctx = _Ctx(job, conn, spec, role, data_dir, dsn, template)
-        with locks.advisory(f"tenant:{db}", deadline=job.deadline, dsn=dsn):
+        with locks.advisory(locks.tenant(db), deadline=job.deadline, dsn=dsn):
             # Named only once the lock is ours: runs still waiting for it are not orphans.
             conn.execute("SELECT set_config('application_name', %s, false)", (app,))
             clone.end_orphans(conn, app, job.deadline)
@@ -189,14 +189,11 @@ def _work_state(ctx: _Ctx, fingerprint: str | None) -> str | None:
     conn, work = ctx.conn, ctx.work
     if not pg.database_exists(conn, work):
         return None
-    mark = marker.read(conn, work)
-    ours = (
-        mark is not None
-        and mark.kind == marker.TENANT_KIND
-        and mark.data.get("subdomain") == ctx.spec.tenant.subdomain
-        and mark.state in STATES[:-1]
-    )
-    if not ours or mark is None:
+    mark = marker.ours(
+        conn, work, marker.TENANT_KIND, states=STATES[:-1],
+        match={"subdomain": ctx.spec.tenant.subdomain},
+    )  # fmt: skip
+    if mark is None:
         # `{db}__new` is this job's own work name: unmarked means the run died between CREATE
         # DATABASE and the marker, so the clone is complete but unrecorded. Start the clone
         # over; the staged files stay (each was verified by its content address as it was
@@ -246,17 +243,11 @@ def _publish(ctx: _Ctx, fingerprint: str | None) -> None:
 def _existing(ctx: _Ctx) -> Done:
     """The tenant's database exists: ours and complete → repair drift; otherwise 65."""
     conn, db = ctx.conn, ctx.db
-    mark = marker.read(conn, db)
-    if (
-        mark is None
-        or mark.kind != marker.TENANT_KIND
-        or mark.data.get("subdomain") != ctx.spec.tenant.subdomain
-        or mark.state != "complete"
-    ):
-        raise ConflictError(
-            f"database {db} exists but was not created by plana-jobs tenant-db: left untouched",
-            database=db,
-        )
+    mark = marker.require_ours(
+        conn, db, marker.TENANT_KIND, states=("complete",),
+        match={"subdomain": ctx.spec.tenant.subdomain},
+        what="was not created by plana-jobs tenant-db",
+    )  # fmt: skip
     repaired: list[str] = []
     if clone.public_can_connect(conn, db):
         clone.restrict_connect(conn, db, ctx.role)

@@ -68,16 +68,12 @@ def public_can_connect(conn: psycopg.Connection[Any], db: str) -> bool:
     return bool(row and row[0])
 
 
-def template_lock_name(template: str) -> str:
-    return f"template:{template}"
-
-
 @contextmanager
 def template_lock(
     template: str, *, deadline: retry.Deadline, shared: bool = True, dsn: str | None = None
 ) -> Iterator[None]:
     """Clones hold it shared; template-build holds it exclusively for the swap."""
-    with locks.advisory(template_lock_name(template), deadline=deadline, shared=shared, dsn=dsn):
+    with locks.advisory(locks.template(template), deadline=deadline, shared=shared, dsn=dsn):
         yield
 
 
@@ -116,8 +112,8 @@ def check_template(
             "still be building",
             template=template,
         )
-    mark = marker.read(conn, template)
-    if mark is None or mark.kind != marker.TEMPLATE_KIND:
+    mark = marker.ours(conn, template, marker.TEMPLATE_KIND)
+    if mark is None:
         return None  # a template made by other means: clone it as it is
     fingerprint = str(mark.data.get("fingerprint", ""))
     if mark.state != "complete":

@@ -4,13 +4,18 @@ The comment is readable from the catalog without connecting to the database (tem
 `datallowconn = false`, tenants have CONNECT revoked from PUBLIC), survives a rename, and is not
 copied by `CREATE DATABASE … TEMPLATE`, so a clone never inherits its template's marker. A
 database whose comment is not ours is "not ours": jobs refuse to touch it (exit 65).
+
+"Is this database ours?" is asked in one way: `ours` (the marker, or None, for callers that
+branch) and `require_ours` (the marker, or 65 naming the database and what it carries), each
+given the kinds, states and identity (`match`) the caller accepts.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 
 import psycopg
 
@@ -61,6 +66,113 @@ class Marker:
 def read(conn: psycopg.Connection[Any], db: str) -> Marker | None:
     """The marker of `db`, or None when it has none (or one that is not ours)."""
     return Marker.decode(pg.database_comment(conn, db))
+
+
+def _short(value: object) -> str:
+    """A value read from someone's comment, quoted and bounded for an error message."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _mismatch(
+    comment: str | None,
+    kinds: Collection[str],
+    states: Collection[str] | None,
+    match: Mapping[str, object],
+) -> tuple[Marker | None, str | None]:
+    """(the marker, None) when `comment` is one of ours as asked, else (None, what it is)."""
+    if comment is None:
+        return None, "it has no comment"
+    mark = Marker.decode(comment)
+    if mark is None:
+        return None, "its comment is not a plana-jobs marker"
+    if mark.kind not in kinds:
+        return None, f"it carries a {_short(mark.kind)} marker"
+    if states is not None and mark.state not in states:
+        return None, f"it carries a {mark.kind} marker in state {_short(mark.state)}"
+    for k, want in match.items():
+        got = mark.data.get(k)
+        if got != want:
+            return None, f"it carries a {mark.kind} marker for {k} {_short(got)}"
+    return mark, None
+
+
+def _kinds(kinds: str | Collection[str]) -> Collection[str]:
+    return (kinds,) if isinstance(kinds, str) else kinds  # "tenant" is not ("t", "e", ...)
+
+
+def ours(
+    conn: psycopg.Connection[Any],
+    db: str,
+    kinds: str | Collection[str],
+    *,
+    states: Collection[str] | None = None,
+    match: Mapping[str, object] | None = None,
+) -> Marker | None:
+    """The marker of `db` when it is ours as asked, else None (`db` missing included).
+
+    Ours as asked: one of `kinds`, in one of `states` (any when None), and for each key of
+    `match` holding that value in its data (e.g. `{"subdomain": ...}`: this tenant's).
+    """
+    if not pg.database_exists(conn, db):
+        return None
+    mark, _ = _mismatch(pg.database_comment(conn, db), _kinds(kinds), states, match or {})
+    return mark
+
+
+@overload
+def require_ours(
+    conn: psycopg.Connection[Any],
+    db: str,
+    kinds: str | Collection[str],
+    *,
+    states: Collection[str] | None = None,
+    match: Mapping[str, object] | None = None,
+    what: str = ...,
+    absent_ok: Literal[False] = False,
+) -> Marker: ...
+
+
+@overload
+def require_ours(
+    conn: psycopg.Connection[Any],
+    db: str,
+    kinds: str | Collection[str],
+    *,
+    states: Collection[str] | None = None,
+    match: Mapping[str, object] | None = None,
+    what: str = ...,
+    absent_ok: Literal[True],
+) -> Marker | None: ...
+
+
+def require_ours(
+    conn: psycopg.Connection[Any],
+    db: str,
+    kinds: str | Collection[str],
+    *,
+    states: Collection[str] | None = None,
+    match: Mapping[str, object] | None = None,
+    what: str = "is not ours",
+    absent_ok: bool = False,
+) -> Marker | None:
+    """The marker of `db`, which must be ours as `ours` asks; 65 (ConflictError) otherwise.
+
+    A missing `db` is 65 too, unless `absent_ok` (then None: the caller creates it). `what`
+    says what the caller expected, e.g. "is not a plana-jobs tenant"; the message names the
+    database and what it carries instead: "database {db} exists but {what} ({found}): left
+    untouched".
+    """
+    if not pg.database_exists(conn, db):
+        if absent_ok:
+            return None
+        raise ConflictError(f"database {db} does not exist", database=db)
+    mark, found = _mismatch(pg.database_comment(conn, db), _kinds(kinds), states, match or {})
+    if mark is None:
+        raise ConflictError(
+            f"database {db} exists but {what} ({found}): left untouched", database=db
+        )
+    return mark
 
 
 def write(conn: psycopg.Connection[Any], db: str, marker: Marker) -> None:

@@ -10,6 +10,11 @@ lets the next holder in at once, so every held lock is kept in a registry and `c
 session that finds the lock in `pg_locks` for that backend — and stops the job with 75
 otherwise. The lock session itself is made immune to `idle_session_timeout` and uses TCP
 keepalives, so an idle but healthy session is not the one that gets cut.
+
+Every lock's name is made by one of the constructors below (`tenant`, `verify`, `backup`,
+`template`, `template_build`), never inline: two jobs exclude each other only when they spell
+the name alike, and a typo would silently end that. The texts are fixed: pods of an older image
+running beside a newer one during a rollout hold the same names (tests/test_core.py pins them).
 """
 
 from __future__ import annotations
@@ -30,6 +35,40 @@ from jobs.core import retry, runner
 from jobs.core.errors import TransientError
 
 POLL_S = 0.2
+
+
+# ---------------------------------------------------------------------------- lock names
+
+
+def tenant(db: str) -> str:
+    """A tenant's (or an environment's) database `db` is created, replaced or removed.
+
+    Taken by tenant-db, environment-db, restore, upgrade (every phase) and deprovision.
+    """
+    return f"tenant:{db}"
+
+
+def verify(db: str) -> str:
+    """backup-verify's scratch copy of `db`: only its holder creates or drops it.
+
+    Taken by backup-verify, and by deprovision so the copy is not dropped under a verify.
+    """
+    return f"verify:{db}"
+
+
+def backup(db: str) -> str:
+    """One backup of `db` at a time: taken by backup, and by deprovision for its final set."""
+    return f"backup:{db}"
+
+
+def template(name: str) -> str:
+    """Template database `name`: clones hold it shared, template-build exclusively to swap it."""
+    return f"template:{name}"
+
+
+def template_build(name: str) -> str:
+    """One template-build of `name` at a time (clones do not take it, so are not blocked)."""
+    return f"template-build:{name}"
 
 
 def key(name: str) -> int:

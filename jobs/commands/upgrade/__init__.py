@@ -80,7 +80,7 @@ def _tenant(job: runner.Job, spec: ph.Spec) -> Iterator[ph.Ctx]:
 def _locked(ctx: ph.Ctx, phase: str, fn: Callable[[ph.Ctx], Done]) -> Done:
     """One phase under the tenant's exclusive lock (the name tenant-db uses)."""
     ctx.job.step(phase)
-    with locks.advisory(f"tenant:{ctx.spec.db}", deadline=ctx.job.deadline, dsn=ctx.spec.dsn):
+    with locks.advisory(locks.tenant(ctx.spec.db), deadline=ctx.job.deadline, dsn=ctx.spec.dsn):
         # A killed run's clone of the work copy may still run on the server (a backend reads
         # its socket only between statements): end it, or ours fails on the same name.
         clone.claim_session(ctx.conn, clone.session_name("upgrade", ctx.spec.db), ctx.job.deadline)

@@ -179,17 +179,10 @@ def live_marker(ctx: Ctx) -> marker.Marker:
     db = ctx.spec.db
     if not pg.database_exists(ctx.conn, db):
         raise ConflictError(f"tenant database {db} does not exist", database=db)
-    mark = marker.read(ctx.conn, db)
-    if (
-        mark is None
-        or mark.kind != marker.TENANT_KIND
-        or mark.state != "complete"
-        or mark.data.get("subdomain") != ctx.spec.tenant.subdomain
-    ):
-        raise ConflictError(
-            f"database {db} is not a plana-jobs tenant: left untouched", database=db
-        )
-    return mark
+    return marker.require_ours(
+        ctx.conn, db, marker.TENANT_KIND, states=("complete",),
+        match={"subdomain": ctx.spec.tenant.subdomain}, what="is not a plana-jobs tenant",
+    )  # fmt: skip
 
 
 def upgraded(ctx: Ctx, mark: marker.Marker) -> bool:
@@ -219,14 +212,8 @@ def base_version(ctx: Ctx, db: str) -> str:
 
 def work_marker(ctx: Ctx) -> marker.Marker | None:
     """The work copy's marker when it is ours and still passable, else None."""
-    mark = marker.read(ctx.conn, ctx.spec.work)
-    if (
-        mark is None
-        or mark.kind != marker.UPGRADE_WORK_KIND
-        or {k: mark.data.get(k) for k in ("subdomain", "from", "to")} != ctx.spec.hop()
-        or mark.state in ("failed", "rolled-back")
-        or mark.data.get("running")
-    ):
+    mark = marker.ours(ctx.conn, ctx.spec.work, marker.UPGRADE_WORK_KIND, match=ctx.spec.hop())
+    if mark is None or mark.state in ("failed", "rolled-back") or mark.data.get("running"):
         return None
     return mark
 
@@ -320,15 +307,10 @@ def snapshot(ctx: Ctx) -> Done:
 
 def rollback_copy(ctx: Ctx, db: str, frm: int, to: int) -> marker.Marker | None:
     """The marker of `db` when it is this tenant's rollback copy of the hop `frm` → `to`."""
-    mark = marker.read(ctx.conn, db) if pg.database_exists(ctx.conn, db) else None
-    if (
-        mark is None
-        or mark.kind != marker.ROLLBACK_KIND
-        or mark.data.get("subdomain") != ctx.spec.tenant.subdomain
-        or (mark.data.get("from"), mark.data.get("to")) != (frm, to)
-    ):
-        return None
-    return mark
+    return marker.ours(
+        ctx.conn, db, marker.ROLLBACK_KIND,
+        match={"subdomain": ctx.spec.tenant.subdomain, "from": frm, "to": to},
+    )  # fmt: skip
 
 
 def drop_superseded_rollback(ctx: Ctx) -> bool:
@@ -585,13 +567,8 @@ def finish_rollback_filestore(ctx: Ctx) -> bool:
     s = ctx.spec
     if pg.database_exists(ctx.conn, s.rollback) or not pg.database_exists(ctx.conn, s.work):
         return False
-    mark = marker.read(ctx.conn, s.work)
-    if (
-        mark is None
-        or mark.kind != marker.UPGRADE_WORK_KIND
-        or mark.state != "rolled-back"
-        or {k: mark.data.get(k) for k in ("subdomain", "from", "to")} != s.hop()
-    ):
+    if marker.ours(ctx.conn, s.work, marker.UPGRADE_WORK_KIND, states=("rolled-back",),
+                   match=s.hop()) is None:  # fmt: skip
         return False
     return rollback_filestore(ctx)
 
