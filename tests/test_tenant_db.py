@@ -33,7 +33,7 @@ from jobs.core.retry import Deadline
 from jobs.ops import identity, marker
 from jobs.ops.clone import create_clone
 from tests import odoo_target
-from tests.conftest import BIN, Runner, database_names, job_dsn
+from tests.conftest import BIN, JOB_ROLE, Runner, database_names, job_dsn
 
 TARGET = odoo_target.current()
 VERSION = 18
@@ -841,3 +841,35 @@ def pg_database_comment(conn: psycopg.Connection[Any], db: str) -> str:
     ).fetchone()
     assert row is not None and row[0]
     return str(row[0])
+
+
+@pytest.mark.parametrize(
+    "comment",
+    [
+        "a note someone wrote",
+        'plana-jobs {"kind": "tenant", "state": "cloned", "subdomain": "someone-else"}',
+        'plana-jobs {"kind": "environment", "state": "cloned"}',
+    ],
+)
+def test_work_copy_with_someone_elses_comment_is_refused_not_dropped(
+    run_job: Runner, pg: psycopg.Connection[Any], template: dict[str, Any], uid: str,
+    drop_dbs: list[str], comment: str,
+) -> None:  # fmt: skip
+    """`{db}__new` unmarked is a killed run's (dropped, started over); with another comment it
+    was written by someone else: 65, and the database stays as it was."""
+    drop_dbs.append(db_of(uid) + "%")
+    work = db_of(uid) + "__new"
+    # Owned by the jobs' role, as a killed run's work copy is (the drop needs ownership).
+    pg.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+        sql.Identifier(work), sql.Identifier(JOB_ROLE)))  # fmt: skip
+    pg.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+        sql.Identifier(work), sql.Literal(comment)))  # fmt: skip
+    refused = run_job(tenant_args(uid, template))
+    assert refused.rc == 65, refused.output
+    assert "is not this tenant's work copy" in refused.result["error"]
+    assert pg_database_comment(pg, work) == comment and db_of(uid) not in mine(pg, uid)
+
+    pg.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(sql.Identifier(work)))
+    rerun = run_job(tenant_args(uid, template))  # unmarked: a killed run's, started over
+    assert rerun.rc == 0 and rerun.result["outcome"] == "created", rerun.output
+    assert work not in mine(pg, uid)

@@ -36,7 +36,7 @@ import psycopg
 from jobs.adapters import filestore, pg
 from jobs.adapters.pg import locks
 from jobs.core import background, naming, params, retry, runner
-from jobs.core.errors import UsageError
+from jobs.core.errors import ConflictError, UsageError
 from jobs.core.result import Done
 from jobs.ops import clone, identity, marker
 
@@ -194,6 +194,13 @@ def _work_state(ctx: _Ctx, fingerprint: str | None) -> str | None:
         match={"subdomain": ctx.spec.tenant.subdomain},
     )  # fmt: skip
     if mark is None:
+        if pg.database_comment(conn, work) is not None:
+            # A comment that is not this tenant's work marker was written by someone else
+            # (another tenant's marker, a hand-made note): input to refuse, never to drop.
+            raise ConflictError(
+                f"database {work} exists and is not this tenant's work copy: left untouched",
+                database=work,
+            )
         # `{db}__new` is this job's own work name: unmarked means the run died between CREATE
         # DATABASE and the marker, so the clone is complete but unrecorded. Start the clone
         # over; the staged files stay (each was verified by its content address as it was
