@@ -384,3 +384,92 @@ def test_bad_input_is_refused_before_any_side_effect(
     bad_set = run_job(["restore", *tenant["args"], "--set", "yesterday"])
     assert bad_set.rc == 64 and "set" in bad_set.stderr
     assert not any((tenant["dest"]).iterdir())
+
+
+def test_log_lines_from_the_archiver_and_the_counter_carry_the_jobs_context(
+    tenant: dict[str, Any], run_job: Runner
+) -> None:
+    # Both run in threads beside pg_dump (jobs.core.background): their lines must say which
+    # job, which tenant and which step they belong to, as the job's own lines do.
+    made = run_job(["backup", *tenant["args"]])
+    assert made.rc == 0, made.output
+    for event in ("filestore archived", "rows counted"):
+        lines = [line for line in made.logs if line.get("event") == event]
+        assert len(lines) == 1, (event, made.output)
+        assert lines[0]["job"] == "backup"
+        assert lines[0]["tenant"] == tenant["sub"]
+        assert lines[0]["step"] == "dump"
+    archived = next(line for line in made.logs if line.get("event") == "filestore archived")
+    assert archived["files"] == made.result["filestore_files"] >= 1
+
+
+# Members of the large filestore below: each costs the archiver an open, an fstat, a header and
+# a sendfile, so archiving them all takes seconds, while making them (hard links) is cheap.
+BIG_FILES = 150_000
+
+
+def big_filestore(data_dir: Path, db: str, files: int = BIG_FILES) -> int:
+    """Add `files` small attachments (hard links of 256 distinct ones) to `db`'s filestore;
+    returns the size `filestore.tar` will have with them and what was already there."""
+    fs = naming.filestore(db, data_dir)
+    blobs = fs.parent / f".{db}.blobs"  # outside the tenant's filestore: not archived
+    blobs.mkdir()
+    for i in range(files):
+        sub = fs / f"{i % 256:02x}"
+        blob = blobs / sub.name
+        if i < 256:
+            sub.mkdir(parents=True, exist_ok=True)
+            blob.write_bytes(os.urandom(100))
+        os.link(blob, sub / f"{i:040x}")
+    total = 0
+    for p in fs.rglob("*"):
+        if p.is_file():
+            total += 512 + -(-p.stat().st_size // 512) * 512
+    return total + 1024  # the end-of-archive blocks (padded further to a record)
+
+
+def test_sigterm_during_a_backup_stops_the_archiver_and_exits_75_promptly(
+    tenant: dict[str, Any], run_job: Runner, pg_dsn: str
+) -> None:
+    data_dir, tdir = tenant["data_dir"], tenant["dest"] / tenant["sub"]
+    full_size = big_filestore(data_dir, tenant["db"])
+    # pg_dump is held on a table lock, so the job is in its dump step (the archiver beside it)
+    # when the SIGTERM comes, whatever the machine's speed.
+    blocker = psycopg.connect(pg_dsn, dbname=tenant["db"])
+    blocker.execute("LOCK TABLE res_partner IN ACCESS EXCLUSIVE MODE")
+    proc = run_job.popen(["backup", *tenant["args"]])
+    try:
+        until = time.monotonic() + 120
+        seen: list[int] = []
+        # Synchronise on state: pg_dump waits, and the archive exists and has grown since.
+        while len(seen) < 2 or seen[-1] <= seen[0] or not dump_waits(pg_dsn, tenant["db"]):
+            assert time.monotonic() < until and proc.poll() is None, "the archive never grew"
+            partial = [p for p in tdir.iterdir() if p.name.endswith(".partial")] \
+                if tdir.is_dir() else []  # fmt: skip
+            tar = partial[0] / "filestore.tar" if partial else None
+            if tar is not None and tar.is_file() and tar.stat().st_size > 0:
+                seen.append(tar.stat().st_size)
+            time.sleep(0.05)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=300)
+        stopped_s = time.monotonic() - sent
+    finally:
+        blocker.close()
+    assert proc.returncode == 75, out + err
+    assert json.loads(out.strip().splitlines()[-1])["outcome"] == "failed"
+    # Nothing published: only the partial, without manifest, its archive cut short.
+    names = sets(tenant["dest"], tenant["sub"])
+    assert len(names) == 1 and names[0].endswith(".partial"), names
+    assert not (tdir / names[0] / "manifest.json").exists()
+    assert (tdir / names[0] / "filestore.tar").stat().st_size < full_size
+
+    started = time.monotonic()
+    done = run_job(["backup", *tenant["args"]], timeout=600)
+    full_s = time.monotonic() - started
+    assert done.rc == 0, done.output
+    assert sets(tenant["dest"], tenant["sub"]) == [done.result["set"]]
+    assert (tdir / done.result["set"] / "filestore.tar").stat().st_size >= full_size
+    # The SIGTERM ended the run in a fraction of what archiving everything takes (the re-run).
+    print(f"SIGTERM to exit {stopped_s:.2f}s; full backup {full_s:.2f}s")
+    assert stopped_s < full_s / 2, (stopped_s, full_s)

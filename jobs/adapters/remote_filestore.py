@@ -115,6 +115,9 @@ def run_all(
                     stdout=subprocess.PIPE,
                 )
             )
+            # Pumps of the child's pipes, not jobs.core.background workers: each blocks in a
+            # read or write no stop event can interrupt, and ends when the pipe does — the child
+            # exits, or is stopped by proc.spawn when this stack unwinds (SIGTERM included).
             threads = [threading.Thread(target=_drain, args=(child.popen.stdout, out), daemon=True)]
             if data is not None:
                 threads.append(
@@ -385,6 +388,7 @@ def tar_pipe(
         ) as dst:
             assert src.popen.stdout is not None
             src.popen.stdout.close()  # the target holds the pipe now: a dying reader is seen
+            # A pump of the source tar's stdin (see run_all): it ends with that child.
             feeder = threading.Thread(
                 target=_feed, args=(src.popen.stdin, _nul(names)), daemon=True
             )
@@ -470,6 +474,8 @@ def _tar_pipe_local(
         ) as dst:
             os.close(read_end)
             read_end = -1
+            # A pump too: it spends its time blocked writing the target tar's pipe, and ends
+            # (BrokenPipeError) as soon as proc.spawn stops that child on any exit.
             writer = threading.Thread(target=produce, daemon=True)
             writer.start()
             meter = _Meter(dst.popen.pid, names, sizes)

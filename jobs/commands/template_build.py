@@ -26,13 +26,11 @@ belong together.
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import importlib.resources
 import json
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +42,7 @@ from psycopg import sql
 from jobs.adapters import filestore, odoo, pg
 from jobs.adapters.odoo import addons_digest
 from jobs.adapters.pg import locks
-from jobs.core import naming, params, runner
+from jobs.core import background, naming, params, runner
 from jobs.core.errors import ConflictError, TransientError, UsageError
 from jobs.core.result import Done
 from jobs.ops import clone, marker
@@ -178,11 +176,13 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     # The version line comes from the release.py of the odoo package the binary imports, when
     # its interpreter could say which (an unchanged run then starts no Odoo: importing it is
     # most of `odoo --version`'s 1.5-2 s); else from `odoo --version`. Meanwhile the code digest
-    # reads files in a thread, in a copy of the log context (job, template).
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(contextvars.copy_context().run, addons_digest.digest, modules, path)
+    # reads files in a thread (jobs.core.background: the log context, job and template, kept;
+    # joined before a SIGTERM unwinds). It does not watch `stop`: it only reads, and a digest
+    # of the addons takes about a second.
+    with background.workers() as side:
+        pending = side.start(addons_digest.digest, modules, path)
         binary = odoo.installed_version(odoo_bin, found.release_package, deadline=job.deadline)
-        code_digest = pending.result()
+    code_digest = pending.result()
     if odoo.major(binary) != version:
         raise ConflictError(
             f"{odoo_bin} is {binary!r}, not Odoo {version}", binary=binary, odoo_version=version

@@ -226,6 +226,9 @@ def spawn(
             if stream is None:
                 continue
             ctx = contextvars.copy_context()  # keep job/tenant/step on the child's lines
+            # A pump of the child's pipe, not a jobs.core.background worker: it blocks in a read
+            # no stop event can interrupt and ends at the pipe's EOF, when the child (stopped on
+            # every exit below) is gone; it is joined (bounded by the grace) for the last lines.
             thread = threading.Thread(
                 target=ctx.run,
                 args=(_pump, stream, name, channel, child.tail, level, watch),

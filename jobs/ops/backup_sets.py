@@ -33,7 +33,7 @@ from psycopg import sql
 
 from jobs.adapters import filestore, odoo, pg
 from jobs.adapters.pg import tools as pg_tools
-from jobs.core import fstree, naming, params, proc, runner
+from jobs.core import background, fstree, naming, params, proc, runner
 from jobs.core.errors import ConfigError, ConflictError, TransientError, UsageError
 from jobs.ops import manifest as mf
 from jobs.ops import marker, set_archive
@@ -326,20 +326,21 @@ def _dump(
 def _seal(path: Path) -> dict[str, Any]:
     """Size and sha256 of a finished file, and fsync it (the set must survive a node crash).
 
-    The fsync (waiting on the disk) runs beside the hashing (CPU), not after it.
+    The fsync (waiting on the disk) runs beside the hashing (CPU), not after it; it is joined
+    before the file is closed, and its failure (EIO) fails the set.
     """
     with path.open("rb") as fh:
-        syncer = threading.Thread(target=os.fsync, args=(fh.fileno(),), daemon=True)
-        syncer.start()
-        digest = hashlib.sha256()
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-        syncer.join()
+        with background.workers() as side:
+            synced = side.start(os.fsync, fh.fileno())
+            digest = hashlib.sha256()
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
+    synced.result()
     return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def _archive_filestore(
-    job: runner.Job, fs: Path, work: Path
+    job: runner.Job, fs: Path, work: Path, *, stop: threading.Event
 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """`filestore.tar` of the tenant's filestore, built from descriptors (jobs.core.fstree).
 
@@ -349,6 +350,10 @@ def _archive_filestore(
     so nothing outside the tenant's tree can get into its set. A symlinked filestore root is
     refused (FilestoreError, 65). An absent filestore (no attachment ever stored) archives as
     an empty tar.
+
+    Runs beside pg_dump (jobs.core.background): `stop` (the job is unwinding: SIGTERM, a failed
+    dump) is checked between files, so the job exits after at most one more file, leaving the
+    partial `filestore.tar` in the unpublished `.partial` set (`Stopped`).
     """
     target = work / FILESTORE_TAR
     root = fstree.open_root(fs)
@@ -360,6 +365,8 @@ def _archive_filestore(
                 if job.deadline.expired():
                     raise TransientError("filestore archive still running at the deadline")
                 for name, _size in listed:
+                    if stop.is_set():
+                        raise background.Stopped("filestore archive")
                     tar.add(dir_fd, name, f"{rel}/{name}" if rel else name)
         tar.close()
     finally:
@@ -372,14 +379,9 @@ def _archive_filestore(
         "bytes": tar.bytes,
         "present": root is not None,
     }
-    return {FILESTORE_TAR: _seal(target)}, info
-
-
-def _archive_in_thread(job: runner.Job, fs: Path, work: Path, out: dict[str, Any]) -> None:
-    try:
-        out["result"] = _archive_filestore(job, fs, work)
-    except Exception as exc:  # re-raised by the caller, in the job's thread
-        out["error"] = exc
+    sealed = {FILESTORE_TAR: _seal(target)}
+    job.log.info("filestore archived", files=tar.files, bytes=tar.bytes)
+    return sealed, info
 
 
 @contextlib.contextmanager
@@ -407,28 +409,20 @@ def _exported_snapshot(
 
 
 def _count_in_snapshot(
-    db: str,
-    dsn: str | None,
-    job: runner.Job,
-    snapshot_id: str,
-    lock_wait: float,
-    out: dict[str, Any],
-) -> None:
+    db: str, dsn: str | None, job: runner.Job, snapshot_id: str, lock_wait: float
+) -> dict[str, int]:
     """Exact row counts in the dump's snapshot, on a second connection while pg_dump runs."""
-    try:
-        with pg.connection(db, dsn=dsn, deadline=job.deadline, autocommit=False) as conn:
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
-            # As pg_dump's --lock-wait-timeout: an exclusive lock held elsewhere fails the run.
-            conn.execute(
-                sql.SQL("SET LOCAL lock_timeout = {}").format(
-                    sql.Literal(f"{int(lock_wait * 1000)}ms")
-                )
-            )
-            out["counts"] = row_counts(conn, table_names(conn))
-            conn.rollback()
-    except Exception as exc:  # reported by the caller, in the job's thread
-        out["error"] = exc
+    with pg.connection(db, dsn=dsn, deadline=job.deadline, autocommit=False) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_id)))
+        # As pg_dump's --lock-wait-timeout: an exclusive lock held elsewhere fails the run.
+        conn.execute(
+            sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_wait * 1000)}ms"))
+        )
+        counts = row_counts(conn, table_names(conn))
+        conn.rollback()
+    job.log.info("rows counted", tables=len(counts))
+    return counts
 
 
 def take(
@@ -466,38 +460,26 @@ def take(
     started = datetime.now(UTC)
     job.step("dump")
     with _exported_snapshot(job, db, dsn) as (_conn, snap):
-        counted: dict[str, Any] = {}
-        counter = threading.Thread(
-            target=_count_in_snapshot,
-            args=(db, dsn, job, snap.snapshot_id, lock_wait, counted),
-            daemon=True,
-        )
-        counter.start()
-        # The filestore is archived while pg_dump runs: its files are content-addressed and
-        # only ever added, so every file the snapshot references is there to be listed.
-        fs = tenant.filestore(data_dir)
-        archived: dict[str, Any] = {}
-        archiver = threading.Thread(
-            target=_archive_in_thread, args=(job, fs, work, archived), daemon=True
-        )
-        archiver.start()
-        try:
+        # Beside pg_dump, in the job's log context; on SIGTERM (or a failed dump) the archiver
+        # stops between two files and both are joined before the job unwinds further. A row
+        # count in flight is cancelled by the runner's SIGTERM hook (jobs.adapters.pg).
+        with background.workers() as side:
+            counting = side.start(_count_in_snapshot, db, dsn, job, snap.snapshot_id, lock_wait)
+            # The filestore is archived while pg_dump runs: its files are content-addressed and
+            # only ever added, so every file the snapshot references is there to be listed.
+            fs = tenant.filestore(data_dir)
+            archiving = side.start(_archive_filestore, job, fs, work, stop=side.stop)
             files = _dump(job, db, snap, work, dsn, jobs_n, lock_wait)
-        finally:
-            counter.join()
-            archiver.join()
-    exc = counted.get("error")
+    exc = counting.exception()
     if isinstance(exc, psycopg.Error):
         raise TransientError(f"counting rows in the dump's snapshot: {type(exc).__name__}: {exc}")
-    if isinstance(exc, Exception):
+    if exc is not None:
         raise exc
-    for table, rows in counted.get("counts", {}).items():
+    for table, rows in counting.result().items():
         if table in snap.tables:
             snap.tables[table]["rows"] = rows
 
-    if "error" in archived:
-        raise archived["error"]
-    fs_files, fs_info = archived["result"]
+    fs_files, fs_info = archiving.result()
     files.update(fs_files)
 
     pg_dump_version = subprocess.run(
