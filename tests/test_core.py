@@ -17,7 +17,6 @@ import pytest
 
 from jobs.adapters.pg import locks
 from jobs.core import redact, result
-from jobs.ops import backup_sets
 from tests.conftest import ROOT, job_env
 
 
@@ -84,8 +83,6 @@ def test_lock_names_are_pinned() -> None:
         assert make("acme.planapulse.app") == text
     assert locks.key("tenant:acme.planapulse.app") == 8045504012383292443
     assert locks.key("template:template_basic_18") == 662319523552526034
-    # Not yet removed from backup_sets (unused there): it must not drift meanwhile.
-    assert backup_sets.lock_name("acme.planapulse.app") == "backup:acme.planapulse.app"
 
 
 def _lock_constructor(node: ast.expr) -> str | None:

@@ -6,7 +6,7 @@
                                           manifest.sig        HMAC-SHA256 of manifest.json
 
 `take` builds a set as `{ts}.partial` and publishes it by one rename, `manifest.json` written
-last inside it (the caller holds the tenant's backup lock, `lock_name`). Reading one back
+last inside it (the caller holds the tenant's backup lock, `locks.backup`). Reading one back
 (restore, backup-verify, deprovision) goes through `load_manifest`, `check_owner` and
 `check_files`: a set is untrusted input (jobs.ops.manifest). `check_restored` and
 `extract_filestore` compare a restored copy with its set and unpack its filestore.
@@ -442,11 +442,9 @@ def take(
     tdir = tenant_dir(dest, tenant.subdomain)
     job.step("observe")
     with pg.connection(dsn=dsn, deadline=job.deadline) as conn:
-        if not pg.database_exists(conn, db):
-            raise ConflictError(f"database {db} does not exist", database=db)
-        mark = marker.read(conn, db)
-        if mark is None or mark.kind not in marker.BACKUP_KINDS:
-            raise ConflictError(f"database {db} does not carry this project's marker", database=db)
+        mark = marker.require_ours(
+            conn, db, marker.BACKUP_KINDS, what="does not carry this project's marker"
+        )
         settings = database_settings(conn, db)
         server = conn.execute("SHOW server_version").fetchone()
     tdir.mkdir(parents=True, exist_ok=True)
@@ -525,10 +523,6 @@ def _write_durably(path: Path, body: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     tmp.rename(path)
-
-
-def lock_name(db: str) -> str:
-    return f"backup:{db}"
 
 
 # ---------------------------------------------------------------------------- restoring a set
