@@ -48,6 +48,7 @@ def test_semicolons_inside_quotes_bodies_and_comments_end_nothing() -> None:
         ('SELECT 1 AS "a;""b"', ['SELECT 1 AS "a;""b"']),
         ("SELECT $1; SELECT a$b$c", ["SELECT $1", "SELECT a$b$c"]),  # not dollar quotes
         ("-- only a comment\n", []),
+        ("SELECT $€$;$€$; SELECT $_1$;$_1$", ["SELECT $€$;$€$", "SELECT $_1$;$_1$"]),
     ],
 )
 def test_split_cases(text: str, expected: list[str]) -> None:

@@ -123,6 +123,8 @@ class PerAttempt(httpx.Auth):
     request itself: httpx's own hook for signing (`Auth.auth_flow`), so a retry carries a
     fresh timestamp and a signature over exactly the bytes it sends."""
 
+    requires_request_body = True  # a streamed body is read first: what is signed is what is sent
+
     def __init__(self, headers: Callable[[httpx.Request], Mapping[str, str]]) -> None:
         self._headers = headers
         self.attempts = 0

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import structlog
@@ -38,8 +38,10 @@ from jobs.adapters import filestore, pg
 from jobs.adapters.pg import locks
 from jobs.core import naming, retry
 from jobs.core.errors import ConfigError, TransientError, UsageError
-from jobs.ops import manifest as mf
 from jobs.ops import marker
+
+if TYPE_CHECKING:
+    from jobs.ops import manifest as mf
 
 MAX_DB_NAME = 63  # PostgreSQL's NAMEDATALEN - 1, in bytes
 DEFAULT_OWNER_ROLE = "plana"
@@ -165,6 +167,9 @@ def create_empty(
     `settings` may be a plain mapping (a live database's facts): its `owner` is used when no
     `owner` is given, and its encoding and collation pass the same whitelist as a manifest's.
     """
+    # Imported here: tenant-db, which never calls this, does not pay for loading it at start.
+    from jobs.ops import manifest as mf
+
     if not isinstance(settings, mf.DbSettings):
         owner = owner or settings.get("owner")
         settings = mf.settings_of({k: settings.get(k) for k in ("encoding", "collate", "ctype")})

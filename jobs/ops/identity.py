@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -34,8 +35,12 @@ class Identity:
         return cls(spec.tenant.hostname, spec.owner_email, spec.owner_name)
 
 
-# What every copy of a database gets (sql/tenant/identity.sql), personalised or not.
-IDENTITY = script.statements("tenant/identity.sql")
+@functools.cache
+def _identity_sql() -> tuple[str, ...]:
+    """What every copy of a database gets (sql/tenant/identity.sql), personalised or not.
+    Read on first use, not at import: a job's start (and `--help`) never depends on it."""
+    return tuple(script.statements("tenant/identity.sql"))
+
 
 # The characters Python's str.strip() removes (str.isspace()): Odoo strips complete_name so.
 PY_WHITESPACE = (
@@ -79,7 +84,7 @@ def personalise(conn: psycopg.Connection[Any], identity: Identity) -> dict[str, 
     }
     try:
         with conn.transaction():
-            for statement in [*IDENTITY, *script.statements("tenant/personalise.sql")]:
+            for statement in [*_identity_sql(), *script.statements("tenant/personalise.sql")]:
                 conn.execute(statement, params)
             if _has_column(conn, "res_partner", "email_normalized"):  # mail is installed
                 for statement in script.statements("tenant/personalise_mail.sql"):
@@ -99,9 +104,10 @@ def personalise(conn: psycopg.Connection[Any], identity: Identity) -> dict[str, 
 
 def new_identity(conn: psycopg.Connection[Any], hostname: str) -> None:
     """What Odoo's duplication resets: a copy never shares secret or uuid with its original."""
+    fresh = _fresh_identity(hostname)  # once: every statement gets the same new identity
     with conn.transaction():
-        for statement in IDENTITY:
-            conn.execute(statement, _fresh_identity(hostname))
+        for statement in _identity_sql():
+            conn.execute(statement, fresh)
 
 
 def _fresh_identity(hostname: str) -> dict[str, str]:

@@ -34,6 +34,8 @@ def neutralise(job: runner.Job, ctx: dict[str, Any], db: str) -> None:
     binary: str = ctx["binary"]
     with pg.connection(db, dsn=ctx["dsn"], deadline=job.deadline) as wconn:
         db_major = database_major(wconn)
+    if db_major is None:
+        raise ConflictError(f"{db} is not an Odoo database (no installed base module)")
     if db_major != odoo.major(binary):
         raise ConflictError(
             f"{db} is Odoo {db_major}, {ctx['odoo_bin']} is {binary!r}: cannot neutralise it",

@@ -535,6 +535,14 @@ def major(version_text: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def version_major(version: str | None) -> int | None:
+    """18 from a module version "18.0.1.3" (base's latest_version): its leading number, as
+    Odoo writes it for a standard series; None for anything else ("", "saas~18.1.1.0"). The
+    upgrade refuses what it cannot name exactly, where `major` reads a version out of text."""
+    head = (version or "").split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
 def series(version: str | None) -> str | None:
     """`18.0.1.3` → `18.0`: the Odoo series a module version (base's latest_version) starts
     with; None for none."""

@@ -269,7 +269,7 @@ def snapshot(ctx: Ctx) -> Done:
         if not allows_connections(conn, s.db):
             raise ConflictError(f"{s.db} is frozen, but not by an upgrade: left untouched")
         base = base_version(ctx, s.db)
-        if odoo.major(base) != s.from_version:
+        if odoo.version_major(base) != s.from_version:
             raise ConflictError(
                 f"{s.db}: base is at {base or 'nothing'}, not {s.from_version}.0 (fromVersion)",
                 database=s.db,
@@ -462,7 +462,7 @@ def verify(ctx: Ctx, db: str, version: int) -> list[str]:
         return [f"{db} has no module table"]
     problems = odoo.check_modules(states, ["base"])
     base = str(row[0]) if row and row[0] else ""
-    if odoo.major(base) != version:
+    if odoo.version_major(base) != version:
         problems.append(f"base is at {base or 'nothing'}, not {version}.0")
     return problems
 

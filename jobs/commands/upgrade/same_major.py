@@ -64,7 +64,7 @@ def same_major(
         if not ph.allows_connections(conn, s.db):
             raise ConflictError(f"{s.db} is frozen, but not by an upgrade: left untouched")
         base = ph.base_version(ctx, s.db)
-        if odoo.major(base) != version:
+        if odoo.version_major(base) != version:
             raise ConflictError(
                 f"{s.db}: base is at {base or 'nothing'}, not {version}.0", base=base
             )
