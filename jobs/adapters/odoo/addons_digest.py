@@ -120,10 +120,7 @@ class Installation:
         """The `odoo` package the binary imports, when it is one with a release.py: that file
         names the version the binary reports. Never a guess from the addons path, which a
         shell wrapper could contradict."""
-        for where in self.package:
-            if os.path.isfile(os.path.join(where, "release.py")):
-                return where
-        return None
+        return next((where for where in self.package if is_odoo_package(where)), None)
 
 
 def search_path(
@@ -191,9 +188,12 @@ def server_package(base_dir: str | None) -> str | None:
     if base_dir is None:
         return None
     package = os.path.dirname(os.path.dirname(os.path.realpath(base_dir)))
-    if all(os.path.isfile(os.path.join(package, f)) for f in ("__init__.py", "release.py")):
-        return package
-    return None
+    return package if is_odoo_package(package) else None
+
+
+def is_odoo_package(where: str) -> bool:
+    """An `odoo` package directory: importable, with the release.py that names its version."""
+    return all(os.path.isfile(os.path.join(where, f)) for f in ("__init__.py", "release.py"))
 
 
 class _Index:
