@@ -121,6 +121,18 @@ def _refuse(args: list[str], started: float, code: ExitCode, message: str) -> No
     runner.finish(job, started, int(code), "failed", {"error": message})
 
 
+def usage_line(exc: click.ClickException) -> str:
+    """One line naming the option by its flag and its variable, as every job's own errors do."""
+    param = exc.param if isinstance(exc, click.BadParameter) else None
+    if isinstance(param, click.Option) and param.opts:
+        names = " / ".join([param.opts[0], *([param.envvar] if isinstance(param.envvar, str)
+                                             else [])])  # fmt: skip
+        if isinstance(exc, click.MissingParameter):
+            return f"{names}: is required"
+        return f"{names}: {exc.message}"
+    return exc.format_message()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     started = time.monotonic()
@@ -140,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(exc.ctx.get_help() if exc.ctx else cli.get_help(click.Context(cli)))
         sys.exit(int(ExitCode.USAGE))
     except click.ClickException as exc:
-        _refuse(args, started, ExitCode.USAGE, exc.format_message())  # 64, not click's 2
+        _refuse(args, started, ExitCode.USAGE, redact.text(usage_line(exc)))  # 64, not click's 2
     except JobError as exc:  # raised by a group's own callback, before any job body runs
         _refuse(args, started, exc.code, redact.text(exc.message))
     except click.Abort:

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from tests.conftest import Runner
+from tests.support.untouched import Snapshot
 
 SPEC = ["--subdomain", "acme", "--project-id", "23", "--tier", "pro", "--odoo-version", "18"]
 
@@ -130,3 +131,26 @@ def test_every_log_line_carries_job_tenant_and_step(run_job: Runner, stream: str
         assert line["job"] == "emit-event"
         assert line["tenant"] == "acme"
         assert "step" in line
+
+
+def test_dry_run_plans_the_xadd_and_writes_nothing(
+    run_job: Runner, rds: redis.Redis, stream: str, redis_url: str
+) -> None:
+    before = Snapshot.take(redis_url=redis_url, prefix=stream)
+    run = run_job(["emit-event", *SPEC, "--stream", stream, "--dry-run"])
+    assert run.rc == 0, run.output
+    assert run.result["outcome"] == "planned"
+    assert run.result["dry_run"] is True
+    assert [s["step"] for s in run.result["steps"]] == ["xadd"]
+    assert Snapshot.take(redis_url=redis_url, prefix=stream).diff(before) == []
+    assert rds.xlen(stream) == 0
+
+    # Once the event is on the stream, the plan is empty: the job has nothing left to do.
+    assert run_job(["emit-event", *SPEC, "--stream", stream]).rc == 0
+    before = Snapshot.take(redis_url=redis_url, prefix=stream)
+    again = run_job(["emit-event", *SPEC, "--stream", stream], PLANA_DRY_RUN="1")
+    assert again.rc == 0, again.output
+    assert again.result["outcome"] == "planned"
+    assert again.result["steps"] == []
+    assert again.result["entry_id"] == rds.xrange(stream)[0][0]
+    assert Snapshot.take(redis_url=redis_url, prefix=stream).diff(before) == []

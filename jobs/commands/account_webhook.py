@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from jobs.adapters import http
-from jobs.core import params, redact, retry, runner, secrets
+from jobs.core import options as params
+from jobs.core import redact, retry, runner, secrets
 from jobs.core.errors import ConfigError, ConflictError, UsageError
 from jobs.core.naming import ClientSpec
 from jobs.core.result import Done

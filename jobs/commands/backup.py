@@ -29,7 +29,8 @@ import click
 
 from jobs.adapters import pg
 from jobs.adapters.pg import locks
-from jobs.core import naming, params, runner
+from jobs.core import naming, runner
+from jobs.core import options as params
 from jobs.core.result import Done
 from jobs.ops import backup_sets, retention
 from jobs.ops import manifest as mf

@@ -25,7 +25,8 @@ import click
 from jobs.adapters import pg
 from jobs.adapters.pg import locks
 from jobs.adapters.pg import tools as pg_tools
-from jobs.core import naming, params, proc, runner
+from jobs.core import naming, proc, runner
+from jobs.core import options as params
 from jobs.core.errors import ConfigError, ConflictError, TransientError
 from jobs.core.result import Done
 from jobs.ops import backup_sets, clone, marker, set_archive

@@ -43,7 +43,8 @@ import psycopg
 
 from jobs.adapters import filestore, pg, redis_client
 from jobs.adapters.pg import locks
-from jobs.core import naming, params, runner
+from jobs.core import naming, runner
+from jobs.core import options as params
 from jobs.core.errors import ConflictError
 from jobs.core.result import Done
 from jobs.ops import backup_sets, events, manifest, marker

@@ -2,18 +2,21 @@
 
 The event id is derived from (type, subdomain, generation), and the entry is added at most once
 per id (`events.xadd_once`), so re-runs and racing pods add it once.
+
+observe: is the event id still remembered (its dedupe key)? plan: nothing when it is, else one
+`xadd` step. The XADD itself checks the id again atomically, so a racing pod that added it
+between the two is seen as `unchanged` all the same.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import click
 
 from jobs.adapters import redis_client
-from jobs.core import params, runner
-from jobs.core.errors import UsageError
+from jobs.core import naming, params, plan, runner
 from jobs.core.result import Done
 from jobs.ops import events
 
@@ -27,64 +30,86 @@ DEDUPE_TTL_MIN_S = 60
 DEDUPE_TTL_MAX_S = 10 * 365 * 24 * 3600
 
 
-def _event_type(value: str | None) -> str:
-    if value not in EVENT_TYPES:
-        raise UsageError("type", f"must be one of {', '.join(EVENT_TYPES)}, got {value!r}")
-    return value
+@params.spec
+class Params(params.ClientSpec):
+    owner_email: str | None = params.owner_email(required=False)
+    owner_name: str | None = params.owner_name(required=False)
+    generation: int | None = params.generation()
+    event_type: str = params.option(
+        "--type",
+        "PLANA_EVENT_TYPE",
+        f"Event type: {', '.join(EVENT_TYPES)}.",
+        type=click.Choice(EVENT_TYPES),
+        default="client.provisioned",
+        show_default=True,
+    )
+    redis_url: str = params.option(
+        "--redis-url",
+        "PLANA_REDIS_URL",
+        "Redis URL (a password in it is never logged).",
+        default="redis://127.0.0.1:6379/0",
+        show_default=True,
+    )
+    stream: str = params.option(
+        "--stream",
+        "PLANA_EVENTS_STREAM",
+        "Stream key.",
+        type=params.Rule("key", events.stream_name),
+        default=naming.EVENTS_STREAM,
+        show_default=True,
+    )
+    maxlen: int = params.option(
+        "--maxlen",
+        "PLANA_EVENTS_MAXLEN",
+        "Approximate stream cap.",
+        type=click.IntRange(min=1, max=MAXLEN_MAX),
+        default=events.DEFAULT_MAXLEN,
+        show_default=True,
+    )
+    dedupe_ttl: int = params.option(
+        "--dedupe-ttl",
+        "PLANA_EVENTS_DEDUPE_TTL",
+        "Seconds an event id is remembered.",
+        type=click.IntRange(min=DEDUPE_TTL_MIN_S, max=DEDUPE_TTL_MAX_S),
+        default=events.DEFAULT_DEDUPE_TTL_S,
+        show_default=True,
+    )
+
+    @property
+    def event_id(self) -> str:
+        return events.event_id(self.event_type, self.subdomain, self.generation)
 
 
-@click.command("emit-event")
-@params.subdomain
-@params.project_id
-@params.tier
-@params.odoo_version
-@params.owner_email
-@params.owner_name
-@params.generation
-@params.option(
-    "--type",
-    "event_type",
-    env="PLANA_EVENT_TYPE",
-    default="client.provisioned",
-    show_default=True,
-    help=f"Event type: {', '.join(EVENT_TYPES)}.",
-)
-@params.events_stream
-@params.option(
-    "--maxlen",
-    env="PLANA_EVENTS_MAXLEN",
-    type=click.IntRange(min=1, max=MAXLEN_MAX),
-    default=events.DEFAULT_MAXLEN,
-    show_default=True,
-    help="Approximate stream cap.",
-)
-@params.option(
-    "--dedupe-ttl",
-    env="PLANA_EVENTS_DEDUPE_TTL",
-    type=click.IntRange(min=DEDUPE_TTL_MIN_S, max=DEDUPE_TTL_MAX_S),
-    default=events.DEFAULT_DEDUPE_TTL_S,
-    show_default=True,
-    help="Seconds an event id is remembered.",
-)
-@params.common
-def emit_event(**kw: Any) -> None:
-    """XADD one tenant event to the PLANA events stream, exactly once per event id."""
-    runner.run("emit-event", lambda job: _run(job, kw), timeout=kw["timeout"])
+@dataclass(frozen=True)
+class State:
+    entry_id: str | None  # the entry the event was already added as, while remembered
 
 
-def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
-    # Observe the input first: every field is validated before Redis is contacted.
-    spec = params.client(kw, owner=False)
-    event_type = _event_type(kw["event_type"])
-    generation = params.generation_value(kw["generation"])
-    stream = events.stream_name(kw["stream"])
-    client = redis_client.from_url(kw["redis_url"])
-    job.bind(tenant=spec.tenant.subdomain)
+def observe(job: runner.Job, p: Params) -> State:
+    client = redis_client.from_url(p.redis_url)
+    try:
+        return State(events.recorded(client, p.stream, p.event_id, deadline=job.deadline))
+    finally:
+        client.close()
 
-    eid = events.event_id(event_type, spec.tenant.subdomain, generation)
+
+def decide(state: State, p: Params) -> plan.Plan:
+    details = {"stream": p.stream, "event_id": p.event_id, "type": p.event_type}
+    if state.entry_id is not None:
+        return plan.of(entry_id=state.entry_id, **details)
+    return plan.of(plan.Step("xadd", f"XADD {p.event_type} {p.event_id} to {p.stream}"), **details)
+
+
+def preview(job: runner.Job, p: Params) -> plan.Plan:
+    job.bind(tenant=p.subdomain)
+    return decide(observe(job, p), p)
+
+
+def _fields(p: Params) -> dict[str, str]:
+    spec = p.client
     fields: dict[str, str] = {
-        "type": event_type,
-        "event_id": eid,
+        "type": p.event_type,
+        "event_id": p.event_id,
         "subdomain": spec.tenant.subdomain,
         "project_id": str(spec.project_id),
         "tier": spec.tier,
@@ -93,26 +118,46 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         "db_name": spec.tenant.db_name,
         "occurred_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    if generation is not None:
-        fields["generation"] = str(generation)
+    if p.generation is not None:
+        fields["generation"] = str(p.generation)
     if spec.owner_email:
         fields["owner_email"] = spec.owner_email
+    return fields
+
+
+def run(job: runner.Job, p: Params) -> Done:
+    steps = preview(job, p)
+    details = {"stream": p.stream, "event_id": p.event_id, "type": p.event_type}
+    if "xadd" not in steps:
+        entry_id = (steps.details or {}).get("entry_id")
+        job.log.info("event already on the stream", **details, entry_id=entry_id)
+        return Done("unchanged", {**details, "entry_id": entry_id})
     job.step("xadd")
+    client = redis_client.from_url(p.redis_url)
     try:
         added, entry_id = events.xadd_once(
             client,
-            stream,
-            eid,
-            fields,
+            p.stream,
+            p.event_id,
+            _fields(p),
             deadline=job.deadline,
-            ttl=kw["dedupe_ttl"],
-            maxlen=kw["maxlen"],
+            ttl=p.dedupe_ttl,
+            maxlen=p.maxlen,
         )
     finally:
         client.close()
-    details = {"stream": stream, "event_id": eid, "type": event_type, "entry_id": entry_id}
+    done = {**details, "entry_id": entry_id}
     if added:
-        job.log.info("event added", **details)
-        return Done("created", details)
-    job.log.info("event already on the stream", **details)
-    return Done("unchanged", details)
+        job.log.info("event added", **done)
+        return Done("created", done)
+    job.log.info("event already on the stream", **done)
+    return Done("unchanged", done)
+
+
+emit_event = params.command(
+    "emit-event",
+    Params,
+    run,
+    preview,
+    "XADD one tenant event to the PLANA events stream, exactly once per event id.",
+)

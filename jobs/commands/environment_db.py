@@ -33,7 +33,8 @@ import psycopg
 from jobs.adapters import filestore, odoo, pg
 from jobs.adapters.pg import locks
 from jobs.adapters.pg import tools as pg_tools
-from jobs.core import naming, params, proc, retry, runner
+from jobs.core import naming, proc, retry, runner
+from jobs.core import options as params
 from jobs.core.errors import ConfigError, ConflictError, JobError
 from jobs.core.result import Done
 from jobs.ops import backup_sets, clone, identity, marker, neutralise, swap

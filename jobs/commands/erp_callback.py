@@ -18,7 +18,8 @@ import click
 import httpx
 
 from jobs.adapters import http
-from jobs.core import params, redact, retry, runner, secrets
+from jobs.core import options as params
+from jobs.core import redact, retry, runner, secrets
 from jobs.core.errors import ConfigError, ConflictError, UsageError
 from jobs.core.result import Done
 

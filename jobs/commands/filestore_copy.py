@@ -19,7 +19,8 @@ import click
 
 from jobs.adapters import filestore
 from jobs.adapters import remote_filestore as fs
-from jobs.core import naming, params, runner
+from jobs.core import naming, runner
+from jobs.core import options as params
 from jobs.core.errors import ConflictError, TransientError, UsageError
 from jobs.core.result import Done
 

@@ -27,7 +27,8 @@ from nio import (
 )
 
 from jobs.adapters import http, matrix
-from jobs.core import naming, params, retry, runner, secrets
+from jobs.core import naming, retry, runner, secrets
+from jobs.core import options as params
 from jobs.core.errors import ConfigError, ConflictError, TransientError, UsageError
 from jobs.core.result import Done
 

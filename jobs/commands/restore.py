@@ -36,7 +36,8 @@ import psycopg
 from jobs.adapters import pg
 from jobs.adapters.pg import locks
 from jobs.adapters.pg import tools as pg_tools
-from jobs.core import naming, params, runner
+from jobs.core import naming, runner
+from jobs.core import options as params
 from jobs.core.errors import ConflictError, UsageError
 from jobs.core.result import Done
 from jobs.ops import backup_sets, clone, identity, marker, swap

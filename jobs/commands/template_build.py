@@ -42,7 +42,8 @@ from psycopg import sql
 from jobs.adapters import filestore, odoo, pg
 from jobs.adapters.odoo import addons_digest
 from jobs.adapters.pg import locks
-from jobs.core import background, naming, params, runner
+from jobs.core import background, naming, runner
+from jobs.core import options as params
 from jobs.core.errors import ConflictError, TransientError, UsageError
 from jobs.core.result import Done
 from jobs.ops import clone, marker

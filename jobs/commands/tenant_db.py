@@ -35,7 +35,8 @@ import psycopg
 
 from jobs.adapters import filestore, pg
 from jobs.adapters.pg import locks
-from jobs.core import background, naming, params, retry, runner
+from jobs.core import background, naming, retry, runner
+from jobs.core import options as params
 from jobs.core.errors import ConflictError, UsageError
 from jobs.core.result import Done
 from jobs.ops import clone, identity, marker

@@ -33,6 +33,7 @@ class UsageError(JobError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}", field=field)
         self.field = field
+        self.problem = problem
 
 
 class ConflictError(JobError):

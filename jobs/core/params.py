@@ -1,27 +1,150 @@
-"""Shared click options: every option has its PLANA_* variable (docs/design.md environment table).
+"""Typed, frozen parameter objects: every job's options, declared once, parsed by click.
 
-Spec fields are taken as plain strings and validated by `jobs.core.naming`, so that every bad value,
-missing ones included, is refused the same way: exit 64 and one line naming the field.
+A job declares its parameters as a `@params.spec` class, one field per option:
+
+    @params.spec
+    class Params(params.Common):
+        subdomain: str = params.subdomain()
+        maxlen: int = params.option("--maxlen", "PLANA_EVENTS_MAXLEN", "Approximate stream cap.",
+                                    type=click.IntRange(1), default=10_000)
+
+and `params.command(name, Params, run, preview)` makes the click command: one click option per
+field (with its PLANA_* variable), converted by a click type that runs the naming rule (so a bad
+value never reaches the job body), and one frozen `Params` handed to the body. Every usage error
+is one line naming the flag and its variable, `--subdomain / PLANA_SUBDOMAIN: is required`,
+raised before any side effect (exit 64), whether click refused the value or a check across
+fields in the class's `__post_init__` did (it raises `UsageError("<field name>", …)`, and the
+builder puts the field's flag and variable in its place).
+
+A required option (no default) is marked `required` in `--help`. Not giving one is bad input
+(64), the same everywhere; an option that is given but names something missing or unreadable (a
+secret file, a volume, a role) is configuration (78).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Final, Generic, TypeVar, dataclass_transform
 
 import click
 
-from jobs.core import naming
+from jobs.core import naming, plan, runner
+from jobs.core.errors import UsageError
 
-F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+P = TypeVar("P", bound="Common")
 
 # Seconds per HTTP attempt. Here rather than in jobs.adapters.http so that declaring the option does
 # not import httpx into every job (tenant-db and friends never make an HTTP request).
-DEFAULT_REQUEST_TIMEOUT_S = 10.0
+DEFAULT_REQUEST_TIMEOUT_S: Final = 10.0
 # The longest deadline a job accepts: a week, far beyond any job, far below float trouble.
-MAX_SECONDS = 7 * 24 * 3600.0
+MAX_SECONDS: Final = 7 * 24 * 3600.0
+# How long pg_dump (and the row counts) wait for a table lock held elsewhere (an upgrade).
+DEFAULT_LOCK_WAIT_S: Final = 60.0
+
+_OPTION: Final = "plana-option"
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One command-line option of a job: its flag, its variable and how its value is read."""
+
+    flag: str
+    env: str
+    help: str
+    type: Any = None
+    default: Any = None
+    required: bool = False
+    show_default: bool | str = False
+    is_flag: bool = False
+    # click drops an empty variable as if unset; for a spec field rendered empty ("") that
+    # would turn a refused value into a silent default.
+    empty_env_is_value: bool = False
+
+    @property
+    def label(self) -> str:
+        """How every usage error names the option: its flag and its variable."""
+        return f"{self.flag} / {self.env}"
+
+
+def option(
+    flag: str,
+    env: str,
+    help: str,
+    *,
+    type: Any = None,
+    default: Any = None,
+    required: bool = False,
+    show_default: bool | str = False,
+    is_flag: bool = False,
+    empty_env_is_value: bool = False,
+) -> Any:
+    """A field of a `spec` class that is one option (the field's name is the parameter's)."""
+    opt = Option(
+        flag, env, help, type, default, required, show_default, is_flag, empty_env_is_value
+    )
+    return dataclasses.field(metadata={_OPTION: opt})
+
+
+@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(option,))
+def spec(cls: type[T]) -> type[T]:
+    """Make `cls` a frozen, keyword-only dataclass of options (see the module docstring)."""
+    return dataclasses.dataclass(frozen=True, kw_only=True)(cls)
+
+
+def options(cls: type[Any]) -> Iterator[tuple[str, Option]]:
+    """(field name, option) of a spec class in declaration order, `Common`'s last (`--help`)."""
+    mine: list[tuple[str, Option]] = []
+    common: list[tuple[str, Option]] = []
+    common_names = {f.name for f in dataclasses.fields(Common)}
+    for f in dataclasses.fields(cls):
+        opt = f.metadata.get(_OPTION)
+        if isinstance(opt, Option):
+            (common if f.name in common_names else mine).append((f.name, opt))
+    yield from mine
+    yield from common
+
+
+def label(cls: type[Any], name: str) -> str:
+    """The flag and variable of field `name` of `cls` (the name itself if it is no option)."""
+    return next((opt.label for n, opt in options(cls) if n == name), name)
+
+
+def build(cls: type[P], values: dict[str, Any]) -> P:
+    """The parameters object from click's values; a check across fields names flag and variable."""
+    try:
+        return cls(**values)
+    except UsageError as exc:
+        raise UsageError(label(cls, exc.field), exc.problem) from None
+
+
+# --------------------------------------------------------------------------- click types
+
+
+class Rule(click.ParamType[T, Any]):
+    """A naming rule (jobs.core.naming) as a click type: the value is normalised or refused.
+
+    The rule's message is kept and the field name it gives is replaced by the option's flag and
+    variable (the command line's names, not the spec's).
+    """
+
+    def __init__(self, name: str, rule: Callable[[str], T]) -> None:
+        self.name = name
+        self.rule = rule
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> T:
+        if not isinstance(value, str):
+            return value  # type: ignore[no-any-return]  # a default already of the type
+        try:
+            return self.rule(value)
+        except UsageError as exc:
+            self.fail(exc.problem, param, ctx)
+
+    def __repr__(self) -> str:
+        return f"Rule({self.name})"
 
 
 class Seconds(click.ParamType[float, Any]):
@@ -60,138 +183,234 @@ class Seconds(click.ParamType[float, Any]):
         return f"Seconds({self.min:g}, {self.max:g})"
 
 
-def option(*decls: str, env: str, **kwargs: Any) -> Callable[[F], F]:
-    return click.option(*decls, envvar=env, show_envvar=True, **kwargs)
+SUBDOMAIN: Final = Rule("subdomain", naming.subdomain)
+BASE_DOMAIN: Final = Rule("domain", naming.base_domain)
+PROJECT_ID: Final = Rule("integer", naming.project_id)
+TIER: Final = Rule("tier", naming.tier)
+ODOO_VERSION: Final = Rule("version", naming.odoo_version)
+OWNER_EMAIL: Final = Rule("email", naming.owner_email)
+OWNER_NAME: Final = Rule("name", naming.owner_name)
 
 
-def stack(*decorators: Callable[[F], F]) -> Callable[[F], F]:
-    def apply(fn: F) -> F:
-        for deco in reversed(decorators):
-            fn = deco(fn)
-        return fn
-
-    return apply
+# --------------------------------------------------------------------------- shared fields
+# Options several jobs take, declared once so that flag, variable, rule and help agree.
 
 
-common = stack(
-    option("--base-domain", env="PLANA_BASE_DOMAIN", default=naming.DEFAULT_BASE_DOMAIN,
-           show_default=True, help="Base domain of tenant hostnames and databases."),
-    option("--timeout", env="PLANA_TIMEOUT", type=Seconds(0, MAX_SECONDS, min_open=True),
-           default=None,
-           help="Total deadline in seconds for retries and waits [default: 600]."),
-)  # fmt: skip
-
-subdomain = option("--subdomain", env="PLANA_SUBDOMAIN", help="Tenant subdomain (DNS label).")
-project_id = option("--project-id", env="PLANA_PROJECT_ID", help="PLANAClient projectId.")
-tier = option("--tier", env="PLANA_TIER", help="starter | pro | enterprise.")
+def subdomain(help: str = "Tenant subdomain (DNS label).") -> Any:
+    return option("--subdomain", "PLANA_SUBDOMAIN", help, type=SUBDOMAIN, required=True)
 
 
-def _empty_env_is_given(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    """click drops an empty environment variable as if unset; an empty spec field is a value."""
-    envvar = param.envvar if isinstance(param.envvar, str) else None
-    if value is None and envvar and os.environ.get(envvar) == "":
-        return ""
-    return value
-
-
-# No click default: "not given" (None, meaning 18) must stay apart from an explicit "" (refused),
-# given as the flag or as the variable (a spec field rendered empty).
-odoo_version = option("--odoo-version", env="PLANA_ODOO_VERSION", default=None,
-                      callback=_empty_env_is_given,
-                      help="Odoo major version: 17, 18 or 19 [default: 18].")  # fmt: skip
-owner_email = option("--owner-email", env="PLANA_OWNER_EMAIL", help="Owner's email address.")
-owner_name = option("--owner-name", env="PLANA_OWNER_NAME", help="Owner's display name.")
-
-client_spec = stack(subdomain, project_id, tier, odoo_version, owner_email, owner_name)
-
-pg_dsn = option("--pg-dsn", env="PLANA_PG_DSN", default=None,
-                help="libpq connection string; default: libpq's PG* environment.")  # fmt: skip
-data_dir = option("--data-dir", env="PLANA_DATA_DIR", default=naming.DEFAULT_DATA_DIR,
-                  show_default=True, help="Odoo data dir holding filestore/.")  # fmt: skip
-odoo_bin = option("--odoo-bin", env="PLANA_ODOO_BIN", default="odoo", show_default=True,
-                  help="The Odoo executable.")  # fmt: skip
-# The Odoo config and addons path an Odoo child starts from (template-build, environment-db).
-odoo_config = option("--odoo-config", env="PLANA_ODOO_CONFIG", default=None,
-                     help="Odoo config file to start from [default: $ODOO_RC].")  # fmt: skip
-addons_path = option("--addons-path", env="PLANA_ODOO_ADDONS_PATH", default=None,
-                     help="Odoo --addons-path (default: the Odoo config's).")  # fmt: skip
-generation = option("--generation", env="PLANA_GENERATION", default=None,
-                    help="The XR's metadata.generation (part of the idempotency key).")  # fmt: skip
-
-template_db = option("--template-db", env="PLANA_TEMPLATE_DB", default=None,
-                     help="Clone this template database instead of the tier's "
-                          "template_{code}_{version}.")  # fmt: skip
-request_timeout = option("--request-timeout", env="PLANA_HTTP_TIMEOUT",
-                         type=Seconds(0, 300, min_open=True), default=None,
-                         help="Seconds per HTTP attempt "
-                              f"[default: {DEFAULT_REQUEST_TIMEOUT_S:g}].")  # fmt: skip
-
-# The tenant events stream: emit-event writes it, deprovision emits client.deprovisioned to it.
-events_stream = stack(
-    option("--redis-url", env="PLANA_REDIS_URL", default="redis://127.0.0.1:6379/0",
-           show_default=True, help="Redis URL (a password in it is never logged)."),
-    option("--stream", env="PLANA_EVENTS_STREAM", default=naming.EVENTS_STREAM,
-           show_default=True, help="Stream key."),
-)  # fmt: skip
-
-# The key that signs and authenticates backup manifests (backup, deprovision, restore, verify).
-backup_key_file = option("--backup-key-file", env="PLANA_BACKUP_KEY_FILE", default=None,
-                         help="Secret file: the key signing backup manifests.")  # fmt: skip
-owner_role = option("--owner-role", env="PLANA_OWNER_ROLE", default="plana", show_default=True,
-                    help="PostgreSQL role owning the database (only it may connect).")  # fmt: skip
-
-# Jobs that read a backup set (restore, backup-verify); backup's own --dest/--jobs say more.
-backup_set_source = stack(
-    backup_key_file,
-    option("--dest", env="PLANA_BACKUP_DEST", default=None, help="Mounted backup volume."),
-    option("--jobs", "jobs_n", env="PLANA_BACKUP_JOBS", type=click.IntRange(1, 16), default=1,
-           show_default=True, help="pg_restore parallel jobs."),
-)  # fmt: skip
-
-# How long pg_dump (and the row counts) wait for a table lock held elsewhere (an upgrade).
-DEFAULT_LOCK_WAIT_S = 60.0
-# backup and deprovision (a final backup) take a set with these.
-backup_options = stack(
-    backup_key_file,
-    option("--dest", env="PLANA_BACKUP_DEST", default=None,
-           help="Mounted backup volume; sets go to {dest}/{subdomain}/{timestamp}/."),
-    option("--jobs", "jobs_n", env="PLANA_BACKUP_JOBS", type=click.IntRange(1, 16),
-           default=1, show_default=True,
-           help="pg_dump parallel jobs; above 1 the dump is in directory format."),
-    option("--lock-wait", env="PLANA_BACKUP_LOCK_WAIT", type=Seconds(0.1, 86400),
-           default=DEFAULT_LOCK_WAIT_S, show_default=True,
-           help="Seconds to wait for a table lock held elsewhere before failing (75)."),
-)  # fmt: skip
-
-retention_options = stack(
-    option("--keep-daily", env="PLANA_BACKUP_KEEP_DAILY", type=click.IntRange(0),
-           default=7, show_default=True, help="Days (that have sets) to keep one of."),
-    option("--keep-weekly", env="PLANA_BACKUP_KEEP_WEEKLY", type=click.IntRange(0),
-           default=4, show_default=True, help="ISO weeks to keep one set of."),
-    option("--keep-monthly", env="PLANA_BACKUP_KEEP_MONTHLY", type=click.IntRange(0),
-           default=6, show_default=True, help="Months to keep one set of."),
-)  # fmt: skip
-
-
-def client(kw: dict[str, Any], *, owner: bool = True) -> naming.ClientSpec:
-    """Validate the PLANAClient spec fields in `kw` (exit 64 on the first bad one).
-
-    With `owner=False` the owner fields may be absent (jobs that do not use them), but a value
-    that is given is still validated.
-    """
-    domain = naming.base_domain(kw.get("base_domain"))
-    email, name = kw.get("owner_email"), kw.get("owner_name")
-    return naming.ClientSpec(
-        tenant=naming.Tenant(naming.subdomain(kw.get("subdomain")), domain),
-        project_id=naming.project_id(kw.get("project_id")),
-        tier=naming.tier(kw.get("tier")),
-        odoo_version=naming.odoo_version(kw.get("odoo_version")),
-        owner_email=naming.owner_email(email) if owner or email else "",
-        owner_name=naming.owner_name(name) if owner or name else "",
+def project_id(*, required: bool = True) -> Any:
+    return option(
+        "--project-id",
+        "PLANA_PROJECT_ID",
+        "PLANAClient projectId.",
+        type=PROJECT_ID,
+        required=required,
     )
 
 
-def generation_value(value: str | None, field: str = "generation") -> int | None:
-    if value in (None, ""):
-        return None
-    return naming.project_id(value, field=field)
+def tier(*, required: bool = True) -> Any:
+    return option(
+        "--tier", "PLANA_TIER", "starter | pro | enterprise.", type=TIER, required=required
+    )
+
+
+def odoo_version() -> Any:
+    # No click default: "not given" (18) must stay apart from an explicit "" (refused), given
+    # as the flag or as the variable (a spec field rendered empty).
+    return option(
+        "--odoo-version",
+        "PLANA_ODOO_VERSION",
+        f"Odoo major version: 17, 18 or 19 [default: {naming.DEFAULT_ODOO_VERSION}].",
+        type=ODOO_VERSION,
+        empty_env_is_value=True,
+    )
+
+
+def owner_email(*, required: bool = True) -> Any:
+    return option(
+        "--owner-email",
+        "PLANA_OWNER_EMAIL",
+        "Owner's email address.",
+        type=OWNER_EMAIL,
+        required=required,
+    )
+
+
+def owner_name(*, required: bool = True) -> Any:
+    return option(
+        "--owner-name",
+        "PLANA_OWNER_NAME",
+        "Owner's display name.",
+        type=OWNER_NAME,
+        required=required,
+    )
+
+
+def pg_dsn() -> Any:
+    return option(
+        "--pg-dsn", "PLANA_PG_DSN", "libpq connection string; default: libpq's PG* environment."
+    )
+
+
+def data_dir() -> Any:
+    return option(
+        "--data-dir",
+        "PLANA_DATA_DIR",
+        "Odoo data dir holding filestore/.",
+        default=naming.DEFAULT_DATA_DIR,
+        show_default=True,
+    )
+
+
+def request_timeout() -> Any:
+    return option(
+        "--request-timeout",
+        "PLANA_HTTP_TIMEOUT",
+        f"Seconds per HTTP attempt [default: {DEFAULT_REQUEST_TIMEOUT_S:g}].",
+        type=Seconds(0, 300, min_open=True),
+    )
+
+
+def generation() -> Any:
+    return option(
+        "--generation",
+        "PLANA_GENERATION",
+        "The XR's metadata.generation (part of the idempotency key).",
+        type=Rule("integer", lambda v: naming.project_id(v) if v else None),
+        empty_env_is_value=True,
+    )
+
+
+@spec
+class Common:
+    """The options every job takes."""
+
+    base_domain: str = option(
+        "--base-domain",
+        "PLANA_BASE_DOMAIN",
+        "Base domain of tenant hostnames and databases.",
+        type=BASE_DOMAIN,
+        default=naming.DEFAULT_BASE_DOMAIN,
+        show_default=True,
+    )
+    timeout: float | None = option(
+        "--timeout",
+        "PLANA_TIMEOUT",
+        "Total deadline in seconds for retries and waits [default: 600].",
+        type=Seconds(0, MAX_SECONDS, min_open=True),
+    )
+    dry_run: bool = option(
+        "--dry-run",
+        "PLANA_DRY_RUN",
+        "Print the steps the job would take and change nothing (outcome `planned`).",
+        is_flag=True,
+        default=False,
+    )
+
+
+@spec
+class ClientSpec(Common):
+    """The PLANAClient spec fields (tenant-db, emit-event, …)."""
+
+    subdomain: str = subdomain()
+    project_id: int = project_id()
+    tier: str = tier()
+    odoo_version: int | None = odoo_version()
+    owner_email: str | None = owner_email()
+    owner_name: str | None = owner_name()
+
+    @property
+    def tenant(self) -> naming.Tenant:
+        return naming.Tenant(self.subdomain, self.base_domain)
+
+    @property
+    def client(self) -> naming.ClientSpec:
+        return naming.ClientSpec(
+            tenant=self.tenant,
+            project_id=self.project_id,
+            tier=self.tier,
+            odoo_version=naming.DEFAULT_ODOO_VERSION
+            if self.odoo_version is None
+            else self.odoo_version,
+            owner_email=self.owner_email or "",
+            owner_name=self.owner_name or "",
+        )
+
+
+# --------------------------------------------------------------------------- the click command
+
+
+def _empty_env_is_given(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    envvar = param.envvar if isinstance(param.envvar, str) else None
+    if value is None and envvar and os.environ.get(envvar) == "":
+        return param.type_cast_value(_ctx, "")  # refused (or normalised) by the option's rule
+    return value
+
+
+def click_options(cls: type[Any]) -> list[click.Parameter]:
+    made: list[click.Parameter] = []
+    for name, opt in options(cls):
+        # No default given to click at all when there is none: click (8.3+) takes an explicit
+        # None as a value, and a required option would never be missing.
+        default: dict[str, Any] = {} if opt.default is None else {"default": opt.default}
+        if opt.is_flag:  # only then: an explicit is_flag=False changes how click parses values
+            default["is_flag"] = True
+        made.append(
+            click.Option(
+                [opt.flag, name],
+                envvar=opt.env,
+                show_envvar=True,
+                type=opt.type,
+                **default,
+                required=opt.required,
+                show_default=opt.show_default,
+                help=opt.help,
+                callback=_empty_env_is_given if opt.empty_env_is_value else None,
+            )
+        )
+    return made
+
+
+class JobCommand(click.Command, Generic[P]):
+    """A job's click command, carrying its parameters class and its read-only `preview`.
+
+    `preview(job, params)` observes and plans without changing anything: `--dry-run` runs it
+    instead of the job, and `plana-job inspect` runs it for every job of a tenant.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        params_cls: type[P],
+        run: Callable[[Any, P], Any],
+        preview: Callable[[Any, P], Any],
+        help: str,
+    ) -> None:
+        super().__init__(name, params=click_options(params_cls), callback=self._invoke, help=help)
+        self.params_cls = params_cls
+        self.run = run
+        self.preview = preview
+
+    def _invoke(self, **values: Any) -> None:
+        p = build(self.params_cls, values)
+        if p.dry_run:
+            runner.run(
+                self.name or "",
+                lambda job: plan.dry_run(job, self.preview(job, p)),
+                timeout=p.timeout,
+                dry_run=True,
+            )
+        runner.run(self.name or "", lambda job: self.run(job, p), timeout=p.timeout)
+
+
+def command(
+    name: str,
+    params_cls: type[P],
+    run: Callable[[Any, P], Any],
+    preview: Callable[[Any, P], Any],
+    help: str,
+) -> JobCommand[P]:
+    """The click command of a job: `run(job, params) -> Done`, `preview(job, params) -> Plan`."""
+    return JobCommand(name, params_cls, run, preview, help)

@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 from jobs.core import redact
 
-Outcome = Literal["created", "updated", "unchanged", "failed"]
+# "planned": a --dry-run's result (jobs.core.plan), which changed nothing.
+Outcome = Literal["created", "updated", "unchanged", "planned", "failed"]
 TERMINATION_LIMIT = 4096
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 
@@ -19,7 +20,7 @@ DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 class Done:
     """What a job body returns: its outcome and the facts worth reporting."""
 
-    outcome: Literal["created", "updated", "unchanged"]
+    outcome: Literal["created", "updated", "unchanged", "planned"]
     details: dict[str, Any] = field(default_factory=dict)
 
 

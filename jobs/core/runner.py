@@ -20,9 +20,11 @@ from jobs.core.retry import Deadline
 class Job:
     """Handed to a job body: its name, deadline and the context bound onto every log line."""
 
-    def __init__(self, name: str, timeout: float | None = None) -> None:
+    def __init__(self, name: str, timeout: float | None = None, *, dry_run: bool = False) -> None:
         self.name = name
         self.deadline = Deadline(timeout)
+        # A dry run observes and plans only: entering a step (which changes state) is a bug.
+        self.dry_run = dry_run
         self.context: dict[str, Any] = {"job": name}
         self.log = structlog.get_logger()
 
@@ -38,6 +40,8 @@ class Job:
         (terminated, timed out, cut off) must not act, because another run may already hold
         the lock and be acting on the same tenant.
         """
+        if self.dry_run:
+            raise JobError(f"a dry run reached step {name!r}: it must change nothing")
         log.step(name)
         _check_locks()
         self.log.info("step", step=name)
@@ -135,7 +139,13 @@ def _fail(name: str, job: Job, started: float, exc: JobError) -> NoReturn:
     finish(name, started, int(exc.code), "failed", extra)
 
 
-def run(name: str, body: Callable[[Job], result.Done], timeout: float | None = None) -> NoReturn:
+def run(
+    name: str,
+    body: Callable[[Job], result.Done],
+    timeout: float | None = None,
+    *,
+    dry_run: bool = False,
+) -> NoReturn:
     """Run `body` and exit with the code its outcome calls for; never returns.
 
     Every failure, a bug (70) included, ends with one `plana-job {name}: error: …` line on
@@ -151,7 +161,7 @@ def run(name: str, body: Callable[[Job], result.Done], timeout: float | None = N
     log.bind(job=name, step="start")
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    job = Job(name, timeout)
+    job = Job(name, timeout, dry_run=dry_run)
     try:
         done = body(job)
     except JobError as exc:

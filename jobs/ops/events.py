@@ -59,7 +59,7 @@ def xadd_once(
     stream key holding another type → 65 (`redis_client.classify`).
     """
     flat = [item for pair in fields.items() for item in pair]
-    dedupe_key = f"{stream}:dedupe:{eid}"
+    dedupe_key = _dedupe_key(stream, eid)
     script = client.register_script(XADD_ONCE)
 
     def attempt() -> tuple[int, str]:
@@ -76,6 +76,27 @@ def xadd_once(
             raise
         raise known from None
     return bool(added), entry_id
+
+
+def _dedupe_key(stream: str, eid: str) -> str:
+    return f"{stream}:dedupe:{eid}"
+
+
+def recorded(client: redis.Redis, stream: str, eid: str, *, deadline: retry.Deadline) -> str | None:
+    """The stream entry id event `eid` was added as (still remembered), or None. Read only."""
+
+    def attempt() -> str | None:
+        value = client.get(_dedupe_key(stream, eid))
+        return value.decode() if isinstance(value, bytes) else None
+
+    try:
+        return retry.call(attempt, what="redis GET", deadline=deadline,
+                          transient=redis_client.transient)  # fmt: skip
+    except redis.RedisError as exc:
+        known = redis_client.classify(exc, f"redis GET on {stream}")
+        if known is None:
+            raise
+        raise known from None
 
 
 def stream_name(value: str | None) -> str:

@@ -25,7 +25,8 @@ from jobs.commands.upgrade import phases as ph
 
 # As a module: a `same_major` function bound here would hide the submodule of that name.
 from jobs.commands.upgrade import same_major as same
-from jobs.core import params, runner
+from jobs.core import options as params
+from jobs.core import runner
 from jobs.core.errors import UsageError
 from jobs.core.result import Done
 from jobs.ops import clone
