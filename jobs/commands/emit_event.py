@@ -11,7 +11,6 @@ between the two is seen as `unchanged` all the same.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import click
 
@@ -107,22 +106,15 @@ def preview(job: runner.Job, p: Params) -> plan.Plan:
 
 def _fields(p: Params) -> dict[str, str]:
     spec = p.client
-    fields: dict[str, str] = {
-        "type": p.event_type,
-        "event_id": p.event_id,
-        "subdomain": spec.tenant.subdomain,
-        "project_id": str(spec.project_id),
-        "tier": spec.tier,
-        "odoo_version": str(spec.odoo_version),
-        "hostname": spec.tenant.hostname,
-        "db_name": spec.tenant.db_name,
-        "occurred_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    if p.generation is not None:
-        fields["generation"] = str(p.generation)
-    if spec.owner_email:
-        fields["owner_email"] = spec.owner_email
-    return fields
+    return events.client_event(
+        p.event_type,
+        spec.tenant,
+        p.generation,
+        project_id=spec.project_id,
+        tier=spec.tier,
+        odoo_version=spec.odoo_version,
+        owner_email=spec.owner_email,
+    )[1]
 
 
 def run(job: runner.Job, p: Params) -> Done:

@@ -8,11 +8,12 @@ pods add the entry once.
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import redis
 
 from jobs.adapters import redis_client
-from jobs.core import retry
+from jobs.core import naming, retry
 from jobs.core.errors import UsageError
 
 # Namespace for uuid5 event ids: fixed forever, or re-runs would stop deduplicating.
@@ -41,6 +42,32 @@ return {1, id}
 def event_id(event_type: str, subdomain: str, generation: int | None) -> str:
     name = f"{event_type}/{subdomain}/{generation if generation is not None else '-'}"
     return str(uuid.uuid5(EVENT_NAMESPACE, name))
+
+
+def client_event(
+    event_type: str,
+    tenant: naming.Tenant,
+    generation: int | None,
+    **facts: str | int | None,
+) -> tuple[str, dict[str, str]]:
+    """(event id, fields) of one tenant event: the one schema every event on the stream has.
+
+    Always: type, event_id, subdomain, hostname, db_name, occurred_at (UTC, seconds); then
+    generation and each of `facts` (project_id, tier, odoo_version, owner_email, final_backup,
+    …) that is known, as a string. A fact that is None or "" is left out, never sent empty.
+    """
+    eid = event_id(event_type, tenant.subdomain, generation)
+    fields = {
+        "type": event_type,
+        "event_id": eid,
+        "subdomain": tenant.subdomain,
+        "hostname": tenant.hostname,
+        "db_name": tenant.db_name,
+        "occurred_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    known = {"generation": generation, **facts}
+    fields.update({k: str(v) for k, v in known.items() if v is not None and v != ""})
+    return eid, fields
 
 
 def xadd_once(
