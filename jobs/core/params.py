@@ -283,6 +283,113 @@ def generation() -> Any:
     )
 
 
+def odoo_bin() -> Any:
+    return option(
+        "--odoo-bin", "PLANA_ODOO_BIN", "The Odoo executable.", default="odoo", show_default=True
+    )
+
+
+def odoo_config() -> Any:
+    # The Odoo config and addons path an Odoo child starts from (template-build, environment-db).
+    return option(
+        "--odoo-config", "PLANA_ODOO_CONFIG", "Odoo config file to start from [default: $ODOO_RC]."
+    )
+
+
+def addons_path() -> Any:
+    return option(
+        "--addons-path",
+        "PLANA_ODOO_ADDONS_PATH",
+        "Odoo --addons-path (default: the Odoo config's).",
+    )
+
+
+def template_db() -> Any:
+    return option(
+        "--template-db",
+        "PLANA_TEMPLATE_DB",
+        "Clone this template database instead of the tier's template_{code}_{version}.",
+    )
+
+
+def owner_role(default: str = "plana") -> Any:
+    return option(
+        "--owner-role",
+        "PLANA_OWNER_ROLE",
+        "PostgreSQL role owning the database (only it may connect).",
+        default=default,
+        show_default=True,
+    )
+
+
+# The tenant events stream: emit-event writes it, deprovision emits client.deprovisioned to it.
+def redis_url() -> Any:
+    return option(
+        "--redis-url",
+        "PLANA_REDIS_URL",
+        "Redis URL (a password in it is never logged).",
+        default="redis://127.0.0.1:6379/0",
+        show_default=True,
+    )
+
+
+def stream(rule: Rule[str]) -> Any:
+    """`rule`: the stream key's (jobs.ops.events.stream_name, wrapped by the command)."""
+    return option(
+        "--stream",
+        "PLANA_EVENTS_STREAM",
+        "Stream key.",
+        type=rule,
+        default=naming.EVENTS_STREAM,
+        show_default=True,
+    )
+
+
+# The key that signs and authenticates backup manifests (backup, deprovision, restore, verify).
+def backup_key_file(*, required: bool = True) -> Any:
+    return option(
+        "--backup-key-file",
+        "PLANA_BACKUP_KEY_FILE",
+        "Secret file: the key signing backup manifests.",
+        required=required,
+    )
+
+
+def backup_jobs(help: str = "pg_restore parallel jobs.") -> Any:
+    return option(
+        "--jobs",
+        "PLANA_BACKUP_JOBS",
+        help,
+        type=click.IntRange(1, 16),
+        default=1,
+        show_default=True,
+    )
+
+
+def lock_wait() -> Any:
+    # How long pg_dump (and the row counts) wait for a table lock held elsewhere (an upgrade).
+    return option(
+        "--lock-wait",
+        "PLANA_BACKUP_LOCK_WAIT",
+        "Seconds to wait for a table lock held elsewhere before failing (75).",
+        type=Seconds(0.1, 86400),
+        default=DEFAULT_LOCK_WAIT_S,
+        show_default=True,
+    )
+
+
+def keep(period: str, default: int, help: str) -> Any:
+    """--keep-daily / --keep-weekly / --keep-monthly: the retention policy's counts."""
+    return option(
+        f"--keep-{period}",
+        f"PLANA_BACKUP_KEEP_{period.upper()}",
+        help,
+        type=click.IntRange(0),
+        default=default,
+        show_default=True,
+    )
+
+
 @spec
 class Common:
     """The options every job takes."""
