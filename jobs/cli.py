@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "backup-verify": "jobs.commands.backup_verify:backup_verify",
     "restore": "jobs.commands.restore:restore",
     "deprovision": "jobs.commands.deprovision:deprovision",
+    "inspect": "jobs.commands.inspect:inspect",
 }
 
 
