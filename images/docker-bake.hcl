@@ -45,7 +45,7 @@ target "plain" {
   matrix = {
     cmd = [
       "emit-event", "matrix-room", "account-webhook", "erp-callback", "tenant-db",
-      "backup", "restore", "backup-verify", "filestore-copy", "deprovision",
+      "backup", "restore", "backup-verify", "filestore-copy", "deprovision", "inspect",
     ]
   }
   target = cmd

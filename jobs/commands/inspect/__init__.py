@@ -102,6 +102,8 @@ def run(job: runner.Job, p: Params) -> Done:
     if p.dest:
         sets = section("backups", lambda: _backups(p))
         if sets is not None:
+            problems += [f"backup set {s.name}: {s.status}" for s in sets.sets
+                         if s.status not in ("valid", "unverified")]  # fmt: skip
             report["backups"] = {
                 "sets": view.as_dicts(sets.sets),
                 "newest": sets.newest,
