@@ -229,15 +229,20 @@ def test_a_receiver_that_is_down_is_75(run_job: Runner, secret_file: str) -> Non
 @pytest.mark.parametrize(
     ("args", "env", "field"),
     [
-        ([], {"PLANA_ACCOUNT_WEBHOOK_URL": ""}, "accountWebhookUrl"),
-        ([], {"PLANA_ACCOUNT_WEBHOOK_URL": "ftp://portal.example/hook"}, "accountWebhookUrl"),
-        ([], {"PLANA_ACCOUNT_WEBHOOK_URL": "http://user:pw@portal.example/"}, "accountWebhookUrl"),
-        (["--event", "tenant.exploded"], {}, "event"),
-        (["--generation", "0"], {}, "generation"),
-        (["--owner-email", "nope"], {}, "ownerEmail"),
+        ([], {"PLANA_ACCOUNT_WEBHOOK_URL": ""}, "--url / PLANA_ACCOUNT_WEBHOOK_URL: is required"),
+        ([], {"PLANA_ACCOUNT_WEBHOOK_URL": "ftp://portal.example/hook"},
+         "--url / PLANA_ACCOUNT_WEBHOOK_URL: must be an http:// or https:// URL"),
+        ([], {"PLANA_ACCOUNT_WEBHOOK_URL": "http://user:pw@portal.example/"},
+         "--url / PLANA_ACCOUNT_WEBHOOK_URL: must not carry credentials"),
+        (["--event", "tenant.exploded"], {}, "--event / PLANA_WEBHOOK_EVENT: 'tenant.exploded'"),
+        (["--generation", "0"], {}, "--generation / PLANA_GENERATION:"),
+        (["--owner-email", "nope"], {}, "--owner-email / PLANA_OWNER_EMAIL:"),
         # Refused by the shared params.Seconds type, whose line names the flag and variable.
-        (["--request-timeout", "0"], {}, "Invalid value for '--request-timeout' (env var: "
-                                         "'PLANA_HTTP_TIMEOUT')"),
+        (["--request-timeout", "0"], {}, "--request-timeout / PLANA_HTTP_TIMEOUT: '0' is not"),
+        (["--ledger-prefix", "a b"], {}, "--ledger-prefix / PLANA_WEBHOOK_LEDGER_PREFIX:"),
+        # A secret file not given at all is bad input (64); given but absent is 78 (below).
+        ([], {"PLANA_ACCOUNT_WEBHOOK_SECRET_FILE": ""},
+         "--secret-file / PLANA_ACCOUNT_WEBHOOK_SECRET_FILE: is required"),
     ],
 )
 def test_bad_input_is_64_before_any_request(

@@ -206,14 +206,23 @@ def test_duplicates_in_the_erp_are_65(run_job: Runner, erp: ErpServer, key_file:
 @pytest.mark.parametrize(
     ("env", "field"),
     [
-        ({"PLANA_ERP_API": "xmlrpc"}, "erpApi"),
-        ({"PLANA_ERP_URL": ""}, "erpUrl"),
-        ({"PLANA_ERP_URL": "erp.plana.test"}, "erpUrl"),
-        ({"PLANA_ERP_DB": ""}, "erpDb"),
-        ({"PLANA_ERP_LOGIN": ""}, "erpLogin"),
-        ({"PLANA_ERP_MODEL": "Robert'); DROP"}, "erpModel"),
-        ({"PLANA_ERP_FIELDS": "colour=x_colour"}, "erpFields"),
-        ({"PLANA_ERP_STATE": "Active Now"}, "state"),
+        ({"PLANA_ERP_API": "xmlrpc"}, "--erp-api / PLANA_ERP_API: 'xmlrpc' is not one of"),
+        ({"PLANA_ERP_URL": ""}, "--erp-url / PLANA_ERP_URL: is required"),
+        ({"PLANA_ERP_URL": "erp.plana.test"},
+         "--erp-url / PLANA_ERP_URL: must be an http:// or https:// URL"),
+        ({"PLANA_ERP_DB": ""}, "--erp-db / PLANA_ERP_DB: is required with --erp-api jsonrpc"),
+        ({"PLANA_ERP_LOGIN": ""},
+         "--erp-login / PLANA_ERP_LOGIN: is required with --erp-api jsonrpc"),
+        ({"PLANA_ERP_DB": "no such/db"}, "--erp-db / PLANA_ERP_DB: must be a database name"),
+        ({"PLANA_ERP_MODEL": "Robert'); DROP"},
+         "--erp-model / PLANA_ERP_MODEL: must be an Odoo model name"),
+        ({"PLANA_ERP_FIELDS": "colour=x_colour"},
+         "--erp-fields / PLANA_ERP_FIELDS: expected name=erp_field"),
+        ({"PLANA_ERP_STATE": "Active Now"},
+         "--state / PLANA_ERP_STATE: must be a lowercase selection value"),
+        # A secret file not given at all is bad input (64); given but absent is 78 (below).
+        ({"PLANA_ERP_API_KEY_FILE": ""},
+         "--erp-api-key-file / PLANA_ERP_API_KEY_FILE: is required"),
     ],
 )
 def test_bad_input_is_64_before_any_request(

@@ -264,11 +264,19 @@ def recorder() -> Iterator[Any]:
 @pytest.mark.parametrize(
     ("extra", "env", "field"),
     [
-        (["--invite", "@ana:plana.test,bob"], {}, "matrixInvite"),
-        (["--invite", "@Ana:plana.test"], {}, "matrixInvite"),
-        ([], {"PLANA_MATRIX_SERVER_NAME": "bad name"}, "matrixServerName"),
-        ([], {"PLANA_MATRIX_HOMESERVER": "matrix.example"}, "matrixHomeserver"),
-        (["--owner-name", ""], {}, "ownerName"),
+        (["--invite", "@ana:plana.test,bob"], {},
+         "--invite / PLANA_MATRIX_INVITE: not a Matrix user id"),
+        (["--invite", "@Ana:plana.test"], {},
+         "--invite / PLANA_MATRIX_INVITE: not a Matrix user id"),
+        ([], {"PLANA_MATRIX_SERVER_NAME": "bad name"},
+         "--server-name / PLANA_MATRIX_SERVER_NAME: must be a Matrix server name"),
+        ([], {"PLANA_MATRIX_HOMESERVER": "matrix.example"},
+         "--homeserver / PLANA_MATRIX_HOMESERVER: must be an http:// or https:// URL"),
+        (["--owner-name", ""], {}, "--owner-name / PLANA_OWNER_NAME: is required"),
+        # A secret file not given at all is bad input (64); given but absent is 78 (below).
+        ([], {"PLANA_MATRIX_TOKEN_FILE": ""},
+         "--token-file / PLANA_MATRIX_TOKEN_FILE: is required"),
+        (["--token-file", " "], {}, "--token-file / PLANA_MATRIX_TOKEN_FILE: is required"),
     ],
 )
 def test_bad_input_is_64_before_any_request(
