@@ -133,10 +133,18 @@ FLOAT_CASES: list[tuple[str, list[str], str, str, str]] = [
     ("backup", [], "--lock-wait", "inf", "PLANA_BACKUP_LOCK_WAIT"),
     ("backup", [], "--lock-wait", "nan", "PLANA_BACKUP_LOCK_WAIT"),
     ("filestore-copy", [], "--progress-interval", "nan", "PLANA_PROGRESS_INTERVAL"),
-    ("matrix-room", [], "--request-timeout", "nan", "PLANA_HTTP_TIMEOUT"),
-    ("account-webhook", [], "--request-timeout", "inf", "PLANA_HTTP_TIMEOUT"),
-    ("erp-callback", [], "--request-timeout", "-1", "PLANA_HTTP_TIMEOUT"),
-]
+    # Every other required option given: a variable is read after the flags on the command
+    # line, so a missing one would be reported first.
+    ("matrix-room", [*SPEC, "--owner-name", "O", "--homeserver", "http://127.0.0.1:9",
+                     "--server-name", "plana.test", "--token-file", "/nonexistent"],
+     "--request-timeout", "nan", "PLANA_HTTP_TIMEOUT"),
+    ("account-webhook", [*SPEC, "--owner-email", "o@example.com", "--owner-name", "O",
+                         "--url", "http://127.0.0.1:9/hook", "--secret-file", "/nonexistent"],
+     "--request-timeout", "inf", "PLANA_HTTP_TIMEOUT"),
+    ("erp-callback", [*SPEC, "--erp-url", "http://127.0.0.1:9", "--erp-db", "erp",
+                      "--erp-login", "jobs", "--erp-api-key-file", "/nonexistent"],
+     "--request-timeout", "-1", "PLANA_HTTP_TIMEOUT"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
