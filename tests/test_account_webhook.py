@@ -16,6 +16,7 @@ import pytest
 from tests.conftest import Runner
 from tests.servers import HangingServer
 from tests.servers.webhook import Reply, WebhookReceiver
+from tests.support.untouched import Snapshot
 
 SPEC = [
     "--subdomain", "acme", "--project-id", "23", "--tier", "pro", "--odoo-version", "18",
@@ -229,15 +230,20 @@ def test_a_receiver_that_is_down_is_75(run_job: Runner, secret_file: str) -> Non
 @pytest.mark.parametrize(
     ("args", "env", "field"),
     [
-        ([], {"PLANA_ACCOUNT_WEBHOOK_URL": ""}, "accountWebhookUrl"),
-        ([], {"PLANA_ACCOUNT_WEBHOOK_URL": "ftp://portal.example/hook"}, "accountWebhookUrl"),
-        ([], {"PLANA_ACCOUNT_WEBHOOK_URL": "http://user:pw@portal.example/"}, "accountWebhookUrl"),
-        (["--event", "tenant.exploded"], {}, "event"),
-        (["--generation", "0"], {}, "generation"),
-        (["--owner-email", "nope"], {}, "ownerEmail"),
+        ([], {"PLANA_ACCOUNT_WEBHOOK_URL": ""}, "--url / PLANA_ACCOUNT_WEBHOOK_URL: is required"),
+        ([], {"PLANA_ACCOUNT_WEBHOOK_URL": "ftp://portal.example/hook"},
+         "--url / PLANA_ACCOUNT_WEBHOOK_URL: must be an http:// or https:// URL"),
+        ([], {"PLANA_ACCOUNT_WEBHOOK_URL": "http://user:pw@portal.example/"},
+         "--url / PLANA_ACCOUNT_WEBHOOK_URL: must not carry credentials"),
+        (["--event", "tenant.exploded"], {}, "--event / PLANA_WEBHOOK_EVENT: 'tenant.exploded'"),
+        (["--generation", "0"], {}, "--generation / PLANA_GENERATION:"),
+        (["--owner-email", "nope"], {}, "--owner-email / PLANA_OWNER_EMAIL:"),
         # Refused by the shared params.Seconds type, whose line names the flag and variable.
-        (["--request-timeout", "0"], {}, "Invalid value for '--request-timeout' (env var: "
-                                         "'PLANA_HTTP_TIMEOUT')"),
+        (["--request-timeout", "0"], {}, "--request-timeout / PLANA_HTTP_TIMEOUT: '0' is not"),
+        (["--ledger-prefix", "a b"], {}, "--ledger-prefix / PLANA_WEBHOOK_LEDGER_PREFIX:"),
+        # A secret file not given at all is bad input (64); given but absent is 78 (below).
+        ([], {"PLANA_ACCOUNT_WEBHOOK_SECRET_FILE": ""},
+         "--secret-file / PLANA_ACCOUNT_WEBHOOK_SECRET_FILE: is required"),
     ],
 )
 def test_bad_input_is_64_before_any_request(
@@ -286,3 +292,43 @@ def test_sigterm_while_waiting_on_the_portal_is_75(run_job: Runner, secret_file:
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 75, out + err
     assert "terminated by signal" in err
+
+
+def test_dry_run_plans_the_delivery_and_sends_nothing(
+    run_job: Runner, receiver: WebhookReceiver, secret_file: str, redis_url: str, tmp_path: Path
+) -> None:
+    prefix = _LEDGERS.setdefault(id(receiver), f"test:{uuid.uuid4().hex}")
+    before = Snapshot.take(redis_url=redis_url, prefix=prefix)
+    run = hook(run_job, receiver, secret_file, "--generation", "3", "--dry-run")
+    assert run.rc == 0, run.output
+    assert run.result["outcome"] == "planned"
+    assert run.result["dry_run"] is True
+    assert [s["step"] for s in run.result["steps"]] == ["deliver", "ledger"]
+    assert receiver.attempts == []
+    assert Snapshot.take(redis_url=redis_url, prefix=prefix).diff(before) == []
+
+    # Without a ledger there is nothing to record: the plan is the POST alone.
+    bare = hook(run_job, receiver, secret_file, "--generation", "3", "--dry-run",
+                PLANA_REDIS_URL="")  # fmt: skip
+    assert bare.rc == 0, bare.output
+    assert [s["step"] for s in bare.result["steps"]] == ["deliver"]
+    assert receiver.attempts == []
+
+    # A secret the run could not use fails the dry run as it would fail the run (78).
+    broken = tmp_path / "broken-secret"
+    broken.write_text("not-a-whsec")
+    bad = hook(run_job, receiver, str(broken), "--dry-run")
+    assert bad.rc == 78, bad.output
+    assert receiver.attempts == []
+
+    # Once delivered and recorded, the plan is empty: nothing left to do, nothing sent.
+    assert hook(run_job, receiver, secret_file, "--generation", "3").rc == 0
+    assert len(receiver.attempts) == 1
+    before = Snapshot.take(redis_url=redis_url, prefix=prefix)
+    again = hook(run_job, receiver, secret_file, "--generation", "3", PLANA_DRY_RUN="1")
+    assert again.rc == 0, again.output
+    assert again.result["outcome"] == "planned"
+    assert again.result["steps"] == []
+    assert again.result["delivered_at"]
+    assert len(receiver.attempts) == 1
+    assert Snapshot.take(redis_url=redis_url, prefix=prefix).diff(before) == []

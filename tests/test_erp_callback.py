@@ -206,14 +206,23 @@ def test_duplicates_in_the_erp_are_65(run_job: Runner, erp: ErpServer, key_file:
 @pytest.mark.parametrize(
     ("env", "field"),
     [
-        ({"PLANA_ERP_API": "xmlrpc"}, "erpApi"),
-        ({"PLANA_ERP_URL": ""}, "erpUrl"),
-        ({"PLANA_ERP_URL": "erp.plana.test"}, "erpUrl"),
-        ({"PLANA_ERP_DB": ""}, "erpDb"),
-        ({"PLANA_ERP_LOGIN": ""}, "erpLogin"),
-        ({"PLANA_ERP_MODEL": "Robert'); DROP"}, "erpModel"),
-        ({"PLANA_ERP_FIELDS": "colour=x_colour"}, "erpFields"),
-        ({"PLANA_ERP_STATE": "Active Now"}, "state"),
+        ({"PLANA_ERP_API": "xmlrpc"}, "--erp-api / PLANA_ERP_API: 'xmlrpc' is not one of"),
+        ({"PLANA_ERP_URL": ""}, "--erp-url / PLANA_ERP_URL: is required"),
+        ({"PLANA_ERP_URL": "erp.plana.test"},
+         "--erp-url / PLANA_ERP_URL: must be an http:// or https:// URL"),
+        ({"PLANA_ERP_DB": ""}, "--erp-db / PLANA_ERP_DB: is required with --erp-api jsonrpc"),
+        ({"PLANA_ERP_LOGIN": ""},
+         "--erp-login / PLANA_ERP_LOGIN: is required with --erp-api jsonrpc"),
+        ({"PLANA_ERP_DB": "no such/db"}, "--erp-db / PLANA_ERP_DB: must be a database name"),
+        ({"PLANA_ERP_MODEL": "Robert'); DROP"},
+         "--erp-model / PLANA_ERP_MODEL: must be an Odoo model name"),
+        ({"PLANA_ERP_FIELDS": "colour=x_colour"},
+         "--erp-fields / PLANA_ERP_FIELDS: expected name=erp_field"),
+        ({"PLANA_ERP_STATE": "Active Now"},
+         "--state / PLANA_ERP_STATE: must be a lowercase selection value"),
+        # A secret file not given at all is bad input (64); given but absent is 78 (below).
+        ({"PLANA_ERP_API_KEY_FILE": ""},
+         "--erp-api-key-file / PLANA_ERP_API_KEY_FILE: is required"),
     ],
 )
 def test_bad_input_is_64_before_any_request(
@@ -229,3 +238,53 @@ def test_a_missing_key_file_is_78(run_job: Runner, erp: ErpServer, tmp_path: Pat
     run = callback(run_job, erp, str(tmp_path / "absent"), "json2")
     assert run.rc == 78, run.output
     assert erp.erp.calls == []
+
+
+MUTATING = {"create", "write"}
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_dry_run_plans_and_writes_nothing(
+    run_job: Runner, erp: ErpServer, key_file: str, api: str
+) -> None:
+    run = callback(run_job, erp, key_file, api, *spec(), "--dry-run")
+    assert run.rc == 0, run.output
+    assert run.result["outcome"] == "planned"
+    assert run.result["dry_run"] is True
+    assert [s["step"] for s in run.result["steps"]] == ["create"]
+    assert methods(erp) == ["search_read"]
+    assert erp.erp.records == {}
+
+    # A record that differs: the plan is the write of what differs, and nothing is written.
+    assert callback(run_job, erp, key_file, api).rc == 0
+    (rid,) = erp.erp.records
+    stored = dict(erp.erp.records[rid])
+    erp.erp.calls.clear()
+    changed = callback(run_job, erp, key_file, api, *spec(tier="enterprise"), PLANA_DRY_RUN="1")
+    assert changed.rc == 0, changed.output
+    assert changed.result["outcome"] == "planned"
+    assert [s["step"] for s in changed.result["steps"]] == ["write"]
+    assert changed.result["changed"] == ["tier"]
+    assert changed.result["record_id"] == rid
+    assert not MUTATING & set(methods(erp))
+    assert erp.erp.records == {rid: stored}
+
+    # The record as wanted: an empty plan.
+    converged = callback(run_job, erp, key_file, api, *spec(), "--dry-run")
+    assert converged.rc == 0, converged.output
+    assert converged.result["steps"] == []
+    assert not MUTATING & set(methods(erp))
+    assert erp.erp.records == {rid: stored}
+
+
+def test_dry_run_of_duplicates_is_65_and_writes_nothing(
+    run_job: Runner, erp: ErpServer, key_file: str
+) -> None:
+    for rid in (1, 2):
+        erp.erp.records[rid] = {"subdomain": "acme", "tier": "pro", "active": True}
+    run = callback(run_job, erp, key_file, "json2", *spec(), "--dry-run")
+    assert run.rc == 65, run.output
+    assert "several records" in run.stderr
+    assert methods(erp) == ["search_read"]
+    assert erp.erp.records == {rid: {"subdomain": "acme", "tier": "pro", "active": True}
+                               for rid in (1, 2)}  # fmt: skip

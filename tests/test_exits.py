@@ -133,10 +133,18 @@ FLOAT_CASES: list[tuple[str, list[str], str, str, str]] = [
     ("backup", [], "--lock-wait", "inf", "PLANA_BACKUP_LOCK_WAIT"),
     ("backup", [], "--lock-wait", "nan", "PLANA_BACKUP_LOCK_WAIT"),
     ("filestore-copy", [], "--progress-interval", "nan", "PLANA_PROGRESS_INTERVAL"),
-    ("matrix-room", [], "--request-timeout", "nan", "PLANA_HTTP_TIMEOUT"),
-    ("account-webhook", [], "--request-timeout", "inf", "PLANA_HTTP_TIMEOUT"),
-    ("erp-callback", [], "--request-timeout", "-1", "PLANA_HTTP_TIMEOUT"),
-]
+    # Every other required option given: a variable is read after the flags on the command
+    # line, so a missing one would be reported first.
+    ("matrix-room", [*SPEC, "--owner-name", "O", "--homeserver", "http://127.0.0.1:9",
+                     "--server-name", "plana.test", "--token-file", "/nonexistent"],
+     "--request-timeout", "nan", "PLANA_HTTP_TIMEOUT"),
+    ("account-webhook", [*SPEC, "--owner-email", "o@example.com", "--owner-name", "O",
+                         "--url", "http://127.0.0.1:9/hook", "--secret-file", "/nonexistent"],
+     "--request-timeout", "inf", "PLANA_HTTP_TIMEOUT"),
+    ("erp-callback", [*SPEC, "--erp-url", "http://127.0.0.1:9", "--erp-db", "erp",
+                      "--erp-login", "jobs", "--erp-api-key-file", "/nonexistent"],
+     "--request-timeout", "-1", "PLANA_HTTP_TIMEOUT"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -169,12 +177,13 @@ def test_an_explicitly_empty_odoo_version_is_refused_and_absent_means_18(
     spec = ["--subdomain", "acme", "--project-id", "23", "--tier", "pro"]
     empty = run_job(["emit-event", *spec, "--odoo-version", "", "--stream", f"{uid}:a"])
     assert empty.rc == 64, empty.output
-    named = "--odoo-version / PLANA_ODOO_VERSION:"
-    assert named in empty.stderr and len(empty.stderr.strip().splitlines()) == 1
+    assert "--odoo-version / PLANA_ODOO_VERSION:" in empty.stderr
+    assert len(empty.stderr.strip().splitlines()) == 1
     assert not list(rds.scan_iter(match=f"{uid}:*"))
     # A spec field rendered empty reaches the job as an empty variable: refused the same way.
     rendered = run_job(["emit-event", *spec, "--stream", f"{uid}:a"], PLANA_ODOO_VERSION="")
-    assert rendered.rc == 64 and named in rendered.stderr, rendered.output
+    assert rendered.rc == 64, rendered.output
+    assert "--odoo-version / PLANA_ODOO_VERSION:" in rendered.stderr, rendered.output
     assert not list(rds.scan_iter(match=f"{uid}:*"))
     absent = run_job(["emit-event", *spec, "--stream", f"{uid}:b"])
     assert absent.rc == 0, absent.output

@@ -373,7 +373,16 @@ def test_the_checks_catch_a_bad_manifest() -> None:
     with pytest.raises(click.BadParameter):
         parse_cli(argv(box), {**env, "PLANA_TIMEOUT": "soon"})
     without = {k: v for k, v in env.items() if k != "PLANA_MATRIX_HOMESERVER"}
-    assert missing_values(parse_cli(argv(box), without)) == ["matrix-room: PLANA_MATRIX_HOMESERVER"]
+    # A required option (params: required=True) that the manifest leaves unset is refused by
+    # the parse itself, naming the variable; an option without a default that is not required
+    # is caught by missing_values (unless it is OPTIONAL).
+    with pytest.raises(click.MissingParameter) as missing:
+        parse_cli(argv(box), without)
+    assert missing.value.param is not None
+    assert missing.value.param.envvar == "PLANA_MATRIX_HOMESERVER"
+    hook = next(b for b in ALL if subcommand(b) == "account-webhook")
+    env = {k: v for k, v in container_env(hook).items() if k != "PLANA_REDIS_URL"}
+    assert missing_values(parse_cli(argv(hook), env)) == ["account-webhook: PLANA_REDIS_URL"]
 
 
 # Time a container may still need after its PLANA_TIMEOUT: stopping a child (jobs.core.proc's

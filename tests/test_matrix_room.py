@@ -264,11 +264,19 @@ def recorder() -> Iterator[Any]:
 @pytest.mark.parametrize(
     ("extra", "env", "field"),
     [
-        (["--invite", "@ana:plana.test,bob"], {}, "matrixInvite"),
-        (["--invite", "@Ana:plana.test"], {}, "matrixInvite"),
-        ([], {"PLANA_MATRIX_SERVER_NAME": "bad name"}, "matrixServerName"),
-        ([], {"PLANA_MATRIX_HOMESERVER": "matrix.example"}, "matrixHomeserver"),
-        (["--owner-name", ""], {}, "ownerName"),
+        (["--invite", "@ana:plana.test,bob"], {},
+         "--invite / PLANA_MATRIX_INVITE: not a Matrix user id"),
+        (["--invite", "@Ana:plana.test"], {},
+         "--invite / PLANA_MATRIX_INVITE: not a Matrix user id"),
+        ([], {"PLANA_MATRIX_SERVER_NAME": "bad name"},
+         "--server-name / PLANA_MATRIX_SERVER_NAME: must be a Matrix server name"),
+        ([], {"PLANA_MATRIX_HOMESERVER": "matrix.example"},
+         "--homeserver / PLANA_MATRIX_HOMESERVER: must be an http:// or https:// URL"),
+        (["--owner-name", ""], {}, "--owner-name / PLANA_OWNER_NAME: is required"),
+        # A secret file not given at all is bad input (64); given but absent is 78 (below).
+        ([], {"PLANA_MATRIX_TOKEN_FILE": ""},
+         "--token-file / PLANA_MATRIX_TOKEN_FILE: is required"),
+        (["--token-file", " "], {}, "--token-file / PLANA_MATRIX_TOKEN_FILE: is required"),
     ],
 )
 def test_bad_input_is_64_before_any_request(
@@ -300,3 +308,65 @@ def test_sigterm_while_waiting_on_the_homeserver_is_75(
     assert proc.returncode == 75, out + err
     assert "terminated by signal" in err
     assert bot.access_token not in out + err
+
+
+def state_ids(synapse: Synapse, room_id: str) -> set[tuple[str, str, str]]:
+    """The room's current state, by event id: any change made in it is a new event."""
+    return {(e["type"], e.get("state_key", ""), e["event_id"]) for e in synapse.state(room_id)}
+
+
+def test_dry_run_plans_and_changes_nothing_on_the_homeserver(
+    run_job: Runner, tenant: Tenant, token_file: str, synapse: Synapse, bot: User
+) -> None:
+    # Nothing exists yet: the plan is the creation; the alias stays free, no room is made.
+    run = room(run_job, tenant, token_file, PLANA_DRY_RUN="1")
+    assert run.rc == 0, run.output
+    assert run.result["outcome"] == "planned"
+    assert run.result["dry_run"] is True
+    assert [s["step"] for s in run.result["steps"]] == ["create", "power_levels"]
+    assert synapse.resolve(tenant.alias) is None
+    assert synapse.rooms_named(tenant.owner) == []
+    assert_no_token(run, bot.access_token)
+
+    # A room changed by hand: the plan puts back what differs, and changes nothing itself.
+    first = room(run_job, tenant, token_file)
+    assert first.rc == 0, first.output
+    room_id = first.result["room_id"]
+    quoted = room_id.replace("!", "%21")
+    synapse.api(bot, "PUT", f"/_matrix/client/v3/rooms/{quoted}/state/m.room.name",
+                json={"name": "Somebody else's room"})  # fmt: skip
+    kicked = tenant.staff[1]
+    synapse.api(bot, "POST", f"/_matrix/client/v3/rooms/{quoted}/kick",
+                json={"user_id": kicked, "reason": "test"})  # fmt: skip
+    before = state_ids(synapse, room_id)
+    plan = run_job([*tenant.args(), "--dry-run"], timeout=90, **tenant.env(token_file))
+    assert plan.rc == 0, plan.output
+    assert plan.result["outcome"] == "planned"
+    assert [(s["step"], s.get("target")) for s in plan.result["steps"]] == [
+        ("name", None), ("invite", kicked)]  # fmt: skip
+    assert plan.result["room_id"] == room_id
+    assert state_ids(synapse, room_id) == before
+    assert synapse.memberships(room_id)[kicked] == "leave"
+
+    # Converged: the plan is empty.
+    assert room(run_job, tenant, token_file).result["outcome"] == "updated"
+    before = state_ids(synapse, room_id)
+    done = room(run_job, tenant, token_file, PLANA_DRY_RUN="1")
+    assert done.rc == 0, done.output
+    assert done.result["steps"] == []
+    assert state_ids(synapse, room_id) == before
+    assert len(synapse.rooms_named(tenant.owner)) == 1
+
+
+def test_dry_run_of_an_alias_held_by_a_foreign_room_is_65(
+    run_job: Runner, tenant: Tenant, token_file: str, synapse: Synapse, uid: str
+) -> None:
+    other = synapse.register(f"squatter-{uid}")
+    localpart = tenant.alias[1:].split(":")[0]
+    body = {"room_alias_name": localpart, "preset": "private_chat"}
+    theirs = synapse.api(other, "POST", "/_matrix/client/v3/createRoom", json=body)["room_id"]
+    before = state_ids(synapse, theirs)
+    run = room(run_job, tenant, token_file, PLANA_DRY_RUN="1")
+    assert run.rc == 65, run.output
+    assert "not ours" in run.stderr
+    assert state_ids(synapse, theirs) == before

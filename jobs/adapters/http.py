@@ -23,7 +23,11 @@ USER_AGENT = "plana-jobs"
 
 
 def url(value: str | None, field: str) -> str:
-    """An absolute http(s) URL with a host; anything else is bad input (exit 64)."""
+    """An absolute http(s) URL with a host; anything else is bad input (exit 64).
+
+    The jobs use it as a click type (`params.Rule`), which puts the option's flag and variable
+    in place of `field`.
+    """
     if not value:
         raise UsageError(field, "is required")
     parts = urlsplit(value)
@@ -34,14 +38,6 @@ def url(value: str | None, field: str) -> str:
     if any(ch.isspace() for ch in value):
         raise UsageError(field, "must not contain whitespace")
     return value
-
-
-def request_timeout(value: float | None, field: str = "requestTimeout") -> float:
-    if value is None:
-        return DEFAULT_REQUEST_TIMEOUT_S
-    if not 0 < value <= 300:
-        raise UsageError(field, f"must be between 0 and 300 seconds, got {value}")
-    return float(value)
 
 
 def client(timeout: float = DEFAULT_REQUEST_TIMEOUT_S, target: str = "https:") -> httpx.Client:

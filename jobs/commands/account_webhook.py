@@ -7,6 +7,10 @@ With `PLANA_REDIS_URL` set, each delivery the portal acknowledged is recorded in
 (`{ledger prefix}:delivered:{webhook-id}`), and a re-run that finds its id there reports
 `unchanged` without sending. The record is written only after a 2xx, so a crash between the
 delivery and the record means one more (deduplicated) delivery, never a lost one.
+
+observe: the ledger's record of this webhook id (read-only; nothing without a ledger). plan:
+nothing when the ledger says delivered, else `deliver` (the signed POST) and, with a ledger,
+`ledger` (record the delivery). The signing secret is read before either, in a dry run too.
 """
 
 from __future__ import annotations
@@ -19,16 +23,17 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from jobs.adapters import http
-from jobs.core import options as params
-from jobs.core import redact, retry, runner, secrets
+from jobs.core import params, plan, redact, retry, runner, secrets
 from jobs.core.errors import ConfigError, ConflictError, UsageError
 from jobs.core.naming import ClientSpec
+from jobs.core.params import DEFAULT_REQUEST_TIMEOUT_S
 from jobs.core.result import Done
 
 if TYPE_CHECKING:  # the adapter imports httpx; here it only names a type
@@ -52,13 +57,13 @@ def signing_key(secret: str) -> bytes:
     # The base64 body alone is as secret as the whole: a peer or a library may echo it unprefixed.
     redact.register(secret.removeprefix(SECRET_PREFIX))
     if not secret.startswith(SECRET_PREFIX):
-        raise ConfigError("PLANA_ACCOUNT_WEBHOOK_SECRET_FILE: secret must start with whsec_")
+        raise ConfigError(f"{SECRET}: secret must start with whsec_")
     try:
         key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
     except (binascii.Error, ValueError):
-        raise ConfigError("PLANA_ACCOUNT_WEBHOOK_SECRET_FILE: secret is not base64") from None
+        raise ConfigError(f"{SECRET}: secret is not base64") from None
     if len(key) < 16:
-        raise ConfigError("PLANA_ACCOUNT_WEBHOOK_SECRET_FILE: secret key is shorter than 16 bytes")
+        raise ConfigError(f"{SECRET}: secret key is shorter than 16 bytes")
     return key
 
 
@@ -87,74 +92,131 @@ def payload(event: str, spec: ClientSpec, generation: int | None) -> dict[str, A
     }
 
 
-def _event(value: str | None) -> str:
-    if value not in EVENTS:
-        raise UsageError("event", f"must be one of {', '.join(EVENTS)}, got {value!r}")
+def _url(value: str) -> str:
+    return http.url(value, "url")
+
+
+def _given(value: str) -> str:
+    # An explicitly empty path is as good as none: bad input (64), not a missing file (78).
+    if not value.strip():
+        raise UsageError("file", "is required")
     return value
 
 
-@click.command("account-webhook")
-@params.client_spec
-@params.generation
-@params.option(
-    "--event",
-    env="PLANA_WEBHOOK_EVENT",
-    default="tenant.provisioned",
-    show_default=True,
-    help=f"Event type: {', '.join(EVENTS)}.",
-)
-@params.option(
-    "--url",
-    env="PLANA_ACCOUNT_WEBHOOK_URL",
-    default=None,
-    help="The account portal's webhook endpoint.",
-)
-@params.option(
-    "--secret-file",
-    env="PLANA_ACCOUNT_WEBHOOK_SECRET_FILE",
-    default=None,
-    help="File holding the signing secret (whsec_…).",
-)
-@params.request_timeout
-@params.option(
-    "--redis-url",
-    env="PLANA_REDIS_URL",
-    default=None,
-    help="Redis holding the delivery ledger; without it every run delivers (the portal dedupes).",
-)
-@params.option(
-    "--ledger-prefix",
-    env="PLANA_WEBHOOK_LEDGER_PREFIX",
-    default=DEFAULT_LEDGER_PREFIX,
-    show_default=True,
-    help="Key prefix of the delivery ledger.",
-)
-@params.common
-def account_webhook(**kw: Any) -> None:
-    """POST the tenant event to the account portal, signed per Standard Webhooks."""
-    runner.run("account-webhook", lambda job: _run(job, kw), timeout=kw["timeout"])
+def _prefix(value: str) -> str:
+    if not value or any(ch.isspace() for ch in value) or not value.isprintable():
+        raise UsageError("ledger prefix", f"must be a Redis key prefix, got {value!r}")
+    return value
 
 
-def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
-    # Every input is checked before the secret is read or a request is sent.
-    spec = params.client(kw)
-    event = _event(kw["event"])
-    generation = params.generation_value(kw["generation"])
-    target = http.url(kw["url"], "accountWebhookUrl")
-    timeout = http.request_timeout(kw["request_timeout"])
-    ledger = Ledger.open(kw["redis_url"], kw["ledger_prefix"], job.deadline)
-    job.bind(tenant=spec.tenant.subdomain)
-    key = signing_key(secrets.read_file(kw["secret_file"], "PLANA_ACCOUNT_WEBHOOK_SECRET_FILE"))
+@params.spec
+class Params(params.ClientSpec):
+    generation: int | None = params.generation()
+    event: str = params.option(
+        "--event",
+        "PLANA_WEBHOOK_EVENT",
+        f"Event type: {', '.join(EVENTS)}.",
+        type=click.Choice(EVENTS),
+        default="tenant.provisioned",
+        show_default=True,
+    )
+    url: str = params.option(
+        "--url",
+        "PLANA_ACCOUNT_WEBHOOK_URL",
+        "The account portal's webhook endpoint.",
+        type=params.Rule("url", _url),
+        required=True,
+    )
+    secret_file: str = params.option(
+        "--secret-file",
+        "PLANA_ACCOUNT_WEBHOOK_SECRET_FILE",
+        "Secret file: the signing secret (whsec_…).",
+        type=params.Rule("file", _given),
+        required=True,
+    )
+    request_timeout: float | None = params.request_timeout()
+    redis_url: str | None = params.option(
+        "--redis-url",
+        "PLANA_REDIS_URL",
+        "Redis holding the delivery ledger; without it every run delivers (the portal dedupes).",
+    )
+    ledger_prefix: str = params.option(
+        "--ledger-prefix",
+        "PLANA_WEBHOOK_LEDGER_PREFIX",
+        "Key prefix of the delivery ledger.",
+        type=params.Rule("prefix", _prefix),
+        default=DEFAULT_LEDGER_PREFIX,
+        show_default=True,
+    )
 
-    msg_id = webhook_id(event, spec.tenant.subdomain, generation)
-    details: dict[str, Any] = {"type": event, "webhook_id": msg_id, "url": target}
-    if ledger is not None:
-        job.step("ledger")
-        delivered_at = ledger.delivered(msg_id)
-        if delivered_at is not None:
-            job.log.info("already delivered", delivered_at=delivered_at, **details)
-            return Done("unchanged", {**details, "delivered_at": delivered_at})
-    body = json.dumps(payload(event, spec, generation), separators=(",", ":")).encode()
+    @property
+    def webhook_id(self) -> str:
+        return webhook_id(self.event, self.subdomain, self.generation)
+
+    @property
+    def http_timeout(self) -> float:
+        return DEFAULT_REQUEST_TIMEOUT_S if self.request_timeout is None else self.request_timeout
+
+    @property
+    def ids(self) -> dict[str, Any]:
+        """What names this delivery in logs, results and errors."""
+        return {"type": self.event, "webhook_id": self.webhook_id, "url": self.url}
+
+
+SECRET = params.label(Params, "secret_file")
+URL = params.label(Params, "url")
+
+
+# --------------------------------------------------------------------------- observe → plan
+
+
+@dataclass(frozen=True)
+class State:
+    ledger: bool  # a ledger is configured (--redis-url)
+    delivered_at: str | None  # when the portal acknowledged this webhook id, per the ledger
+
+
+def observe(job: runner.Job, p: Params) -> State:
+    ledger = Ledger.open(p.redis_url, p.ledger_prefix, job.deadline)
+    if ledger is None:
+        return State(ledger=False, delivered_at=None)
+    try:
+        return State(ledger=True, delivered_at=ledger.delivered(p.webhook_id))
+    finally:
+        ledger.close()
+
+
+def decide(state: State, p: Params) -> plan.Plan:
+    details = p.ids
+    if state.delivered_at is not None:
+        return plan.of(delivered_at=state.delivered_at, **details)
+    return plan.of(
+        plan.Step("deliver", f"POST {p.event} {p.webhook_id} to {p.url}, signed"),
+        plan.Step("ledger", f"record {p.webhook_id} as delivered in the ledger")
+        if state.ledger
+        else None,
+        **details,
+    )
+
+
+def key(p: Params) -> bytes:
+    """The signing key; read (and checked) before anything is sent, in a dry run too."""
+    return signing_key(secrets.read_file(p.secret_file, SECRET))
+
+
+def preview(job: runner.Job, p: Params) -> plan.Plan:
+    job.bind(tenant=p.subdomain)
+    key(p)  # a dry run reports a missing or malformed secret as the run would (78)
+    return decide(observe(job, p), p)
+
+
+# --------------------------------------------------------------------------- apply
+
+
+def deliver(job: runner.Job, p: Params, signing: bytes) -> dict[str, Any]:
+    """The `deliver` step: POST the signed event; the portal's answer, for the result."""
+    msg_id = p.webhook_id
+    body = json.dumps(payload(p.event, p.client, p.generation), separators=(",", ":")).encode()
 
     def signed(request: httpx.Request) -> dict[str, str]:
         # A fresh timestamp (and so a fresh signature) on every attempt: receivers refuse
@@ -164,26 +226,23 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
         return {
             "webhook-id": msg_id,
             "webhook-timestamp": str(ts),
-            "webhook-signature": sign(key, msg_id, ts, request.content),
+            "webhook-signature": sign(signing, msg_id, ts, request.content),
         }
 
     signature = http.PerAttempt(signed)
-    job.step("deliver")
-    with http.client(timeout, target) as client:
+    with http.client(p.http_timeout, p.url) as client:
         response = http.send(
-            client, "POST", target, what="account webhook", deadline=job.deadline,
-            timeout=timeout, auth=signature, content=body,
+            client, "POST", p.url, what="account webhook", deadline=job.deadline,
+            timeout=p.http_timeout, auth=signature, content=body,
             headers={"content-type": "application/json"},
         )  # fmt: skip
-    details.update(status=response.status_code, attempts=signature.attempts)
+    details = {"status": response.status_code, "attempts": signature.attempts}
     if response.is_success:
-        job.log.info("webhook delivered", **details)
-        if ledger is not None:
-            ledger.record(msg_id)
-        return Done("created", details)
+        return details
+    details = {**p.ids, **details}
     if response.is_redirect:
         raise ConfigError(
-            f"accountWebhookUrl: the portal answered HTTP {response.status_code} (a redirect); "
+            f"{URL}: the portal answered HTTP {response.status_code} (a redirect); "
             "configure the final URL",
             **details,
         )
@@ -196,6 +255,44 @@ def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
     )
 
 
+def record(job: runner.Job, p: Params) -> None:
+    """The `ledger` step: only after a 2xx, so a crash before it means one more (deduplicated)
+    delivery, never a lost one."""
+    ledger = Ledger.open(p.redis_url, p.ledger_prefix, job.deadline)
+    assert ledger is not None  # planned only with a ledger configured
+    try:
+        ledger.record(p.webhook_id)
+    finally:
+        ledger.close()
+
+
+def run(job: runner.Job, p: Params) -> Done:
+    job.bind(tenant=p.subdomain)
+    signing = key(p)
+    steps = decide(observe(job, p), p)
+    details = p.ids
+    if "deliver" not in steps:
+        delivered_at = (steps.details or {}).get("delivered_at")
+        job.log.info("already delivered", delivered_at=delivered_at, **details)
+        return Done("unchanged", {**details, "delivered_at": delivered_at})
+
+    def delivered(_: plan.Step) -> None:
+        details.update(deliver(job, p, signing))
+        job.log.info("webhook delivered", **details)
+
+    plan.apply(job, steps, {"deliver": delivered, "ledger": lambda _: record(job, p)})
+    return Done("created", details)
+
+
+account_webhook = params.command(
+    "account-webhook",
+    Params,
+    run,
+    preview,
+    "POST the tenant event to the account portal, signed per Standard Webhooks.",
+)
+
+
 class Ledger:
     """Which webhook ids the portal has acknowledged, in Redis (optional)."""
 
@@ -205,14 +302,15 @@ class Ledger:
         self.deadline = deadline
 
     @classmethod
-    def open(cls, url: str | None, prefix: str | None, deadline: retry.Deadline) -> Ledger | None:
+    def open(cls, url: str | None, prefix: str, deadline: retry.Deadline) -> Ledger | None:
         if not url:
             return None
-        if not prefix or any(ch.isspace() for ch in prefix) or not prefix.isprintable():
-            raise UsageError("ledgerPrefix", f"must be a Redis key prefix, got {prefix!r}")
         from jobs.adapters import redis_client  # only jobs with a ledger pay for the driver
 
         return cls(redis_client.from_url(url), prefix, deadline)
+
+    def close(self) -> None:
+        self.client.close()
 
     def _key(self, msg_id: str) -> str:
         return f"{self.prefix}:delivered:{msg_id}"

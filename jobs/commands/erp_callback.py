@@ -5,22 +5,29 @@ The ERP is Odoo with the `plana_saas` module, reached over Odoo's external API: 
 by subdomain; it is created when absent, only its differing fields are written when present,
 and nothing is sent when it already agrees. Two runs racing to create it converge: the loser's
 create is refused by the model's unique subdomain, and it re-reads and continues as an update.
+
+observe: the records found by subdomain (`search_read`, read-only). plan: `create` when there is
+none, `write` of the differing fields when there is one, nothing when it agrees, blocked (65)
+when there are several.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol
 
 import click
 import httpx
 
 from jobs.adapters import http
-from jobs.core import options as params
-from jobs.core import redact, retry, runner, secrets
+from jobs.core import params, plan, redact, retry, runner, secrets
 from jobs.core.errors import ConfigError, ConflictError, UsageError
+from jobs.core.params import DEFAULT_REQUEST_TIMEOUT_S
 from jobs.core.result import Done
 
 DEFAULT_MODEL = "plana.saas.subscription"
@@ -31,6 +38,8 @@ KEY_FILE = "PLANA_ERP_API_KEY_FILE"
 _MODEL = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+", re.ASCII)
 _FIELD = re.compile(r"[a-z_][a-z0-9_]*", re.ASCII)
 _STATE = re.compile(r"[a-z][a-z0-9_]{0,31}", re.ASCII)
+_DB = re.compile(r"[A-Za-z0-9_.-]{1,63}", re.ASCII)
+_LOGIN = re.compile(r"\S{1,254}")
 
 # Odoo exception names (JSON-RPC `error.data.name`, JSON-2 body `name`) and what they mean here.
 AUTH_ERRORS = {
@@ -63,7 +72,7 @@ class ErpRefused(ConflictError):
 def classify(name: str, message: str, what: str) -> Exception:
     text = f"{what}: {name}: {message}"
     if name in AUTH_ERRORS:
-        return ConfigError(f"{KEY_FILE}: the ERP refused access ({text})")
+        return ConfigError(f"{KEY}: the ERP refused access ({text})")
     if name in DATA_ERRORS:
         return ErpRefused(f"the ERP refused the record ({text})")
     if name in CONFIG_ERRORS:
@@ -95,7 +104,7 @@ class JsonRpc:
 
         def parse(response: httpx.Response) -> Any:
             if response.status_code == 404:
-                raise ConfigError("erpUrl: no /jsonrpc endpoint there (HTTP 404)")
+                raise ConfigError(f"{URL}: no /jsonrpc endpoint there (HTTP 404)")
             if response.status_code != 200:
                 raise ConflictError(
                     f"{what}: HTTP {response.status_code}: {http.snippet(response)}"
@@ -122,7 +131,7 @@ class JsonRpc:
                 "common", "authenticate", [self.db, self.login, self.key, {}], "authenticate"
             )
             if not isinstance(uid, int) or isinstance(uid, bool) or uid <= 0:
-                raise ConfigError(f"{KEY_FILE}: the ERP refused the login {self.login!r} and key")
+                raise ConfigError(f"{KEY}: the ERP refused the login {self.login!r} and key")
             self.uid = uid
         return self.uid
 
@@ -169,13 +178,13 @@ class Json2:
                 if http.retryable(response):
                     raise http.later(response, f"ERP {what}")
                 if response.status_code == 404:
-                    raise ConfigError("erpUrl: no JSON-2 endpoint there (HTTP 404)")
+                    raise ConfigError(f"{URL}: no JSON-2 endpoint there (HTTP 404)")
                 raise ConflictError(
                     f"{what}: HTTP {response.status_code}: {http.snippet(response)}"
                 )
             name, message = str(error.get("name", "")), str(error.get("message", ""))
             if response.status_code in (401, 403):
-                raise ConfigError(f"{KEY_FILE}: the ERP refused access ({what}: {name}: {message})")
+                raise ConfigError(f"{KEY}: the ERP refused access ({what}: {name}: {message})")
             # Odoo answers 500 for any unexpected exception: retry it unless its name says the
             # request itself is wrong (an unknown field is not going to appear by waiting).
             if http.retryable(response) and name not in CONFIG_ERRORS | DATA_ERRORS:
@@ -242,7 +251,7 @@ class Caller:
         )
 
 
-def field_map(value: str | None, field: str = "erpFields") -> dict[str, str]:
+def field_map(value: str | None, field: str = "fields") -> Mapping[str, str]:
     """`name=erp_field,…` overrides of the ERP's field names (default: the same names)."""
     mapping = {f: f for f in FIELDS}
     for item in [v for v in re.split(r"[\s,]+", value or "") if v]:
@@ -255,134 +264,228 @@ def field_map(value: str | None, field: str = "erpFields") -> dict[str, str]:
         mapping[ours] = theirs
     if len(set(mapping.values())) != len(mapping):
         raise UsageError(field, "two names map to the same ERP field")
-    return mapping
+    return MappingProxyType(mapping)
 
 
-def _choice(value: str | None, allowed: tuple[str, ...], field: str) -> str:
-    if value not in allowed:
-        raise UsageError(field, f"must be one of {', '.join(allowed)}, got {value!r}")
+def _pattern(pattern: re.Pattern[str], what: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if not value or not pattern.fullmatch(value):
+            raise UsageError("value", f"must be {what}, got {value!r}")
+        return value
+
+    return check
+
+
+def _url(value: str) -> str:
+    return http.url(value, "url").rstrip("/")
+
+
+def _given(value: str) -> str:
+    # An explicitly empty path is as good as none: bad input (64), not a missing file (78).
+    if not value.strip():
+        raise UsageError("file", "is required")
     return value
 
 
-def _pattern(value: str | None, pattern: re.Pattern[str], field: str, what: str) -> str:
-    if not value or not pattern.fullmatch(value):
-        raise UsageError(field, f"must be {what}, got {value!r}")
-    return value
+@params.spec
+class Params(params.ClientSpec):
+    owner_email: str | None = params.owner_email(required=False)
+    owner_name: str | None = params.owner_name(required=False)
+    erp_url: str = params.option(
+        "--erp-url",
+        "PLANA_ERP_URL",
+        "Base URL of the ERP (Odoo).",
+        type=params.Rule("url", _url),
+        required=True,
+    )
+    erp_db: str | None = params.option(
+        "--erp-db",
+        "PLANA_ERP_DB",
+        "ERP database (required for jsonrpc; sent as X-Odoo-Database for json2).",
+        type=params.Rule("name", _pattern(_DB, "a database name")),
+    )
+    erp_login: str | None = params.option(
+        "--erp-login",
+        "PLANA_ERP_LOGIN",
+        "ERP user login (required for jsonrpc).",
+        type=params.Rule("login", _pattern(_LOGIN, "a login")),
+    )
+    erp_api_key_file: str = params.option(
+        "--erp-api-key-file",
+        KEY_FILE,
+        "Secret file: the ERP user's API key.",
+        type=params.Rule("file", _given),
+        required=True,
+    )
+    erp_api: str = params.option(
+        "--erp-api",
+        "PLANA_ERP_API",
+        "jsonrpc (Odoo 17/18) or json2 (Odoo 19).",
+        type=click.Choice(APIS),
+        default="jsonrpc",
+        show_default=True,
+    )
+    erp_model: str = params.option(
+        "--erp-model",
+        "PLANA_ERP_MODEL",
+        "The subscription model.",
+        type=params.Rule("model", _pattern(_MODEL, "an Odoo model name (a.b)")),
+        default=DEFAULT_MODEL,
+        show_default=True,
+    )
+    erp_fields: Mapping[str, str] = params.option(
+        "--erp-fields",
+        "PLANA_ERP_FIELDS",
+        f"ERP field names where they differ: name=erp_field,… ({', '.join(FIELDS)}).",
+        type=params.Rule("names", field_map),
+        default="",
+    )
+    state: str = params.option(
+        "--state",
+        "PLANA_ERP_STATE",
+        "Value of the record's state field.",
+        type=params.Rule("value", _pattern(_STATE, "a lowercase selection value")),
+        default="active",
+        show_default=True,
+    )
+    request_timeout: float | None = params.request_timeout()
+
+    def __post_init__(self) -> None:
+        # JSON-RPC authenticates with database, login and key; JSON-2 with the key alone.
+        if self.erp_api == "jsonrpc":
+            for name in ("erp_db", "erp_login"):
+                if getattr(self, name) is None:
+                    raise UsageError(name, "is required with --erp-api jsonrpc")
+
+    @property
+    def http_timeout(self) -> float:
+        return DEFAULT_REQUEST_TIMEOUT_S if self.request_timeout is None else self.request_timeout
+
+    @property
+    def wanted(self) -> dict[str, Any]:
+        """The record as it should be, by ERP field name."""
+        spec = self.client
+        by_name: dict[str, Any] = {
+            "subdomain": spec.tenant.subdomain,
+            "project_id": spec.project_id,
+            "tier": spec.tier,
+            "odoo_version": str(spec.odoo_version),
+            "hostname": spec.tenant.hostname,
+            "state": self.state,
+        }
+        return {self.erp_fields[k]: v for k, v in by_name.items()}
+
+    @property
+    def key_field(self) -> str:
+        return self.erp_fields["subdomain"]
+
+    @property
+    def domain(self) -> list[Any]:
+        return [[self.key_field, "=", self.subdomain]]
 
 
-@click.command("erp-callback")
-@params.client_spec
-@params.option("--erp-url", env="PLANA_ERP_URL", default=None, help="Base URL of the ERP (Odoo).")
-@params.option(
-    "--erp-db",
-    env="PLANA_ERP_DB",
-    default=None,
-    help="ERP database (required for jsonrpc; sent as X-Odoo-Database for json2).",
-)
-@params.option("--erp-login", env="PLANA_ERP_LOGIN", default=None, help="ERP user login (jsonrpc).")
-@params.option(
-    "--erp-api-key-file", env=KEY_FILE, default=None, help="File holding the ERP user's API key."
-)
-@params.option(
-    "--erp-api",
-    env="PLANA_ERP_API",
-    default="jsonrpc",
-    show_default=True,
-    help="jsonrpc (Odoo 17/18) or json2 (Odoo 19).",
-)
-@params.option(
-    "--erp-model",
-    env="PLANA_ERP_MODEL",
-    default=DEFAULT_MODEL,
-    show_default=True,
-    help="The subscription model.",
-)
-@params.option(
-    "--erp-fields",
-    env="PLANA_ERP_FIELDS",
-    default="",
-    help=f"ERP field names where they differ: name=erp_field,… ({', '.join(FIELDS)}).",
-)
-@params.option(
-    "--state",
-    env="PLANA_ERP_STATE",
-    default="active",
-    show_default=True,
-    help="Value of the record's state field.",
-)
-@params.request_timeout
-@params.common
-def erp_callback(**kw: Any) -> None:
-    """Upsert the tenant's subscription record in the PLANA ERP (Odoo external API)."""
-    runner.run("erp-callback", lambda job: _run(job, kw), timeout=kw["timeout"])
+URL = params.label(Params, "erp_url")
+KEY = params.label(Params, "erp_api_key_file")
 
 
-def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
-    # Everything is validated before the key is read or a request is sent.
-    spec = params.client(kw, owner=False)
-    base = http.url(kw["erp_url"], "erpUrl").rstrip("/")
-    api_name = _choice(kw["erp_api"], APIS, "erpApi")
-    model = _pattern(kw["erp_model"], _MODEL, "erpModel", "an Odoo model name (a.b)")
-    names = field_map(kw["erp_fields"])
-    state = _pattern(kw["state"], _STATE, "state", "a lowercase selection value")
-    timeout = http.request_timeout(kw["request_timeout"])
-    db, login = kw["erp_db"], kw["erp_login"]
-    if api_name == "jsonrpc":
-        db = _pattern(db, re.compile(r"[A-Za-z0-9_.-]{1,63}"), "erpDb", "a database name")
-        login = _pattern(login, re.compile(r"\S{1,254}"), "erpLogin", "a login")
-    elif db:
-        db = _pattern(db, re.compile(r"[A-Za-z0-9_.-]{1,63}"), "erpDb", "a database name")
-    job.bind(tenant=spec.tenant.subdomain)
-    key = secrets.read_file(kw["erp_api_key_file"], KEY_FILE)
-    redact.register_basic(login, key)  # a peer may echo the pair as HTTP Basic credentials
+# --------------------------------------------------------------------------- observe → plan
 
-    wanted_by_name: dict[str, Any] = {
-        "subdomain": spec.tenant.subdomain,
-        "project_id": spec.project_id,
-        "tier": spec.tier,
-        "odoo_version": str(spec.odoo_version),
-        "hostname": spec.tenant.hostname,
-        "state": state,
-    }
-    wanted = {names[k]: v for k, v in wanted_by_name.items()}
-    key_field = names["subdomain"]
-    domain = [[key_field, "=", spec.tenant.subdomain]]
-    details: dict[str, Any] = {"model": model, "api": api_name}
 
-    with http.client(timeout, base) as client:
-        caller = Caller(client, base, job, timeout)
-        api: Api = (
-            JsonRpc(caller, db, login, key) if api_name == "jsonrpc" else Json2(caller, db, key)
+@dataclass(frozen=True)
+class State:
+    records: tuple[Mapping[str, Any], ...]  # the records found by subdomain (at most 2 asked)
+
+
+def observe(api: Api, p: Params) -> State:
+    return State(tuple(api.search_read(p.erp_model, p.domain, list(p.wanted))))
+
+
+def decide(state: State, p: Params) -> plan.Plan:
+    details: dict[str, Any] = {"model": p.erp_model, "api": p.erp_api}
+    if not state.records:
+        return plan.of(
+            plan.Step("create", f"create the {p.erp_model} record of {p.subdomain}"), **details
         )
-        job.step("search")
-        found = api.search_read(model, domain, list(wanted))
-        if not found:
+    if len(state.records) > 1:
+        return plan.blocked(
+            f"{p.erp_model}: several records for {p.key_field}={p.subdomain}",
+            record_ids=[r.get("id") for r in state.records],
+            **details,
+        )
+    record = state.records[0]
+    diff = differing(record, p)
+    details["record_id"] = int(record["id"])
+    if not diff:
+        return plan.of(**details)
+    step = plan.Step("write", f"write {', '.join(sorted(diff))} of record {record['id']}")
+    return plan.of(step, changed=sorted(diff), **details)
+
+
+def differing(record: Mapping[str, Any], p: Params) -> dict[str, Any]:
+    """The wanted values the record does not have yet."""
+    return {f: v for f, v in p.wanted.items() if record.get(f) != v}
+
+
+# --------------------------------------------------------------------------- run
+
+
+@contextmanager
+def connect(job: runner.Job, p: Params) -> Iterator[Api]:
+    # Everything was validated by click; the key is read only now, before the first request.
+    key = secrets.read_file(p.erp_api_key_file, KEY)
+    login = p.erp_login or ""
+    redact.register_basic(login, key)  # a peer may echo the pair as HTTP Basic credentials
+    with http.client(p.http_timeout, p.erp_url) as client:
+        caller = Caller(client, p.erp_url, job, p.http_timeout)
+        if p.erp_api == "jsonrpc":
+            yield JsonRpc(caller, p.erp_db or "", login, key)
+        else:
+            yield Json2(caller, p.erp_db, key)
+
+
+def preview(job: runner.Job, p: Params) -> plan.Plan:
+    job.bind(tenant=p.subdomain)
+    with connect(job, p) as api:
+        return decide(observe(api, p), p)
+
+
+def run(job: runner.Job, p: Params) -> Done:
+    job.bind(tenant=p.subdomain)
+    with connect(job, p) as api:
+        state = observe(api, p)
+        steps = decide(state, p)
+        steps.require_unblocked(**(steps.details or {}))
+        if "create" in steps:
             job.step("create")
             try:
-                rid = api.create(model, wanted)
+                rid = api.create(p.erp_model, p.wanted)
             except ErpRefused:
-                # A concurrent run may have created it between our search and create.
-                found = api.search_read(model, domain, list(wanted))
-                if not found:
+                # A concurrent run may have created it between our search and create: read it
+                # again and go on with what it made (an update, or nothing).
+                state = observe(api, p)
+                steps = decide(state, p)
+                if "create" in steps:
                     raise
+                steps.require_unblocked(**(steps.details or {}))
             else:
-                details.update(record_id=rid, fields=sorted(wanted))
+                details = {**(steps.details or {}), "record_id": rid, "fields": sorted(p.wanted)}
                 job.log.info("subscription created", **details)
                 return Done("created", details)
-        if len(found) > 1:
-            ids = [r.get("id") for r in found]
-            raise ConflictError(
-                f"{model}: several records for {key_field}={spec.tenant.subdomain}", record_ids=ids
-            )
-        record = found[0]
-        rid = int(record["id"])
-        diff = {f: v for f, v in wanted.items() if record.get(f) != v}
-        details["record_id"] = rid
-        if not diff:
+        details = dict(steps.details or {})
+        if "write" not in steps:
             job.log.info("subscription unchanged", **details)
             return Done("unchanged", details)
+        record = state.records[0]
         job.step("write")
-        api.write(model, rid, diff)
-        details["changed"] = sorted(diff)
+        api.write(p.erp_model, int(record["id"]), differing(record, p))
         job.log.info("subscription updated", **details)
         return Done("updated", details)
+
+
+erp_callback = params.command(
+    "erp-callback",
+    Params,
+    run,
+    preview,
+    "Upsert the tenant's subscription record in the PLANA ERP (Odoo external API).",
+)
