@@ -22,6 +22,13 @@ belong together.
   The previous template is kept as `…__old` until the swap is done, then dropped.
 - A run killed anywhere converges on the next run: a verified build is swapped in without
   rebuilding, a half-swapped filestore is completed, leftovers are dropped.
+
+observe → plan → apply: `observe_code` reads the fingerprint's inputs, `observe` the catalog
+rows and filestore marks of the template, its `__build` and its `__old`; `decide` (pure) gives
+the steps still to take (prepare, odoo, verify, freeze, swap, swap-filestore, cleanup) or a
+blocked plan (65: another major, a template, build or old copy not ours). `--dry-run` runs
+`preview`: the same reads without any lock and without starting Odoo (not even `--version`:
+the version line then comes from release.py, or is assumed from the template's marker).
 """
 
 from __future__ import annotations
