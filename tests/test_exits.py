@@ -127,7 +127,8 @@ FLOAT_CASES: list[tuple[str, list[str], str, str, str]] = [
     ("emit-event", ["--stream", "{uid}:events"], "--timeout", "-1", "PLANA_TIMEOUT"),
     ("emit-event", ["--stream", "{uid}:events"], "--timeout", "inf", "PLANA_TIMEOUT"),
     ("emit-event", ["--stream", "{uid}:events"], "--timeout", "1e400", "PLANA_TIMEOUT"),
-    ("template-build", [], "--timeout", "-1", "PLANA_TIMEOUT"),
+    # Given as a variable, --timeout is checked after the (required) options before it.
+    ("template-build", ["--template-code", "basic"], "--timeout", "-1", "PLANA_TIMEOUT"),
     ("tenant-db", [], "--timeout", "nan", "PLANA_TIMEOUT"),
     ("deprovision", [], "--timeout", "-inf", "PLANA_TIMEOUT"),
     ("backup", [], "--lock-wait", "inf", "PLANA_BACKUP_LOCK_WAIT"),

@@ -36,7 +36,8 @@ from jobs.ops import clone, marker
 from tests import odoo_target
 from tests.conftest import Runner, job_dsn
 from tests.odoo_target import APP, APP2, FAIL, LEAVE, SLEEP, SLEEP_LINE, SLEEP_VAR, OdooTarget
-from tests.test_tenant_db import OWNER_ROLE, ensure_role, mine
+from tests.support.cluster import OWNER_ROLE, ensure_role, mine
+from tests.support.untouched import Snapshot
 
 TARGET = odoo_target.current()
 STANDIN = odoo_target.OdooTarget(real=False)  # for what real Odoo here lacks (19)
@@ -228,6 +229,11 @@ def test_image_odoo_unchanged_rerun_starts_no_odoo(
     assert build.catalog(pg)["marker"]["binary"] == asked.stdout.strip() == "Odoo Server 18.0"
 
     before = len(calls(build.log))
+    # The dry run reads the same release.py: the fingerprint is the run's, nothing assumed.
+    planned = build.run([*build.args(), "--dry-run"])
+    assert planned.rc == 0 and planned.result["steps"] == [], planned.output
+    assert planned.result["fingerprint"] == first.result["fingerprint"]
+    assert "binary_source" not in planned.result
     again = build()
     assert again.rc == 0 and again.result["outcome"] == "unchanged", again.output
     assert calls(build.log)[before:] == []  # not even --version
@@ -431,7 +437,7 @@ def test_sigkill_then_rerun_converges(
 
 
 def test_half_swapped_template_is_not_cloned_and_is_completed(
-    build: Build, shared: Build, pg: psycopg.Connection[Any], uid: str
+    build: Build, shared: Build, pg: psycopg.Connection[Any], pg_dsn: str, uid: str
 ) -> None:
     """The state a crash between the database swap and the filestore swap leaves behind."""
     build.adopt(pg, shared)
@@ -439,6 +445,11 @@ def test_half_swapped_template_is_not_cloned_and_is_completed(
     refused = build.tenant(uid)
     assert refused.rc == 75, refused.output
     assert "filestore does not belong" in refused.result["error"]
+    before = snapshot(build, pg_dsn)
+    planned = dry_run(build, build.args())
+    assert planned.rc == 0, planned.output
+    assert [s["step"] for s in planned.result["steps"]] == ["swap-filestore", "cleanup"]
+    assert snapshot(build, pg_dsn).diff(before) == []
 
     rerun = build()
     assert rerun.rc == 0, rerun.output
@@ -498,20 +509,142 @@ def test_template_not_ours_is_left_untouched(build: Build, pg: psycopg.Connectio
 
 
 @pytest.mark.parametrize(
-    ("args", "field"),
+    ("args", "problem"),
     [
-        (["--template-code", "gold"], "templateCode"),
-        (["--odoo-version", "16"], "odooVersion"),
-        (["--modules", "base,Bad-Name"], "modules"),
-        (["--template-db", "tenant_x"], "templateDb"),
+        (["--template-code", "gold"], "--template-code / PLANA_TEMPLATE_CODE:"
+         " must be one of basic, pro, enterprise, got 'gold'"),
+        (["--odoo-version", "16"],
+         "--odoo-version / PLANA_ODOO_VERSION: must be one of 17, 18, 19, got '16'"),
+        (["--modules", "base,Bad-Name"],
+         "--modules / PLANA_TEMPLATE_MODULES: 'Bad-Name' is not an Odoo module name ([a-z0-9_])"),
+        (["--modules", ","], "--modules / PLANA_TEMPLATE_MODULES: is empty"),
+        (["--template-db", "tenant_x"],
+         "--template-db / PLANA_TEMPLATE_DB: must match template_[a-z0-9_]{1,48}, got 'tenant_x'"),
     ],
-)
+    ids=["code", "version", "module-name", "no-module", "template-db"],
+)  # fmt: skip
 def test_bad_input_is_64_before_anything(
-    build: Build, pg: psycopg.Connection[Any], args: list[str], field: str
+    build: Build, pg: psycopg.Connection[Any], args: list[str], problem: str
 ) -> None:
     res = build.run([*build.args(), *args])
     assert res.rc == 64, res.output
     last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"plana-job template-build: error: {field}")
+    assert last == f"plana-job template-build: error: {problem}"
     assert calls(build.log) == []
     assert mine(pg, build.name) == set()
+
+
+def test_missing_template_code_is_64(build: Build, pg: psycopg.Connection[Any]) -> None:
+    args = build.args()
+    at = args.index("--template-code")
+    res = build.run([*args[:at], *args[at + 2 :]], PLANA_TEMPLATE_CODE="")
+    assert res.rc == 64, res.output
+    last = res.stderr.strip().splitlines()[-1]
+    assert last == (
+        "plana-job template-build: error: --template-code / PLANA_TEMPLATE_CODE: is required"
+    )
+    assert calls(build.log) == []
+    assert mine(pg, build.name) == set()
+
+
+# --------------------------------------------------------------------------- --dry-run
+
+FULL_PLAN = ["prepare", "odoo", "verify", "freeze", "swap", "cleanup"]
+
+
+def snapshot(build: Build, pg_dsn: str) -> Snapshot:
+    """The template's databases in the catalog (a template accepts no connection: no tables)
+    and the whole data dir, filestores and marks."""
+    return Snapshot.take(pg_dsn, only=(build.name,), roots=(build.data_dir,))
+
+
+def dry_run(build: Build, args: list[str], **env: str) -> Any:
+    # Short: a dry run that waited for a lock would fail (75) rather than pass late.
+    return build.run([*args, "--dry-run"], **{"PLANA_TIMEOUT": "30", **env})
+
+
+def test_dry_run_plans_the_build_and_starts_no_odoo(
+    build: Build, pg: psycopg.Connection[Any], pg_dsn: str
+) -> None:
+    build.data_dir.mkdir(parents=True)
+    before = snapshot(build, pg_dsn)
+    res = dry_run(build, build.args())
+    assert res.rc == 0, res.output
+    assert res.result["outcome"] == "planned" and res.result["dry_run"] is True
+    assert [s["step"] for s in res.result["steps"]] == FULL_PLAN
+    # The wrapper is a shell script: its version line only `odoo --version` tells, which a dry
+    # run never runs; with nothing built yet there is no line to assume either.
+    assert res.result["fingerprint"] is None
+    assert res.result["binary_source"] == "unknown (a dry run starts no Odoo)"
+    assert calls(build.log) == []  # not even --version
+    assert snapshot(build, pg_dsn).diff(before) == []
+    assert mine(pg, build.name) == set()
+
+
+def test_dry_run_of_a_current_template_plans_nothing_and_takes_no_lock(
+    build: Build, shared: Build, pg: psycopg.Connection[Any], pg_dsn: str
+) -> None:
+    build.adopt(pg, shared)
+    fp = build.catalog(pg)["marker"]["fingerprint"]
+    before = snapshot(build, pg_dsn)
+    # A swap in progress (the template's lock held exclusively) and a build running: a dry run
+    # waits for neither, it reads.
+    with psycopg.connect(pg_dsn, autocommit=True) as holder:
+        for name in (f"template:{build.name}", f"template-build:{build.name}"):
+            holder.execute("SELECT pg_advisory_lock(%s)", (locks.key(name),))
+        res = dry_run(build, build.args())
+    assert res.rc == 0, res.output
+    assert res.result["outcome"] == "planned" and res.result["dry_run"] is True
+    assert res.result["steps"] == []
+    assert res.result["fingerprint"] == fp
+    assert res.result["binary_source"] == (
+        f"assumed from the marker of {build.name} (a dry run starts no Odoo)"
+    )
+    assert calls(build.log) == []
+    assert snapshot(build, pg_dsn).diff(before) == []
+
+    # The run agrees: nothing to do.
+    again = build()
+    assert again.rc == 0 and again.result["outcome"] == "unchanged", again.output
+    assert again.result["fingerprint"] == fp
+
+    # Other modules: the whole build is planned, the live template kept until the swap.
+    changed = dry_run(build, build.args(f"{APP},{APP2}"))
+    assert changed.rc == 0, changed.output
+    assert [s["step"] for s in changed.result["steps"]] == FULL_PLAN
+    swap = next(s for s in changed.result["steps"] if s["step"] == "swap")
+    assert f"{build.name} → {build.name}__old" in swap["says"]
+    assert snapshot(build, pg_dsn).diff(before) == []
+
+
+def test_dry_run_on_a_template_not_ours_is_65_and_touches_nothing(
+    build: Build, pg: psycopg.Connection[Any], pg_dsn: str
+) -> None:
+    pg.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(build.name)))
+    build.data_dir.mkdir(parents=True)
+    before = snapshot(build, pg_dsn)
+    res = dry_run(build, build.args())
+    assert res.rc == 65, res.output
+    assert res.result["error"] == (
+        f"database {build.name} exists but was not built by plana-jobs (it has no comment):"
+        " left untouched"
+    )
+    assert calls(build.log) == []
+    assert snapshot(build, pg_dsn).diff(before) == []
+
+
+def test_dry_run_on_a_build_with_someone_elses_comment_is_65(
+    build: Build, pg: psycopg.Connection[Any], pg_dsn: str
+) -> None:
+    """A `__build` is dropped only when a killed run of ours left it (no comment yet, or our
+    marker): one carrying another comment is someone's, for the run as for the dry run."""
+    work = build.name + "__build"
+    pg.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(work)))
+    pg.execute(sql.SQL("COMMENT ON DATABASE {} IS 'made by hand'").format(sql.Identifier(work)))
+    build.data_dir.mkdir(parents=True)
+    before = snapshot(build, pg_dsn)
+    for res in (dry_run(build, build.args()), build()):
+        assert res.rc == 65, res.output
+        assert f"database {work} exists but is not ours" in res.result["error"]
+        assert snapshot(build, pg_dsn).diff(before) == []
+    assert installs(build.log) == 0

@@ -196,3 +196,16 @@ def drop_unmarked(job: runner.Job, conn: psycopg.Connection[Any], name: str, kin
         raise ConflictError(f"database {name} exists and is not ours", database=name)
     job.log.info("dropping an unmarked work database left by a killed run", database=name)
     pg.drop_database(conn, name)
+
+
+def examine(
+    comment: str | None,
+    kinds: str | Collection[str],
+    *,
+    states: Collection[str] | None = None,
+    match: Mapping[str, object] | None = None,
+) -> tuple[Marker | None, str | None]:
+    """`ours` for a comment already read (a job's observe step, then its pure plan): (the
+    marker, None) when it is ours as asked, else (None, what it carries instead, as
+    `require_ours` words it)."""
+    return _mismatch(comment, _kinds(kinds), states, match or {})

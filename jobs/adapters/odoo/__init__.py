@@ -40,7 +40,8 @@ Stable API (used by template-build, upgrade, backup and environment-db):
   `release_version(package)` → the same line read from an `odoo` package's own `release.py`
   (None when it does not give one), without importing Odoo: most of `odoo --version`'s 1.5-2 s
   is that import; `installed_version(odoo_bin, package)`: the release.py line when there is
-  one, else `--version` (78 either way when the binary is missing); `major(text)` → 18.
+  one, else `--version` (78 either way when the binary is missing); `known_version(odoo_bin,
+  package)`: the release.py line or None, never starting Odoo (a dry run); `major(text)` → 18.
 - `module_states(conn)` → `{name: state}` from `ir_module_module`; `check_modules(states,
   wanted)` → the list of problems (a wanted module not `installed`, anything left
   `to install`/`to upgrade`/`to remove`). The exit code of Odoo is never trusted alone: it exits 0
@@ -512,20 +513,36 @@ def release_version(package: str | None) -> str | None:
     return lines[0]
 
 
+def require_runnable(odoo_bin: str) -> None:
+    """78 unless `odoo_bin` is there to run (found on PATH or at its path, executable)."""
+    if shutil.which(odoo_bin) is None:
+        if os.path.exists(odoo_bin) or shutil.which(odoo_bin, mode=os.F_OK) is not None:
+            raise ConfigError(f"odoo binary not executable: {odoo_bin}")
+        raise ConfigError(f"odoo binary not found: {odoo_bin}")
+
+
+def known_version(odoo_bin: str, package: str | None) -> str | None:
+    """The `--version` line of `odoo_bin` read without starting it: `package`'s release.py
+    line, or None when only `odoo --version` could tell (a shell wrapper). A dry run of
+    template-build stops there; the binary must still be there to run: 78."""
+    require_runnable(odoo_bin)
+    text = release_version(package)
+    if text is not None and package:
+        structlog.get_logger().info(
+            "odoo version", binary=text, source=os.path.join(package, "release.py")
+        )
+    return text
+
+
 def installed_version(
     odoo_bin: str, package: str | None, *, deadline: retry.Deadline | None = None
 ) -> str:
     """`binary_version`, read from `package`'s release.py when that gives it (the unchanged
     template-build then starts no Odoo at all). The binary must still be there to run: 78."""
-    if shutil.which(odoo_bin) is None:
-        if os.path.exists(odoo_bin) or shutil.which(odoo_bin, mode=os.F_OK) is not None:
-            raise ConfigError(f"odoo binary not executable: {odoo_bin}")
-        raise ConfigError(f"odoo binary not found: {odoo_bin}")
-    text = release_version(package)
-    source = os.path.join(package, "release.py") if text is not None and package else "--version"
+    text = known_version(odoo_bin, package)
     if text is None:
         text = binary_version(odoo_bin, deadline=deadline)
-    structlog.get_logger().info("odoo version", binary=text, source=source)
+        structlog.get_logger().info("odoo version", binary=text, source="--version")
     return text
 
 
