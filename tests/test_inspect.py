@@ -77,7 +77,9 @@ def test_a_tenant_with_nothing_yet(
     assert set(report["plans"]) >= {"emit-event"}
     for name, planned in report["plans"].items():
         assert "error" not in planned, (name, planned)
-    assert report["plans"]["emit-event"] == {"needs": "--project-id / PLANA_PROJECT_ID"}
+    assert report["plans"]["emit-event"] == {
+        "needs": "--project-id / PLANA_PROJECT_ID, --tier / PLANA_TIER"
+    }
     assert _snapshot(pg_dsn, domain, [state], redis_url, uid).diff(before) == []
 
 

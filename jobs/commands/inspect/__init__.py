@@ -20,6 +20,7 @@ otherwise (`--format`).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,13 @@ def _plan_of(
     for n, value in mine.items():
         if n in theirs:
             args += [theirs[n].flag, str(value)]
+    needs = [
+        opt.label
+        for n, opt in theirs.items()
+        if opt.required and n not in mine and not os.environ.get(opt.env)
+    ]
+    if needs:  # all of them at once, not only the first click would stop at
+        return {"needs": ", ".join(needs)}
     try:
         sub = command.make_context(name, args, parent=parent, resilient_parsing=False)
         job_params = params.build(command.params_cls, dict(sub.params))
