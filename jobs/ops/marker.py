@@ -7,7 +7,9 @@ database whose comment is not ours is "not ours": jobs refuse to touch it (exit 
 
 "Is this database ours?" is asked in one way: `ours` (the marker, or None, for callers that
 branch) and `require_ours` (the marker, or 65 naming the database and what it carries), each
-given the kinds, states and identity (`match`) the caller accepts.
+given the kinds, states and identity (`match`) the caller accepts. `judge` is the same question
+asked of a comment already read (a job's `decide`, which does no I/O), and `refusal` the one
+message every "not ours" answer gives.
 """
 
 from __future__ import annotations
@@ -63,6 +65,21 @@ class Marker:
         return cls(kind=kind, state=state, data=body)
 
 
+@dataclass(frozen=True)
+class Seen:
+    """A database as the catalog shows it, for a job's observe: whether it exists, its comment
+    (`judge` tells whose it is)."""
+
+    exists: bool = False
+    comment: str | None = None
+
+
+def seen(conn: psycopg.Connection[Any], db: str) -> Seen:
+    if not pg.database_exists(conn, db):
+        return Seen()
+    return Seen(True, pg.database_comment(conn, db))
+
+
 def read(conn: psycopg.Connection[Any], db: str) -> Marker | None:
     """The marker of `db`, or None when it has none (or one that is not ours)."""
     return Marker.decode(pg.database_comment(conn, db))
@@ -74,13 +91,18 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _mismatch(
+def judge(
     comment: str | None,
-    kinds: Collection[str],
-    states: Collection[str] | None,
-    match: Mapping[str, object],
+    kinds: str | Collection[str],
+    *,
+    states: Collection[str] | None = None,
+    match: Mapping[str, object] | None = None,
 ) -> tuple[Marker | None, str | None]:
-    """(the marker, None) when `comment` is one of ours as asked, else (None, what it is)."""
+    """(the marker, None) when `comment` is one of ours as asked, else (None, what it is).
+
+    Pure: the question `ours` and `require_ours` ask, for a comment already read.
+    """
+    kinds = _kinds(kinds)
     if comment is None:
         return None, "it has no comment"
     mark = Marker.decode(comment)
@@ -90,7 +112,7 @@ def _mismatch(
         return None, f"it carries a {_short(mark.kind)} marker"
     if states is not None and mark.state not in states:
         return None, f"it carries a {mark.kind} marker in state {_short(mark.state)}"
-    for k, want in match.items():
+    for k, want in (match or {}).items():
         got = mark.data.get(k)
         if got != want:
             return None, f"it carries a {mark.kind} marker for {k} {_short(got)}"
@@ -116,7 +138,7 @@ def ours(
     """
     if not pg.database_exists(conn, db):
         return None
-    mark, _ = _mismatch(pg.database_comment(conn, db), _kinds(kinds), states, match or {})
+    mark, _ = judge(pg.database_comment(conn, db), kinds, states=states, match=match)
     return mark
 
 
@@ -167,12 +189,15 @@ def require_ours(
         if absent_ok:
             return None
         raise ConflictError(f"database {db} does not exist", database=db)
-    mark, found = _mismatch(pg.database_comment(conn, db), _kinds(kinds), states, match or {})
+    mark, found = judge(pg.database_comment(conn, db), kinds, states=states, match=match)
     if mark is None:
-        raise ConflictError(
-            f"database {db} exists but {what} ({found}): left untouched", database=db
-        )
+        raise ConflictError(refusal(db, what, found), database=db)
     return mark
+
+
+def refusal(db: str, what: str, found: str | None) -> str:
+    """Why a database that is not ours as asked is refused (`require_ours`'s message)."""
+    return f"database {db} exists but {what} ({found}): left untouched"
 
 
 def write(conn: psycopg.Connection[Any], db: str, marker: Marker) -> None:
