@@ -273,7 +273,7 @@ def preview(job: runner.Job, p: Params) -> plan.Plan:
             job.log.info("would", step=step.name, says=step.says)
         clone.raise_if_waiting(steps)
     if "neutralise" in steps:
-        _odoo(job, p)  # a binary that cannot say its version: 78, as the run would exit
+        neutralise.require_binary(p.odoo_bin)  # no binary to run: 78, as the run would exit
     return steps
 
 

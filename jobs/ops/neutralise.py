@@ -7,6 +7,8 @@ Odoo binary run `odoo neutralize` on it (every installed module's `data/neutrali
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +17,7 @@ import psycopg
 from jobs.adapters import odoo, pg
 from jobs.adapters.pg import script
 from jobs.core import runner
-from jobs.core.errors import ConflictError, TransientError
+from jobs.core.errors import ConfigError, ConflictError, TransientError
 
 
 def database_major(conn: psycopg.Connection[Any]) -> int | None:
@@ -33,6 +35,16 @@ class Odoo:
     config: str | None = None  # the Odoo config to start from (None: $ODOO_RC)
     addons_path: str | None = None
     dsn: str | None = None
+
+
+def require_binary(odoo_bin: str) -> None:
+    """78 when `odoo_bin` is not there to run, as `odoo.binary_version` would say, found without
+    starting it (a dry run and `inspect` start no Odoo): its version is the run's to ask."""
+    if shutil.which(odoo_bin) is not None:
+        return
+    if os.path.sep in odoo_bin and os.path.exists(odoo_bin):
+        raise ConfigError(f"odoo binary not executable: {odoo_bin}")
+    raise ConfigError(f"odoo binary not found: {odoo_bin}")
 
 
 def neutralise(job: runner.Job, odoo_: Odoo, db: str) -> None:
