@@ -46,6 +46,7 @@ from jobs.ops import backup_sets, clone, identity, marker, neutralise, swap
 WORK_SUFFIX = "__env"
 # The longest name it works under: `{db}__env` or `{db}__old`.
 LONGEST_SUFFIX = max(len(WORK_SUFFIX), len(swap.OLD_SUFFIX))
+TIDY = ("roll-back-swap", "finish-swap")
 BUILD = ("drop-work", "clone", "copy-database", "copy-filestore", "neutralise", "publish")
 
 
@@ -311,9 +312,12 @@ def _apply(ctx: _Ctx, steps: plan.Plan) -> Done:
     job, p = ctx.job, ctx.p
     details = dict(steps.details or {})
     existing = bool(details.pop("existing", False))
+    unknown = set(steps.names) - set(TIDY) - set(BUILD)
+    if unknown:  # a plan naming a step the job cannot take is a bug, never skipped
+        raise JobError(f"no action for planned step(s) {sorted(unknown)}")
     tidied = False
     for step in steps.steps:
-        if step.name in ("roll-back-swap", "finish-swap"):
+        if step.name in TIDY:
             job.step(step.name)
             _tidy(ctx, roll_back=step.name == "roll-back-swap")
             tidied = True

@@ -48,7 +48,7 @@ import psycopg
 from jobs.adapters import filestore, pg
 from jobs.adapters.pg import locks
 from jobs.core import background, fstree, naming, params, plan, retry, runner
-from jobs.core.errors import UsageError
+from jobs.core.errors import JobError, UsageError
 from jobs.core.result import Done
 from jobs.ops import clone, identity, marker
 
@@ -343,6 +343,9 @@ def _take(ctx: _Ctx, steps: plan.Plan, todo: Sequence[plan.Step]) -> dict[str, A
         elif step.name == "publish":
             ctx.job.step("publish")
             _publish(ctx, fingerprint)
+        elif step.name != "clone":  # (the clone is taken inside `filestore`, beside the copy)
+            # A plan naming a step the job cannot take is a bug, never skipped.
+            raise JobError(f"no action for planned step {step.name!r}")
     return stats
 
 
