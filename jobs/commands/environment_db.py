@@ -194,7 +194,7 @@ def decide(s: State, p: Params) -> plan.Plan:
                          "dropped: a swap killed after its rename", target=db)  # fmt: skip
     current: marker.Marker | None = None
     if live.exists:
-        current, found = marker.judge(live.comment, marker.ENVIRONMENT_KIND,
+        current, found = marker.examine(live.comment, marker.ENVIRONMENT_KIND,
                                       match={"tenant": p.subdomain})  # fmt: skip
         if current is None:
             return plan.blocked(
@@ -236,7 +236,7 @@ def _source(
         prod = p.production.db_name
         if not s.production.exists:
             return plan.blocked(f"database {prod} does not exist", **details)
-        mark, found = marker.judge(s.production.comment, marker.TENANT_KIND)
+        mark, found = marker.examine(s.production.comment, marker.TENANT_KIND)
         if mark is None:
             return plan.blocked(
                 marker.refusal(prod, "is not a tenant to copy as production", found), **details

@@ -153,7 +153,7 @@ def decide(s: State, p: Params) -> plan.Plan:
     details: dict[str, Any] = {"database": p.db, "template": p.template}
     if s.template.problem is not None:
         return clone.wait_for(s.template.problem, **details)
-    mark, found = marker.judge(
+    mark, found = marker.examine(
         s.work.comment, marker.TENANT_KIND, states=STATES[:-1],
         match={"subdomain": p.subdomain},
     )  # fmt: skip
@@ -216,7 +216,7 @@ def _step(name: str, p: Params) -> plan.Step:
 def _decide_live(s: State, p: Params) -> plan.Plan:
     """The tenant's database exists: ours and complete → repair drift; otherwise 65."""
     details: dict[str, Any] = {"database": p.db, "template": p.template}
-    mark, found = marker.judge(
+    mark, found = marker.examine(
         s.live.comment, marker.TENANT_KIND, states=("complete",),
         match={"subdomain": p.subdomain},
     )  # fmt: skip

@@ -7,9 +7,9 @@ database whose comment is not ours is "not ours": jobs refuse to touch it (exit 
 
 "Is this database ours?" is asked in one way: `ours` (the marker, or None, for callers that
 branch) and `require_ours` (the marker, or 65 naming the database and what it carries), each
-given the kinds, states and identity (`match`) the caller accepts. `judge` is the same question
-asked of a comment already read (a job's `decide`, which does no I/O), and `refusal` the one
-message every "not ours" answer gives.
+given the kinds, states and identity (`match`) the caller accepts. `examine` is the same question
+asked of a comment already read (a job's pure `decide`), `refusal` the one message every "not
+ours" answer gives, and `seen` what a job's observe reads of a database (exists, comment).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Marker:
 @dataclass(frozen=True)
 class Seen:
     """A database as the catalog shows it, for a job's observe: whether it exists, its comment
-    (`judge` tells whose it is)."""
+    (`examine` tells whose it is)."""
 
     exists: bool = False
     comment: str | None = None
@@ -78,6 +78,11 @@ def seen(conn: psycopg.Connection[Any], db: str) -> Seen:
     if not pg.database_exists(conn, db):
         return Seen()
     return Seen(True, pg.database_comment(conn, db))
+
+
+def refusal(db: str, what: str, found: str | None) -> str:
+    """Why a database that is not ours as asked is refused (`require_ours`'s message)."""
+    return f"database {db} exists but {what} ({found}): left untouched"
 
 
 def read(conn: psycopg.Connection[Any], db: str) -> Marker | None:
@@ -91,18 +96,13 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def judge(
+def _mismatch(
     comment: str | None,
-    kinds: str | Collection[str],
-    *,
-    states: Collection[str] | None = None,
-    match: Mapping[str, object] | None = None,
+    kinds: Collection[str],
+    states: Collection[str] | None,
+    match: Mapping[str, object],
 ) -> tuple[Marker | None, str | None]:
-    """(the marker, None) when `comment` is one of ours as asked, else (None, what it is).
-
-    Pure: the question `ours` and `require_ours` ask, for a comment already read.
-    """
-    kinds = _kinds(kinds)
+    """(the marker, None) when `comment` is one of ours as asked, else (None, what it is)."""
     if comment is None:
         return None, "it has no comment"
     mark = Marker.decode(comment)
@@ -112,7 +112,7 @@ def judge(
         return None, f"it carries a {_short(mark.kind)} marker"
     if states is not None and mark.state not in states:
         return None, f"it carries a {mark.kind} marker in state {_short(mark.state)}"
-    for k, want in (match or {}).items():
+    for k, want in match.items():
         got = mark.data.get(k)
         if got != want:
             return None, f"it carries a {mark.kind} marker for {k} {_short(got)}"
@@ -138,7 +138,7 @@ def ours(
     """
     if not pg.database_exists(conn, db):
         return None
-    mark, _ = judge(pg.database_comment(conn, db), kinds, states=states, match=match)
+    mark, _ = _mismatch(pg.database_comment(conn, db), _kinds(kinds), states, match or {})
     return mark
 
 
@@ -189,15 +189,10 @@ def require_ours(
         if absent_ok:
             return None
         raise ConflictError(f"database {db} does not exist", database=db)
-    mark, found = judge(pg.database_comment(conn, db), kinds, states=states, match=match)
+    mark, found = _mismatch(pg.database_comment(conn, db), _kinds(kinds), states, match or {})
     if mark is None:
         raise ConflictError(refusal(db, what, found), database=db)
     return mark
-
-
-def refusal(db: str, what: str, found: str | None) -> str:
-    """Why a database that is not ours as asked is refused (`require_ours`'s message)."""
-    return f"database {db} exists but {what} ({found}): left untouched"
 
 
 def write(conn: psycopg.Connection[Any], db: str, marker: Marker) -> None:
@@ -221,3 +216,16 @@ def drop_unmarked(job: runner.Job, conn: psycopg.Connection[Any], name: str, kin
         raise ConflictError(f"database {name} exists and is not ours", database=name)
     job.log.info("dropping an unmarked work database left by a killed run", database=name)
     pg.drop_database(conn, name)
+
+
+def examine(
+    comment: str | None,
+    kinds: str | Collection[str],
+    *,
+    states: Collection[str] | None = None,
+    match: Mapping[str, object] | None = None,
+) -> tuple[Marker | None, str | None]:
+    """`ours` for a comment already read (a job's observe step, then its pure plan): (the
+    marker, None) when it is ours as asked, else (None, what it carries instead, as
+    `require_ours` words it)."""
+    return _mismatch(comment, _kinds(kinds), states, match or {})
