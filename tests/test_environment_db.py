@@ -27,9 +27,10 @@ from jobs.core import naming
 from jobs.ops import marker
 from tests import odoo_target
 from tests.conftest import BIN, JobRun, Runner, job_dsn
-from tests.test_backup import add_attachment, config, table_digests, tree
-from tests.test_kill_convergence import signal_tree
-from tests.test_tenant_db import OWNER_ROLE, drop, ensure_role
+from tests.support.process_tree import signal_tree
+from tests.support.tenant_catalog import OWNER_ROLE, drop, ensure_role
+from tests.support.tenant_data import add_attachment, config, table_digests, tree
+from tests.support.untouched import Snapshot
 
 TARGET = odoo_target.current()
 VERSION = 18  # the tenants' Odoo
@@ -528,3 +529,75 @@ def test_killed_inside_odoo_neutralize_the_rerun_neutralises_a_new_copy_once(
             "SELECT count(*) FROM ir_mail_server WHERE smtp_host = 'invalid'"
         ).fetchone()
     assert dummies == (1,)
+
+
+def untouched(pg_dsn: str, sub: str, data_dir: Path) -> Snapshot:
+    """What a dry run must leave as it is: the tenant's databases (production, environments and
+    work copies, with their rows) and the data dir."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        dbs = [r[0] for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE strpos(datname, %s) > 0", (sub,)).fetchall()]
+    return Snapshot.take(pg_dsn, databases=dbs, only=(sub,), roots=[data_dir])  # fmt: skip
+
+
+def dry_run(run_job: Runner, args: list[str], pg_dsn: str, sub: str, data_dir: Path,
+            rc: int = 0) -> dict[str, Any]:  # fmt: skip
+    """`args` with --dry-run: exits `rc`, and changes nothing at all."""
+    before = untouched(pg_dsn, sub, data_dir)
+    res = run_job([*args, "--dry-run"])
+    assert res.rc == rc, res.output
+    assert untouched(pg_dsn, sub, data_dir).diff(before) == []
+    if rc == 0:
+        assert res.result["outcome"] == "planned" and res.result["dry_run"] is True
+    else:
+        assert res.result["outcome"] == "failed" and res.result["exit_code"] == rc
+    return res.result
+
+
+def planned(result: dict[str, Any]) -> list[str]:
+    return [s["step"] for s in result["steps"]]
+
+
+def test_dry_run_of_a_copy_plans_and_changes_nothing_fresh_converged_refreshed(
+    production: dict[str, Any], run_job: Runner, pg_dsn: str, odoo: Odoo
+) -> None:
+    sub, data_dir = production["sub"], production["data_dir"]
+    args = copy_args(sub, data_dir, odoo)
+    fresh = dry_run(run_job, args, pg_dsn, sub, data_dir)
+    assert planned(fresh) == ["copy-database", "copy-filestore", "neutralise", "publish"]
+    assert run_job(args).rc == 0
+    assert planned(dry_run(run_job, args, pg_dsn, sub, data_dir)) == []
+    refresh = copy_args(sub, data_dir, odoo, "--refresh", generation="2")
+    again = dry_run(run_job, refresh, pg_dsn, sub, data_dir)
+    assert planned(again) == ["copy-database", "copy-filestore", "neutralise", "publish"]
+
+
+def test_dry_run_of_a_fresh_environment_plans_the_clone(
+    template: Template, run_job: Runner, pg_dsn: str, uid: str, odoo: Odoo
+) -> None:
+    def args(name: str) -> list[str]:
+        return ["environment-db", "--subdomain", uid, "--env", "test", "--tier", "pro",
+                "--owner-email", "owner@x.test", "--owner-name", "Owner", "--template-db", name,
+                *odoo.args(), "--data-dir", str(template.data_dir)]  # fmt: skip
+
+    fresh = dry_run(run_job, args(template.name), pg_dsn, uid, template.data_dir)
+    assert planned(fresh) == ["clone", "neutralise", "publish"]
+    missing = args("template_missing_" + uid)
+    waiting = dry_run(run_job, missing, pg_dsn, uid, template.data_dir, rc=75)  # as the run
+    assert "does not exist" in waiting["error"]
+
+
+def test_dry_run_refuses_what_the_run_refuses(
+    production: dict[str, Any], run_job: Runner, pg_dsn: str, odoo: Odoo, tmp_path: Path
+) -> None:
+    sub, data_dir = production["sub"], production["data_dir"]
+    env_db = naming.db_name(f"{sub}--staging")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(env_db)))
+    refused = dry_run(run_job, copy_args(sub, data_dir, odoo), pg_dsn, sub, data_dir, rc=65)
+    assert "is not this tenant's environment" in refused["error"]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(env_db)))
+    missing = Odoo(VERSION, tmp_path / "no-odoo", odoo.conf)  # configuration: 78 as the run
+    unusable = dry_run(run_job, copy_args(sub, data_dir, missing), pg_dsn, sub, data_dir, rc=78)
+    assert str(missing.exe) in unusable["error"]

@@ -37,7 +37,7 @@ from jobs.core.errors import TransientError
 from tests import odoo_target
 from tests.conftest import ROOT, JobRun, Runner, job_env
 from tests.odoo_target import FAIL, SLEEP, SLEEP_LINE, SLEEP_VAR, OdooTarget
-from tests.test_tenant_db import mine
+from tests.support.tenant_catalog import mine
 
 TARGET = odoo_target.current()
 VERSION = 18  # the builds' Odoo: the stand-in's 18 or real Odoo 18

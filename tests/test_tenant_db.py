@@ -33,32 +33,15 @@ from jobs.core.retry import Deadline
 from jobs.ops import identity, marker
 from jobs.ops.clone import create_clone
 from tests import odoo_target
-from tests.conftest import BIN, JOB_ROLE, Runner, database_names, job_dsn
+from tests.conftest import BIN, JOB_ROLE, Runner, job_dsn
+from tests.support.tenant_catalog import OWNER_ROLE, drop, ensure_role, mine, pg_database_comment
+from tests.support.untouched import Snapshot
 
 TARGET = odoo_target.current()
 VERSION = 18
-OWNER_ROLE = "plana"
 # A real install of base+web and the test apps takes minutes on a loaded machine.
 BUILD_TIMEOUT = 1800 if TARGET.real else 120
 pytestmark = pytest.mark.timeout(3600 if TARGET.real else 300)
-
-
-def ensure_role(conn: psycopg.Connection[Any], role: str, login: bool = False) -> None:
-    try:
-        conn.execute(
-            sql.SQL("CREATE ROLE {} " + ("LOGIN" if login else "NOLOGIN")).format(
-                sql.Identifier(role)
-            )
-        )
-    except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
-        pass  # another test run made it first
-
-
-def drop(conn: psycopg.Connection[Any], name: str) -> None:
-    ident = sql.Identifier(name)
-    if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-        conn.execute(sql.SQL("ALTER DATABASE {} WITH is_template false").format(ident))
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
 
 
 def build_template(
@@ -124,11 +107,6 @@ def tenant_args(sub: str, tpl: dict[str, Any], **over: str) -> list[str]:
         **over,
     }
     return ["tenant-db", *[item for pair in fields.items() for item in pair]]
-
-
-def mine(conn: psycopg.Connection[Any], *tokens: str) -> set[str]:
-    """The cluster's databases named with one of `tokens` (other suites share the cluster)."""
-    return {n for n in database_names(conn) if any(t in n for t in tokens)}
 
 
 def db_of(sub: str) -> str:
@@ -636,10 +614,10 @@ def test_database_not_ours_is_a_conflict_and_untouched(
 @pytest.mark.parametrize(
     ("over", "field", "code"),
     [
-        ({"--subdomain": "Bad_Name"}, "subdomain", 64),
-        ({"--owner-email": "not-an-address"}, "ownerEmail", 64),
-        ({"--tier": "gold"}, "tier", 64),
-        ({"--template-db": "postgres"}, "templateDb", 64),
+        ({"--subdomain": "Bad_Name"}, "--subdomain / PLANA_SUBDOMAIN:", 64),
+        ({"--owner-email": "not-an-address"}, "--owner-email / PLANA_OWNER_EMAIL:", 64),
+        ({"--tier": "gold"}, "--tier / PLANA_TIER:", 64),
+        ({"--template-db": "postgres"}, "--template-db / PLANA_TEMPLATE_DB:", 64),
         ({"--owner-role": "no_such_role_plana_test"}, "no_such_role_plana_test", 78),
     ],
 )
@@ -835,14 +813,6 @@ def active_sessions(conn: psycopg.Connection[Any], app: str) -> int:
     return int(row[0]) if row else 0
 
 
-def pg_database_comment(conn: psycopg.Connection[Any], db: str) -> str:
-    row = conn.execute(
-        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (db,)
-    ).fetchone()
-    assert row is not None and row[0]
-    return str(row[0])
-
-
 @pytest.mark.parametrize(
     "comment",
     [
@@ -873,3 +843,76 @@ def test_work_copy_with_someone_elses_comment_is_refused_not_dropped(
     rerun = run_job(tenant_args(uid, template))  # unmarked: a killed run's, started over
     assert rerun.rc == 0 and rerun.result["outcome"] == "created", rerun.output
     assert work not in mine(pg, uid)
+
+
+def untouched(pg_dsn: str, tpl: dict[str, Any], uid: str) -> Snapshot:
+    """What a dry run must leave as it is: this test's databases (their rows too) and the data
+    dir (the template's filestore and the tenant's, staging trees included)."""
+    db = db_of(uid)
+    return Snapshot.take(pg_dsn, databases=[db, tenant_db.work_db(db)], only=(uid,),
+                         roots=[tpl["data_dir"]])  # fmt: skip
+
+
+def dry_run(run_job: Runner, args: list[str], pg_dsn: str, tpl: dict[str, Any], uid: str,
+            rc: int = 0) -> dict[str, Any]:  # fmt: skip
+    """`args` with --dry-run: exits `rc`, and changes nothing at all."""
+    before = untouched(pg_dsn, tpl, uid)
+    res = run_job([*args, "--dry-run"])
+    assert res.rc == rc, res.output
+    assert untouched(pg_dsn, tpl, uid).diff(before) == []
+    if rc == 0:
+        assert res.result["outcome"] == "planned" and res.result["dry_run"] is True
+    else:
+        assert res.result["outcome"] == "failed" and res.result["exit_code"] == rc
+    return res.result
+
+
+def test_dry_run_plans_and_changes_nothing_fresh_converged_and_drifted(
+    run_job: Runner, pg_dsn: str, template: dict[str, Any], uid: str, drop_dbs: list[str]
+) -> None:
+    drop_dbs.append(db_of(uid) + "%")
+    args = tenant_args(uid, template)
+    fresh = dry_run(run_job, args, pg_dsn, template, uid)
+    assert [s["step"] for s in fresh["steps"]] == ["clone", "filestore", "personalise", "publish"]
+    assert fresh["template_fingerprint"] == template["fingerprint"]
+
+    assert run_job(args).rc == 0
+    converged = dry_run(run_job, args, pg_dsn, template, uid)
+    assert converged["steps"] == []
+
+    filestore.discard(naming.filestore(db_of(uid), template["data_dir"]))
+    drifted = dry_run(run_job, args, pg_dsn, template, uid)
+    assert [s["step"] for s in drifted["steps"]] == ["repair-filestore"]
+    repaired = run_job(args)  # the run takes exactly the planned step
+    assert repaired.rc == 0 and repaired.result["repaired"] == ["filestore"], repaired.output
+
+
+def test_dry_run_of_a_killed_runs_work_copy_plans_its_drop(
+    run_job: Runner, pg: psycopg.Connection[Any], pg_dsn: str, template: dict[str, Any],
+    uid: str, drop_dbs: list[str],
+) -> None:  # fmt: skip
+    drop_dbs.append(db_of(uid) + "%")
+    work = tenant_db.work_db(db_of(uid))
+    pg.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+        sql.Identifier(work), sql.Identifier(JOB_ROLE)))  # fmt: skip
+    planned = dry_run(run_job, tenant_args(uid, template), pg_dsn, template, uid)
+    assert [s["step"] for s in planned["steps"]] == [
+        "drop-unmarked", "clone", "filestore", "personalise", "publish"
+    ]
+    # Someone else's comment on it: 65 in the dry run as in the real run, nothing touched.
+    pg.execute(sql.SQL("COMMENT ON DATABASE {} IS 'a note'").format(sql.Identifier(work)))
+    refused = dry_run(run_job, tenant_args(uid, template), pg_dsn, template, uid, rc=65)
+    assert "is not this tenant's work copy" in refused["error"]
+
+
+def test_dry_run_exits_as_the_run_would_for_a_missing_template_or_a_foreign_database(
+    run_job: Runner, pg: psycopg.Connection[Any], pg_dsn: str, template: dict[str, Any],
+    uid: str, drop_dbs: list[str],
+) -> None:  # fmt: skip
+    drop_dbs.append(db_of(uid) + "%")
+    missing = tenant_args(uid, template, **{"--template-db": "template_missing_" + uid})
+    waiting = dry_run(run_job, missing, pg_dsn, template, uid, rc=75)
+    assert "does not exist" in waiting["error"]
+    pg.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_of(uid))))
+    refused = dry_run(run_job, tenant_args(uid, template), pg_dsn, template, uid, rc=65)
+    assert "not created by plana-jobs" in refused["error"]

@@ -17,6 +17,12 @@ environment's binary runs `odoo neutralize -d {db}__env`: every installed module
 published by renames (the old environment, on `--refresh`, is kept until then).
 Idempotent: an existing environment is `unchanged`; `--refresh` rebuilds it once per
 `--generation` (the XR's), so a re-created Job does not refresh again.
+
+observe → plan → apply: `observe` reads the environment's databases (live, `__env`, `__old`),
+their comments, the filestores beside them and the source (production or the template);
+`decide` plans the steps: `roll-back-swap` / `finish-swap` (what a killed publish left),
+`drop-work` (a killed build's copy), then `clone` or `copy-database` + `copy-filestore`,
+`neutralise` and `publish`.
 """
 
 from __future__ import annotations
@@ -24,28 +30,425 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import click
 import psycopg
 
 from jobs.adapters import filestore, odoo, pg
 from jobs.adapters.pg import locks
 from jobs.adapters.pg import tools as pg_tools
-from jobs.core import naming, proc, retry, runner
-from jobs.core import options as params
-from jobs.core.errors import ConfigError, ConflictError, JobError
+from jobs.core import fstree, naming, params, plan, proc, retry, runner
+from jobs.core.errors import ConfigError, ConflictError, JobError, UsageError
 from jobs.core.result import Done
 from jobs.ops import backup_sets, clone, identity, marker, neutralise, swap
 
 WORK_SUFFIX = "__env"
+# The longest name it works under: `{db}__env` or `{db}__old`.
+LONGEST_SUFFIX = max(len(WORK_SUFFIX), len(swap.OLD_SUFFIX))
+TIDY = ("roll-back-swap", "finish-swap")
+BUILD = ("drop-work", "clone", "copy-database", "copy-filestore", "neutralise", "publish")
 
 
-def _names(env: naming.Tenant, data_dir: str) -> swap.Names:
-    return swap.Names.of(
-        env, data_dir, work_suffix=WORK_SUFFIX, fs_work=lambda fs: fs.parent / f".{fs.name}.env"
+# --------------------------------------------------------------------------- parameters
+
+
+@params.spec
+class Params(params.Common):
+    subdomain: str = params.subdomain()
+    env_name: str = params.option(
+        "--env",
+        "PLANA_ENVIRONMENT",
+        "Environment name (DNS label without '--'), e.g. staging: {subdomain}--{env}.",
+        required=True,
     )
+    tier: str | None = params.tier(required=False)
+    odoo_version: int | None = params.odoo_version()
+    owner_email: str | None = params.owner_email(required=False)
+    owner_name: str | None = params.owner_name(required=False)
+    generation: int | None = params.generation()
+    copy_from_production: bool = params.option(
+        "--copy-from-production",
+        "PLANA_COPY_FROM_PRODUCTION",
+        "Copy the tenant's database and filestore instead of the tier's template.",
+        is_flag=True,
+        default=False,
+    )
+    refresh: bool = params.option(
+        "--refresh",
+        "PLANA_REFRESH",
+        "Rebuild an existing environment (once per --generation).",
+        is_flag=True,
+        default=False,
+    )
+    owner_role: str = params.option(
+        "--owner-role",
+        "PLANA_OWNER_ROLE",
+        "PostgreSQL role owning the database.",
+        type=clone.ROLE,
+        default=clone.DEFAULT_OWNER_ROLE,
+        show_default=True,
+    )
+    template_db: str | None = params.option(
+        "--template-db",
+        "PLANA_TEMPLATE_DB",
+        "Clone this template database instead of the tier's template_{code}_{version}.",
+        type=clone.TEMPLATE,
+    )
+    odoo_bin: str = params.odoo_bin()
+    odoo_config: str | None = params.odoo_config()
+    addons_path: str | None = params.addons_path()
+    data_dir: str = params.data_dir()
+    pg_dsn: str | None = params.pg_dsn()
+
+    def __post_init__(self) -> None:
+        self.env_tenant  # noqa: B018  (the environment's names, checked: 64 when they cannot be)
+        if not self.copy_from_production:  # a fresh clone is the owner's, of the tier's template
+            for field in ("tier", "owner_email", "owner_name"):
+                if getattr(self, field) is None:
+                    raise UsageError(field, "is required (without --copy-from-production)")
+
+    @property
+    def env_tenant(self) -> naming.Tenant:
+        return naming.environment(self.subdomain, self.env_name, self.base_domain,
+                                  work_suffix_max=LONGEST_SUFFIX, field="env_name")  # fmt: skip
+
+    @property
+    def production(self) -> naming.Tenant:
+        return naming.Tenant(self.subdomain, self.base_domain)
+
+    @property
+    def template(self) -> str:
+        if self.template_db:
+            return self.template_db
+        version = naming.DEFAULT_ODOO_VERSION if self.odoo_version is None else self.odoo_version
+        return naming.template_db(naming.template_for_tier(self.tier or ""), version)
+
+    @property
+    def source(self) -> str:
+        return "production" if self.copy_from_production else "template"
+
+    @property
+    def owner(self) -> dict[str, Any]:
+        """Whose the work copy is, so deprovision can tell it from anyone else's."""
+        env = self.env_tenant
+        return {"subdomain": env.subdomain, "tenant": self.subdomain, "env": self.env_name}
+
+
+def names(p: Params) -> swap.Names:
+    """The environment's names; 65 when its live filestore is a symlink (`swap.Names.of`)."""
+    return swap.Names.of(p.env_tenant, p.data_dir, work_suffix=WORK_SUFFIX,
+                         fs_work=lambda fs: fs.parent / f".{fs.name}.env")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- observe
+
+
+@dataclass(frozen=True)
+class State:
+    live: marker.Seen  # `{db}`
+    work: marker.Seen  # `{db}__env`: a killed build's copy
+    old: marker.Seen  # `{db}__old`: the environment a killed swap set aside
+    fs: str  # fstree.kind_of of the live filestore, its work and old copies
+    fs_work: str
+    fs_old: str
+    production: marker.Seen  # the tenant's database (with --copy-from-production)
+    template: clone.TemplateState | None  # the template (fresh), None when copying
+
+
+def observe(conn: psycopg.Connection[Any], p: Params) -> State:
+    """Read only: the catalog, lstat of the filestores, the source's marks."""
+    n = names(p)
+    copying = p.copy_from_production
+    return State(
+        live=marker.seen(conn, n.db),
+        work=marker.seen(conn, n.work),
+        old=marker.seen(conn, n.old),
+        fs=fstree.kind_of(n.fs),
+        fs_work=fstree.kind_of(n.fs_work),
+        fs_old=fstree.kind_of(n.fs_old),
+        production=marker.seen(conn, p.production.db_name) if copying else marker.Seen(),
+        template=None if copying else clone.template_state(conn, p.template, p.data_dir),
+    )
+
+
+# --------------------------------------------------------------------------- decide
+
+
+def decide(s: State, p: Params) -> plan.Plan:
+    """The steps still to take (pure): see the module docstring."""
+    env = p.env_tenant
+    db, work, old = env.db_name, env.db_name + WORK_SUFFIX, env.db_name + swap.OLD_SUFFIX
+    details: dict[str, Any] = {"database": db, "source": p.source}
+    tidy: plan.Step | None = None
+    live = s.live
+    if not s.live.exists and s.old.exists:
+        # A killed swap: the old pair comes back (then what the swap left is tidied).
+        tidy = plan.Step("roll-back-swap", f"RENAME {old} TO {db} and its filestore back: "
+                         "a swap killed before its rename", target=db)  # fmt: skip
+        live = s.old
+    elif s.live.exists and (
+        s.old.exists or s.fs_old != "missing" or (s.fs == "missing" and s.fs_work == "dir")
+    ):
+        tidy = plan.Step("finish-swap", f"filestore into place, {old} and its filestore "
+                         "dropped: a swap killed after its rename", target=db)  # fmt: skip
+    current: marker.Marker | None = None
+    if live.exists:
+        current, found = marker.examine(live.comment, marker.ENVIRONMENT_KIND,
+                                      match={"tenant": p.subdomain})  # fmt: skip
+        if current is None:
+            return plan.blocked(
+                marker.refusal(db, "is not this tenant's environment", found), **details
+            )
+        same_generation = (
+            p.generation is not None and current.data.get("generation") == p.generation
+        )
+        if not p.refresh or same_generation:
+            return plan.of(tidy, **{**details, "source": current.data.get("source")})
+    details["existing"] = current is not None  # a rebuild of an existing environment: `updated`
+    source = _source(s, p, tidy, details)
+    if isinstance(source, plan.Plan):
+        return source
+    drop = None
+    if s.work.exists or s.fs_work != "missing":
+        drop = plan.Step("drop-work", f"DROP DATABASE {work} and its filestore: a killed run's "
+                         "half-built copy, never neutralised", target=work)  # fmt: skip
+    return plan.of(
+        tidy,
+        drop,
+        *source,
+        plan.Step(
+            "neutralise", f"odoo neutralize -d {work} with {p.odoo_bin}, then check it", target=work
+        ),
+        plan.Step(
+            "publish", f"swap {work} in as {db} (the old one aside until then), marked", target=db
+        ),
+        **details,
+    )
+
+
+def _source(
+    s: State, p: Params, tidy: plan.Step | None, details: dict[str, Any]
+) -> tuple[plan.Step, ...] | plan.Plan:
+    """The steps that fill the work copy, or the plan that cannot (blocked, waiting)."""
+    work = p.env_tenant.db_name + WORK_SUFFIX
+    if p.copy_from_production:
+        prod = p.production.db_name
+        if not s.production.exists:
+            return plan.blocked(f"database {prod} does not exist", **details)
+        mark, found = marker.examine(s.production.comment, marker.TENANT_KIND)
+        if mark is None:
+            return plan.blocked(
+                marker.refusal(prod, "is not a tenant to copy as production", found), **details
+            )
+        return (
+            plan.Step("copy-database", f"pg_dump {prod} | pg_restore into {work}", target=work),
+            plan.Step(
+                "copy-filestore", f"copy {prod}'s filestore, then a new identity", target=work
+            ),
+        )
+    if s.template is not None and s.template.problem is not None:
+        return clone.wait_for(s.template.problem, tidy, **details)
+    return (
+        plan.Step(
+            "clone",
+            f"CREATE DATABASE {work} TEMPLATE {p.template}, its filestore, "
+            "personalised for the owner",
+            target=work,
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- preview and run
+
+
+def preview(job: runner.Job, p: Params) -> plan.Plan:
+    """observe + decide, read only (`--dry-run`, `inspect`); 78 and 75 as the run would exit."""
+    job.bind(tenant=p.subdomain, environment=p.env_tenant.subdomain)
+    with pg.connection(dsn=p.pg_dsn, deadline=job.deadline) as conn:
+        clone.require_role(conn, p.owner_role)
+        steps = decide(observe(conn, p), p)
+    steps.require_unblocked(database=p.env_tenant.db_name)
+    if (steps.details or {}).get(clone.WAITING):
+        for step in steps.steps:  # what the run would take before the wait stops it (75)
+            job.log.info("would", step=step.name, says=step.says)
+        clone.raise_if_waiting(steps)
+    if "neutralise" in steps:
+        neutralise.require_binary(p.odoo_bin)  # no binary to run: 78, as the run would exit
+    return steps
+
+
+@dataclass
+class _Ctx:
+    job: runner.Job
+    conn: psycopg.Connection[Any]
+    p: Params
+    n: swap.Names
+
+    def mark_work(self) -> None:
+        work = marker.Marker(marker.ENVIRONMENT_WORK_KIND, "created", self.p.owner)
+        marker.write(self.conn, self.n.work, work)
+
+
+def run(job: runner.Job, p: Params) -> Done:
+    env = p.env_tenant
+    job.bind(tenant=p.subdomain, environment=env.subdomain)
+    with (
+        pg.connection(dsn=p.pg_dsn, deadline=job.deadline) as conn,
+        locks.advisory(locks.tenant(env.db_name), deadline=job.deadline, dsn=p.pg_dsn),
+    ):
+        clone.require_role(conn, p.owner_role)
+        # A killed run's CREATE DATABASE of the work copy may still be running on the server
+        # (it does not read its socket until done): end it, or ours collides with it.
+        clone.claim_session(conn, clone.session_name("environment", env.db_name), job.deadline)
+        job.step("observe")
+        ctx = _Ctx(job, conn, p, names(p))
+        steps = decide(observe(conn, p), p)
+        steps.require_unblocked(database=env.db_name)
+        return _apply(ctx, steps)
+
+
+def _apply(ctx: _Ctx, steps: plan.Plan) -> Done:
+    job, p = ctx.job, ctx.p
+    details = dict(steps.details or {})
+    existing = bool(details.pop("existing", False))
+    unknown = set(steps.names) - set(TIDY) - set(BUILD)
+    if unknown:  # a plan naming a step the job cannot take is a bug, never skipped
+        raise JobError(f"no action for planned step(s) {sorted(unknown)}")
+    tidied = False
+    for step in steps.steps:
+        if step.name in TIDY:
+            job.step(step.name)
+            _tidy(ctx, roll_back=step.name == "roll-back-swap")
+            tidied = True
+    clone.raise_if_waiting(steps)  # the template is not ready (yet): 75, after the tidy-up
+    if "publish" not in steps:
+        return Done("updated" if tidied else "unchanged", details)
+    # The binary that will neutralise must run before anything is copied (78 if it cannot).
+    binary = _odoo(job, p)
+    facts: dict[str, Any] = {}
+    for step in steps.steps:
+        if step.name in BUILD:
+            job.step(step.name)
+            facts.update(_BUILD_ACTIONS[step.name](ctx, binary))
+    details.update(hostname=p.env_tenant.hostname, **facts)
+    return Done("updated" if existing else "created", details)
+
+
+def _odoo(job: runner.Job, p: Params) -> neutralise.Odoo:
+    binary = odoo.binary_version(p.odoo_bin, deadline=job.deadline)
+    if odoo.major(binary) is None:
+        raise ConfigError(f"{p.odoo_bin} --version said {binary!r}: no Odoo version")
+    return neutralise.Odoo(p.odoo_bin, binary, p.odoo_config, p.addons_path, p.pg_dsn)
+
+
+def _tidy(ctx: _Ctx, *, roll_back: bool) -> None:
+    """What a killed swap left: rolled back before its rename, finished after it."""
+    conn, n = ctx.conn, ctx.n
+    if roll_back:
+        # Filestore first: renaming the database first would let a kill in between leave the
+        # old database under the live name with its filestore still aside, and the next run
+        # would take the work filestore for it.
+        if n.fs_old.exists() and not n.fs.exists():
+            os.rename(n.fs_old, n.fs)
+        clone.rename_database(conn, n.old, n.db)
+    _finish(conn, n)
+
+
+# --------------------------------------------------------------------------- build steps
+
+
+def _drop_work(ctx: _Ctx, _odoo: neutralise.Odoo) -> dict[str, Any]:
+    pg.drop_database(ctx.conn, ctx.n.work)
+    filestore.discard(ctx.n.fs_work)
+    return {}
+
+
+def _copy_db(ctx: _Ctx, _odoo: neutralise.Odoo) -> dict[str, Any]:
+    conn, p, n = ctx.conn, ctx.p, ctx.n
+    prod = p.production.db_name
+    settings = backup_sets.database_settings(conn, prod)
+    settings["owner"] = p.owner_role
+    settings["public_connect"] = False
+    clone.create_empty(conn, n.work, settings)
+    ctx.mark_work()
+    _copy_database(ctx.job, prod, n.work, p.pg_dsn)
+    return {}
+
+
+def _copy_fs(ctx: _Ctx, _odoo: neutralise.Odoo) -> dict[str, Any]:
+    p, n = ctx.p, ctx.n
+    copied = filestore.copy_tree(p.production.filestore(p.data_dir), n.fs_work, kind="env")
+    with pg.connection(n.work, dsn=p.pg_dsn, deadline=ctx.job.deadline) as wconn:
+        identity.new_identity(wconn, p.env_tenant.hostname)
+    return {"filestore": copied.as_dict()}
+
+
+def _clone(ctx: _Ctx, _odoo: neutralise.Odoo) -> dict[str, Any]:
+    job, conn, p, n = ctx.job, ctx.conn, ctx.p, ctx.n
+    with clone.template_lock(p.template, deadline=job.deadline, dsn=p.pg_dsn):
+        clone.check_template(conn, p.template, p.data_dir)  # again, under the lock
+        clone.create_clone(conn, p.template, n.work, owner=p.owner_role, deadline=job.deadline)
+        job.check_locks()
+        clone.restrict_connect(conn, n.work, p.owner_role)
+        ctx.mark_work()
+        src_fs = naming.filestore(p.template, p.data_dir)
+        copied = filestore.copy_tree(src_fs, n.fs_work, kind="env")
+    with pg.connection(n.work, dsn=p.pg_dsn, deadline=job.deadline) as wconn:
+        who = identity.Identity(p.env_tenant.hostname, p.owner_email or "", p.owner_name or "")
+        facts = identity.personalise(wconn, who)
+    return {"filestore": copied.as_dict(), "identity": facts}
+
+
+def _neutralise(ctx: _Ctx, binary: neutralise.Odoo) -> dict[str, Any]:
+    n = ctx.n
+    try:
+        neutralise.neutralise(ctx.job, binary, n.work)
+        with pg.connection(n.work, dsn=ctx.p.pg_dsn, deadline=ctx.job.deadline) as wconn:
+            problems = neutralise.check_neutralised(wconn)
+        if problems:
+            raise ConflictError(f"environment not neutralised: {'; '.join(problems)}")
+    except JobError:
+        # Not left behind: a copy of production with its mail servers and crons still live.
+        # (If this fails too, the next run drops it before anything else.)
+        with contextlib.suppress(psycopg.Error):
+            pg.drop_database(ctx.conn, n.work)
+        raise
+    return {"neutralised": binary.binary}
+
+
+def _publish(ctx: _Ctx, _odoo: neutralise.Odoo) -> dict[str, Any]:
+    """Old environment aside, work database and filestore in, marker: then drop the old."""
+    conn, n, p, job = ctx.conn, ctx.n, ctx.p, ctx.job
+    final = marker.Marker(marker.ENVIRONMENT_KIND, "complete", {
+        **p.owner, "source": p.source, "generation": p.generation,
+    })  # fmt: skip
+    n.fs.parent.mkdir(parents=True, exist_ok=True)
+    if pg.database_exists(conn, n.db):
+        clone.rename_database(conn, n.db, n.old)
+    if n.fs.exists():
+        os.rename(n.fs, n.fs_old)
+
+    def attempt() -> None:
+        pg.terminate_sessions(conn, n.work)
+        with conn.transaction():
+            clone.rename_database(conn, n.work, n.db)
+            marker.write(conn, n.db, final)
+
+    retry.call(attempt, what=f"rename {n.work}", deadline=job.deadline,
+               transient=pg.transient)  # fmt: skip
+    _finish(conn, n)
+    return {}
+
+
+_BUILD_ACTIONS = {
+    "drop-work": _drop_work,
+    "clone": _clone,
+    "copy-database": _copy_db,
+    "copy-filestore": _copy_fs,
+    "neutralise": _neutralise,
+    "publish": _publish,
+}
 
 
 def _copy_database(job: runner.Job, source: str, work: str, dsn: str | None) -> None:
@@ -67,218 +470,16 @@ def _copy_database(job: runner.Job, source: str, work: str, dsn: str | None) -> 
         raise pg_tools.child_failed("pg_restore", restored, list(rst.tail))
 
 
-def _build(job: runner.Job, conn: psycopg.Connection[Any], ctx: dict[str, Any]) -> dict[str, Any]:
-    """The environment as `{db}__env` + `.{db}.env`, neutralised and verified."""
-    n: swap.Names = ctx["names"]
-    env_tenant: naming.Tenant = ctx["env_tenant"]
-    dsn = ctx["dsn"]
-    # The binary that will neutralise must run before anything is copied (78 if it cannot).
-    ctx["binary"] = odoo.binary_version(ctx["odoo_bin"], deadline=job.deadline)
-    if odoo.major(ctx["binary"]) is None:
-        raise ConfigError(f"{ctx['odoo_bin']} --version said {ctx['binary']!r}: no Odoo version")
-    pg.drop_database(conn, n.work)
-    filestore.discard(n.fs_work)
-    facts: dict[str, Any] = {}
-    if ctx["copy"]:
-        prod: str = ctx["production"]
-        job.step("copy-database")
-        settings = backup_sets.database_settings(conn, prod)
-        settings["owner"] = ctx["role"]
-        settings["public_connect"] = False
-        clone.create_empty(conn, n.work, settings)
-        marker.write(
-            conn, n.work, marker.Marker(marker.ENVIRONMENT_WORK_KIND, "created", ctx["owner"])
-        )
-        _copy_database(job, prod, n.work, dsn)
-        job.step("copy-filestore")
-        facts["filestore"] = filestore.copy_tree(
-            ctx["production_fs"], n.fs_work, kind="env"
-        ).as_dict()
-        with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
-            identity.new_identity(wconn, env_tenant.hostname)
-    else:
-        template = ctx["template"]
-        job.step("clone")
-        with clone.template_lock(template, deadline=job.deadline, dsn=dsn):
-            clone.check_template(conn, template, Path(ctx["data_dir"]))
-            clone.create_clone(conn, template, n.work, owner=ctx["role"], deadline=job.deadline)
-            job.check_locks()
-            clone.restrict_connect(conn, n.work, ctx["role"])
-            marker.write(
-                conn, n.work, marker.Marker(marker.ENVIRONMENT_WORK_KIND, "created", ctx["owner"])
-            )
-            src_fs = naming.filestore(template, ctx["data_dir"])
-            facts["filestore"] = filestore.copy_tree(src_fs, n.fs_work, kind="env").as_dict()
-        with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
-            who = identity.Identity(env_tenant.hostname, ctx["owner_email"], ctx["owner_name"])
-            facts["identity"] = identity.personalise(wconn, who)
-    job.step("neutralise")
-    try:
-        neutralise.neutralise(job, ctx, n.work)
-        with pg.connection(n.work, dsn=dsn, deadline=job.deadline) as wconn:
-            problems = neutralise.check_neutralised(wconn)
-        if problems:
-            raise ConflictError(f"environment not neutralised: {'; '.join(problems)}")
-    except JobError:
-        # Not left behind: a copy of production with its mail servers and crons still live.
-        # (If this fails too, the next run drops it before anything else.)
-        with contextlib.suppress(psycopg.Error):
-            pg.drop_database(conn, n.work)
-        raise
-    facts["neutralised"] = ctx["binary"]
-    return facts
-
-
-def _publish(
-    conn: psycopg.Connection[Any], n: swap.Names, final: marker.Marker, job: runner.Job
-) -> None:
-    """Old environment aside, work database and filestore in, marker: then drop the old."""
-    n.fs.parent.mkdir(parents=True, exist_ok=True)
-    if pg.database_exists(conn, n.db):
-        clone.rename_database(conn, n.db, n.old)
-    if n.fs.exists():
-        os.rename(n.fs, n.fs_old)
-
-    def attempt() -> None:
-        pg.terminate_sessions(conn, n.work)
-        with conn.transaction():
-            clone.rename_database(conn, n.work, n.db)
-            marker.write(conn, n.db, final)
-
-    retry.call(attempt, what=f"rename {n.work}", deadline=job.deadline,
-               transient=pg.transient)  # fmt: skip
-    _finish(conn, n)
-
-
 def _finish(conn: psycopg.Connection[Any], n: swap.Names) -> bool:
     """Complete a publication: filestore into place, old copies dropped. True if it did work."""
     moved = swap.place_filestore(n)
     return swap.drop_old(conn, n) or moved
 
 
-@click.command("environment-db")
-@params.subdomain
-@params.option(
-    "--env",
-    "env_name",
-    env="PLANA_ENVIRONMENT",
-    default=None,
-    help="Environment name (DNS label without '--'), e.g. staging: {subdomain}--{env}.",
+environment_db = params.command(
+    "environment-db",
+    Params,
+    run,
+    preview,
+    "Create (or --refresh) a tenant environment, fresh or copied, always neutralised.",
 )
-@params.tier
-@params.odoo_version
-@params.owner_email
-@params.owner_name
-@params.generation
-@params.option(
-    "--copy-from-production",
-    is_flag=True,
-    env="PLANA_COPY_FROM_PRODUCTION",
-    help="Copy the tenant's database and filestore instead of the tier's template.",
-)
-@params.option(
-    "--refresh",
-    is_flag=True,
-    env="PLANA_REFRESH",
-    help="Rebuild an existing environment (once per --generation).",
-)
-@params.option(
-    "--owner-role",
-    env="PLANA_OWNER_ROLE",
-    default=clone.DEFAULT_OWNER_ROLE,
-    show_default=True,
-    help="PostgreSQL role owning the database.",
-)
-@params.template_db
-@params.odoo_bin
-@params.odoo_config
-@params.addons_path
-@params.data_dir
-@params.pg_dsn
-@params.common
-def environment_db(**kw: Any) -> None:
-    """Create (or --refresh) a tenant environment, fresh or copied, always neutralised."""
-    runner.run("environment-db", lambda job: _run(job, kw), timeout=kw["timeout"])  # fmt: skip
-
-
-def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
-    domain = naming.base_domain(kw["base_domain"])
-    sub = naming.subdomain(kw["subdomain"])
-    env_name = kw["env_name"]
-    # The longest name it works under: `{db}__env` or `{db}__old`.
-    longest = max(len(WORK_SUFFIX), len(swap.OLD_SUFFIX))
-    env_tenant = naming.environment(sub, env_name, domain, work_suffix_max=longest)
-    copy = bool(kw["copy_from_production"])
-    ctx: dict[str, Any] = {
-        "copy": copy, "env_tenant": env_tenant, "data_dir": kw["data_dir"],
-        "role": clone.owner_role(kw["owner_role"]),
-        "names": _names(env_tenant, kw["data_dir"]),
-        # Whose the work copy is, so deprovision can tell it from anyone else's.
-        "owner": {"subdomain": env_tenant.subdomain, "tenant": sub, "env": env_name},
-        # The environment's Odoo: it neutralises the copy (`neutralise.neutralise`).
-        "odoo_bin": kw["odoo_bin"] or "odoo", "odoo_config": kw["odoo_config"],
-        "addons_path": kw["addons_path"],
-    }  # fmt: skip
-    if copy:
-        prod = naming.Tenant(sub, domain)
-        ctx.update(production=prod.db_name, production_fs=prod.filestore(kw["data_dir"]))
-    else:
-        tier = naming.tier(kw["tier"])
-        version = naming.odoo_version(kw["odoo_version"])
-        ctx.update(
-            template=clone.template_name(kw["template_db"], field="template-db")
-            if kw["template_db"]
-            else naming.template_db(naming.template_for_tier(tier), version),
-            owner_email=naming.owner_email(kw["owner_email"]),
-            owner_name=naming.owner_name(kw["owner_name"]),
-        )
-    generation = params.generation_value(kw["generation"])
-    dsn = ctx["dsn"] = kw["pg_dsn"]
-    n: swap.Names = ctx["names"]
-    job.bind(tenant=sub, environment=env_tenant.subdomain)
-
-    with (
-        pg.connection(dsn=dsn, deadline=job.deadline) as conn,
-        locks.advisory(locks.tenant(n.db), deadline=job.deadline, dsn=dsn),
-    ):
-        clone.require_role(conn, ctx["role"])
-        # A killed run's CREATE DATABASE of the work copy may still be running on the server
-        # (it does not read its socket until done): end it, or ours collides with it.
-        clone.claim_session(conn, clone.session_name("environment", n.db), job.deadline)
-        job.step("observe")
-        if not pg.database_exists(conn, n.db) and pg.database_exists(conn, n.old):
-            # A killed swap: the old pair comes back, filestore first. Renaming the database
-            # first would let a kill in between leave the old database under the live name with
-            # its filestore still aside, and the next run would take the work filestore for it.
-            if n.fs_old.exists() and not n.fs.exists():
-                os.rename(n.fs_old, n.fs)
-            clone.rename_database(conn, n.old, n.db)
-        current = marker.require_ours(
-            conn, n.db, marker.ENVIRONMENT_KIND, match={"tenant": sub},
-            what="is not this tenant's environment", absent_ok=True,
-        )  # fmt: skip
-        if current is not None:
-            repaired = _finish(conn, n)
-            same_generation = (
-                generation is not None and current.data.get("generation") == generation
-            )
-            if not kw["refresh"] or same_generation:
-                details = {"database": n.db, "source": current.data.get("source")}
-                return Done("updated" if repaired else "unchanged", details)
-        if copy:
-            marker.require_ours(
-                conn,
-                ctx["production"],
-                marker.TENANT_KIND,
-                what="is not a tenant to copy as production",
-            )
-        facts = _build(job, conn, ctx)
-        final = marker.Marker(marker.ENVIRONMENT_KIND, "complete", {
-            "subdomain": env_tenant.subdomain, "tenant": sub, "env": env_name,
-            "source": "production" if copy else "template", "generation": generation,
-        })  # fmt: skip
-        job.step("publish")
-        _publish(conn, n, final, job)
-    details = {"database": n.db, "hostname": env_tenant.hostname,
-               "source": final.data["source"], **facts}  # fmt: skip
-    return Done("updated" if current is not None else "created", details)

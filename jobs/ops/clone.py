@@ -9,7 +9,10 @@ Used by tenant-db, environment-db, template-build, upgrade, restore and backup-v
 
 - `template_lock(template, *, deadline, shared=True, dsn=None)`: the template's advisory lock.
 - `check_template(conn, template, data_dir)` → the template's fingerprint (None when it carries
-  no template marker); TransientError (75) when it is missing or mid-swap.
+  no template marker); TransientError (75) when it is missing or mid-swap. `template_state` is
+  the same reading without raising (for a job's observe), `wait_for` / `raise_if_waiting` the
+  plan of a job that can take its steps but not finish until the template is ready (75).
+- `ROLE`, `TEMPLATE`: `owner_role` and `template_name` as click types (params.Rule).
 - `create_clone(conn, source, target, *, owner, deadline)`: the bare `CREATE DATABASE … TEMPLATE
   … OWNER … STRATEGY FILE_COPY` (55006 "being accessed by other users" retried until the
   deadline). Take `template_lock` around it (and around the filestore copy).
@@ -27,6 +30,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +40,7 @@ from psycopg import sql
 
 from jobs.adapters import filestore, pg
 from jobs.adapters.pg import locks
-from jobs.core import naming, retry
+from jobs.core import naming, params, plan, retry
 from jobs.core.errors import ConfigError, TransientError, UsageError
 from jobs.ops import marker
 
@@ -94,6 +98,10 @@ def template_name(value: str | None, field: str = "templateDb") -> str:
     return value
 
 
+ROLE = params.Rule("role", owner_role)
+TEMPLATE = params.Rule("template", template_name)
+
+
 def require_role(conn: psycopg.Connection[Any], role: str) -> None:
     row = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
     if row is None:
@@ -104,32 +112,64 @@ def role_exists(conn: psycopg.Connection[Any], role: str) -> bool:
     return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
 
 
+@dataclass(frozen=True)
+class TemplateState:
+    """What a clone would start from: the template's fingerprint once it is ready to clone (None
+    for a template made by other means), or why it is not ready (yet)."""
+
+    fingerprint: str | None = None
+    problem: str | None = None  # set: cloning it now is 75 (missing, not complete, mid-swap)
+
+
+def template_state(
+    conn: psycopg.Connection[Any], template: str, data_dir: str | Path
+) -> TemplateState:
+    """Read only: the catalog, the template's marker and its filestore's mark."""
+    if not pg.database_exists(conn, template):
+        return TemplateState(
+            problem=f"template database {template} does not exist (yet): its TemplateSnapshot "
+            "may still be building"
+        )
+    mark = marker.ours(conn, template, marker.TEMPLATE_KIND)
+    if mark is None:
+        return TemplateState()  # a template made by other means: clone it as it is
+    fingerprint = str(mark.data.get("fingerprint", ""))
+    if mark.state != "complete":
+        return TemplateState(problem=f"template {template} is {mark.state}, not complete")
+    fs_mark = filestore.read_mark(naming.filestore(template, data_dir)) or {}
+    if fs_mark.get("fingerprint") != fingerprint:
+        return TemplateState(
+            problem=f"template {template}: its filestore does not belong to its database "
+            "(a template swap is in progress or was interrupted)"
+        )
+    return TemplateState(fingerprint)
+
+
 def check_template(
     conn: psycopg.Connection[Any], template: str, data_dir: str | Path
 ) -> str | None:
     """The template's fingerprint once it is ready to clone; 75 while it is not (yet)."""
-    if not pg.database_exists(conn, template):
-        raise TransientError(
-            f"template database {template} does not exist (yet): its TemplateSnapshot may "
-            "still be building",
-            template=template,
-        )
-    mark = marker.ours(conn, template, marker.TEMPLATE_KIND)
-    if mark is None:
-        return None  # a template made by other means: clone it as it is
-    fingerprint = str(mark.data.get("fingerprint", ""))
-    if mark.state != "complete":
-        raise TransientError(
-            f"template {template} is {mark.state}, not complete", template=template
-        )
-    fs_mark = filestore.read_mark(naming.filestore(template, data_dir)) or {}
-    if fs_mark.get("fingerprint") != fingerprint:
-        raise TransientError(
-            f"template {template}: its filestore does not belong to its database "
-            "(a template swap is in progress or was interrupted)",
-            template=template,
-        )
-    return fingerprint
+    state = template_state(conn, template, data_dir)
+    if state.problem is not None:
+        raise TransientError(state.problem, template=template)
+    return state.fingerprint
+
+
+# A plan's detail naming what it waits for: a state that clears by itself (a template still
+# building), so the job takes the steps it can and then exits 75 for Kubernetes to retry, and a
+# dry run exits 75 too, as the real run would. (A blocked plan is 65: no retry resolves it.)
+WAITING = "waiting_for"
+
+
+def wait_for(why: str, *steps: plan.Step | None, **details: Any) -> plan.Plan:
+    """The plan of `steps`, after which the job cannot finish yet because of `why` (75)."""
+    return plan.of(*steps, **details, **{WAITING: why})
+
+
+def raise_if_waiting(steps: plan.Plan) -> None:
+    why = (steps.details or {}).get(WAITING)
+    if why:
+        raise TransientError(str(why))
 
 
 def create_clone(

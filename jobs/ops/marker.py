@@ -7,7 +7,9 @@ database whose comment is not ours is "not ours": jobs refuse to touch it (exit 
 
 "Is this database ours?" is asked in one way: `ours` (the marker, or None, for callers that
 branch) and `require_ours` (the marker, or 65 naming the database and what it carries), each
-given the kinds, states and identity (`match`) the caller accepts.
+given the kinds, states and identity (`match`) the caller accepts. `examine` is the same question
+asked of a comment already read (a job's pure `decide`), `refusal` the one message every "not
+ours" answer gives, and `seen` what a job's observe reads of a database (exists, comment).
 """
 
 from __future__ import annotations
@@ -61,6 +63,26 @@ class Marker:
             return None
         kind, state = str(body.pop("kind")), str(body.pop("state"))
         return cls(kind=kind, state=state, data=body)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A database as the catalog shows it, for a job's observe: whether it exists, its comment
+    (`examine` tells whose it is)."""
+
+    exists: bool = False
+    comment: str | None = None
+
+
+def seen(conn: psycopg.Connection[Any], db: str) -> Seen:
+    if not pg.database_exists(conn, db):
+        return Seen()
+    return Seen(True, pg.database_comment(conn, db))
+
+
+def refusal(db: str, what: str, found: str | None) -> str:
+    """Why a database that is not ours as asked is refused (`require_ours`'s message)."""
+    return f"database {db} exists but {what} ({found}): left untouched"
 
 
 def read(conn: psycopg.Connection[Any], db: str) -> Marker | None:
@@ -169,9 +191,7 @@ def require_ours(
         raise ConflictError(f"database {db} does not exist", database=db)
     mark, found = _mismatch(pg.database_comment(conn, db), _kinds(kinds), states, match or {})
     if mark is None:
-        raise ConflictError(
-            f"database {db} exists but {what} ({found}): left untouched", database=db
-        )
+        raise ConflictError(refusal(db, what, found), database=db)
     return mark
 
 

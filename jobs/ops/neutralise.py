@@ -7,6 +7,9 @@ Odoo binary run `odoo neutralize` on it (every installed module's `data/neutrali
 
 from __future__ import annotations
 
+import os
+import shutil
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -14,7 +17,7 @@ import psycopg
 from jobs.adapters import odoo, pg
 from jobs.adapters.pg import script
 from jobs.core import runner
-from jobs.core.errors import ConflictError, TransientError
+from jobs.core.errors import ConfigError, ConflictError, TransientError
 
 
 def database_major(conn: psycopg.Connection[Any]) -> int | None:
@@ -23,7 +26,28 @@ def database_major(conn: psycopg.Connection[Any]) -> int | None:
     return odoo.major(version) if version else None
 
 
-def neutralise(job: runner.Job, ctx: dict[str, Any], db: str) -> None:
+@dataclass(frozen=True)
+class Odoo:
+    """The environment's Odoo, as the job was given it, and the version it said it is."""
+
+    bin: str
+    binary: str  # its `--version` line, e.g. "Odoo Server 18.0"
+    config: str | None = None  # the Odoo config to start from (None: $ODOO_RC)
+    addons_path: str | None = None
+    dsn: str | None = None
+
+
+def require_binary(odoo_bin: str) -> None:
+    """78 when `odoo_bin` is not there to run, as `odoo.binary_version` would say, found without
+    starting it (a dry run and `inspect` start no Odoo): its version is the run's to ask."""
+    if shutil.which(odoo_bin) is not None:
+        return
+    if os.path.sep in odoo_bin and os.path.exists(odoo_bin):
+        raise ConfigError(f"odoo binary not executable: {odoo_bin}")
+    raise ConfigError(f"odoo binary not found: {odoo_bin}")
+
+
+def neutralise(job: runner.Job, odoo_: Odoo, db: str) -> None:
     """`odoo neutralize -d db` with the environment's own binary (one transaction, in Odoo).
 
     Odoo's own mechanism, so every installed module's `data/neutralize.sql` is applied, those
@@ -31,21 +55,20 @@ def neutralise(job: runner.Job, ctx: dict[str, Any], db: str) -> None:
     another version's SQL is written for another schema. A failed run leaves nothing applied
     (Odoo rolls back) and a re-run starts over from a new copy, hence 75.
     """
-    binary: str = ctx["binary"]
-    with pg.connection(db, dsn=ctx["dsn"], deadline=job.deadline) as wconn:
+    with pg.connection(db, dsn=odoo_.dsn, deadline=job.deadline) as wconn:
         db_major = database_major(wconn)
     if db_major is None:
         raise ConflictError(f"{db} is not an Odoo database (no installed base module)")
-    if db_major != odoo.major(binary):
+    if db_major != odoo.major(odoo_.binary):
         raise ConflictError(
-            f"{db} is Odoo {db_major}, {ctx['odoo_bin']} is {binary!r}: cannot neutralise it",
-            binary=binary,
+            f"{db} is Odoo {db_major}, {odoo_.bin} is {odoo_.binary!r}: cannot neutralise it",
+            binary=odoo_.binary,
         )
     args = ["-d", db]
-    if ctx["addons_path"]:
-        args.append(f"--addons-path={ctx['addons_path']}")
+    if odoo_.addons_path:
+        args.append(f"--addons-path={odoo_.addons_path}")
     done = odoo.run_command(
-        ctx["odoo_bin"], "neutralize", args, dsn=ctx["dsn"], base_config=ctx["odoo_config"],
+        odoo_.bin, "neutralize", args, dsn=odoo_.dsn, base_config=odoo_.config,
         deadline=job.deadline,
     )  # fmt: skip
     if done.returncode < 0:
