@@ -6,7 +6,10 @@
                                           manifest.sig        HMAC-SHA256 of manifest.json
 
 `take` builds a set as `{ts}.partial` and publishes it by one rename, `manifest.json` written
-last inside it (the caller holds the tenant's backup lock, `locks.backup`). Reading one back
+last inside it (the caller holds the tenant's backup lock, `locks.backup`). Its parts, for a job
+that plans them one by one (backup): `read_source` (the marker and settings), `leftovers` /
+`remove_leftover` (what killed runs left), `dump_set` and `publish_set`. `remove_tree` deletes a
+set crash-safely (renamed to `.deleting` first, jobs.core.fstree.remove_aside). Reading one back
 (restore, backup-verify, deprovision) goes through `load_manifest`, `check_owner` and
 `check_files`: a set is untrusted input (jobs.ops.manifest). `check_restored` and
 `extract_filestore` compare a restored copy with its set and unpack its filestore.

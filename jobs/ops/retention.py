@@ -1,5 +1,6 @@
-"""Grandfather-father-son retention over backup set timestamps: a pure function (`expired`),
-and `apply_retention`, which deletes from a tenant's sets what it finds expired.
+"""Grandfather-father-son retention over backup set timestamps: pure functions (`expired`, and
+`doomed`, the set names to delete once a set is written), `listed` (the sets on the volume) and
+`apply_retention`, which deletes from a tenant's sets what it finds expired.
 
 A set is kept when it is the newest set of one of the `daily` most recent days that have a set,
 of one of the `weekly` most recent ISO weeks that have one, or of one of the `monthly` most

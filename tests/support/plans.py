@@ -17,7 +17,9 @@ def params_of(cls: type[P], **values: Any) -> P:
     return params.build(cls, base)
 
 
-def manifest(set_name: str, subdomain: str, base_domain: str = naming.DEFAULT_BASE_DOMAIN) -> mf.Manifest:
+def manifest(
+    set_name: str, subdomain: str, base_domain: str = naming.DEFAULT_BASE_DOMAIN
+) -> mf.Manifest:
     """The parsed manifest of a set of `subdomain`, as a backup writes one (a custom dump)."""
     sha = "0" * 64
     return mf.Manifest(
