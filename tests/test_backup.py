@@ -29,6 +29,7 @@ from jobs.core import naming
 from jobs.ops import marker
 from tests import odoo_target
 from tests.conftest import BACKUP_KEY, JOB_ROLE, STANDINS, Runner, job_dsn
+from tests.support.untouched import Snapshot
 
 DOMAIN = naming.DEFAULT_BASE_DOMAIN
 TARGET = odoo_target.current()
@@ -375,8 +376,10 @@ def test_a_killed_backup_leaves_only_a_partial_that_the_next_run_removes(
 def test_bad_input_is_refused_before_any_side_effect(
     tenant: dict[str, Any], run_job: Runner, tmp_path: Path
 ) -> None:
-    no_dest = run_job(["backup", "--subdomain", tenant["sub"]])
-    assert no_dest.rc == 64 and "dest" in no_dest.stderr
+    for job in ("backup", "backup-verify", "restore"):
+        no_dest = run_job([job, "--subdomain", tenant["sub"]])
+        assert no_dest.rc == 64, no_dest.output
+        assert "--dest / PLANA_BACKUP_DEST: is required" in no_dest.stderr
     bad_sub = run_job(["backup", *tenant["args"][2:], "--subdomain", "Not_A_Label"])
     assert bad_sub.rc == 64 and "subdomain" in bad_sub.stderr
     missing = run_job(["backup", *tenant["args"][:2], "--dest", str(tmp_path / "nope")])
@@ -474,3 +477,107 @@ def test_sigterm_during_a_backup_stops_the_archiver_and_exits_75_promptly(
     # between files instead of finishing the filestore; the times are reported, not asserted
     # (a loaded machine stretches both: timing belongs in `make bench`).
     print(f"SIGTERM to exit {stopped_s:.2f}s; full backup {full_s:.2f}s")
+
+
+# --------------------------------------------------------------------------- --dry-run
+
+
+def untouched(pg_dsn: str, tenant: dict[str, Any], *dbs: str) -> Snapshot:
+    """The catalog of the tenant's names, the rows of `dbs`, the backup volume and data dir."""
+    return Snapshot.take(
+        pg_dsn, databases=dbs or (tenant["db"],), only=(tenant["sub"],),
+        roots=(tenant["dest"], tenant["data_dir"]),
+    )  # fmt: skip
+
+
+def planned(run: Any) -> list[str]:
+    assert run.rc == 0, run.output
+    assert run.result["outcome"] == "planned" and run.result["dry_run"] is True
+    return [step["step"] for step in run.result["steps"]]
+
+
+def test_dry_run_plans_a_backup_and_writes_nothing(
+    tenant: dict[str, Any], run_job: Runner, pg_dsn: str
+) -> None:
+    # A backup never converges (every run takes a new set): fresh, with leftovers, blocked.
+    before = untouched(pg_dsn, tenant)
+    fresh = run_job(["backup", *tenant["args"], "--dry-run"])
+    assert planned(fresh) == ["dump", "publish", "retention"]
+    assert fresh.result["retention_deletes"] == [] and fresh.result["set"]
+    assert untouched(pg_dsn, tenant).diff(before) == []
+    assert not (tenant["dest"] / tenant["sub"]).exists()
+
+    made = run_job(["backup", *tenant["args"]])
+    assert made.rc == 0, made.output
+    left = tenant["dest"] / tenant["sub"] / "20250101T000000Z.partial"  # a killed run's
+    left.mkdir()
+    before = untouched(pg_dsn, tenant)
+    again = run_job(["backup", *tenant["args"], "--keep-daily", "0", "--keep-weekly", "0",
+                     "--keep-monthly", "0"], PLANA_DRY_RUN="1")  # fmt: skip
+    assert planned(again) == ["clean", "dump", "publish", "retention"]
+    assert again.result["steps"][0]["target"] == left.name
+    # The new set will be the newest: the one already there is what retention would delete.
+    assert again.result["retention_deletes"] == [made.result["set"]]
+    assert untouched(pg_dsn, tenant).diff(before) == [] and left.is_dir()
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("COMMENT ON DATABASE {} IS 'someone else'").format(
+            sql.Identifier(tenant["db"])))  # fmt: skip
+    before = untouched(pg_dsn, tenant)
+    blocked = run_job(["backup", *tenant["args"], "--dry-run"])
+    assert blocked.rc == 65 and "marker" in blocked.stderr, blocked.output
+    assert untouched(pg_dsn, tenant).diff(before) == []
+
+
+def test_dry_run_plans_a_verification_and_changes_nothing(
+    tenant: dict[str, Any], run_job: Runner, pg_dsn: str
+) -> None:
+    # Verifying never converges either: every run checks again. Blocked while there is no set.
+    args = ["backup-verify", *tenant["args"][:4], "--dry-run"]
+    before = untouched(pg_dsn, tenant)
+    none = run_job(args)
+    assert none.rc == 65 and "no complete backup set" in none.stderr, none.output
+    assert untouched(pg_dsn, tenant).diff(before) == []
+
+    assert run_job(["backup", *tenant["args"]]).rc == 0
+    scratch = tenant["db"] + "__vfy"
+    before = untouched(pg_dsn, tenant)
+    ok = run_job(args)
+    assert planned(ok) == ["checksums", "filestore", "restore", "compare"]
+    assert ok.result["scratch"] == scratch
+    assert untouched(pg_dsn, tenant).diff(before) == []
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:  # what a kill in CREATE DATABASE leaves
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+            sql.Identifier(scratch), sql.Identifier(JOB_ROLE)))  # fmt: skip
+    before = untouched(pg_dsn, tenant, tenant["db"], scratch)
+    left = run_job(args)
+    assert planned(left) == ["checksums", "filestore", "drop-scratch", "restore", "compare"]
+    assert untouched(pg_dsn, tenant, tenant["db"], scratch).diff(before) == []
+
+
+def test_dry_run_plans_a_restore_and_changes_nothing(
+    tenant: dict[str, Any], run_job: Runner, pg_dsn: str
+) -> None:
+    made = run_job(["backup", *tenant["args"]])
+    assert made.rc == 0, made.output
+    before = untouched(pg_dsn, tenant)
+    blocked = run_job(["restore", *tenant["args"], "--dry-run"])  # the tenant exists
+    assert blocked.rc == 65 and "--replace" in blocked.stderr, blocked.output
+    assert untouched(pg_dsn, tenant).diff(before) == []
+
+    copy = tenant["sub"] + "-dry"  # a fresh target: nothing of it exists yet
+    args = ["restore", *tenant["args"], "--to-subdomain", copy, "--as-copy"]
+    before = untouched(pg_dsn, tenant)
+    fresh = run_job([*args, "--dry-run"])
+    assert planned(fresh) == ["check-set", "pg_restore", "verify", "filestore", "swap", "publish"]
+    assert fresh.result["set"] == made.result["set"]
+    assert fresh.result["database"] == naming.db_name(copy)
+    assert untouched(pg_dsn, tenant).diff(before) == []
+
+    assert run_job(args).rc == 0
+    dbs = (tenant["db"], naming.db_name(copy))
+    before = untouched(pg_dsn, tenant, *dbs)
+    converged = run_job([*args, "--dry-run"])
+    assert planned(converged) == []
+    assert untouched(pg_dsn, tenant, *dbs).diff(before) == []

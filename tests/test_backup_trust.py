@@ -109,8 +109,13 @@ def test_an_unsigned_or_missigned_set_is_refused_and_the_key_is_required(
     foreign = run_job(verify_args(world))  # the newest set: signed with the other key
     assert foreign.rc == 65 and "manifest.sig" in foreign.stderr, foreign.output
 
-    # No key, an unreadable or an empty one: configuration (78), before anything is written.
+    # A key file that is missing, unreadable or empty: configuration (78); none given at all:
+    # bad input (64). Either before anything is written.
     before = sorted(p.name for p in (world["dest"] / world["sub"]).iterdir())
+    for job in (["backup", *world["args"]], verify_args(world), ["restore", *world["args"]]):
+        not_given = run_job(job, PLANA_BACKUP_KEY_FILE="")
+        assert not_given.rc == 64, not_given.output
+        assert "--backup-key-file / PLANA_BACKUP_KEY_FILE: is required" in not_given.stderr
     for bad in (str(tmp_path / "missing"), str(tmp_path)):
         refused = run_job(["backup", *world["args"]], PLANA_BACKUP_KEY_FILE=bad)
         assert refused.rc == 78 and "PLANA_BACKUP_KEY_FILE" in refused.stderr, refused.output

@@ -129,14 +129,6 @@ def present(path: str | Path) -> bool:
     return fstree.require_tree(path)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 _buffers = threading.local()
 
 
@@ -337,7 +329,7 @@ def copy_tree(
         if src_fd is not None:
             os.close(src_fd)
     if durable:
-        _fsync_dir(target)
+        fstree.fsync_dir(target)
     if target != dst and publish:
         stats.published = publish_staged(dst, kind=kind, durable=durable)
     return stats
@@ -363,7 +355,7 @@ def publish_staged(dst: str | Path, *, kind: str = "clone", durable: bool = Fals
         return False
     os.rename(staging, dst)
     if durable:
-        _fsync_dir(dst.parent)
+        fstree.fsync_dir(dst.parent)
     return True
 
 
@@ -407,14 +399,8 @@ def discard(path: str | Path) -> bool:
     the real name, then removed by descriptor (no link inside it is followed).
     """
     path = Path(path)
-    removed = False
-    found = fstree.kind_of(path)
-    if found == "dir":
-        trash = path.parent / f".{path.name}.trash-{uuid.uuid4().hex[:8]}"
-        os.rename(path, trash)
-        removed = True
-    elif found == "other":
-        removed = fstree.remove_path(path)
+    # A unique aside name: two discards of one name (a crash, then a retry) never collide.
+    removed = fstree.remove_aside(path, path.parent / f".{path.name}.trash-{uuid.uuid4().hex[:8]}")
     if path.parent.is_dir():
         for leftover in path.parent.glob(f".{glob.escape(path.name)}.trash-*"):
             fstree.remove_path(leftover)

@@ -19,18 +19,24 @@ Taking and reading sets is `backup_sets`'s; deprovision takes its final set the 
 
 The dump and the manifest's facts (base version, tables, exact row counts) come from one
 exported snapshot, so what the manifest promises is exactly what the dump holds.
+
+observe: the database's marker (this project's tenant or environment, else blocked: 65), its
+settings, the leftovers of killed runs and the complete sets (with their signed `final`).
+plan: `clean` each leftover, `dump`, `publish`, `retention` (the expired sets it deletes). A
+backup never converges: every run takes a new set.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
-
-import click
 
 from jobs.adapters import pg
 from jobs.adapters.pg import locks
-from jobs.core import naming, runner
-from jobs.core import options as params
+from jobs.core import naming, params, plan, runner
+from jobs.core.errors import ConflictError
 from jobs.core.result import Done
 from jobs.ops import backup_sets, retention
 from jobs.ops import manifest as mf
@@ -38,42 +44,172 @@ from jobs.ops import manifest as mf
 LOCK_WAIT_S = 120.0
 
 
-@click.command("backup")
-@params.subdomain
-@params.backup_options
-@params.retention_options
-@params.data_dir
-@params.pg_dsn
-@params.common
-def backup(**kw: Any) -> None:
-    """Dump one tenant's database and filestore into a new set, then apply retention."""
-    runner.run("backup", lambda job: _run(job, kw), timeout=kw["timeout"])
-
-
-def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
-    tenant = naming.Tenant(naming.subdomain(kw["subdomain"]), naming.base_domain(kw["base_domain"]))
-    dest = backup_sets.dest_dir(kw["dest"])
-    policy = retention.Policy(kw["keep_daily"], kw["keep_weekly"], kw["keep_monthly"])
-    dsn = pg.base_conninfo(kw["pg_dsn"])
-    key = mf.read_key(kw["backup_key_file"])
-    job.bind(tenant=tenant.subdomain)
-    with locks.advisory(
-        locks.backup(tenant.db_name), deadline=job.deadline, wait_s=LOCK_WAIT_S, dsn=dsn
-    ):
-        made = backup_sets.take(job, tenant, dest, kw["data_dir"], dsn, kw["jobs_n"],
-                                lock_wait=kw["lock_wait"], key=key)  # fmt: skip
-        job.step("retention")
-        deleted = retention.apply_retention(
-            job, backup_sets.tenant_dir(dest, tenant.subdomain), policy, made.name, key
-        )
-    return Done(
-        "created",
-        {
-            "set": made.name,
-            "path": str(made.path),
-            "bytes": sum(int(f["size"]) for f in made.manifest["files"].values()),
-            "tables": len(made.manifest["tables"]),
-            "filestore_files": made.manifest["filestore"]["files"],
-            "retention_deleted": deleted,
-        },
+@params.spec
+class Params(params.Common):
+    subdomain: str = params.subdomain()
+    dest: str = params.option(
+        "--dest",
+        backup_sets.DEST_ENV,
+        "Mounted backup volume; sets go to {dest}/{subdomain}/{timestamp}/.",
+        type=params.Rule("path", backup_sets.dest_path),
+        required=True,
     )
+    backup_key_file: str = params.backup_key_file()
+    jobs_n: int = params.backup_jobs(
+        "pg_dump parallel jobs; above 1 the dump is in directory format."
+    )
+    lock_wait: float = params.lock_wait()
+    keep_daily: int = params.keep("daily", 7, "Days (that have sets) to keep one of.")
+    keep_weekly: int = params.keep("weekly", 4, "ISO weeks to keep one set of.")
+    keep_monthly: int = params.keep("monthly", 6, "Months to keep one set of.")
+    data_dir: str = params.data_dir()
+    pg_dsn: str | None = params.pg_dsn()
+
+    @property
+    def tenant(self) -> naming.Tenant:
+        return naming.Tenant(self.subdomain, self.base_domain)
+
+    @property
+    def policy(self) -> retention.Policy:
+        return retention.Policy(self.keep_daily, self.keep_weekly, self.keep_monthly)
+
+
+@dataclass(frozen=True)
+class State:
+    source: backup_sets.Source | None  # the database's marker and settings, when it is ours
+    refused: str | None  # why it is not a database to back up (missing, not ours)
+    leftovers: tuple[str, ...]  # `.partial` / `.deleting` sets of killed runs
+    sets: tuple[retention.Listed, ...]  # the complete sets, oldest first
+    now: datetime  # the clock when observed: the new set's name, as far as a plan can tell
+
+
+def observe(job: runner.Job, p: Params, dest: Path, key: bytes, dsn: str | None) -> State:
+    tdir = backup_sets.tenant_dir(dest, p.subdomain)
+    with pg.connection(dsn=dsn, deadline=job.deadline) as conn:
+        try:
+            source, refused = backup_sets.read_source(conn, p.tenant.db_name), None
+        except ConflictError as exc:
+            source, refused = None, exc.message
+    return State(
+        source=source,
+        refused=refused,
+        leftovers=tuple(backup_sets.leftovers(tdir)),
+        sets=retention.listed(tdir, key),
+        now=datetime.now(UTC),
+    )
+
+
+def _retention_says(doomed: list[str], policy: retention.Policy) -> str:
+    rule = f"keep {policy.daily} daily / {policy.weekly} weekly / {policy.monthly} monthly"
+    if not doomed:
+        return f"delete no set ({rule})"
+    return f"delete {len(doomed)} expired set(s) ({rule}): {', '.join(doomed)}"
+
+
+def decide(state: State, p: Params) -> plan.Plan:
+    """The steps of one backup: pure, from what `observe` saw."""
+    if state.refused is not None or state.source is None:
+        return plan.blocked(state.refused or f"database {p.tenant.db_name} is not ours")
+    new = backup_sets.set_name(state.now)
+    doomed = retention.doomed((*state.sets, retention.Listed(new, False)), p.policy, new)
+    db, sub = p.tenant.db_name, p.subdomain
+    return plan.of(
+        *(
+            plan.Step("clean", f"remove {name}, left by a killed run", target=name)
+            for name in state.leftovers
+        ),
+        plan.Step("dump", f"pg_dump {db} and archive its filestore into {sub}/{new}.partial"),
+        plan.Step("publish", f"sign the manifest, rename {new}.partial to {new}", target=new),
+        plan.Step("retention", _retention_says(doomed, p.policy)),
+        set=new,
+        leftovers=list(state.leftovers),
+        retention_deletes=doomed,
+    )
+
+
+def preview(job: runner.Job, p: Params) -> plan.Plan:
+    job.bind(tenant=p.subdomain)
+    dest = backup_sets.dest_volume(p.dest, params.label(Params, "dest"))
+    key = mf.read_key(p.backup_key_file)
+    return decide(observe(job, p, dest, key, pg.base_conninfo(p.pg_dsn)), p)
+
+
+class _Backup:
+    """The step actions of one run, and what they leave for the next (the pending set)."""
+
+    def __init__(
+        self, job: runner.Job, p: Params, dest: Path, key: bytes, dsn: str | None, state: State
+    ) -> None:
+        self.job, self.p, self.key, self.dsn, self.state = job, p, key, dsn, state
+        self.tdir = backup_sets.tenant_dir(dest, p.subdomain)
+        self.pending: backup_sets.Pending | None = None
+        self.made: backup_sets.BackupSet | None = None
+        self.deleted: list[str] = []
+
+    def clean(self, step: plan.Step) -> None:
+        backup_sets.remove_leftover(self.tdir, step.target)
+        self.job.log.info("removed leftovers of interrupted runs", removed=[step.target])
+
+    def dump(self, _step: plan.Step) -> None:
+        self.pending = backup_sets.dump_set(
+            self.job, self.p.tenant, self.tdir, self.p.data_dir, self.dsn, self.p.jobs_n,
+            self.p.lock_wait,
+        )  # fmt: skip
+
+    def publish(self, _step: plan.Step) -> None:
+        assert self.pending is not None and self.state.source is not None
+        self.made = backup_sets.publish_set(
+            self.job, self.p.tenant, self.pending, self.state.source, jobs_n=self.p.jobs_n,
+            key=self.key,
+        )  # fmt: skip
+
+    def retention(self, _step: plan.Step) -> None:
+        # Decided again now that the set exists under its real name: the plan guessed the name
+        # from the clock before the dump, and a dump that ran past midnight moves it a day.
+        assert self.made is not None
+        sets = retention.listed(self.tdir, self.key)
+        doomed = retention.doomed(sets, self.p.policy, self.made.name)
+        self.deleted = retention.delete(self.job, self.tdir, doomed)
+
+    def done(self) -> Done:
+        assert self.made is not None
+        m = self.made.manifest
+        return Done(
+            "created",
+            {
+                "set": self.made.name,
+                "path": str(self.made.path),
+                "bytes": sum(int(f["size"]) for f in m["files"].values()),
+                "tables": len(m["tables"]),
+                "filestore_files": m["filestore"]["files"],
+                "retention_deleted": self.deleted,
+            },
+        )
+
+
+def run(job: runner.Job, p: Params) -> Done:
+    dest = backup_sets.dest_volume(p.dest, params.label(Params, "dest"))
+    key = mf.read_key(p.backup_key_file)
+    dsn = pg.base_conninfo(p.pg_dsn)
+    job.bind(tenant=p.subdomain)
+    lock = locks.backup(p.tenant.db_name)
+    with locks.advisory(lock, deadline=job.deadline, wait_s=LOCK_WAIT_S, dsn=dsn):
+        state = observe(job, p, dest, key, dsn)
+        work = _Backup(job, p, dest, key, dsn, state)
+        actions: dict[str, Any] = {
+            "clean": work.clean,
+            "dump": work.dump,
+            "publish": work.publish,
+            "retention": work.retention,
+        }
+        plan.apply(job, decide(state, p), actions)
+    return work.done()
+
+
+backup = params.command(
+    "backup",
+    Params,
+    run,
+    preview,
+    "Dump one tenant's database and filestore into a new set, then apply retention.",
+)

@@ -12,21 +12,28 @@ Exit codes: any mismatch, and a dump pg_restore cannot read, is 65; pg_restore m
 refused login is 78; SIGTERM or a lost connection is 75 (never counted as a problem of the
 set). A scratch database left by a killed run is dropped by the next one: one carrying its
 own marker, or none at all (a kill during its CREATE DATABASE; no tenant's name contains `_`).
+
+observe: the set (`--set` or the newest complete one), its authenticated manifest of this
+tenant, and what holds the scratch name. plan: `checksums`, `filestore`, [`drop-scratch`],
+`restore`, `compare`; blocked (65) when there is no such set, its manifest is not authentic or
+not this tenant's, or someone else's database holds the scratch name. Verifying never
+converges: every run checks the set again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import click
+import psycopg
 
 from jobs.adapters import pg
 from jobs.adapters.pg import locks
 from jobs.adapters.pg import tools as pg_tools
-from jobs.core import naming, proc, runner
-from jobs.core import options as params
+from jobs.core import naming, params, plan, proc, runner
 from jobs.core.errors import ConfigError, ConflictError, TransientError
 from jobs.core.result import Done
 from jobs.ops import backup_sets, clone, marker, set_archive
@@ -78,106 +85,216 @@ def _pg_restore(job: runner.Job, dump_fd: int, db: str, dsn: str | None, jobs_n:
     return f"pg_restore: {getattr(err, 'message', err)}"
 
 
-def verify_set(
-    job: runner.Job,
-    set_dir: Path,
-    tenant: naming.Tenant,
-    dsn: str | None,
-    key: bytes,
-    jobs_n: int = 1,
-) -> list[str]:
-    """Every problem found with the set (empty: it restores and matches its manifest)."""
-    manifest = backup_sets.load_manifest(set_dir, key)
-    backup_sets.check_owner(manifest, tenant, set_dir.name)
-    job.step("checksums")
-    pinned: dict[str, int] = {}
-    problems = backup_sets.check_files(set_dir, manifest, pinned)
-    if problems:
-        return problems  # restoring a corrupt dump proves nothing more
+# ---------------------------------------------------------------------------- parameters
+
+
+@params.spec
+class Params(params.Common):
+    subdomain: str = params.subdomain()
+    set_name: str | None = params.option(
+        "--set",
+        "PLANA_BACKUP_SET",
+        "Set to verify; default: the newest complete set.",
+        type=params.Rule("set", backup_sets.set_name_arg),
+    )
+    dest: str = params.option(
+        "--dest",
+        backup_sets.DEST_ENV,
+        "Mounted backup volume.",
+        type=params.Rule("path", backup_sets.dest_path),
+        required=True,
+    )
+    backup_key_file: str = params.backup_key_file()
+    jobs_n: int = params.backup_jobs()
+    pg_dsn: str | None = params.pg_dsn()
+
+    @property
+    def tenant(self) -> naming.Tenant:
+        return naming.Tenant(self.subdomain, self.base_domain)
+
+    @property
+    def scratch(self) -> str:
+        return self.tenant.db_name + SCRATCH_SUFFIX
+
+
+# ---------------------------------------------------------------------------- observe, decide
+
+# What holds the scratch name: nothing, a killed run's copy (its marker, or no comment at all:
+# a kill during its CREATE DATABASE), or someone else's database.
+Scratch = Literal["absent", "ours", "unmarked", "foreign"]
+
+
+@dataclass(frozen=True)
+class State:
+    set_name: str | None  # the set to verify
+    refused: str | None  # why there is nothing to verify: no set, not authentic, not ours
+    manifest: mf.Manifest | None  # authenticated, of this tenant
+    scratch: Scratch
+
+
+def _scratch(conn: psycopg.Connection[Any], name: str) -> Scratch:
+    if not pg.database_exists(conn, name):
+        return "absent"
+    comment = pg.database_comment(conn, name)
+    if comment is None:
+        return "unmarked"
+    mark = marker.Marker.decode(comment)
+    return "ours" if mark is not None and mark.kind == marker.VERIFY_SCRATCH_KIND else "foreign"
+
+
+def observe(
+    job: runner.Job, conn: psycopg.Connection[Any], p: Params, dest: Path, key: bytes
+) -> State:
+    name: str | None = None
+    manifest: mf.Manifest | None = None
+    refused: str | None = None
     try:
-        return _verify_checked(job, set_dir, manifest, tenant, dsn, pinned, jobs_n)
-    finally:
-        for fd in pinned.values():
+        set_dir = backup_sets.pick_set(backup_sets.tenant_dir(dest, p.subdomain), p.set_name)
+        name = set_dir.name
+        manifest = backup_sets.load_manifest(set_dir, key)
+        backup_sets.check_owner(manifest, p.tenant, name)
+    except ConflictError as exc:
+        manifest, refused = None, exc.message
+    return State(name, refused, manifest, _scratch(conn, p.scratch))
+
+
+def decide(state: State, p: Params) -> plan.Plan:
+    """The checks of one verification, pure: every run makes them all again."""
+    if state.refused is not None or state.manifest is None or state.set_name is None:
+        return plan.blocked(state.refused or "no set to verify")
+    scratch, name = p.scratch, state.set_name
+    if state.scratch == "foreign":
+        return plan.blocked(f"database {scratch} exists and is not ours", database=scratch)
+    leftover = state.scratch in ("ours", "unmarked")
+    return plan.of(
+        plan.Step("checksums", f"check the files of set {name} against their sizes and sha256"),
+        plan.Step("filestore", "check every member of filestore.tar (type, name, content)"),
+        plan.Step("drop-scratch", f"drop {scratch}, left by a killed run", target=scratch)
+        if leftover
+        else None,
+        plan.Step("restore", f"pg_restore the dump into a scratch database {scratch}"),
+        plan.Step("compare", f"compare base version, tables and row counts, then drop {scratch}"),
+        set=name,
+        scratch=scratch,
+    )
+
+
+def preview(job: runner.Job, p: Params) -> plan.Plan:
+    job.bind(tenant=p.subdomain)
+    dest = backup_sets.dest_volume(p.dest, params.label(Params, "dest"))
+    key = mf.read_key(p.backup_key_file)
+    with pg.connection(dsn=pg.base_conninfo(p.pg_dsn), deadline=job.deadline) as conn:
+        return decide(observe(job, conn, p, dest, key), p)
+
+
+# ---------------------------------------------------------------------------- apply
+
+
+def _failed(name: str, problems: list[str]) -> ConflictError:
+    return ConflictError(
+        f"set {name} failed verification: {'; '.join(problems[:5])}",
+        set=name,
+        problems=problems[:20],
+    )
+
+
+class _Verify:
+    """The step actions of one verification and what they share: the descriptors of the files
+    that were hashed (the archive scan and pg_restore read those, never the set's paths again),
+    one session, and the problems found so far."""
+
+    def __init__(
+        self,
+        job: runner.Job,
+        conn: psycopg.Connection[Any],
+        p: Params,
+        dest: Path,
+        dsn: str | None,
+        state: State,
+    ) -> None:
+        assert state.manifest is not None and state.set_name is not None
+        self.job, self.conn, self.p, self.dsn = job, conn, p, dsn
+        self.manifest, self.name = state.manifest, state.set_name
+        self.set_dir = backup_sets.tenant_dir(dest, p.subdomain) / state.set_name
+        self.pinned: dict[str, int] = {}
+        self.problems: list[str] = []
+        self.stack = contextlib.ExitStack()
+        self.stack.callback(self._close_pinned)
+
+    def _close_pinned(self) -> None:
+        for fd in self.pinned.values():
             os.close(fd)
 
+    def checksums(self, _step: plan.Step) -> None:
+        problems = backup_sets.check_files(self.set_dir, self.manifest, self.pinned)
+        if problems:
+            raise _failed(self.name, problems)  # restoring a corrupt dump proves nothing more
 
-def _verify_checked(
-    job: runner.Job,
-    set_dir: Path,
-    manifest: mf.Manifest,
-    tenant: naming.Tenant,
-    dsn: str | None,
-    pinned: dict[str, int],
-    jobs_n: int,
-) -> list[str]:
-    """The rest of `verify_set`, once the set's files match their checksums.
+    def filestore(self, _step: plan.Step) -> None:
+        info = self.manifest.filestore
+        self.problems += check_archive(self.pinned[info.path], info)
+        self.job.check_locks()  # after reading the whole archive: still ours before the scratch
 
-    `pinned` holds the descriptors of the dump and the archive that were hashed: the archive
-    scan and pg_restore read those, never the set's paths again.
-    """
-    scratch = tenant.db_name + SCRATCH_SUFFIX
-    problems: list[str] = []
-    job.step("filestore")
-    problems += check_archive(pinned[manifest.filestore.path], manifest.filestore)
-    job.check_locks()  # after reading the whole archive: still ours before touching scratch
-    with pg.connection(dsn=dsn, deadline=job.deadline) as conn:
-        clone.claim_session(conn, clone.session_name("verify", tenant.db_name), job.deadline)
-        marker.drop_unmarked(job, conn, scratch, marker.VERIFY_SCRATCH_KIND)
-        if pg.database_exists(conn, scratch):
-            pg.drop_database(conn, scratch)  # our own marker: a killed run's scratch copy
-        job.step("restore")
+    def drop_scratch(self, _step: plan.Step) -> None:
+        marker.drop_unmarked(self.job, self.conn, self.p.scratch, marker.VERIFY_SCRATCH_KIND)
+        if pg.database_exists(self.conn, self.p.scratch):
+            pg.drop_database(self.conn, self.p.scratch)  # our own marker: a killed run's copy
+
+    def restore(self, _step: plan.Step) -> None:
+        scratch, conn = self.p.scratch, self.conn
         # No tenant role: CONNECT for the job's own role only.
-        clone.create_empty(conn, scratch, manifest.settings, None)
-        try:
-            marker.write(
-                conn,
-                scratch,
-                marker.Marker(
-                    marker.VERIFY_SCRATCH_KIND, "created", {"subdomain": tenant.subdomain}
-                ),
-            )
-            bad = _pg_restore(job, pinned[manifest.dump.path], scratch, dsn, jobs_n)
-            if bad:  # the dump passed its checksum but does not restore
-                return [*problems, bad]
-            job.step("compare")
-            with pg.connection(scratch, dsn=dsn, deadline=job.deadline) as sconn:
-                problems += backup_sets.check_restored(sconn, manifest)
-        finally:
-            pg.drop_database(conn, scratch)
-    return problems
+        clone.create_empty(conn, scratch, self.manifest.settings, None)
+        # Dropped on every path from here, when the run's stack unwinds (before its session
+        # closes); one killed before this is the next run's `drop-scratch`.
+        self.stack.callback(pg.drop_database, conn, scratch)
+        mark = {"subdomain": self.p.subdomain}
+        marker.write(conn, scratch, marker.Marker(marker.VERIFY_SCRATCH_KIND, "created", mark))
+        bad = _pg_restore(self.job, self.pinned[self.manifest.dump.path], scratch, self.dsn,
+                          self.p.jobs_n)  # fmt: skip
+        if bad:  # the dump passed its checksum but does not restore
+            raise _failed(self.name, [*self.problems, bad])
+
+    def compare(self, _step: plan.Step) -> None:
+        with pg.connection(self.p.scratch, dsn=self.dsn, deadline=self.job.deadline) as sconn:
+            self.problems += backup_sets.check_restored(sconn, self.manifest)
+        if self.problems:
+            raise _failed(self.name, self.problems)
+
+    def actions(self) -> dict[str, Any]:
+        return {
+            "checksums": self.checksums,
+            "filestore": self.filestore,
+            "drop-scratch": self.drop_scratch,
+            "restore": self.restore,
+            "compare": self.compare,
+        }
 
 
-@click.command("backup-verify")
-@params.subdomain
-@params.option(
-    "--set",
-    "set_name",
-    env="PLANA_BACKUP_SET",
-    default=None,
-    help="Set to verify; default: the newest complete set.",
-)
-@params.backup_set_source
-@params.pg_dsn
-@params.common
-def backup_verify(**kw: Any) -> None:
-    """Verify a backup set: checksums, a scratch restore, base version, tables, filestore."""
-    runner.run("backup-verify", lambda job: _run(job, kw), timeout=kw["timeout"])  # fmt: skip
-
-
-def _run(job: runner.Job, kw: dict[str, Any]) -> Done:
-    tenant = naming.Tenant(naming.subdomain(kw["subdomain"]), naming.base_domain(kw["base_domain"]))
-    dest = backup_sets.dest_dir(kw["dest"])
-    key = mf.read_key(kw["backup_key_file"])
-    set_dir = backup_sets.pick_set(backup_sets.tenant_dir(dest, tenant.subdomain), kw["set_name"])
-    dsn = pg.base_conninfo(kw["pg_dsn"])
-    job.bind(tenant=tenant.subdomain)
+def run(job: runner.Job, p: Params) -> Done:
+    dest = backup_sets.dest_volume(p.dest, params.label(Params, "dest"))
+    key = mf.read_key(p.backup_key_file)
+    dsn = pg.base_conninfo(p.pg_dsn)
+    job.bind(tenant=p.subdomain)
     # The scratch database's owner: only this job (and deprovision, to drop it) names it.
-    with locks.advisory(locks.verify(tenant.db_name), deadline=job.deadline, dsn=dsn):
-        problems = verify_set(job, set_dir, tenant, dsn, key, kw["jobs_n"])
-    if problems:
-        raise ConflictError(
-            f"set {set_dir.name} failed verification: {'; '.join(problems[:5])}",
-            set=set_dir.name,
-            problems=problems[:20],
-        )
-    return Done("unchanged", {"set": set_dir.name, "verified": True})
+    with (
+        locks.advisory(locks.verify(p.tenant.db_name), deadline=job.deadline, dsn=dsn),
+        pg.connection(dsn=dsn, deadline=job.deadline) as conn,
+    ):
+        # First: a killed run's sessions end (its CREATE DATABASE settles) before we look.
+        clone.claim_session(conn, clone.session_name("verify", p.tenant.db_name), job.deadline)
+        state = observe(job, conn, p, dest, key)
+        steps = decide(state, p)
+        steps.require_unblocked()
+        verify = _Verify(job, conn, p, dest, dsn, state)
+        with verify.stack:
+            plan.apply(job, steps, verify.actions())
+    return Done("unchanged", {"set": state.set_name, "verified": True})
+
+
+backup_verify = params.command(
+    "backup-verify",
+    Params,
+    run,
+    preview,
+    "Verify a backup set: checksums, a scratch restore, base version, tables, filestore.",
+)

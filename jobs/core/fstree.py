@@ -15,6 +15,9 @@ skipped, never followed.
   are the regular, non-dot files as `(name, size)`.
 - `open_file(dir_fd, name)`: a regular file's descriptor and `fstat`, or None.
 - `make_dir(parent_fd, name)`, `remove(parent_fd, name)`: writes relative to an opened parent.
+- `remove_aside(path, aside)`: a crash-safe delete (renamed aside first, then removed), the one
+  both a backup set's `.deleting` and a filestore's `.trash-…` go through.
+- `fsync_dir(path)`: make a directory's entries (a rename into it) durable.
 - `TarWriter`: a tar stream (GNU format) built from descriptors; the bytes go from the file to
   the output with `sendfile`, never through a path.
 """
@@ -205,6 +208,42 @@ def remove_path(path: str | os.PathLike[str]) -> bool:
         return present
     finally:
         os.close(parent)
+
+
+def remove_aside(
+    path: str | os.PathLike[str], aside: str | os.PathLike[str], *, best_effort: bool = False
+) -> bool:
+    """Remove the tree at `path` so that no crash leaves part of it under its own name.
+
+    The tree is first renamed to `aside` (a name in the same directory that says "being
+    deleted": readers skip it, the next run sweeps it), then removed by descriptor, no link
+    inside it followed. A symlink or file at `path` is unlinked itself (never renamed, never
+    followed). `aside == path`: already aside, just removed. `best_effort`: a removal that fails
+    half-way is left for the next sweep instead of failing the caller (the aside name already
+    marks it as garbage). True when there was something at `path`.
+    """
+    found = kind_of(path)
+    if found == "missing":
+        return False
+    doomed = path
+    if found == "dir" and os.fspath(aside) != os.fspath(path):
+        os.rename(path, aside)
+        doomed = aside
+    try:
+        remove_path(doomed)
+    except OSError:
+        if not best_effort:
+            raise
+    return True
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """fsync a directory: the names renamed or created in it survive a node crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class TarWriter:

@@ -6,7 +6,10 @@
                                           manifest.sig        HMAC-SHA256 of manifest.json
 
 `take` builds a set as `{ts}.partial` and publishes it by one rename, `manifest.json` written
-last inside it (the caller holds the tenant's backup lock, `locks.backup`). Reading one back
+last inside it (the caller holds the tenant's backup lock, `locks.backup`). Its parts, for a job
+that plans them one by one (backup): `read_source` (the marker and settings), `leftovers` /
+`remove_leftover` (what killed runs left), `dump_set` and `publish_set`. `remove_tree` deletes a
+set crash-safely (renamed to `.deleting` first, jobs.core.fstree.remove_aside). Reading one back
 (restore, backup-verify, deprovision) goes through `load_manifest`, `check_owner` and
 `check_files`: a set is untrusted input (jobs.ops.manifest). `check_restored` and
 `extract_filestore` compare a restored copy with its set and unpack its filestore.
@@ -128,11 +131,20 @@ def check_owner(m: mf.Manifest, tenant: naming.Tenant, label: str) -> None:
         )
 
 
+def set_name_arg(value: str) -> str:
+    """A `--set` value: a set's name, `20250131T020000Z` (64 otherwise)."""
+    if not SET_NAME.fullmatch(value):
+        raise UsageError("set", f"must be a set name like 20250131T020000Z, got {value!r}")
+    return value
+
+
 def pick_set(tdir: Path, wanted: str | None, field: str = "set") -> Path:
     """The set named `wanted`, or the newest complete one; ConflictError when there is none."""
     if wanted:
-        if not SET_NAME.fullmatch(wanted):
-            raise UsageError(field, f"must be a set name like 20250131T020000Z, got {wanted!r}")
+        try:
+            set_name_arg(wanted)
+        except UsageError as exc:
+            raise UsageError(field, exc.problem) from None
         path = tdir / wanted
         if not (path / MANIFEST).is_file():
             raise ConflictError(f"set {wanted}: no complete set of that name in {tdir}")
@@ -156,60 +168,87 @@ def check_files(set_dir: Path, m: mf.Manifest, pinned: dict[str, int] | None = N
 
 
 def remove_tree(path: Path) -> None:
-    """Delete a directory so that no crash leaves it looking complete: rename, then delete."""
-    if not path.exists():
-        return
-    doomed = path if path.name.endswith(DELETING) else path.with_name(path.name + DELETING)
-    if doomed != path:
-        path.rename(doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
+    """Delete a set so that no crash leaves it looking complete: renamed to `.deleting` first.
+
+    A failed removal is left as the `.deleting` it already is, for the next run's sweep.
+    """
+    aside = path if path.name.endswith(DELETING) else path.with_name(path.name + DELETING)
+    fstree.remove_aside(path, aside, best_effort=True)
+
+
+def leftovers(tdir: Path) -> list[str]:
+    """The `.partial` and `.deleting` sets killed runs left under a tenant's directory."""
+    if not tdir.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in tdir.iterdir()
+        if p.is_dir() and (p.name.endswith(PARTIAL) or p.name.endswith(DELETING))
+    )
+
+
+def remove_leftover(tdir: Path, name: str) -> None:
+    """Remove one leftover (caller holds the lock): never a set, only an unfinished one."""
+    if not (name.endswith(PARTIAL) or name.endswith(DELETING)):
+        raise ValueError(f"not a leftover set name: {name!r}")
+    shutil.rmtree(tdir / name, ignore_errors=True)
 
 
 def clean_leftovers(tdir: Path) -> list[str]:
     """Remove `.partial` and `.deleting` sets left by killed runs (caller holds the lock)."""
-    removed: list[str] = []
-    if not tdir.is_dir():
-        return removed
-    for p in sorted(tdir.iterdir()):
-        if p.is_dir() and (p.name.endswith(PARTIAL) or p.name.endswith(DELETING)):
-            shutil.rmtree(p, ignore_errors=True)
-            removed.append(p.name)
+    removed = leftovers(tdir)
+    for name in removed:
+        remove_leftover(tdir, name)
     return removed
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+DEST_ENV = "PLANA_BACKUP_DEST"
+
+
+def dest_path(value: str) -> str:
+    """`--dest` as a path that can hold sets: printable, within NAME_MAX and PATH_MAX (64).
+
+    Only the value is checked (a click type, before any side effect); whether it is a mounted,
+    writable directory is `dest_volume`'s (78).
+    """
+    raw = os.fsencode(value)
+    name_max = os.pathconf("/", "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
+    if not value:
+        raise UsageError("dest", "is required")
+    if b"\0" in raw or not value.isprintable():
+        raise UsageError("dest", "must be a printable path")
+    if any(len(part) > name_max for part in raw.split(b"/")):
+        raise UsageError("dest", f"has a component longer than {name_max} bytes")
+    if len(os.fsencode(os.path.abspath(value))) + SET_PATH_ROOM > os.pathconf("/", "PC_PATH_MAX"):
+        raise UsageError("dest", "is too long to hold backup sets")
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        os.stat(value)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise UsageError("dest", f"is not a usable path: {exc.strerror}") from None
+    return value
+
+
+def dest_volume(value: str, label: str = "dest") -> Path:
+    """The mounted backup volume `value` names: an existing, writable directory (78)."""
+    path = Path(value)
+    if not path.is_dir():
+        raise ConfigError(f"{label}: {value} is not a directory (is the volume mounted?)")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{label}: {value} is not writable")
+    return path
 
 
 def dest_dir(value: str | None, field: str = "dest") -> Path:
     """The mounted backup volume: required and a usable path (64); existing, writable (78)."""
     if not value:
-        raise UsageError(field, "is required (PLANA_BACKUP_DEST)")
-    raw = os.fsencode(value)
-    name_max = os.pathconf("/", "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
-    if b"\0" in raw or not value.isprintable():
-        raise UsageError(field, "must be a printable path (PLANA_BACKUP_DEST)")
-    if any(len(part) > name_max for part in raw.split(b"/")):
-        raise UsageError(field, f"has a component longer than {name_max} bytes (PLANA_BACKUP_DEST)")
-    if len(os.fsencode(os.path.abspath(value))) + SET_PATH_ROOM > os.pathconf("/", "PC_PATH_MAX"):
-        raise UsageError(field, "is too long to hold backup sets (PLANA_BACKUP_DEST)")
-    path = Path(value)
+        raise UsageError(field, f"is required ({DEST_ENV})")
     try:
-        os.stat(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        problem = f"is not a usable path: {exc.strerror} (PLANA_BACKUP_DEST)"
-        raise UsageError(field, problem) from None
-    if not path.is_dir():
-        raise ConfigError(f"{field}: {value} is not a directory (is the volume mounted?)")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"{field}: {value} is not writable")
-    return path
+        dest_path(value)
+    except UsageError as exc:
+        raise UsageError(field, f"{exc.problem} ({DEST_ENV})") from None
+    return dest_volume(value, field)
 
 
 # ---------------------------------------------------------------------------- observing the db
@@ -425,38 +464,53 @@ def _count_in_snapshot(
     return counts
 
 
-def take(
+@dataclass(frozen=True)
+class Source:
+    """What a set records of the database it is taken of, read before the dump."""
+
+    mark: marker.Marker
+    settings: dict[str, Any]
+    server_version: str | None
+
+
+def read_source(conn: psycopg.Connection[Any], db: str) -> Source:
+    """The database's marker (it must be this project's tenant or environment: 65 otherwise),
+    settings and server version. Reads only."""
+    mark = marker.require_ours(
+        conn, db, marker.BACKUP_KINDS, what="does not carry this project's marker"
+    )
+    server = conn.execute("SHOW server_version").fetchone()
+    return Source(mark, database_settings(conn, db), server[0] if server else None)
+
+
+@dataclass
+class Pending:
+    """A set dumped into `{name}.partial`, not yet published (no manifest)."""
+
+    work: Path
+    name: str
+    started: datetime
+    files: dict[str, dict[str, Any]]
+    snap: Snapshot
+    filestore: dict[str, Any]
+
+
+def dump_set(
     job: runner.Job,
     tenant: naming.Tenant,
-    dest: Path,
+    tdir: Path,
     data_dir: str,
     dsn: str | None,
     jobs_n: int = 1,
-    final: bool = False,
     lock_wait: float = params.DEFAULT_LOCK_WAIT_S,
-    *,
-    key: bytes,
-) -> BackupSet:
-    """Write one complete set for `tenant`; the caller holds the tenant's backup lock."""
+) -> Pending:
+    """The dump, the exact row counts and the filestore archive, into a new `{ts}.partial`."""
     db = tenant.db_name
-    tdir = tenant_dir(dest, tenant.subdomain)
-    job.step("observe")
-    with pg.connection(dsn=dsn, deadline=job.deadline) as conn:
-        mark = marker.require_ours(
-            conn, db, marker.BACKUP_KINDS, what="does not carry this project's marker"
-        )
-        settings = database_settings(conn, db)
-        server = conn.execute("SHOW server_version").fetchone()
     tdir.mkdir(parents=True, exist_ok=True)
-    removed = clean_leftovers(tdir)
-    if removed:
-        job.log.info("removed leftovers of interrupted runs", removed=removed)
-
     name = _new_set_name(tdir)
     work = tdir / (name + PARTIAL)
     work.mkdir()
     started = datetime.now(UTC)
-    job.step("dump")
     with _exported_snapshot(job, db, dsn) as (_conn, snap):
         # Beside pg_dump, in the job's log context; on SIGTERM (or a failed dump) the archiver
         # stops between two files and both are joined before the job unwinds further. A row
@@ -476,44 +530,87 @@ def take(
     for table, rows in counting.result().items():
         if table in snap.tables:
             snap.tables[table]["rows"] = rows
-
     fs_files, fs_info = archiving.result()
     files.update(fs_files)
+    return Pending(work, name, started, files, snap, fs_info)
 
+
+def publish_set(
+    job: runner.Job,
+    tenant: naming.Tenant,
+    pending: Pending,
+    source: Source,
+    *,
+    jobs_n: int = 1,
+    final: bool = False,
+    key: bytes,
+) -> BackupSet:
+    """Write the signed manifest last and rename `{ts}.partial` to `{ts}`: the set is complete."""
     pg_dump_version = subprocess.run(
         ["pg_dump", "--version"], capture_output=True, text=True, check=False
     ).stdout.strip()
+    snap, mark, name = pending.snap, source.mark, pending.name
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "set": name,
         "subdomain": tenant.subdomain,
-        "database": db,
+        "database": tenant.db_name,
         "base_domain": tenant.base_domain,
         "final": final,
-        "started_at": started.isoformat(timespec="seconds"),
+        "started_at": pending.started.isoformat(timespec="seconds"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "dump": {"format": "directory" if jobs_n > 1 else "custom",
                  "path": DUMP_DIR if jobs_n > 1 else DUMP_FILE},
-        "filestore": fs_info,
-        "files": files,
-        "postgresql": {"server_version": server[0] if server else None,
-                       "pg_dump": pg_dump_version},
+        "filestore": pending.filestore,
+        "files": pending.files,
+        "postgresql": {"server_version": source.server_version, "pg_dump": pg_dump_version},
         "odoo": {"series": odoo.series(snap.base_version), "base_version": snap.base_version},
-        "database_settings": settings,
+        "database_settings": source.settings,
         "marker": {"kind": mark.kind, "state": mark.state, **mark.data},
         "tables": snap.tables,
     }  # fmt: skip
-    job.step("publish")
     body = json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8")
+    work = pending.work
     # The signature first: a set is complete once manifest.json is there, and must be signed.
     _write_durably(work / mf.SIGNATURE, mf.sign(key, body).encode("ascii") + b"\n")
     _write_durably(work / MANIFEST, body)
-    fsync_dir(work)
-    final_path = tdir / name
+    fstree.fsync_dir(work)
+    final_path = work.parent / name
     work.rename(final_path)
-    fsync_dir(tdir)
-    job.log.info("set written", set=name, files=len(files), tables=len(snap.tables))
+    fstree.fsync_dir(work.parent)
+    job.log.info("set written", set=name, files=len(pending.files), tables=len(snap.tables))
     return BackupSet(final_path, manifest)
+
+
+def take(
+    job: runner.Job,
+    tenant: naming.Tenant,
+    dest: Path,
+    data_dir: str,
+    dsn: str | None,
+    jobs_n: int = 1,
+    final: bool = False,
+    lock_wait: float = params.DEFAULT_LOCK_WAIT_S,
+    *,
+    key: bytes,
+) -> BackupSet:
+    """Write one complete set for `tenant`; the caller holds the tenant's backup lock.
+
+    Steps `observe`, `dump`, `publish` in one call (deprovision's final backup); the backup job
+    plans and runs the same parts one by one.
+    """
+    tdir = tenant_dir(dest, tenant.subdomain)
+    job.step("observe")
+    with pg.connection(dsn=dsn, deadline=job.deadline) as conn:
+        source = read_source(conn, tenant.db_name)
+    tdir.mkdir(parents=True, exist_ok=True)
+    removed = clean_leftovers(tdir)
+    if removed:
+        job.log.info("removed leftovers of interrupted runs", removed=removed)
+    job.step("dump")
+    pending = dump_set(job, tenant, tdir, data_dir, dsn, jobs_n, lock_wait)
+    job.step("publish")
+    return publish_set(job, tenant, pending, source, jobs_n=jobs_n, final=final, key=key)
 
 
 def _write_durably(path: Path, body: bytes) -> None:

@@ -1,5 +1,6 @@
-"""Grandfather-father-son retention over backup set timestamps: a pure function (`expired`),
-and `apply_retention`, which deletes from a tenant's sets what it finds expired.
+"""Grandfather-father-son retention over backup set timestamps: pure functions (`expired`, and
+`doomed`, the set names to delete once a set is written), `listed` (the sets on the volume) and
+`apply_retention`, which deletes from a tenant's sets what it finds expired.
 
 A set is kept when it is the newest set of one of the `daily` most recent days that have a set,
 of one of the `weekly` most recent ISO weeks that have one, or of one of the `monthly` most
@@ -83,6 +84,46 @@ def expired(
     return sorted(all_times - keep(all_times, policy, protect_from))
 
 
+@dataclass(frozen=True)
+class Listed:
+    """A complete set on the volume, as retention sees it."""
+
+    name: str
+    final: bool  # believed only from a validly signed manifest
+
+
+def listed(tdir: Path, key: bytes) -> tuple[Listed, ...]:
+    """The complete sets under a tenant's directory, oldest first (reads only)."""
+    return tuple(
+        Listed(name, backup_sets.is_final(tdir / name, key))
+        for name in backup_sets.complete_sets(tdir)
+    )
+
+
+def doomed(sets: Iterable[Listed], policy: Policy, just_written: str) -> list[str]:
+    """The sets retention deletes once `just_written` exists, oldest first: a pure function.
+
+    Never a `final` set (a deprovisioned tenant's last backup), never `just_written` or a set
+    newer than it. `just_written` counts in its period whether it is listed yet or not (a plan
+    made before the set is taken lists it too).
+    """
+    candidates = {backup_sets.set_time(s.name): s.name for s in sets if not s.final}
+    newest = backup_sets.set_time(just_written)
+    times = set(candidates) | {newest}
+    return [candidates[t] for t in expired(times, policy, protect_from=newest) if t in candidates]
+
+
+def delete(job: runner.Job, tdir: Path, names: Iterable[str]) -> list[str]:
+    """Delete the named sets, each renamed to `.deleting` first; the names deleted."""
+    deleted: list[str] = []
+    for name in names:
+        backup_sets.remove_tree(tdir / name)
+        deleted.append(name)
+    if deleted:
+        job.log.info("retention deleted sets", deleted=deleted)
+    return deleted
+
+
 def apply_retention(
     job: runner.Job, tdir: Path, policy: Policy, just_written: str, key: bytes
 ) -> list[str]:
@@ -90,14 +131,4 @@ def apply_retention(
 
     Only a signed manifest's `final` is believed; an unsigned set is an ordinary candidate.
     """
-    candidates: dict[datetime, str] = {}
-    for name in backup_sets.complete_sets(tdir):
-        if not backup_sets.is_final(tdir / name, key):
-            candidates[backup_sets.set_time(name)] = name
-    deleted: list[str] = []
-    for t in expired(candidates, policy, protect_from=backup_sets.set_time(just_written)):
-        backup_sets.remove_tree(tdir / candidates[t])
-        deleted.append(candidates[t])
-    if deleted:
-        job.log.info("retention deleted sets", deleted=deleted)
-    return deleted
+    return delete(job, tdir, doomed(listed(tdir, key), policy, just_written))
