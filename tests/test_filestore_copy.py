@@ -214,15 +214,18 @@ def test_failing_source_tar_leaves_target_untouched(
 @pytest.mark.parametrize(
     ("args", "field"),
     [
-        (["--transport", "ftp"], "transport"),
-        (["--verify", "md5"], "verify"),
-        (["--transport", "kubectl", "--db", DB, "--source-pod", "p"], "source-namespace"),
+        (["--transport", "ftp"], "--transport / PLANA_FILESTORE_TRANSPORT"),
+        (["--verify", "md5"], "--verify / PLANA_FILESTORE_VERIFY"),
+        (["--transport", "kubectl", "--db", DB, "--source-pod", "p"],
+         "--source-namespace / PLANA_SOURCE_NAMESPACE"),
         (["--transport", "kubectl", "--db", DB, "--from-version", "17", "--source-pod", "p",
-          "--to-version", "18"], "target-pod"),
-        (["--transport", "local", "--db", "../etc"], "db"),
-        (["--transport", "local", "--db", DB, "--source-root", "rel"], "source-root"),
+          "--to-version", "18"], "--target-pod / PLANA_TARGET_POD"),
+        (["--transport", "local", "--db", "../etc"], "--db / PLANA_FILESTORE_DB"),
+        (["--transport", "local"], "--db / PLANA_FILESTORE_DB"),  # nor --subdomain
+        (["--transport", "local", "--db", DB, "--source-root", "rel"],
+         "--source-root / PLANA_SOURCE_ROOT"),
         (["--transport", "local", "--db", DB, "--source-root", "/x", "--target-root", "/x"],
-         "target-root"),
+         "--target-root / PLANA_TARGET_ROOT"),
     ],
 )
 def test_bad_input_is_refused_before_anything(
@@ -230,4 +233,4 @@ def test_bad_input_is_refused_before_anything(
 ) -> None:
     done = run_job(["filestore-copy", *args], PLANA_KUBECTL=str(tmp_path / "no-kubectl"))
     assert done.rc == 64, done.output
-    assert done.result["error"].startswith(field), done.output
+    assert done.result["error"].startswith(f"{field}: "), done.output
