@@ -129,7 +129,7 @@ class Params(params.Common):
     subdomain: str | None = params.option(
         "--subdomain",
         "PLANA_SUBDOMAIN",
-        "Tenant subdomain (DNS label); names the directory when --db is not given.",
+        "Tenant subdomain (DNS label).",
         type=params.SUBDOMAIN,
     )
     source_root: str = _root_option("source")
