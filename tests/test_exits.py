@@ -171,11 +171,13 @@ def test_an_explicitly_empty_odoo_version_is_refused_and_absent_means_18(
     spec = ["--subdomain", "acme", "--project-id", "23", "--tier", "pro"]
     empty = run_job(["emit-event", *spec, "--odoo-version", "", "--stream", f"{uid}:a"])
     assert empty.rc == 64, empty.output
-    assert "--odoo-version / PLANA_ODOO_VERSION:" in empty.stderr and len(empty.stderr.strip().splitlines()) == 1
+    assert "--odoo-version / PLANA_ODOO_VERSION:" in empty.stderr
+    assert len(empty.stderr.strip().splitlines()) == 1
     assert not list(rds.scan_iter(match=f"{uid}:*"))
     # A spec field rendered empty reaches the job as an empty variable: refused the same way.
     rendered = run_job(["emit-event", *spec, "--stream", f"{uid}:a"], PLANA_ODOO_VERSION="")
-    assert rendered.rc == 64 and "--odoo-version / PLANA_ODOO_VERSION:" in rendered.stderr, rendered.output
+    assert rendered.rc == 64, rendered.output
+    assert "--odoo-version / PLANA_ODOO_VERSION:" in rendered.stderr, rendered.output
     assert not list(rds.scan_iter(match=f"{uid}:*"))
     absent = run_job(["emit-event", *spec, "--stream", f"{uid}:b"])
     assert absent.rc == 0, absent.output
