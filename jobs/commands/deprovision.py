@@ -51,7 +51,7 @@ import psycopg
 
 from jobs.adapters import filestore, pg, redis_client
 from jobs.adapters.pg import locks
-from jobs.core import naming, params, plan, runner
+from jobs.core import naming, params, plan, retry, runner
 from jobs.core.errors import ConfigError, ConflictError, UsageError
 from jobs.core.result import Done
 from jobs.ops import backup_sets, events, manifest, marker
@@ -261,7 +261,7 @@ def _taken(mark: marker.Marker, dest: Path, subdomain: str) -> str | None:
     return str(kept) if (tdir / str(kept) / backup_sets.MANIFEST).is_file() else None
 
 
-def _event(p: Params, deadline: Any) -> str | None:
+def _event(p: Params, deadline: retry.Deadline) -> str | None:
     client = redis_client.from_url(p.redis_url)
     try:
         return events.recorded(client, p.stream, p.event_id, deadline=deadline)
@@ -270,15 +270,22 @@ def _event(p: Params, deadline: Any) -> str | None:
 
 
 def observe(
-    conn: psycopg.Connection[Any], p: Params, dest: Path, key: bytes | None, deadline: Any
+    conn: psycopg.Connection[Any],
+    p: Params,
+    dest: Path,
+    key: bytes | None,
+    deadline: retry.Deadline,
 ) -> State:
     tenant, db = p.tenant, p.tenant.db_name
     found, foreign = _databases(conn, tenant)
     live = marker.read(conn, db) if db in found else None
+    if db in found and live is None:  # its marker went between the two reads: not ours now
+        del found[db]
+        foreign.insert(0, db)
     taken = final = None
     unread = False
-    if db in found:
-        taken = None if live is None else _taken(live, dest, p.subdomain)
+    if live is not None:
+        taken = _taken(live, dest, p.subdomain)
     elif key is not None:
         final = final_set(dest, p.subdomain, key)
     else:
@@ -400,7 +407,7 @@ def _actions(
     db = p.tenant.db_name
 
     def final_backup(_: plan.Step) -> None:
-        assert key is not None and state.live is not None  # decide refuses otherwise
+        assert key is not None and state.live is not None  # decide and observe see to it
         with locks.advisory(locks.backup(db), deadline=job.deadline, dsn=dsn):
             made = backup_sets.take(job, p.tenant, dest, p.data_dir, dsn, p.jobs, final=True,
                                     lock_wait=p.lock_wait, key=key)  # fmt: skip
