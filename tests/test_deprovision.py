@@ -24,6 +24,7 @@ from psycopg import sql
 from jobs.core import naming
 from jobs.ops import marker
 from tests.conftest import JOB_ROLE, STANDINS, Runner
+from tests.support.untouched import Snapshot
 from tests.test_backup import make_tenant, table_digests, tree
 from tests.test_tenant_db import OWNER_ROLE, ensure_role
 
@@ -360,3 +361,74 @@ def test_a_deprovisioned_tenant_comes_back_only_from_its_final_set(
     back = run_job([*restore, "--set", final])
     assert back.rc == 0, back.output
     assert exists(pg_dsn, setup["db"])
+
+
+# --------------------------------------------------------------------------- --dry-run
+
+
+def untouched(setup: dict[str, Any], pg_dsn: str, redis_url: str) -> Snapshot:
+    """The tenant's databases (catalog and rows), data dir, backup volume and stream keys."""
+    return Snapshot.take(pg_dsn, databases=[setup["db"]], only=[setup["sub"]],
+                         roots=[setup["data_dir"], setup["dest"]], redis_url=redis_url,
+                         prefix=setup["stream"])  # fmt: skip
+
+
+def test_dry_run_plans_backup_removal_and_event_and_changes_nothing(
+    setup: dict[str, Any], run_job: Runner, pg_dsn: str, redis_url: str
+) -> None:
+    db = setup["db"]
+    before = untouched(setup, pg_dsn, redis_url)
+    fresh = run_job(["deprovision", *setup["args"], "--dry-run"])
+    assert fresh.rc == 0, fresh.output
+    assert fresh.result["outcome"] == "planned" and fresh.result["dry_run"] is True
+    assert [(s["step"], s.get("target")) for s in fresh.result["steps"]] == [
+        ("final-backup", db), ("drop", db), ("filestore", db), ("event", None)
+    ]  # fmt: skip
+    assert fresh.result["databases"] == [db] and fresh.result["final_backup"] is None
+    assert untouched(setup, pg_dsn, redis_url).diff(before) == []
+
+    # Deprovisioned: nothing left to plan, and the final set it was taken as is named.
+    gone = run_job(["deprovision", *setup["args"]])
+    assert gone.rc == 0, gone.output
+    before = untouched(setup, pg_dsn, redis_url)
+    again = run_job(["deprovision", *setup["args"]], PLANA_DRY_RUN="1")
+    assert again.rc == 0, again.output
+    assert again.result["outcome"] == "planned" and again.result["dry_run"] is True
+    assert again.result["steps"] == []
+    assert again.result["final_backup"] == gone.result["final_backup"]
+    assert again.result["entry_id"] == gone.result["entry_id"]
+    assert untouched(setup, pg_dsn, redis_url).diff(before) == []
+
+
+def test_dry_run_of_a_tenant_with_a_database_not_ours_is_blocked(
+    setup: dict[str, Any], run_job: Runner, pg_dsn: str, redis_url: str
+) -> None:
+    name = f"{setup['db']}__new"
+    create_db(pg_dsn, name, marker.Marker("tenant", "cloned", {"subdomain": f"{setup['sub']}x"}))
+    before = untouched(setup, pg_dsn, redis_url)
+    done = run_job(["deprovision", *setup["args"], "--dry-run"])
+    assert done.rc == 65, done.output
+    assert name in done.result["error"] and "marker" in done.result["error"]
+    assert untouched(setup, pg_dsn, redis_url).diff(before) == []
+
+
+def test_the_backup_key_is_required_only_to_take_or_read_a_final_set(
+    setup: dict[str, Any], run_job: Runner, pg_dsn: str, uid: str
+) -> None:
+    no_key = {"PLANA_BACKUP_KEY_FILE": ""}
+    refused = run_job(["deprovision", *setup["args"]], **no_key)
+    assert refused.rc == 64, refused.output
+    assert refused.result["error"] == (
+        "--backup-key-file / PLANA_BACKUP_KEY_FILE: is required to take the final backup"
+    )
+    assert exists(pg_dsn, setup["db"]) and not any(setup["dest"].iterdir())
+    # Given but unreadable: configuration (78), before anything is touched.
+    unreadable = run_job(["deprovision", *setup["args"]],
+                         PLANA_BACKUP_KEY_FILE=str(setup["dest"] / "no-such-key"))  # fmt: skip
+    assert unreadable.rc == 78 and "PLANA_BACKUP_KEY_FILE" in unreadable.stderr, unreadable.output
+    assert exists(pg_dsn, setup["db"]) and not any(setup["dest"].iterdir())
+    # A tenant with nothing left and no set to read: no key needed.
+    never = ["--subdomain", f"{uid}n", "--dest", str(setup["dest"]), "--data-dir",
+             str(setup["data_dir"]), "--stream", setup["stream"]]  # fmt: skip
+    done = run_job(["deprovision", *never], **no_key)
+    assert done.rc == 0 and done.result["databases"] == [], done.output

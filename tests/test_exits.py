@@ -133,7 +133,9 @@ FLOAT_CASES: list[tuple[str, list[str], str, str, str]] = [
     # Given as a variable, --timeout is checked after the (required) options before it.
     ("template-build", ["--template-code", "basic"], "--timeout", "-1", "PLANA_TIMEOUT"),
     ("tenant-db", [], "--timeout", "nan", "PLANA_TIMEOUT"),
-    ("deprovision", [], "--timeout", "-inf", "PLANA_TIMEOUT"),
+    # The required options given: click reports a missing one before a variable's bad value.
+    ("deprovision", ["--subdomain", "{uid}", "--dest", "/nonexistent-{uid}"], "--timeout", "-inf",
+     "PLANA_TIMEOUT"),
     ("backup", BACKUP, "--lock-wait", "inf", "PLANA_BACKUP_LOCK_WAIT"),
     ("backup", BACKUP, "--lock-wait", "nan", "PLANA_BACKUP_LOCK_WAIT"),
     ("filestore-copy", [], "--progress-interval", "nan", "PLANA_PROGRESS_INTERVAL"),

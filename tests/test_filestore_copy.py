@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, JobRun, Runner
+from tests.support.untouched import Snapshot
 
 SHIMS = ROOT / "tests" / "shims"
 DB = "acme.planapulse.app"
@@ -214,15 +215,18 @@ def test_failing_source_tar_leaves_target_untouched(
 @pytest.mark.parametrize(
     ("args", "field"),
     [
-        (["--transport", "ftp"], "transport"),
-        (["--verify", "md5"], "verify"),
-        (["--transport", "kubectl", "--db", DB, "--source-pod", "p"], "source-namespace"),
+        (["--transport", "ftp"], "--transport / PLANA_FILESTORE_TRANSPORT"),
+        (["--verify", "md5"], "--verify / PLANA_FILESTORE_VERIFY"),
+        (["--transport", "kubectl", "--db", DB, "--source-pod", "p"],
+         "--source-namespace / PLANA_SOURCE_NAMESPACE"),
         (["--transport", "kubectl", "--db", DB, "--from-version", "17", "--source-pod", "p",
-          "--to-version", "18"], "target-pod"),
-        (["--transport", "local", "--db", "../etc"], "db"),
-        (["--transport", "local", "--db", DB, "--source-root", "rel"], "source-root"),
+          "--to-version", "18"], "--target-pod / PLANA_TARGET_POD"),
+        (["--transport", "local", "--db", "../etc"], "--db / PLANA_FILESTORE_DB"),
+        (["--transport", "local"], "--db / PLANA_FILESTORE_DB"),  # nor --subdomain
+        (["--transport", "local", "--db", DB, "--source-root", "rel"],
+         "--source-root / PLANA_SOURCE_ROOT"),
         (["--transport", "local", "--db", DB, "--source-root", "/x", "--target-root", "/x"],
-         "target-root"),
+         "--target-root / PLANA_TARGET_ROOT"),
     ],
 )
 def test_bad_input_is_refused_before_anything(
@@ -230,4 +234,56 @@ def test_bad_input_is_refused_before_anything(
 ) -> None:
     done = run_job(["filestore-copy", *args], PLANA_KUBECTL=str(tmp_path / "no-kubectl"))
     assert done.rc == 64, done.output
-    assert done.result["error"].startswith(field), done.output
+    assert done.result["error"].startswith(f"{field}: "), done.output
+
+
+# --------------------------------------------------------------------------- --dry-run
+
+
+def test_dry_run_plans_the_copy_and_writes_nothing(
+    run_job: Runner, source: Path, tmp_path: Path
+) -> None:
+    dst_root = tmp_path / "dst"
+    dst_root.mkdir()
+    roots = [source.parent, dst_root]
+    before = Snapshot.take(roots=roots)
+    fresh = local(run_job, source, dst_root, "--dry-run")
+    assert fresh.rc == 0, fresh.output
+    assert fresh.result["outcome"] == "planned" and fresh.result["dry_run"] is True
+    assert [s["step"] for s in fresh.result["steps"]] == ["copy", "verify", "publish"]
+    assert fresh.result["fetch_files"] == 80
+    assert Snapshot.take(roots=roots).diff(before) == []
+
+    # Copied: nothing left to plan.
+    assert local(run_job, source, dst_root).rc == 0
+    before = Snapshot.take(roots=roots)
+    done = local(run_job, source, dst_root, PLANA_DRY_RUN="1")
+    assert done.rc == 0, done.output
+    assert done.result["outcome"] == "planned" and done.result["dry_run"] is True
+    assert done.result["steps"] == []
+    assert Snapshot.take(roots=roots).diff(before) == []
+
+    # A source that is not there: blocked (65), dry run or not, and still nothing written.
+    missing = run_job(["filestore-copy", "--transport", "local", "--db", "other.planapulse.app",
+                       "--source-root", str(source.parent), "--target-root", str(dst_root),
+                       "--dry-run"])  # fmt: skip
+    assert missing.rc == 65, missing.output
+    assert "does not exist" in missing.result["error"]
+    assert Snapshot.take(roots=roots).diff(before) == []
+
+
+def test_dry_run_through_kubectl_only_lists(
+    run_job: Runner, pod_source: Path, pod_target: Path, kube: dict[str, str]
+) -> None:
+    roots = [pod_source.parent, pod_target]
+    before = Snapshot.take(roots=roots)
+    plan = kubectl_copy(run_job, pod_source.parent, pod_target, kube, "--dry-run")
+    assert plan.rc == 0, plan.output
+    assert plan.result["outcome"] == "planned" and plan.result["dry_run"] is True
+    assert [s["step"] for s in plan.result["steps"]] == ["copy", "verify", "publish"]
+    assert Snapshot.take(roots=roots).diff(before) == []
+    # The holder pods were asked for listings (one `sh -c` find per side), nothing else.
+    calls = [json.loads(line) for line in Path(kube["KUBECTL_SHIM_LOG"]).read_text().splitlines()]
+    commands = [c[c.index("--") + 1] for c in calls]
+    assert commands == ["sh", "sh"], calls
+    assert all("find" in c[c.index("--") + 3] for c in calls)
