@@ -38,6 +38,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 from psycopg import sql
 
 from jobs.core import naming
@@ -565,10 +566,24 @@ def sigkill_in_publish(w: World, pg: psycopg.Connection[Any], pg_dsn: str, case:
     assert proc.returncode == -signal.SIGKILL
 
 
-# Kills that need the job held in their step (see sigkill_in_publish).
+def sigkill_in_event(w: World, pg: psycopg.Connection[Any], pg_dsn: str, case: Case) -> None:
+    """deprovision killed in its `event` step, held there: the step is one XADD, which can be
+    over before a kill sent on its step line lands. Redis holds every write for the time
+    (`CLIENT PAUSE … WRITE`; reads go on), so the job is still in the step when it is killed."""
+    client = redis.Redis.from_url({**w.run.env, **case.env}["PLANA_REDIS_URL"])
+    client.execute_command("CLIENT", "PAUSE", "60000", "WRITE")
+    try:
+        sigkill_at(w.run, case, "event")
+    finally:
+        client.execute_command("CLIENT", "UNPAUSE")
+        client.close()
+
+
+# Kills that need the job held in their step (see sigkill_in_publish, sigkill_in_event).
 HOLDS: dict[tuple[str, str], Callable[[World, psycopg.Connection[Any], str, Case], None]] = {
     ("environment-db", "publish"): sigkill_in_publish,
     ("environment-db-copy", "publish"): sigkill_in_publish,
+    ("deprovision", "event"): sigkill_in_event,
 }
 
 
