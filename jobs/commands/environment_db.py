@@ -209,6 +209,14 @@ def decide(s: State, p: Params) -> plan.Plan:
     source = _source(s, p, tidy, details)
     if isinstance(source, plan.Plan):
         return source
+    if s.work.exists and s.work.comment is not None:
+        # `{db}__env` is this job's own work name, but a comment on it that is not this
+        # environment's work marker was written by someone else: refused, never dropped.
+        mark, found = marker.examine(s.work.comment, marker.ENVIRONMENT_WORK_KIND, match=p.owner)
+        if mark is None:
+            return plan.blocked(
+                marker.refusal(work, "is not this environment's work copy", found), **details
+            )
     drop = None
     if s.work.exists or s.fs_work != "missing":
         drop = plan.Step("drop-work", f"DROP DATABASE {work} and its filestore: a killed run's "

@@ -123,7 +123,7 @@ def test_a_swap_killed_before_its_rename_is_rolled_back() -> None:
 
 
 def test_a_rolled_back_refresh_is_then_rebuilt() -> None:
-    work = marker.Seen(True, marker.Marker(marker.ENVIRONMENT_WORK_KIND, "created", {}).encode())
+    work = WORK
     steps = environment_db.decide(state(old=env(1), work=work, fs_old="dir", fs_work="dir"),
                                   make(*FRESH, "--refresh", "--generation", "2"))  # fmt: skip
     assert list(steps.names) == ["roll-back-swap", "drop-work", *FRESH_BUILD]
@@ -134,14 +134,26 @@ def test_an_old_copy_not_ours_is_not_rolled_back() -> None:
     assert steps.steps == () and steps.blocked is not None
 
 
+# What a killed build leaves on its work copy: this environment's work marker.
+WORK = marker.Seen(True, marker.Marker(marker.ENVIRONMENT_WORK_KIND, "created", {
+    "subdomain": "acme--staging", "tenant": "acme", "env": "staging"}).encode())  # fmt: skip
+
+
 @pytest.mark.parametrize(
-    "over",
-    [{"work": marker.Seen(True, None)}, {"work": marker.Seen(True, "x")}, {"fs_work": "dir"}],
+    "over", [{"work": marker.Seen(True, None)}, {"work": WORK}, {"fs_work": "dir"}]
 )
 def test_a_killed_builds_leftovers_are_dropped_first(over: dict[str, Any]) -> None:
     steps = environment_db.decide(state(copy=True, **over), make(*COPY))
     assert list(steps.names) == ["drop-work", *COPY_BUILD]
     assert steps.steps[0].target == DB + "__env"
+
+
+@pytest.mark.parametrize("comment", ["by hand: keep", WORK.comment and WORK.comment.replace(
+    '"env":"staging"', '"env":"other"')])  # fmt: skip
+def test_a_work_copy_someone_else_marked_is_blocked_not_dropped(comment: str | None) -> None:
+    steps = environment_db.decide(state(work=marker.Seen(True, comment)), make(*FRESH))
+    assert steps.steps == () and steps.blocked is not None
+    assert "acme--staging.planapulse.app__env" in steps.blocked
 
 
 def test_a_missing_template_waits_75() -> None:
