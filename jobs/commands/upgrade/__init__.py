@@ -32,7 +32,7 @@ from jobs.commands.upgrade import plans
 # As a module: a `same_major` function bound here would hide the submodule of that name.
 from jobs.commands.upgrade import same_major as same
 from jobs.core import naming, params, plan, runner
-from jobs.core.errors import ConflictError, UsageError
+from jobs.core.errors import ConfigError, ConflictError, UsageError
 from jobs.core.result import Done
 from jobs.ops import clone, marker
 
@@ -41,20 +41,24 @@ JOB = "upgrade"
 
 
 def _upgrade_path(value: str) -> str:
-    if not value:
-        raise UsageError("upgrade-path", "is required for the target pass")
+    """Checked when the job runs, not when the option is parsed: it names a directory of the
+    image, which the phases that do not use it never look at.
+
+    Missing (not a directory): configuration, 78. Not an `openupgrade_scripts/scripts`: bad
+    input, 64 (its scripts import odoo.addons.openupgrade_scripts, so the pass puts the addon's
+    directory on the addons path: it must be the addon's own `scripts`, symlinks resolved).
+    """
     if not Path(value).is_dir():
-        raise UsageError("upgrade-path", f"{value} is not a directory")
-    # Its scripts import odoo.addons.openupgrade_scripts: the pass puts the addon's directory
-    # on the addons path, so it must be the addon's own `scripts` (symlinks resolved).
+        raise ConfigError(f"--upgrade-path {value} is not a directory", upgrade_path=value)
     if Path(value).resolve().parent.name != ph.SCRIPTS_ADDON:
         raise UsageError(
-            "upgrade-path", f"{value} is not the scripts directory of an {ph.SCRIPTS_ADDON} addon"
+            UPGRADE_PATH_LABEL,
+            f"{value} is not the scripts directory of an {ph.SCRIPTS_ADDON} addon",
         )
     return value
 
 
-UPGRADE_PATH = params.Rule("path", _upgrade_path)
+UPGRADE_PATH_LABEL = "--upgrade-path / PLANA_UPGRADE_PATH"
 
 
 def _version(flag: str, env: str, help: str) -> Any:
@@ -66,7 +70,6 @@ def _upgrade_path_option(*, required: bool) -> Any:
         "--upgrade-path",
         "PLANA_UPGRADE_PATH",
         "OpenUpgrade's openupgrade_scripts/scripts directory (target pass).",
-        type=UPGRADE_PATH,
         required=required,
     )
 
@@ -337,9 +340,10 @@ def run_prefix(job: runner.Job, p: Hop) -> Done:
 
 
 def run_target_pass(job: runner.Job, p: TargetPassParams) -> Done:
+    path = _upgrade_path(p.upgrade_path)
     side = _side(ph.Side(p.odoo_bin, p.odoo_config))
     return _one_phase(job, p, "target-pass", lambda ctx: _chain_actions(
-        ctx, target=side, upgrade_path=p.upgrade_path))  # fmt: skip
+        ctx, target=side, upgrade_path=path))  # fmt: skip
 
 
 def run_cutover(job: runner.Job, p: Hop) -> Done:
@@ -366,9 +370,10 @@ def _run_all(job: runner.Job, spec: ph.Spec, source: ph.Side, target: ph.Side, p
 def run_run(job: runner.Job, p: RunParams) -> Done:
     # Each side its own binary and config: one addons path for both would give the
     # fromVersion binary the toVersion addons (and `web` fails to import).
-    source, target = _side(p.source), _side(p.target)
     assert p.upgrade_path is not None  # a required option
-    return _run_all(job, p.spec, source, target, p.upgrade_path)
+    path = _upgrade_path(p.upgrade_path)
+    source, target = _side(p.source), _side(p.target)
+    return _run_all(job, p.spec, source, target, path)
 
 
 # --------------------------------------------------------------------------- rollback, status
@@ -440,7 +445,8 @@ def run_upgrade(job: runner.Job, p: UpgradeParams) -> Done:
     if p.same_major:
         return _same_major(job, p)
     assert p.upgrade_path is not None  # __post_init__ required it
-    return _run_all(job, p.spec, _side(p.source), _side(p.target), p.upgrade_path)
+    path = _upgrade_path(p.upgrade_path)
+    return _run_all(job, p.spec, _side(p.source), _side(p.target), path)
 
 
 def preview_upgrade(job: runner.Job, p: UpgradeParams) -> plan.Plan:

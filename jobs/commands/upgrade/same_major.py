@@ -3,12 +3,15 @@
 Odoo commits after each module it updates, so a `-u all` that fails at a later module leaves
 the database it ran on half updated. Same-major therefore never runs Odoo on the live tenant;
 in one run, under the tenant's lock, it works like the snapshot-then-upgrade chain, with its
-names, markers and swap (`jobs.commands.upgrade.phases` with from = to = V):
+names, markers and swap (`jobs.commands.upgrade.phases` with from = to = V). Which steps run
+comes from `plans.decide_same_major`; each is one function here:
 
-1. observe: the live marker records the version and addons revision last updated to; the same
-   again, with every module installed and base at V, is `unchanged` (Odoo does not run).
-2. freeze: `upgrading: {from: V, to: V, strategy, revision, base, attempt}` in the live marker,
-   then `ALLOW_CONNECTIONS false` and its sessions ended.
+0. finish-filestore: only after a kill between a swap (or a rollback's) and its renames.
+1. observe (the plan): the live marker records the version and addons revision last updated
+   to; the same again, with every module installed and base at V, is `unchanged` (Odoo does not
+   run).
+2. same-major (the freeze): `upgrading: {from: V, to: V, strategy, revision, base, attempt}` in
+   the live marker, then `ALLOW_CONNECTIONS false` and its sessions ended.
 3. clone: `{db}__up{V}` (`CREATE DATABASE … TEMPLATE`, CONNECT only for the owner, marker kind
    upgrade-work) and its own filestore, copied from the live one.
 4. odoo: `odoo -d {db}__up{V} -u all` (`running` recorded before it starts), then verified
