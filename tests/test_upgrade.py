@@ -797,13 +797,15 @@ def test_dry_run_plans_the_phases_left_and_changes_nothing(
     sub, db = tenant, naming.db_name(tenant)
     fs_root = naming.filestore(db, env.d17).parent
 
-    def snap() -> Snapshot:
-        return Snapshot.take(pg_dsn, databases=[db], only=(db,), roots=[fs_root])
+    def snap(tables: bool) -> Snapshot:
+        # A frozen tenant takes no connection, so no table can change: its catalog row is read.
+        return Snapshot.take(pg_dsn, databases=[db] if tables else [], only=(db,),
+                             roots=[fs_root])  # fmt: skip
 
-    def dry(*args: str) -> JobRun:
-        before = snap()
+    def dry(*args: str, tables: bool = True) -> JobRun:
+        before = snap(tables)
         done = run_job(["upgrade", *args, "--dry-run"])
-        assert snap().diff(before) == []
+        assert snap(tables).diff(before) == []
         assert not any(e.get("child") == "odoo" for e in done.logs), done.output
         if done.rc == 0:
             assert done.result["outcome"] == "planned" and done.result["dry_run"] is True
@@ -827,9 +829,9 @@ def test_dry_run_plans_the_phases_left_and_changes_nothing(
 
     # Part of the chain done: the plan is the rest.
     assert run_job(["upgrade", "snapshot", *hop(sub, env.d17)]).rc == 0
-    part = dry(*whole)
+    part = dry(*whole, tables=False)
     assert [s["step"] for s in part.result["steps"]] == list(PHASES[1:]), part.output
-    inferred = dry("--subdomain", sub)  # the hop under way, from the live marker
+    inferred = dry("--subdomain", sub, tables=False)  # the hop under way, from the live marker
     assert [s["step"] for s in inferred.result["steps"]] == list(PHASES[1:]), inferred.output
 
     # Converged: nothing left to plan.
