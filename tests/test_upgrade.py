@@ -32,7 +32,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from jobs.commands.upgrade.phases import prefix_files
+from jobs.adapters.pg import locks
+from jobs.commands.upgrade.phases import PHASES, prefix_files
 from jobs.core import naming
 from tests import odoo_target
 from tests.conftest import JOB_ROLE, JobRun, Runner, database_names
@@ -46,6 +47,7 @@ from tests.odoo_target import (
     SLEEP_VAR,
     OdooTarget,
 )
+from tests.support.untouched import Snapshot
 
 TARGET = odoo_target.current()
 OWNER_ROLE = "plana"
@@ -693,8 +695,8 @@ def test_refused_with_nothing_changed(
     assert "not 18.0" in wrong
     assert "one major" in refused(65, "snapshot", *hop(sub, env.d17)[:2], "--from-version",
                                   "17", "--to-version", "19")  # fmt: skip
-    assert "fromVersion" in refused(64, "snapshot", "--subdomain", sub, "--from-version",
-                                    "banana", "--to-version", "18")  # fmt: skip
+    assert "--from-version / PLANA_FROM_VERSION: " in refused(
+        64, "snapshot", "--subdomain", sub, "--from-version", "banana", "--to-version", "18")
     assert "upgrade-path" in refused(64, "target-pass", *hop(sub, env.d17))
     # Not an openupgrade_scripts/scripts: its addon could not be put on the addons path.
     assert "openupgrade_scripts addon" in refused(
@@ -731,11 +733,11 @@ def test_options_before_the_phase_are_taken_or_refused(
     wrong = run_job(["upgrade", "--upgrade-path", env.scripts, "snapshot", *hop(sub, env.d17)])
     assert wrong.rc == 64, wrong.output
     assert wrong.stderr.splitlines()[-1] == (
-        "plana-job upgrade: error: --upgrade-path (PLANA_UPGRADE_PATH): "
+        "plana-job upgrade: error: --upgrade-path / PLANA_UPGRADE_PATH: "
         "not an option of `upgrade snapshot`"
     )
     twice = run_job(["upgrade", "--subdomain", sub + "x", "snapshot", *hop(sub, env.d17)])
-    assert twice.rc == 64 and "--subdomain (PLANA_SUBDOMAIN)" in twice.result["error"]
+    assert twice.rc == 64 and "--subdomain / PLANA_SUBDOMAIN: " in twice.result["error"]
     assert info(pg, db) == state  # nothing snapshotted
     assert not {n for n in database_names(pg) if n.startswith(db + "__")}
 
@@ -784,3 +786,65 @@ def test_a_work_filestore_that_came_after_the_cutover_is_never_published(
     assert files_of(fs / db) == live and files_of(fs / f"{db}__rb17") == rollback
     assert (stale / ("ab" + "0" * 38)).exists()  # left alone, with a warning
     assert any(e.get("event") == "stale work filestore left alone" for e in again.logs)
+
+
+def test_dry_run_plans_the_phases_left_and_changes_nothing(
+    env: Any, run_job: Runner, pg: psycopg.Connection[Any], pg_dsn: str, tenant: str, uid: str,
+    drop_dbs: list[str],
+) -> None:  # fmt: skip
+    """--dry-run observes and plans: no lock taken (it runs while another session holds the
+    tenant's), no Odoo started, nothing of the catalog, the tables or the files changed."""
+    sub, db = tenant, naming.db_name(tenant)
+    fs_root = naming.filestore(db, env.d17).parent
+
+    def snap(tables: bool) -> Snapshot:
+        # A frozen tenant takes no connection, so no table can change: its catalog row is read.
+        return Snapshot.take(pg_dsn, databases=[db] if tables else [], only=(db,),
+                             roots=[fs_root])  # fmt: skip
+
+    def dry(*args: str, tables: bool = True) -> JobRun:
+        before = snap(tables)
+        done = run_job(["upgrade", *args, "--dry-run"])
+        assert snap(tables).diff(before) == []
+        assert not any(e.get("child") == "odoo" for e in done.logs), done.output
+        if done.rc == 0:
+            assert done.result["outcome"] == "planned" and done.result["dry_run"] is True
+        return done
+
+    whole = run_args(env, sub, "--upgrade-path", env.scripts)[1:]
+    with psycopg.connect(pg_dsn, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (locks.key(locks.tenant(db)),))
+        fresh = dry(*whole)
+        assert fresh.rc == 0, fresh.output
+        assert [s["step"] for s in fresh.result["steps"]] == list(PHASES)
+        assert fresh.result["prefixes_pending"] == [n for n, _ in prefix_files(17, 18)]
+        one = dry("snapshot", *hop(sub, env.d17))  # a phase plans the whole chain left
+        assert [s["step"] for s in one.result["steps"]] == list(PHASES)
+        same = dry(*same_major_args(env, sub, "--addons-revision", "r1")[1:])
+        assert [s["step"] for s in same.result["steps"]] == ["same-major", "clone", "odoo",
+                                                             "swap", "filestore"]  # fmt: skip
+        # inspect's call: only the tenant, no upgrade under way.
+        idle = dry("--subdomain", sub)
+        assert idle.rc == 0 and idle.result["steps"] == [], idle.output
+
+    # Part of the chain done: the plan is the rest.
+    assert run_job(["upgrade", "snapshot", *hop(sub, env.d17)]).rc == 0
+    part = dry(*whole, tables=False)
+    assert [s["step"] for s in part.result["steps"]] == list(PHASES[1:]), part.output
+    inferred = dry("--subdomain", sub, tables=False)  # the hop under way, from the live marker
+    assert [s["step"] for s in inferred.result["steps"]] == list(PHASES[1:]), inferred.output
+
+    # Converged: nothing left to plan.
+    done = run_job(run_args(env, sub, "--source-odoo-config", env.conf17,
+                            "--target-odoo-config", env.conf18, "--upgrade-path", env.scripts))
+    assert done.rc == 0, done.output
+    converged = dry(*whole)
+    assert converged.rc == 0 and converged.result["steps"] == [], converged.output
+    assert converged.result["state"] == "upgraded"
+
+    # Blocked: a database under the tenant's name that plana-jobs did not make (65).
+    other = uid + "x"
+    drop_dbs.append(naming.db_name(other))
+    pg.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(naming.db_name(other))))
+    stranger = dry(*run_args(env, other, "--upgrade-path", env.scripts)[1:])
+    assert stranger.rc == 65 and "not a plana-jobs tenant" in stranger.result["error"]

@@ -34,7 +34,7 @@ from psycopg import sql
 
 from jobs.adapters import filestore, odoo, pg
 from jobs.core import naming, retry, runner
-from jobs.core.errors import ConfigError, ConflictError, TransientError, UsageError
+from jobs.core.errors import ConfigError, ConflictError, TransientError
 from jobs.core.result import Done
 from jobs.ops import marker
 from jobs.ops.clone import create_clone, restrict_connect  # a clone is made as tenant-db makes it
@@ -84,38 +84,6 @@ class Spec:
             "from": self.from_version,
             "to": self.to_version,
         }
-
-
-def spec(kw: dict[str, Any], *, same_major: bool | None = False) -> Spec:
-    """Validate the TenantUpgrade fields: 64 for malformed input, 65 for an impossible hop.
-
-    `same_major` None: either, as the versions say (rollback, status: from = to is same-major's).
-    """
-    tenant = naming.Tenant(
-        naming.subdomain(kw.get("subdomain")), naming.base_domain(kw.get("base_domain"))
-    )
-    to_raw, from_raw = kw.get("to_version"), kw.get("from_version")
-    if not to_raw and not (same_major and from_raw):
-        raise UsageError("toVersion", "is required")
-    to_v = naming.odoo_version(to_raw or from_raw, field="toVersion")
-    if not from_raw and not same_major:
-        raise UsageError("fromVersion", "is required")
-    from_v = naming.odoo_version(from_raw or to_v, field="fromVersion")
-    longest = f"{tenant.db_name}__up{to_v}"
-    if len(longest.encode()) > MAX_DB_NAME:
-        raise UsageError("subdomain", f"work database name {longest!r} exceeds 63 bytes")
-    if same_major is None:
-        same_major = from_v == to_v
-    if same_major and from_v != to_v:
-        raise ConflictError(
-            f"strategy same-major needs fromVersion = toVersion, got {from_v} → {to_v}"
-        )
-    if not same_major and to_v != from_v + 1:
-        raise ConflictError(
-            f"OpenUpgrade migrates one major version per run: {from_v} → {to_v} is not a hop"
-        )
-    data_dir = Path(kw.get("data_dir") or naming.DEFAULT_DATA_DIR)
-    return Spec(tenant, from_v, to_v, data_dir, kw.get("pg_dsn"))
 
 
 @dataclass(frozen=True)
@@ -250,45 +218,28 @@ def set_allow_connections(conn: psycopg.Connection[Any], db: str, allow: bool) -
 # --------------------------------------------------------------------------- phases
 
 
-def snapshot(ctx: Ctx) -> Done:
-    """Freeze the live tenant (checked at fromVersion) and clone it to a fresh work copy."""
+def snapshot(ctx: Ctx, fresh: bool) -> Done:
+    """Freeze the live tenant and, when `fresh` (the plan's choice), clone a new work copy.
+
+    The plan (`plans.decide`) has checked the tenant is ours, unfrozen or frozen by this hop,
+    and its base at fromVersion; what was recorded is done again only where it is missing.
+    """
     conn, s, log = ctx.conn, ctx.spec, ctx.job.log
     live = live_marker(ctx)
-    if upgraded(ctx, live):
-        return Done("unchanged", {"phase": "snapshot", "state": "upgraded"})
-    changed = False
     up = live.data.get("upgrading")
-    if isinstance(up, dict):
-        if (up.get("from"), up.get("to")) != (s.from_version, s.to_version):
-            raise ConflictError(
-                f"an upgrade {up.get('from')} → {up.get('to')} of {s.db} is under way: finish "
-                "or roll it back first",
-                database=s.db,
-            )
-    else:
-        if not allows_connections(conn, s.db):
-            raise ConflictError(f"{s.db} is frozen, but not by an upgrade: left untouched")
+    if not isinstance(up, dict):
         base = base_version(ctx, s.db)
-        if odoo.version_major(base) != s.from_version:
-            raise ConflictError(
-                f"{s.db}: base is at {base or 'nothing'}, not {s.from_version}.0 (fromVersion)",
-                database=s.db,
-                base=base,
-            )
         drop_superseded_rollback(ctx)
         up = {"from": s.from_version, "to": s.to_version, "base": base, "attempt": 0}
         live.data["upgrading"] = up
         marker.write(conn, s.db, live)  # recorded before the freeze: a re-run completes it
-        changed = True
     if allows_connections(conn, s.db):
         set_allow_connections(conn, s.db, False)
-        changed = True
     ended = pg.terminate_sessions(conn, s.db)
     log.info("tenant frozen", database=s.db, sessions_ended=ended)
-
+    if not fresh:
+        return Done("updated", {"phase": "snapshot", **up})
     if pg.database_exists(conn, s.work):
-        if work_marker(ctx) is not None:
-            return Done("updated" if changed else "unchanged", {"phase": "snapshot", **up})
         # Failed, killed midway, rolled back or unrecorded: never passed again. Start afresh.
         log.info("dropping the spoilt work copy", database=s.work)
         pg.drop_database(conn, s.work)
@@ -364,13 +315,8 @@ def run_pass(
 ) -> Done:
     """One OpenUpgrade pass on the work copy; the work copy is spoilt if it does not verify."""
     s, log = ctx.spec, ctx.job.log
-    live = live_marker(ctx)
-    if upgraded(ctx, live):
-        return Done("unchanged", {"phase": phase, "state": "upgraded"})
     mark = require_work(ctx, after)
     phases: list[str] = list(mark.data.get("phases", []))
-    if phase in phases:
-        return Done("unchanged", {"phase": phase, "phases": phases})
     check_binary(side.odoo_bin, version, ctx.job.deadline)
     addons = pass_addons_path(side, upgrade_path)  # before `running`: an unreadable config is 78
     _seed_filestore(ctx)
@@ -479,13 +425,8 @@ def prefix_files(from_v: int, to_v: int) -> list[tuple[str, str]]:
 def prefix(ctx: Ctx) -> Done:
     """Apply this hop's SQL pre-fixes to the work copy, each once, with its record."""
     s = ctx.spec
-    live = live_marker(ctx)
-    if upgraded(ctx, live):
-        return Done("unchanged", {"phase": "prefix", "state": "upgraded"})
     mark = require_work(ctx, "source-pass")
     phases: list[str] = list(mark.data.get("phases", []))
-    if "prefix" in phases:
-        return Done("unchanged", {"phase": "prefix", "prefixes": mark.data.get("prefixes", [])})
     applied: list[str] = list(mark.data.get("prefixes", []))
     with pg.connection(s.work, dsn=s.dsn, deadline=ctx.job.deadline) as conn:
         for name, text in prefix_files(s.from_version, s.to_version):
@@ -596,9 +537,6 @@ def cutover(ctx: Ctx) -> Done:
     """Live → rollback name, work copy → live name, connections allowed, markers updated."""
     s, conn = ctx.spec, ctx.conn
     live = live_marker(ctx)
-    if upgraded(ctx, live):
-        moved = finish_swap_filestore(ctx, live)
-        return Done("updated" if moved else "unchanged", {"phase": "cutover", "state": "upgraded"})
     mark = require_work(ctx, "target-pass")
     _seed_filestore(ctx)  # refuses to publish a database without its files
     if pg.database_exists(conn, s.rollback):
@@ -630,26 +568,21 @@ def cutover(ctx: Ctx) -> Done:
     return Done("updated", {"phase": "cutover", "rollback_db": s.rollback, **history})
 
 
+def finish_cutover(ctx: Ctx) -> Done:
+    """The filestore renames of a cutover a kill left after its swap (the plan saw them)."""
+    moved = finish_swap_filestore(ctx, live_marker(ctx))
+    return Done("updated" if moved else "unchanged", {"phase": "cutover", "state": "upgraded"})
+
+
 def rollback(ctx: Ctx) -> Done:
     """Undo a cutover while the rollback copy exists, or unfreeze an unfinished upgrade."""
     s, conn = ctx.spec, ctx.conn
     live = live_marker(ctx)
     details: dict[str, Any] = {"phase": "rollback"}
     changed = False
-    up = live.data.get("upgrading")
-    if isinstance(up, dict) and (up.get("from"), up.get("to")) != (s.from_version, s.to_version):
-        raise ConflictError(
-            f"an upgrade {up.get('from')} → {up.get('to')} of {s.db} is under way: roll that "
-            "one back",
-            database=s.db,
-        )
-    if pg.database_exists(conn, s.rollback):
-        old = rollback_copy(ctx, s.rollback, s.from_version, s.to_version)
-        if old is None:
-            raise ConflictError(
-                f"{s.rollback} is not this tenant's rollback copy of {s.from_version} → "
-                f"{s.to_version}: left untouched"
-            )
+    # The plan (`plans.decide_rollback`) refused another hop's upgrade or rollback copy.
+    old = rollback_copy(ctx, s.rollback, s.from_version, s.to_version)
+    if old is not None:
         if pg.database_exists(conn, s.work):
             pg.drop_database(conn, s.work)  # only an abandoned copy can hold the name now
         restored = marker.Marker(marker.TENANT_KIND, "complete", dict(old.data.get("tenant", {})))
@@ -677,8 +610,8 @@ def rollback(ctx: Ctx) -> Done:
     return Done("updated" if changed else "unchanged", details)
 
 
-def status(ctx: Ctx) -> Done:
-    """Where the tenant stands (read-only)."""
+def status(ctx: Ctx, next_phase: str | None) -> Done:
+    """Where the tenant stands (read-only); `next_phase` is the plan's first step."""
     s, conn = ctx.spec, ctx.conn
     live = live_marker(ctx)
     info: dict[str, Any] = {
@@ -698,16 +631,10 @@ def status(ctx: Ctx) -> Done:
     raw = marker.read(conn, s.work) if pg.database_exists(conn, s.work) else None
     if raw is None:
         info["state"] = "frozen"
-        info["next"] = "snapshot"
     else:
         done = list(raw.data.get("phases", []))
         info.update(state=raw.state, phases=done, prefixes=raw.data.get("prefixes", []))
         if raw.data.get("running"):
             info["interrupted"] = raw.data["running"]
-        if raw.state == "failed" or raw.data.get("running"):
-            info["next"] = "snapshot"
-        else:
-            info["next"] = next((p for p in PHASES if p not in done), None)
-    if s.from_version == s.to_version:
-        info["next"] = "same-major"  # one run: it resumes, or starts afresh, by itself
+    info["next"] = next_phase
     return Done("unchanged", info)

@@ -3,12 +3,15 @@
 Odoo commits after each module it updates, so a `-u all` that fails at a later module leaves
 the database it ran on half updated. Same-major therefore never runs Odoo on the live tenant;
 in one run, under the tenant's lock, it works like the snapshot-then-upgrade chain, with its
-names, markers and swap (`jobs.commands.upgrade.phases` with from = to = V):
+names, markers and swap (`jobs.commands.upgrade.phases` with from = to = V). Which steps run
+comes from `plans.decide_same_major`; each is one function here:
 
-1. observe: the live marker records the version and addons revision last updated to; the same
-   again, with every module installed and base at V, is `unchanged` (Odoo does not run).
-2. freeze: `upgrading: {from: V, to: V, strategy, revision, base, attempt}` in the live marker,
-   then `ALLOW_CONNECTIONS false` and its sessions ended.
+0. finish-filestore: only after a kill between a swap (or a rollback's) and its renames.
+1. observe (the plan): the live marker records the version and addons revision last updated
+   to; the same again, with every module installed and base at V, is `unchanged` (Odoo does not
+   run).
+2. same-major (the freeze): `upgrading: {from: V, to: V, strategy, revision, base, attempt}` in
+   the live marker, then `ALLOW_CONNECTIONS false` and its sessions ended.
 3. clone: `{db}__up{V}` (`CREATE DATABASE … TEMPLATE`, CONNECT only for the owner, marker kind
    upgrade-work) and its own filestore, copied from the live one.
 4. odoo: `odoo -d {db}__up{V} -u all` (`running` recorded before it starts), then verified
@@ -28,6 +31,7 @@ filestores not yet renamed → renamed first.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -35,7 +39,7 @@ import psycopg
 from jobs.adapters import filestore, odoo, pg
 from jobs.adapters.odoo import addons_digest
 from jobs.commands.upgrade import phases as ph
-from jobs.core import redact
+from jobs.core import plan, redact
 from jobs.core.errors import ConflictError, JobError, TransientError
 from jobs.core.result import Done
 from jobs.ops import marker
@@ -45,51 +49,73 @@ STRATEGY = "same-major"
 VERIFIED = "verified"
 
 
-def same_major(
-    ctx: ph.Ctx, odoo_bin: str, revision: str | None, odoo_config: str | None = None
-) -> Done:
-    s, conn = ctx.spec, ctx.conn
-    version = s.to_version
-    live = ph.live_marker(ctx)
+@dataclass
+class Run:
+    """What the steps of one same-major run share: the image and the markers as they go."""
+
+    ctx: ph.Ctx
+    odoo_bin: str
+    odoo_config: str | None
+    rev: str
+    live: marker.Marker | None = None
+    up: dict[str, Any] = field(default_factory=dict)
+    took: dict[str, Any] = field(default_factory=dict)
+    swapped: dict[str, Any] = field(default_factory=dict)
+
+
+def revision(ctx: ph.Ctx, odoo_bin: str, given: str | None, odoo_config: str | None) -> str:
+    """The addons revision this image brings: `--addons-revision`, else read from the image
+    (`odoo --version` and the code digest); 78 first when the binary is another version."""
+    text = ph.check_binary(odoo_bin, ctx.spec.to_version, ctx.job.deadline)
+    return given or _code_revision(ctx, odoo_bin, odoo_config, text)
+
+
+def apply(r: Run, steps: plan.Plan) -> Done:
+    """Run the planned steps; a failure before the swap drops the copy and unfreezes."""
+    job = r.ctx.job
+    details: dict[str, Any] = {"strategy": STRATEGY, "odoo_version": r.ctx.spec.to_version,
+                               "revision": r.rev}  # fmt: skip
+    actions = {"finish-filestore": _finish_filestore, "same-major": _freeze, "clone": _clone,
+               "odoo": _odoo, "swap": _swap, "filestore": _filestore}  # fmt: skip
+    for step in steps.steps:
+        job.step(step.name)
+        if step.name in ("same-major", "clone", "odoo"):
+            try:
+                actions[step.name](r)
+            except Exception:
+                _abandon(r.ctx)
+                raise
+        else:
+            actions[step.name](r)
+    if "swap" not in steps:
+        return Done(
+            "updated" if steps.steps else "unchanged",
+            {**details, "updated_at": (steps.details or {}).get("updated_at")},
+        )
+    return Done("updated", {**details, **r.swapped, **r.took})
+
+
+def _finish_filestore(r: Run) -> None:
+    """A run (or a rollback) killed after its swap: its filestore renames come first."""
+    ph.finish_rollback_filestore(r.ctx) or ph.finish_swap_filestore(r.ctx, ph.live_marker(r.ctx))
+
+
+def _freeze(r: Run) -> None:
+    """`upgrading` recorded (unless a killed run's is there), connections refused."""
+    ctx, s, conn = r.ctx, r.ctx.spec, r.ctx.conn
+    r.live = live = ph.live_marker(ctx)
     up = live.data.get("upgrading")
-    if up is not None and not _ours(ctx, up):
-        raise ConflictError(f"a major upgrade of {s.db} is under way: finish or roll it back")
-    text = ph.check_binary(odoo_bin, version, ctx.job.deadline)
-    rev = revision or _code_revision(ctx, odoo_bin, odoo_config, text)
-    details: dict[str, Any] = {"strategy": STRATEGY, "odoo_version": version, "revision": rev}
-    finished = False
     if up is None:
-        # A run (or a rollback) killed after its swap: its filestore renames come first.
-        finished = ph.finish_rollback_filestore(ctx) or ph.finish_swap_filestore(ctx, live)
-        if not ph.allows_connections(conn, s.db):
-            raise ConflictError(f"{s.db} is frozen, but not by an upgrade: left untouched")
-        base = ph.base_version(ctx, s.db)
-        if odoo.version_major(base) != version:
-            raise ConflictError(
-                f"{s.db}: base is at {base or 'nothing'}, not {version}.0", base=base
-            )
-        same = live.data.get("odoo_version") == version and live.data.get("addons_revision") == rev
-        if same and not ph.verify(ctx, s.db, version):
-            updated_at = live.data.get("updated_at")
-            return Done(
-                "updated" if finished else "unchanged", {**details, "updated_at": updated_at}
-            )
-        _check_names(ctx)  # 65 before anything changes
-        up = {"from": version, "to": version, "strategy": STRATEGY, "revision": rev}
-        up.update(base=base, attempt=0)
+        v = s.to_version
+        up = {"from": v, "to": v, "strategy": STRATEGY, "revision": r.rev}
+        up.update(base=ph.base_version(ctx, s.db), attempt=0)
         live.data["upgrading"] = up
         marker.write(conn, s.db, live)  # recorded before the freeze: a re-run resumes it
-    try:
-        took = _prepare(ctx, live, up, odoo_bin, rev, odoo_config)
-        ctx.job.step("swap")
-        _drop_previous_rollback(ctx)
-    except Exception:
-        _abandon(ctx)
-        raise
-    # From here on the copy is verified: a failure leaves the tenant frozen with it, and the
-    # retry swaps it in.
-    done = _swap(ctx, live, up, rev)
-    return Done("updated", {**details, **done, **took})
+    r.up = up
+    if ph.allows_connections(conn, s.db):
+        ph.set_allow_connections(conn, s.db, False)
+    ended = pg.terminate_sessions(conn, s.db)
+    ctx.job.log.info("tenant frozen", database=s.db, sessions_ended=ended)
 
 
 def _code_revision(ctx: ph.Ctx, odoo_bin: str, odoo_config: str | None, text: str) -> str:
@@ -159,50 +185,39 @@ def _drop_previous_rollback(ctx: ph.Ctx) -> None:
         pg.drop_database(ctx.conn, s.rollback)
 
 
-def _prepare(
-    ctx: ph.Ctx,
-    live: marker.Marker,
-    up: dict[str, Any],
-    odoo_bin: str,
-    rev: str,
-    odoo_config: str | None,
-) -> dict[str, Any]:
-    """Frozen tenant, verified work copy of revision `rev`: resumed if there is one, else made."""
-    s, conn, log = ctx.spec, ctx.conn, ctx.job.log
-    if ph.allows_connections(conn, s.db):
-        ph.set_allow_connections(conn, s.db, False)
-    ended = pg.terminate_sessions(conn, s.db)
-    log.info("tenant frozen", database=s.db, sessions_ended=ended)
-    if _verified(ctx, rev):
-        log.info("resuming with the verified work copy", database=s.work)
-        return {}
-    ctx.job.step("clone")
+def _clone(r: Run) -> None:
+    """A fresh `{db}__up{V}` of the frozen tenant, marked, with its own filestore."""
+    ctx, s, conn, log = r.ctx, r.ctx.spec, r.ctx.conn, r.ctx.job.log
+    assert r.live is not None  # the freeze came first
     if pg.database_exists(conn, s.work):
         # Being cloned, passed or killed midway, failed, rolled back, or of another revision:
         # never trusted. Start afresh from the frozen live database.
         log.info("dropping the work copy", database=s.work)
         pg.drop_database(conn, s.work)
     filestore.discard(s.fs(s.work))
-    up["attempt"] = int(up.get("attempt", 0)) + 1
-    up["revision"] = rev
-    marker.write(conn, s.db, live)
+    r.up["attempt"] = int(r.up.get("attempt", 0)) + 1
+    r.up["revision"] = r.rev
+    marker.write(conn, s.db, r.live)
     owner = ph.owner_of(conn, s.db)
     create_clone(conn, s.db, s.work, owner=owner, deadline=ctx.job.deadline)
     ctx.job.check_locks()  # a long copy: the lock may have been lost meanwhile
     restrict_connect(conn, s.work, owner)
-    body = {**s.hop(), "strategy": STRATEGY, "revision": rev, "attempt": up["attempt"]}
-    mark = marker.Marker(marker.UPGRADE_WORK_KIND, "snapshot", body)
-    marker.write(conn, s.work, mark)
+    body = {**s.hop(), "strategy": STRATEGY, "revision": r.rev, "attempt": r.up["attempt"]}
+    marker.write(conn, s.work, marker.Marker(marker.UPGRADE_WORK_KIND, "snapshot", body))
     if filestore.present(s.fs(s.db)):  # a symlinked live filestore is refused (65)
         stats = filestore.copy_tree(s.fs(s.db), s.fs(s.work), kind="upgrade")
         log.info("work filestore copied", **stats.as_dict())
-    log.info("work copy cloned", database=s.work, attempt=up["attempt"])
+    log.info("work copy cloned", database=s.work, attempt=r.up["attempt"])
 
-    ctx.job.step("odoo")
+
+def _odoo(r: Run) -> None:
+    """`-u all` on the copy (`running` recorded first), verified, the copy marked verified."""
+    ctx, s, conn = r.ctx, r.ctx.spec, r.ctx.conn
+    mark = marker.require_ours(conn, s.work, marker.UPGRADE_WORK_KIND, match=s.hop())
     mark.data["running"] = STRATEGY
     marker.write(conn, s.work, mark)  # from here on, an interruption spoils the copy
     inv = odoo.Invocation(db=s.work, update=["all"], data_dir=s.data_dir)
-    done = odoo.run(odoo_bin, s.to_version, inv, dsn=s.dsn, base_config=odoo_config,
+    done = odoo.run(r.odoo_bin, s.to_version, inv, dsn=s.dsn, base_config=r.odoo_config,
                     deadline=ctx.job.deadline)  # fmt: skip
     problems = [] if done.returncode == 0 or done.stopped else [done.failure()]
     problems += ph.verify(ctx, s.work, s.to_version)
@@ -220,26 +235,25 @@ def _prepare(
     mark.data.pop("running")
     mark.state = VERIFIED
     marker.write(conn, s.work, mark)
-    return {"duration_s_odoo": done.duration_s}
+    r.took = {"duration_s_odoo": done.duration_s}
 
 
-def _verified(ctx: ph.Ctx, rev: str) -> bool:
-    """A work copy this strategy verified at revision `rev`, its filestore beside it."""
-    s = ctx.spec
-    mark = ph.work_marker(ctx) if pg.database_exists(ctx.conn, s.work) else None
-    if mark is None or mark.state != VERIFIED or mark.data.get("revision") != rev:
-        return False
-    return filestore.present(s.fs(s.work)) or not filestore.present(s.fs(s.db))
-
-
-def _swap(ctx: ph.Ctx, live: marker.Marker, up: dict[str, Any], rev: str) -> dict[str, Any]:
-    """Live → rollback copy, work copy → live, in one transaction; then the filestores."""
-    s = ctx.spec
-    tenant = {k: v for k, v in live.data.items() if k != "upgrading"}
+def _swap(r: Run) -> None:
+    """The previous rollback copy dropped; then live → rollback copy, work copy → live, in one
+    transaction. From the drop on the copy is verified: a failure after it leaves the tenant
+    frozen with it, and the retry swaps it in."""
+    ctx, s = r.ctx, r.ctx.spec
+    try:
+        _drop_previous_rollback(ctx)
+    except Exception:
+        _abandon(ctx)
+        raise
+    assert r.live is not None  # the freeze came first
+    tenant = {k: v for k, v in r.live.data.items() if k != "upgrading"}
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     history = {
-        "attempt": up.get("attempt"),
-        "base_before": up.get("base"),
+        "attempt": r.up.get("attempt"),
+        "base_before": r.up.get("base"),
         "revision_before": tenant.get("addons_revision"),
     }
     new_live = marker.Marker(
@@ -248,7 +262,7 @@ def _swap(ctx: ph.Ctx, live: marker.Marker, up: dict[str, Any], rev: str) -> dic
         {
             **tenant,
             "odoo_version": s.to_version,
-            "addons_revision": rev,
+            "addons_revision": r.rev,
             "updated_at": now,
             "rollback_db": s.rollback,
             "update": history,
@@ -260,9 +274,11 @@ def _swap(ctx: ph.Ctx, live: marker.Marker, up: dict[str, Any], rev: str) -> dic
     ctx.job.check_locks()
     ph.swap(ctx, [(s.db, s.rollback), (s.work, s.db)], {s.db: new_live, s.rollback: old_live}, s.db)
     ctx.job.log.info("swapped in", database=s.db, rollback_db=s.rollback)
-    ctx.job.step("filestore")
-    ph.cutover_filestore(ctx)
-    return {"updated_at": now, "rollback_db": s.rollback, **history}
+    r.swapped = {"updated_at": now, "rollback_db": s.rollback, **history}
+
+
+def _filestore(r: Run) -> None:
+    ph.cutover_filestore(r.ctx)
 
 
 def _abandon(ctx: ph.Ctx) -> None:
