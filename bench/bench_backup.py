@@ -28,7 +28,7 @@ from jobs.ops import marker
 from tests import conftest
 
 ROOT = Path(__file__).resolve().parent.parent
-ODOO = ROOT / "tests" / "standins" / "odoo"
+ODOO = ROOT / "tests" / "support" / "standins" / "odoo"
 PARTNERS = int(os.environ.get("BENCH_PARTNERS", "3000000"))
 FILES = int(os.environ.get("BENCH_FILES", "3000"))
 BACKUP = Measure("backup", "vs raw `pg_dump -Fc` + `tar`", "<= 1.1")

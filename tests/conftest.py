@@ -27,7 +27,7 @@ from psycopg import sql
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-STANDINS = ROOT / "tests" / "standins"
+STANDINS = ROOT / "tests" / "support" / "standins"
 BACKUP_KEY = "test-backup-key-7c0ffee5bd4e42d1"
 # The role the jobs (and the Odoo they run) connect as: LOGIN CREATEDB, not a superuser, as in
 # production, and a member of the tenants' owner role OWNER_ROLE (docs/tenant-db.md). Odoo
