@@ -45,7 +45,7 @@ from bench.report import Measure, Row
 from jobs.adapters import filestore
 from jobs.core import naming
 from jobs.ops import marker
-from tests import conftest
+from tests.support import harness
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -99,8 +99,8 @@ def build_template(
         if params.get(key):
             env[var] = str(params[key])
     # Odoo (and so the stand-in) refuses the postgres role: the jobs' own role, as in tests.
-    conftest.ensure_job_role(DSN)
-    env["PGUSER"] = conftest.JOB_ROLE
+    harness.ensure_job_role(DSN)
+    env["PGUSER"] = harness.JOB_ROLE
     subprocess.run(
         [str(ODOO), "-d", name, "-i", "base,web,mail,contacts", "--without-demo=all",
          "--stop-after-init", "--no-http", "-D", str(data_dir), "--log-level=warn"],

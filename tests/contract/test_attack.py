@@ -14,14 +14,13 @@ import psycopg
 import pytest
 
 from jobs.core import naming
-from tests.conftest import BIN, Runner
-from tests.contract.test_backup_trust import verify_args, world  # noqa: F401  (fixture)
-from tests.integration.test_backup import tree
-from tests.integration.test_deprovision import files_in, setup  # noqa: F401  (fixture)
+from tests.support.backup import tree, verify_args
+from tests.support.deprovision import files_in
+from tests.support.harness import BIN, Runner
 
 
 def test_an_unlisted_plain_data_file_planted_in_a_directory_dump_is_refused(
-    world: dict[str, Any], run_job: Runner, pg_dsn: str  # noqa: F811
+    world: dict[str, Any], run_job: Runner, pg_dsn: str
 ) -> None:
     """pg_restore reads `NNNN.dat` before the signed `NNNN.dat.gz`: a planted one is a forgery."""
     made = run_job(["backup", *world["args"], "--jobs", "2"])
@@ -72,7 +71,7 @@ def test_undecodable_or_refused_group_input_is_64_with_one_line(
 
 
 def test_deprovision_leaves_the_hidden_leftovers_of_the_same_subdomain_under_a_longer_domain(
-    setup: dict[str, Any], run_job: Runner  # noqa: F811
+    setup: dict[str, Any], run_job: Runner
 ) -> None:
     """`.{sub}.planapulse.app.example.clone.partial` is tenant {sub} of `planapulse.app.example`,
     never the `clone.partial`-tailed leftover of {sub} of `planapulse.app`."""

@@ -25,29 +25,16 @@ from psycopg import sql
 
 from jobs.core import naming
 from jobs.ops import marker
-from tests.conftest import BIN, JOB_ROLE, Runner
-from tests.integration.test_backup import (
+from tests.support.backup import (
     add_attachment,
     make_tenant,
+    seal,
     table_digests,
     tree,
+    verify_args,
     write_manifest,
 )
-from tests.integration.test_tenant_db import OWNER_ROLE, ensure_role
-
-
-@pytest.fixture
-def world(pg_dsn: str, uid: str, tmp_path: Path, drop_dbs: list[str]) -> dict[str, Any]:
-    """One tenant with data and a backup volume; drop_dbs cleans everything named after uid."""
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        ensure_role(conn, OWNER_ROLE)
-    data_dir = tmp_path / "data"
-    dest = tmp_path / "backups"
-    dest.mkdir()
-    drop_dbs.append(f"{uid}%")
-    db = make_tenant(pg_dsn, uid, data_dir)
-    args = ["--subdomain", uid, "--dest", str(dest), "--data-dir", str(data_dir)]
-    return {"sub": uid, "db": db, "data_dir": data_dir, "dest": dest, "args": args}
+from tests.support.harness import BIN, JOB_ROLE, OWNER_ROLE, Runner
 
 
 def backup(run_job: Runner, w: dict[str, Any]) -> Path:
@@ -59,16 +46,6 @@ def backup(run_job: Runner, w: dict[str, Any]) -> Path:
 def manifest_of(set_dir: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((set_dir / "manifest.json").read_text())
     return data
-
-
-def seal(set_dir: Path, data: dict[str, Any], rel: str) -> None:
-    """Record a file's new size and sha256 in the manifest, as a backup would have."""
-    body = (set_dir / rel).read_bytes()
-    data["files"][rel] = {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
-
-
-def verify_args(w: dict[str, Any]) -> list[str]:
-    return ["backup-verify", "--subdomain", w["sub"], "--dest", str(w["dest"])]
 
 
 def marker_of(pg_dsn: str, db: str) -> marker.Marker | None:

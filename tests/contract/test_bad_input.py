@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import Runner, database_names
+from tests.support.harness import Runner, database_names
 
 GOOD = {
     "--subdomain": "acme",

@@ -20,11 +20,12 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import ROOT, Runner, job_env, local_ports
-from tests.integration.test_tenant_db import OWNER_ROLE, ensure_role
 from tests.support import odoo_target
+from tests.support.harness import OWNER_ROLE, ROOT, Runner, job_env
 from tests.support.odoo_target import SLEEP, SLEEP_LINE, SLEEP_VAR
+from tests.support.processes import local_ports
 from tests.support.servers.webhook import WebhookReceiver
+from tests.support.tenant_db import ensure_role
 
 TARGET = odoo_target.current()  # the stand-in, or real Odoo in test mode
 # A real base install takes a minute or more on a loaded machine; the stand-in's a second.

@@ -20,12 +20,9 @@ import psycopg
 
 from jobs.adapters import filestore
 from jobs.core import fstree, naming
-from tests.conftest import STANDINS, Runner, database_names
-from tests.contract.test_backup_trust import seal
-from tests.integration.test_backup import make_tenant, write_manifest
-from tests.integration.test_tenant_db import db_of, template, tenant_args
-
-__all__ = ["template"]  # the module-scoped fixture, shared with test_tenant_db's helpers
+from tests.support.backup import make_tenant, seal, write_manifest
+from tests.support.harness import OWNER_ROLE, STANDINS, Runner, database_names
+from tests.support.tenant_db import db_of, ensure_role, tenant_args
 
 SECRET = b"password=hunter2-not-yours"
 
@@ -231,7 +228,6 @@ def test_backup_never_archives_a_file_outside_the_tenants_tree(
 def test_environment_copy_refuses_a_production_filestore_linked_elsewhere(
     pg_dsn: str, uid: str, tmp_path: Path, drop_dbs: list[str], run_job: Runner
 ) -> None:
-    from tests.integration.test_tenant_db import OWNER_ROLE, ensure_role
 
     drop_dbs.append(f"{uid}%")
     data_dir = tmp_path / "data"

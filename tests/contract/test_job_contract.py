@@ -10,27 +10,32 @@ value: set in the manifest or defaulted. A new subcommand without a manifest fai
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 import pytest
-import yaml
 
 from jobs.cli import COMMANDS, cli
 from jobs.core import naming
-from tests.contract.test_images import DOCKERFILE, chain, last, parse
+from tests.support.manifests import (
+    MANIFESTS,
+    Box,
+    argv,
+    boxes,
+    image_env,
+    image_target,
+    job_spec,
+    load,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-MANIFESTS = sorted((ROOT / "images" / "jobs").glob("*.yaml"))
 VALIDATE = Path(sys.executable).parent / "kubernetes-validate"
 K8S_VERSION = "1.32.0"  # podFailurePolicy is GA since 1.31
 FAIL_JOB_CODES = {64, 65, 78}  # docs/design.md: bad input, conflict, configuration
@@ -56,76 +61,7 @@ OPTIONAL = {
 }  # fmt: skip
 
 
-@dataclass
-class Box:
-    """One container of a manifest, with the pod it runs in."""
-
-    file: Path
-    kind: str  # containers | initContainers
-    spec: dict[str, Any]
-    pod: dict[str, Any]
-    job: dict[str, Any]
-
-    @property
-    def name(self) -> str:
-        return f"{self.file.name}:{self.spec['name']}"
-
-
-def load(path: Path) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
-
-
-def job_spec(doc: dict[str, Any]) -> dict[str, Any]:
-    if doc["kind"] == "CronJob":
-        spec: dict[str, Any] = doc["spec"]["jobTemplate"]["spec"]
-        return spec
-    assert doc["kind"] == "Job", doc["kind"]
-    spec = doc["spec"]
-    return spec
-
-
-def boxes(path: Path) -> list[Box]:
-    out = []
-    for doc in load(path):
-        job = job_spec(doc)
-        pod = job["template"]["spec"]
-        for kind in ("initContainers", "containers"):
-            for spec in pod.get(kind, []):
-                out.append(Box(path, kind, spec, pod, job))
-    return out
-
-
 ALL = [b for path in MANIFESTS for b in boxes(path)]
-DOCKER_ARGS, STAGES = parse(DOCKERFILE)
-
-
-def image_target(image: str) -> str:
-    """`…/plana-job-<target>:<tag>` → the images/Dockerfile target it was built from."""
-    match = re.fullmatch(r"(?:.+/)?plana-job-([a-z0-9-]+):[\w.-]+", image)
-    assert match, f"image {image!r} is not a plana-job-<target> image"
-    return match.group(1)
-
-
-def argv(box: Box) -> list[str]:
-    """What the container executes: its command, or the image's ENTRYPOINT, then args."""
-    command = box.spec.get("command")
-    if command is None:
-        entry = last(STAGES, image_target(box.spec["image"]), "ENTRYPOINT")
-        assert entry is not None, box.name
-        command = json.loads(entry)
-    return [*command, *box.spec.get("args", [])]
-
-
-def image_env(box: Box) -> dict[str, str]:
-    """ENV of the image's target (and its bases): part of the container's environment."""
-    env: dict[str, str] = {}
-    for stage in reversed(chain(STAGES, image_target(box.spec["image"]))):
-        for instr, rest in stage.lines:
-            if instr == "ENV":
-                for key, value in re.findall(r"(\w+)=(\S+)", rest):
-                    env[key] = value
-    return env
-
 
 def container_env(box: Box) -> dict[str, str]:
     env = image_env(box)

@@ -42,10 +42,11 @@ from psycopg import sql
 
 from jobs.core import naming
 from jobs.ops import clone, marker
-from tests.conftest import BIN, JobRun, Runner, local_ports
-from tests.integration.test_backup import make_tenant
-from tests.integration.test_tenant_db import OWNER_ROLE, ensure_role, pg_database_comment
 from tests.support import odoo_target
+from tests.support.backup import make_tenant
+from tests.support.harness import BIN, OWNER_ROLE, JobRun, Runner
+from tests.support.processes import descendants, local_ports, signal_tree
+from tests.support.tenant_db import ensure_role, pg_database_comment
 
 TARGET = odoo_target.current()
 STANDIN = odoo_target.OdooTarget(real=False)  # upgrade run's Odoo in both modes (_upgrade_run)
@@ -60,36 +61,6 @@ VOLATILE = re.compile(r"(_at$|time|date|fingerprint|^set$|restored_from|secret|u
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def descendants(pid: int) -> list[int]:
-    """`pid` and every process below it (children run in their own process groups)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        out.append(current)
-        todo.extend(children.get(current, []))
-    return out
-
-
-def signal_tree(pid: int, signum: int) -> list[int]:
-    """Stop the whole tree first (no child may start another meanwhile), then signal it."""
-    pids = descendants(pid)
-    for p in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(p, signal.SIGSTOP)
-    pids = sorted(set(pids) | set(descendants(pid)))
-    if signum != signal.SIGSTOP:
-        for p in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p, signum)
-    return pids
 
 
 def start(run_job: Runner, case: Case) -> subprocess.Popen[str]:

@@ -18,13 +18,12 @@ from jobs.core import naming
 from jobs.core.errors import TransientError
 from jobs.core.retry import Deadline
 from jobs.ops import marker
-from tests.conftest import Runner
-from tests.integration.test_tenant_db import (  # noqa: F401  (`template` is a fixture)
+from tests.support.harness import Runner
+from tests.support.tenant_db import (
     active_sessions,
     db_of,
     mine,
     pg_database_comment,
-    template,
     tenant_args,
     wait_until,
     waiting_clones,
@@ -72,7 +71,7 @@ def test_check_held_fails_once_the_lock_session_is_terminated(
 
 
 def test_job_whose_lock_session_is_terminated_stops_at_its_next_step(
-    run_job: Runner, pg_dsn: str, pg: psycopg.Connection[Any], template: dict[str, Any],  # noqa: F811
+    run_job: Runner, pg_dsn: str, pg: psycopg.Connection[Any], template: dict[str, Any],
     uid: str, drop_dbs: list[str],
 ) -> None:  # fmt: skip
     """Lock lost while tenant-db waits in CREATE DATABASE: 75 at the next step, nothing more.
@@ -116,7 +115,7 @@ def test_job_whose_lock_session_is_terminated_stops_at_its_next_step(
 
 
 def test_lock_session_survives_idle_session_timeout(
-    run_job: Runner, pg_dsn: str, pg: psycopg.Connection[Any], template: dict[str, Any],  # noqa: F811
+    run_job: Runner, pg_dsn: str, pg: psycopg.Connection[Any], template: dict[str, Any],
     uid: str, drop_dbs: list[str],
 ) -> None:  # fmt: skip
     """idle_session_timeout (here for every session of the job) must not cut the lock session,

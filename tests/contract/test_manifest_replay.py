@@ -65,16 +65,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from jobs.core import naming
-from tests.conftest import BACKUP_KEY, BIN, STANDINS, Runner
-from tests.contract.test_job_contract import (
-    MANIFESTS,
-    Box,
-    argv,
-    image_env,
-    image_target,
-    job_spec,
-    load,
-)
+from tests.support.harness import BACKUP_KEY, BIN, STANDINS, Runner
+from tests.support.manifests import MANIFESTS, Box, argv, image_env, image_target, job_spec, load
 from tests.support.servers.erp import Erp, ErpServer
 from tests.support.servers.webhook import WebhookReceiver
 from tests.support.synapse import Synapse

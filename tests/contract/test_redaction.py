@@ -18,11 +18,11 @@ import psycopg
 import pytest
 
 from jobs.core import redact
-from tests.conftest import ROOT, Runner, job_dsn
-from tests.integration.test_tenant_db import OWNER_ROLE, ensure_role
 from tests.support import odoo_target
+from tests.support.harness import OWNER_ROLE, ROOT, Runner, job_dsn
 from tests.support.odoo_target import SLEEP, SLEEP_LINE, SLEEP_VAR
 from tests.support.servers.webhook import Reply, WebhookReceiver
+from tests.support.tenant_db import ensure_role
 
 # 200k-character inputs built to make a backtracking pattern scan ahead from every position:
 # long runs a pattern's prefix accepts, with the character it needs at the end never coming.

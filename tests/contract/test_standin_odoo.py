@@ -24,7 +24,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.conftest import JOB_ROLE, ensure_job_role
+from tests.support.harness import JOB_ROLE, ensure_job_role
 
 STANDIN = Path(__file__).resolve().parents[1] / "support" / "standins" / "odoo"
 DSN = os.environ.get("PLANA_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")

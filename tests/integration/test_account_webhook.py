@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Runner
+from tests.support.harness import Runner
 from tests.support.servers import HangingServer
 from tests.support.servers.webhook import Reply, WebhookReceiver
 

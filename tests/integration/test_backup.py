@@ -8,13 +8,10 @@ module that Odoo built (one real install), each with its copy of Odoo's filestor
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,8 +24,16 @@ from psycopg import sql
 
 from jobs.core import naming
 from jobs.ops import marker
-from tests.conftest import BACKUP_KEY, JOB_ROLE, STANDINS, Runner, job_dsn
 from tests.support import odoo_target
+from tests.support.backup import (
+    add_attachment,
+    config,
+    make_tenant,
+    table_digests,
+    tree,
+    write_manifest,
+)
+from tests.support.harness import Runner, job_dsn
 
 DOMAIN = naming.DEFAULT_BASE_DOMAIN
 TARGET = odoo_target.current()
@@ -64,104 +69,9 @@ def odoo_db(pg_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
         drop(pg_dsn, db)
 
 
-def make_tenant(
-    pg_dsn: str,
-    sub: str,
-    data_dir: Path,
-    partners: int = 50,
-    *,
-    base: tuple[str, Path] | None = None,
-) -> str:
-    """A tenant database as tenant-db leaves it: Odoo-initialised, marked, with some data.
-
-    With `base` (a database the Odoo under test initialised, and its filestore) it is a clone
-    of that; without, the stand-in initialises it (base, mail, contacts): the tests of other
-    files that only need an Odoo-shaped tenant, whichever Odoo is under test.
-    """
-    db = naming.db_name(sub)
-    if base is not None:
-        job_dsn(pg_dsn)  # the jobs' role exists
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} OWNER {}").format(
-                sql.Identifier(db), sql.Identifier(base[0]), sql.Identifier(JOB_ROLE)))  # fmt: skip
-        if base[1].is_dir():
-            shutil.copytree(base[1], naming.filestore(db, data_dir))
-    else:
-        params = psycopg.conninfo.conninfo_to_dict(job_dsn(pg_dsn))  # Odoo refuses `postgres`
-        env = {**os.environ, "PGHOST": str(params.get("host", "127.0.0.1")),
-               "PGPORT": str(params.get("port", 5432)), "PGUSER": JOB_ROLE}  # fmt: skip
-        env.pop("PGDATABASE", None)
-        subprocess.run(
-            [sys.executable, str(STANDINS / "odoo"), "-d", db, "-i", "base,mail,contacts",
-             "--without-demo=all", "--stop-after-init", "-D", str(data_dir)],
-            env=env, check=True, capture_output=True,
-        )  # fmt: skip
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        marker.write(
-            conn, db, marker.Marker("tenant", "complete", {"subdomain": sub, "project_id": 7})
-        )
-    with psycopg.connect(pg_dsn, dbname=db, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO res_partner (name, email) SELECT 'partner ' || i, 'p' || i || '@x.test'"
-            " FROM generate_series(1, %s) i",
-            (partners,),
-        )
-    add_attachment(data_dir, db, b"an invoice, as a customer uploaded it")
-    return db
-
-
-def add_attachment(data_dir: Path, db: str, content: bytes) -> str:
-    sha = hashlib.sha1(content).hexdigest()
-    path = naming.filestore(db, data_dir) / sha[:2] / sha
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content)
-    return sha
-
-
-def table_digests(pg_dsn: str, db: str, skip: tuple[str, ...] = ()) -> dict[str, str]:
-    """md5 of every table's rows in a stable order: equal digests, equal contents."""
-    out: dict[str, str] = {}
-    with psycopg.connect(pg_dsn, dbname=db, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
-        ).fetchall()
-        tables = [r[0] for r in rows]
-        for t in tables:
-            if t in skip:
-                continue
-            q = sql.SQL("SELECT md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), ''))"
-                        " FROM {} x").format(sql.Identifier(t))  # fmt: skip
-            row = conn.execute(q).fetchone()
-            assert row is not None
-            out[t] = row[0]
-    return out
-
-
-def tree(path: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(path)): hashlib.sha1(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*"))
-        if p.is_file()
-    }
-
-
-def config(pg_dsn: str, db: str) -> dict[str, str]:
-    with psycopg.connect(pg_dsn, dbname=db, autocommit=True) as conn:
-        return dict(conn.execute("SELECT key, value FROM ir_config_parameter").fetchall())
-
-
 def drop(pg_dsn: str, db: str) -> None:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db)))
-
-
-def write_manifest(set_dir: Path, manifest: Any, *, sign: bool = True) -> None:
-    """Rewrite a set's manifest as whoever holds the backup key would (or without re-signing)."""
-    body = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
-    (set_dir / "manifest.json").write_bytes(body)
-    if sign:
-        sig = hmac.new(BACKUP_KEY.encode(), body, hashlib.sha256).hexdigest()
-        (set_dir / "manifest.sig").write_text(sig + "\n")
 
 
 def sets(dest: Path, sub: str) -> list[str]:

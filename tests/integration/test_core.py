@@ -17,7 +17,7 @@ import pytest
 
 from jobs.adapters.pg import locks
 from jobs.core import redact, result
-from tests.conftest import ROOT, job_env
+from tests.support.harness import ROOT, job_env
 
 
 def driver(env: dict[str, str], *args: str) -> subprocess.Popen[str]:

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.conftest import ROOT
+from tests.support.harness import ROOT
 
 STEPS = ["template-build", "tenant-db", "matrix-room", "account-webhook", "erp-callback",
          "emit-event"]  # fmt: skip

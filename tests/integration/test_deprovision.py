@@ -10,40 +10,20 @@ depend on which Odoo made the tenant.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-import redis
 from psycopg import sql
 
 from jobs.core import naming
 from jobs.ops import marker
-from tests.conftest import JOB_ROLE, STANDINS, Runner
-from tests.integration.test_backup import make_tenant, table_digests, tree
-from tests.integration.test_tenant_db import OWNER_ROLE, ensure_role
-
-
-@pytest.fixture
-def setup(
-    pg_dsn: str, redis_url: str, uid: str, tmp_path: Path, drop_dbs: list[str]
-) -> Iterator[dict[str, Any]]:
-    drop_dbs.append(f"{uid}%")
-    data_dir, dest = tmp_path / "data", tmp_path / "backups"
-    dest.mkdir()
-    db = make_tenant(pg_dsn, uid, data_dir, partners=5)
-    stream = f"test:{uid}:events"
-    args = ["--subdomain", uid, "--project-id", "7", "--tier", "pro", "--generation", "3",
-            "--dest", str(dest), "--data-dir", str(data_dir), "--stream", stream]  # fmt: skip
-    client = redis.Redis.from_url(redis_url)
-    yield {"sub": uid, "db": db, "data_dir": data_dir, "dest": dest, "stream": stream,
-           "args": args, "redis": client}  # fmt: skip
-    client.delete(stream, *client.keys(f"{stream}:*"))
-    client.close()
+from tests.support.backup import table_digests, tree
+from tests.support.deprovision import files_in
+from tests.support.harness import JOB_ROLE, OWNER_ROLE, STANDINS, Runner
+from tests.support.tenant_db import ensure_role
 
 
 def exists(pg_dsn: str, db: str) -> bool:
@@ -146,15 +126,6 @@ def databases(pg_dsn: str, pattern: str) -> set[str]:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE %s", (pattern,))
         return {r[0] for r in rows.fetchall()}
-
-
-def files_in(path: Path, count: int) -> Path:
-    for i in range(count):
-        content = f"attachment {path.name} {i}".encode()
-        sha = hashlib.sha1(content).hexdigest()
-        (path / sha[:2]).mkdir(parents=True, exist_ok=True)
-        (path / sha[:2] / sha).write_bytes(content)
-    return path
 
 
 def environment(run_job: Runner, pg_dsn: str, sub: str, data_dir: Path, env: str) -> str:

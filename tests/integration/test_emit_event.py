@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.conftest import Runner
+from tests.support.harness import Runner
 
 SPEC = ["--subdomain", "acme", "--project-id", "23", "--tier", "pro", "--odoo-version", "18"]
 

@@ -26,11 +26,11 @@ from psycopg import sql
 
 from jobs.core import naming
 from jobs.ops import marker
-from tests.conftest import BIN, JobRun, Runner, job_dsn
-from tests.contract.test_kill_convergence import signal_tree
-from tests.integration.test_backup import add_attachment, config, table_digests, tree
-from tests.integration.test_tenant_db import OWNER_ROLE, drop, ensure_role
 from tests.support import odoo_target
+from tests.support.backup import add_attachment, config, table_digests, tree
+from tests.support.harness import BIN, OWNER_ROLE, JobRun, Runner, job_dsn
+from tests.support.processes import signal_tree
+from tests.support.tenant_db import drop, ensure_role
 
 TARGET = odoo_target.current()
 VERSION = 18  # the tenants' Odoo

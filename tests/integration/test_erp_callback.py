@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import JobRun, Runner
+from tests.support.harness import JobRun, Runner
 from tests.support.servers.erp import Erp, ErpServer, InternalError, ValidationError
 
 APIS = ["jsonrpc", "json2"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, JobRun, Runner
+from tests.support.harness import ROOT, JobRun, Runner
 
 SHIMS = ROOT / "tests" / "support" / "shims"
 DB = "acme.planapulse.app"

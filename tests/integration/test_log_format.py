@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import redis
 
-from tests.conftest import BIN, Runner
+from tests.support.harness import BIN, Runner
 
 ARGS = ["--subdomain", "acme", "--project-id", "23", "--tier", "pro", "--odoo-version", "18"]
 

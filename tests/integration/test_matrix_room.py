@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import JobRun, Runner
+from tests.support.harness import JobRun, Runner
 from tests.support.servers import Handler, HangingServer, Server
 from tests.support.synapse import Synapse, User, free_port
 

@@ -34,10 +34,10 @@ import pytest
 from jobs.adapters import odoo
 from jobs.core import proc, redact
 from jobs.core.errors import TransientError
-from tests.conftest import ROOT, JobRun, Runner, job_env
-from tests.integration.test_tenant_db import mine
 from tests.support import odoo_target
+from tests.support.harness import ROOT, JobRun, Runner, job_env
 from tests.support.odoo_target import FAIL, SLEEP, SLEEP_LINE, SLEEP_VAR, OdooTarget
+from tests.support.tenant_db import mine
 
 TARGET = odoo_target.current()
 VERSION = 18  # the builds' Odoo: the stand-in's 18 or real Odoo 18

@@ -33,9 +33,8 @@ from jobs.adapters.odoo import addons_digest
 from jobs.adapters.pg import locks
 from jobs.core import naming
 from jobs.ops import clone, marker
-from tests.conftest import Runner, job_dsn
-from tests.integration.test_tenant_db import OWNER_ROLE, ensure_role, mine
 from tests.support import odoo_target
+from tests.support.harness import OWNER_ROLE, Runner, job_dsn
 from tests.support.odoo_target import (
     APP,
     APP2,
@@ -46,6 +45,7 @@ from tests.support.odoo_target import (
     SLEEP_VAR,
     OdooTarget,
 )
+from tests.support.tenant_db import ensure_role, mine
 
 TARGET = odoo_target.current()
 STANDIN = odoo_target.OdooTarget(real=False)  # for what real Odoo here lacks (19)

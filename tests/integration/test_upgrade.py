@@ -34,8 +34,8 @@ from psycopg import sql
 
 from jobs.commands.upgrade.phases import prefix_files
 from jobs.core import naming
-from tests.conftest import JOB_ROLE, JobRun, Runner, database_names
 from tests.support import odoo_target
+from tests.support.harness import JOB_ROLE, JobRun, Runner, database_names
 from tests.support.odoo_target import (
     APP,
     APPS,

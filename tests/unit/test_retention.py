@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from jobs.ops.retention import Policy, expired, keep
-from tests.conftest import BACKUP_KEY, Runner
-from tests.integration.test_backup import make_tenant
+from tests.support.backup import make_tenant
+from tests.support.harness import BACKUP_KEY, Runner
 
 # 2025-01-01 .. 2025-04-30: exactly 120 daily sets at 02:00 UTC (2025-04-30 is a Wednesday).
 CALENDAR = [datetime(2025, 1, 1, 2, tzinfo=UTC) + timedelta(days=i) for i in range(120)]
