@@ -29,6 +29,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from tests.support import odoo_target
+from tests.support.harness import ROOT
 from tests.support.odoo_target import APP, APP2, FAIL, FAIL_UPDATE, GONE, LEAVE, SLEEP, OdooTarget
 
 VERSIONS = (17, 18)
@@ -251,7 +252,7 @@ def test_make_test_odoo_without_an_odoo_says_so_in_one_line() -> None:
         if not k.startswith("PLANA_TEST_ODOO") and k not in ("MAKELEVEL", "MAKEFLAGS")
     }
     done = subprocess.run(
-        ["make", "--no-print-directory", "-C", str(odoo_target.TESTS.parent), "test-odoo"],
+        ["make", "--no-print-directory", "-C", str(ROOT), "test-odoo"],
         env=env,
         capture_output=True,
         text=True,
