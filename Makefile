@@ -62,7 +62,7 @@ lint-tools: $(LINT_VENV)/bin/lint-imports ## import-linter in its own virtualenv
 lint: venv lint-tools ## ruff, mypy --strict and the package's import layers (lint-imports)
 	$(BIN)/ruff check jobs tests bench demo
 	$(BIN)/ruff format --check jobs demo
-	$(BIN)/mypy --strict jobs demo
+	$(BIN)/mypy --strict jobs demo tests
 	PYTHONPATH=. $(LINT_VENV)/bin/lint-imports --no-cache
 
 bench: venv ## measure each job against the bare operation (BENCH_ARGS=--readme: into README)

@@ -40,7 +40,7 @@ from tests.support.harness import BIN, JOB_ROLE, OWNER_ROLE, Runner
 def backup(run_job: Runner, w: dict[str, Any]) -> Path:
     made = run_job(["backup", *w["args"]])
     assert made.rc == 0, made.output
-    return Path(w["dest"]) / w["sub"] / made.result["set"]
+    return Path(w["dest"]) / str(w["sub"]) / str(made.result["set"])
 
 
 def manifest_of(set_dir: Path) -> dict[str, Any]:
@@ -225,6 +225,7 @@ def hostile_tar(set_dir: Path, data: dict[str, Any], member: str) -> None:
         info.size = len(content)
         tar.addfile(info, io.BytesIO(content))
         bad = tarfile.TarInfo(member if member.startswith(("/", "..")) else "ab/evil")
+        body = None  # only the regular file has one
         if member == "symlink":
             bad.type, bad.linkname = tarfile.SYMTYPE, "/etc/passwd"
         elif member == "hardlink":
@@ -233,10 +234,8 @@ def hostile_tar(set_dir: Path, data: dict[str, Any], member: str) -> None:
             bad.type = tarfile.FIFOTYPE
         else:
             bad.size = 4
-            tar.addfile(bad, io.BytesIO(b"evil"))
-            bad = None  # type: ignore[assignment]
-        if bad is not None:
-            tar.addfile(bad)
+            body = io.BytesIO(b"evil")
+        tar.addfile(bad, body)
     if member == "not-a-tar":
         (set_dir / "filestore.tar").write_bytes(b"this is not a tar archive at all\n" * 40)
     elif member == "truncated":

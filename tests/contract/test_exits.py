@@ -20,7 +20,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.support import odoo_target
+from tests.support import odoo_target, streams
 from tests.support.harness import OWNER_ROLE, ROOT, Runner, job_env
 from tests.support.odoo_target import SLEEP, SLEEP_LINE, SLEEP_VAR
 from tests.support.processes import local_ports
@@ -65,7 +65,7 @@ def test_a_failed_xadd_leaves_no_dedupe_key_and_the_rerun_writes_once(
     rerun = run_job(["emit-event", *SPEC, "--stream", stream, "--generation", "4"])
     assert rerun.rc == 0, rerun.output
     assert rerun.result["outcome"] == "created"
-    entries = rds.xrange(stream)
+    entries = streams.xrange(rds, stream)
     assert [e[0] for e in entries] == [rerun.result["entry_id"]]
     again = run_job(["emit-event", *SPEC, "--stream", stream, "--generation", "4"])
     assert again.rc == 0 and again.result["outcome"] == "unchanged"
@@ -154,7 +154,7 @@ def test_non_finite_or_negative_seconds_are_64_naming_flag_and_variable(
     if source == "flag":
         run = run_job([*args, f"{flag}={value}"])
     else:
-        run = run_job(args, **{var: value})
+        run = run_job.run(args, {var: value})
     assert run.rc == 64, run.output
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1, run.stderr
@@ -178,7 +178,7 @@ def test_an_explicitly_empty_odoo_version_is_refused_and_absent_means_18(
     assert not list(rds.scan_iter(match=f"{uid}:*"))
     absent = run_job(["emit-event", *spec, "--stream", f"{uid}:b"])
     assert absent.rc == 0, absent.output
-    assert rds.xrange(f"{uid}:b")[0][1]["odoo_version"] == "18"
+    assert streams.xrange(rds, f"{uid}:b")[0][1]["odoo_version"] == "18"
 
 
 # ----------------------------------------------------------------------------- the runner

@@ -320,8 +320,8 @@ def test_tenant_db_after_a_killed_restore_of_another_tenant_holds_only_the_templ
 
 
 def _local_copy(run_job: Runner, src_root: Path, dst_root: Path, db: str, **env: str) -> Any:
-    return run_job(["filestore-copy", "--transport", "local", "--db", db, "--source-root",
-                    str(src_root), "--target-root", str(dst_root)], **env)  # fmt: skip
+    return run_job.run(["filestore-copy", "--transport", "local", "--db", db, "--source-root",
+                        str(src_root), "--target-root", str(dst_root)], env)  # fmt: skip
 
 
 def test_filestore_copy_local_never_reads_or_writes_through_a_symlink(

@@ -104,9 +104,9 @@ def parse_cli(args: list[str], env: dict[str, str]) -> list[click.Context]:
             rest = [*getattr(ctx, "_protected_args", []), *ctx.args]
             if not rest:
                 return contexts
-            name, sub, rest = command.resolve_command(ctx, rest)
-            assert name is not None and sub is not None
-            command, parent = sub, ctx
+            found, sub, rest = command.resolve_command(ctx, rest)
+            assert found is not None and sub is not None
+            name, command, parent = found, sub, ctx
 
 
 def subcommand(box: Box) -> str:

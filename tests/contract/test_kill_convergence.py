@@ -31,7 +31,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from jobs.core import naming
 from jobs.ops import clone, marker
 from tests.support import odoo_target
 from tests.support.backup import make_tenant
-from tests.support.harness import BIN, OWNER_ROLE, JobRun, Runner
+from tests.support.harness import BIN, OWNER_ROLE, Runner
 from tests.support.processes import descendants, local_ports, signal_tree
 from tests.support.tenant_db import ensure_role, pg_database_comment
 
@@ -160,8 +160,7 @@ class Case:
 class SlowRunner(Runner):
     """The Runner with a deadline that fits the Odoo under test."""
 
-    def __call__(self, args: Sequence[str], timeout: float = RUN_TIMEOUT, **env: str) -> JobRun:
-        return super().__call__(args, timeout, **env)
+    timeout = RUN_TIMEOUT
 
 
 class World:
@@ -462,7 +461,7 @@ def reference(w: World, pg: psycopg.Connection[Any], job: str) -> dict[str, Any]
     """What an undisturbed run of `job` leaves (computed once per job)."""
     if job not in w.references:
         case = JOBS[job](w)
-        done = w.run(case.args, **case.env)
+        done = w.run.run(case.args, case.env)
         assert done.rc == 0, done.output
         w.references[job] = state(pg, case)
     return w.references[job]
@@ -470,10 +469,10 @@ def reference(w: World, pg: psycopg.Connection[Any], job: str) -> dict[str, Any]
 
 def converges(w: World, pg: psycopg.Connection[Any], job: str, case: Case, why: str) -> None:
     want = reference(w, pg, job)
-    rerun = w.run(case.args, **case.env)
+    rerun = w.run.run(case.args, case.env)
     assert rerun.rc == 0, (why, rerun.output)
     assert state(pg, case) == want, why
-    again = w.run(case.args, **case.env)
+    again = w.run.run(case.args, case.env)
     assert again.rc == 0 and again.result["outcome"] == case.rerun_outcome, (why, again.output)
 
 
@@ -721,7 +720,7 @@ def test_upgrade_rerun_ends_the_killed_runs_snapshot_clone_still_queued_on_the_s
         out, err = rerun.communicate(timeout=RUN_TIMEOUT)
     assert rerun.returncode == 0, out[-2000:] + err
     assert state(pg, case) == world.references["upgrade-run"]
-    again = world.run(case.args, **case.env)
+    again = world.run.run(case.args, case.env)
     assert again.rc == 0 and again.result["outcome"] == case.rerun_outcome, again.output
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +60,20 @@ class Odoo:
     def argv(self, args: tuple[str, ...]) -> list[str]:
         return [str(STANDIN), *args]
 
-    def environ(self, version: int, env: dict[str, str]) -> dict[str, str]:
+    def environ(self, version: int, env: Mapping[str, str]) -> dict[str, str]:
         return {**self.env, "ODOO_STANDIN_VERSION": str(version), **env}
 
     def __call__(
         self, *args: str, version: int = 18, timeout: float = 30, **env: str
     ) -> subprocess.CompletedProcess[str]:
+        return self.run(args, env, version=version, timeout=timeout)
+
+    def run(
+        self, args: tuple[str, ...], env: Mapping[str, str], *, version: int = 18,
+        timeout: float = 30,
+    ) -> subprocess.CompletedProcess[str]:
+        """The form for an environment held in a dict (whose keys `**env` would let fill
+        `version` and `timeout` as well)."""
         return subprocess.run(
             self.argv(args), env=self.environ(version, env), capture_output=True, text=True,
             timeout=timeout, check=False,
@@ -80,8 +88,10 @@ class Odoo:
     def init(self, db: str, *args: str, version: int = 18, **env: str) -> (
             subprocess.CompletedProcess[str]):
         """The usual job call: -d db, data dir, --stop-after-init."""
-        return self("-d", db, "-D", str(self.data_dir), "--stop-after-init", *args,
-                    version=version, **env)
+        return self.run(self.init_args(db, *args), env, version=version)
+
+    def init_args(self, db: str, *args: str) -> tuple[str, ...]:
+        return ("-d", db, "-D", str(self.data_dir), "--stop-after-init", *args)
 
 
 @pytest.fixture
@@ -132,7 +142,7 @@ def openupgrade(scripts: Path, addons: Path | None = None) -> tuple[str, ...]:
 
 def rows(db: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     with psycopg.connect(DSN, dbname=db) as conn:
-        return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+        return conn.execute(query, params).fetchall()
 
 
 def modules(db: str) -> dict[str, tuple[str, str | None, bool]]:
@@ -375,7 +385,7 @@ def test_refuses_the_postgres_database_user(
     conf.write_text("[options]\ndb_user = postgres\n")
     for args, env in ((("-r", "postgres"), {}), (("-c", str(conf)), {}),
                       ((), {"PGUSER": "postgres"})):  # fmt: skip
-        res = odoo.init(db, *args, **env)
+        res = odoo.run(odoo.init_args(db, *args), env)
         assert (res.returncode, res.stderr) == (1, refusal), (args, env)
         assert not db_exists(db)
     # The configured db_user wins over PGUSER, and --version does not check.
@@ -551,7 +561,9 @@ def _python_without_psycopg(tmp: Path) -> dict[str, str]:
     bin_dir = tmp / "bare-python"
     bin_dir.mkdir()
     python3 = bin_dir / "python3"
-    python3.write_text(f'#!/bin/sh\nexec {sys._base_executable} -S "$@"\n')
+    # The interpreter the venv was made from: CPython's, private, so typeshed does not list it.
+    base = sys._base_executable  # type: ignore[attr-defined]
+    python3.write_text(f'#!/bin/sh\nexec {base} -S "$@"\n')
     python3.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "ODOO_", "VIRTUAL"))}
     return {**env, **pg_env(), "PATH": os.pathsep.join([str(bin_dir), "/usr/bin", "/bin"])}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.harness import Runner
+from tests.support.harness import JobRun, Runner
 from tests.support.servers import HangingServer
 from tests.support.servers.webhook import Reply, WebhookReceiver
 
@@ -45,12 +45,14 @@ def receiver(secret: str) -> Iterator[WebhookReceiver]:
 _LEDGERS: dict[int, str] = {}
 
 
-def hook(run_job: Runner, receiver: WebhookReceiver, secret_file: str, *extra: str, **env: str):  # type: ignore[no-untyped-def]
+def hook(
+    run_job: Runner, receiver: WebhookReceiver, secret_file: str, *extra: str, **env: str
+) -> JobRun:
     prefix = _LEDGERS.setdefault(id(receiver), f"test:{uuid.uuid4().hex}")
     env.setdefault("PLANA_WEBHOOK_LEDGER_PREFIX", prefix)
     env.setdefault("PLANA_ACCOUNT_WEBHOOK_URL", receiver.url)
     env.setdefault("PLANA_ACCOUNT_WEBHOOK_SECRET_FILE", secret_file)
-    return run_job(["account-webhook", *SPEC, *extra], **env)
+    return run_job.run(["account-webhook", *SPEC, *extra], env)
 
 
 def assert_no_secret(output: str, secret: str) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from tests.support import streams
 from tests.support.harness import Runner
 
 SPEC = ["--subdomain", "acme", "--project-id", "23", "--tier", "pro", "--odoo-version", "18"]
@@ -33,7 +34,7 @@ def test_twice_gives_one_entry(run_job: Runner, rds: redis.Redis, stream: str) -
     first = run_job(["emit-event", *SPEC, "--stream", stream, "--generation", "3"])
     assert first.rc == 0, first.output
     assert first.result["outcome"] == "created"
-    entries = rds.xrange(stream)
+    entries = streams.xrange(rds, stream)
     assert len(entries) == 1
     entry_id, fields = entries[0]
     assert fields["type"] == "client.provisioned"
@@ -53,7 +54,7 @@ def test_twice_gives_one_entry(run_job: Runner, rds: redis.Redis, stream: str) -
     assert second.result["outcome"] == "unchanged"
     assert second.result["entry_id"] == entry_id
     assert second.result["event_id"] == first.result["event_id"]
-    assert len(rds.xrange(stream)) == 1
+    assert len(streams.xrange(rds, stream)) == 1
 
 
 def test_new_generation_is_a_new_event(run_job: Runner, rds: redis.Redis, stream: str) -> None:
@@ -61,7 +62,7 @@ def test_new_generation_is_a_new_event(run_job: Runner, rds: redis.Redis, stream
     two = run_job(["emit-event", *SPEC, "--stream", stream, "--generation", "2"])
     assert (one.rc, two.rc) == (0, 0)
     assert one.result["event_id"] != two.result["event_id"]
-    assert len(rds.xrange(stream)) == 2
+    assert len(streams.xrange(rds, stream)) == 2
 
 
 def test_eight_concurrent_runs_add_one_entry(
@@ -74,7 +75,7 @@ def test_eight_concurrent_runs_add_one_entry(
         assert proc.returncode == 0, out + err
         outcomes.append(json.loads(out.strip().splitlines()[-1])["outcome"])
     assert sorted(outcomes) == ["created"] + ["unchanged"] * 7
-    assert len(rds.xrange(stream)) == 1
+    assert len(streams.xrange(rds, stream)) == 1
 
 
 def test_stream_is_trimmed_to_maxlen(run_job: Runner, rds: redis.Redis, stream: str) -> None:
@@ -84,7 +85,7 @@ def test_stream_is_trimmed_to_maxlen(run_job: Runner, rds: redis.Redis, stream: 
     assert run.rc == 0, run.output
     # MAXLEN ~ trims whole macro nodes only: approximately 100, never the full 301.
     assert rds.xlen(stream) < 301
-    assert rds.xrevrange(stream, count=1)[0][1]["subdomain"] == "acme"
+    assert streams.xrevrange(rds, stream, 1)[0][1]["subdomain"] == "acme"
 
 
 def test_dedupe_key_expires(run_job: Runner, rds: redis.Redis, stream: str) -> None:

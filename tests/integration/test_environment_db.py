@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from jobs.core import naming
 from jobs.ops import marker
 from tests.support import odoo_target
 from tests.support.backup import add_attachment, config, table_digests, tree
-from tests.support.harness import BIN, OWNER_ROLE, JobRun, Runner, job_dsn
+from tests.support.harness import BIN, OWNER_ROLE, Runner, job_dsn
 from tests.support.processes import signal_tree
 from tests.support.tenant_db import drop, ensure_role
 
@@ -46,14 +46,13 @@ DUMMY_SERVER = ("neutralization - disable emails", "invalid")  # base's neutrali
 
 
 class SlowRunner(Runner):
-    """The conftest Runner with room for a real Odoo (job deadline and wait)."""
+    """The harness's Runner with room for a real Odoo (job deadline and wait)."""
+
+    timeout = JOB_TIMEOUT
 
     def __init__(self, pg_dsn: str, redis_url: str, tmp: Path) -> None:
         super().__init__(pg_dsn, redis_url, tmp)
         self.env["PLANA_TIMEOUT"] = str(int(JOB_TIMEOUT) - 30)
-
-    def __call__(self, args: Sequence[str], timeout: float = JOB_TIMEOUT, **env: str) -> JobRun:
-        return super().__call__(args, timeout, **env)
 
 
 @pytest.fixture

@@ -44,9 +44,9 @@ def source(tmp_path: Path) -> Path:
 
 
 def local(run_job: Runner, src: Path, dst_root: Path, *more: str, **env: str) -> JobRun:
-    return run_job(["filestore-copy", "--transport", "local", "--db", DB,
-                    "--source-root", str(src.parent), "--target-root", str(dst_root), *more],
-                   **env)  # fmt: skip
+    return run_job.run(["filestore-copy", "--transport", "local", "--db", DB,
+                        "--source-root", str(src.parent), "--target-root", str(dst_root), *more],
+                       env)  # fmt: skip
 
 
 def test_local_copy_created_unchanged_incremental(
@@ -162,11 +162,11 @@ def kube(run_job: Runner, tmp_path: Path) -> dict[str, str]:
 
 def kubectl_copy(run_job: Runner, src_root: Path, dst_root: Path, kube: dict[str, str],
                  *more: str) -> JobRun:  # fmt: skip
-    return run_job(["filestore-copy", "--transport", "kubectl", "--db", DB,
-                    "--from-version", "17", "--source-pod", "holder-17", "--source-container",
-                    "odoo", "--to-version", "18", "--target-pod", "holder-18",
-                    "--source-root", str(src_root), "--target-root", str(dst_root), *more],
-                   **kube)  # fmt: skip
+    return run_job.run(["filestore-copy", "--transport", "kubectl", "--db", DB,
+                        "--from-version", "17", "--source-pod", "holder-17", "--source-container",
+                        "odoo", "--to-version", "18", "--target-pod", "holder-18",
+                        "--source-root", str(src_root), "--target-root", str(dst_root), *more],
+                       kube)  # fmt: skip
 
 
 def test_kubectl_transport_between_holder_pods(

@@ -254,11 +254,15 @@ class _Recorder(Handler):
     do_POST = do_PUT = do_GET
 
 
+class _RecordingServer(Server):
+    def __init__(self) -> None:
+        super().__init__(_Recorder)
+        self.hits: list[str] = []
+
+
 @pytest.fixture
 def recorder() -> Iterator[Any]:
-    server = Server(_Recorder)
-    server.hits = []  # type: ignore[attr-defined]
-    with server:
+    with _RecordingServer() as server:
         yield server
 
 
@@ -282,7 +286,7 @@ def test_bad_input_is_64_before_any_request(
     field: str,
 ) -> None:
     env = {"PLANA_MATRIX_HOMESERVER": recorder.url, **env}
-    run = run_job([*tenant.args(), *extra], **tenant.env(token_file, **env))
+    run = run_job.run([*tenant.args(), *extra], tenant.env(token_file, **env))
     assert run.rc == 64, run.output
     assert run.stderr.strip().splitlines()[-1].startswith(f"plana-job matrix-room: error: {field}")
     assert recorder.hits == []

@@ -250,10 +250,10 @@ def test_image_odoo_unchanged_rerun_starts_no_odoo(
     noexec = build.odoo(18).with_name("odoo-noexec")
     shutil.copy(build.odoo(18), noexec)
     noexec.chmod(0o644)
-    for binary, said in ((noexec, "not executable"), (noexec.with_name("gone"), "not found")):
+    for binary, why in ((noexec, "not executable"), (noexec.with_name("gone"), "not found")):
         args[at] = str(binary)
         broken = build.run(args)
-        assert broken.rc == 78 and said in broken.result["error"], broken.output
+        assert broken.rc == 78 and why in broken.result["error"], broken.output
 
 
 def test_image_odoo_of_another_major_is_a_conflict_without_running_it(

@@ -346,7 +346,7 @@ def test_personalise_recomputes_the_contacts_of_renamed_partners(
     mode, real Odoo recomputes them from the same rows and must agree)."""
     owner = " Ada Lovelace\u2003"  # complete_name is stripped as Python's str.strip() strips
     with psycopg.connect(pg_dsn, dbname=clone, autocommit=True) as conn:
-        ids = dict(conn.execute(
+        ids: dict[str, int] = dict(conn.execute(
             "SELECT d.name, d.res_id FROM ir_model_data d WHERE d.module = 'base'"
             " AND d.name IN ('main_partner', 'partner_admin')").fetchall())  # fmt: skip
         company, admin = ids["main_partner"], ids["partner_admin"]

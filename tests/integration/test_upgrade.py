@@ -24,7 +24,7 @@ import shutil
 import signal
 import subprocess
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +59,11 @@ pytestmark = pytest.mark.timeout(3600 if TARGET.real else 600)
 class SlowRunner(Runner):
     """The suite's Runner with a job deadline (PLANA_TIMEOUT) and a wait fit for real Odoo."""
 
+    timeout = RUN_TIMEOUT
+
     def __init__(self, pg_dsn: str, redis_url: str, tmp: Path) -> None:
         super().__init__(pg_dsn, redis_url, tmp)
         self.env["PLANA_TIMEOUT"] = str(int(RUN_TIMEOUT))
-
-    def __call__(self, args: Sequence[str], timeout: float = RUN_TIMEOUT, **env: str) -> JobRun:
-        return super().__call__(args, timeout, **env)
 
 
 @pytest.fixture

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
+
+
+class AppServer(ThreadingHTTPServer):
+    """The HTTP server, carrying the application object its handlers serve (`Handler.app`)."""
+
+    app: Any
 
 
 class Server:
     """A ThreadingHTTPServer on 127.0.0.1:<free port>, served from a daemon thread."""
 
     def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = AppServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
-        self.httpd.app = self  # type: ignore[attr-defined]
+        self.httpd.app = self
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -42,7 +48,8 @@ class Handler(BaseHTTPRequestHandler):
 
     @property
     def app(self) -> Any:
-        return self.server.app  # type: ignore[attr-defined]
+        # Every Server serves through an AppServer; the handler's own type names only the base.
+        return cast(AppServer, self.server).app
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # keep pytest output clean

@@ -282,11 +282,18 @@ def _positional(method: str, args: list[Any], kwargs: dict[str, Any]) -> dict[st
     return {**dict(zip(names, args, strict=False)), **kwargs}
 
 
+class _ErpHttp(Server):
+    """The server _ErpHandler serves from (its `app`): the ERP beside the server's lock."""
+
+    def __init__(self, erp: Erp) -> None:
+        super().__init__(_ErpHandler)
+        self.erp = erp
+
+
 class ErpServer:
     def __init__(self, erp: Erp) -> None:
         self.erp = erp
-        self.server = Server(_ErpHandler)
-        self.server.erp = erp  # type: ignore[attr-defined]
+        self.server = _ErpHttp(erp)
 
     @property
     def url(self) -> str:

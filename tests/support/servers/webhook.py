@@ -63,7 +63,7 @@ class WebhookReceiver:
         self.delivered: dict[str, Any] = {}  # webhook-id → verified payload, first delivery
         self.attempts: list[Attempt] = []
         self.server = Server(_WebhookHandler)
-        self.server.httpd.app = self  # type: ignore[attr-defined]
+        self.server.httpd.app = self
 
     @property
     def url(self) -> str:
