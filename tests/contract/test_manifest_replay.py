@@ -4,8 +4,8 @@ A replay is what the kubelet would do with the manifest: for each Job (or a Cron
 jobTemplate), its initContainers one after the other, each to exit 0 before the next starts,
 then its containers; each container a real `plana-job` process with the argv of its `command`
 (or the image's ENTRYPOINT from images/Dockerfile) and `args`, and the environment the pod gets:
-the image's ENV plus the manifest's `env` (tests/contract/test_job_contract.py derives both; its
-helpers are used here). Every example must complete, and replaying it a second time must change
+the image's ENV plus the manifest's `env` (tests/support/manifests.py derives both, for the Job
+contract and here). Every example must complete, and replaying it a second time must change
 nothing: every container answers `unchanged`.
 
 Substituted, because it cannot exist on this machine — and nothing else:

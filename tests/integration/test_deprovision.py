@@ -1,7 +1,7 @@
 """deprovision: final backup, drop, filestore removal, client.deprovisioned once.
 
 These tests stay on the Odoo stand-in in both modes (CI and real-Odoo test mode), explicitly.
-deprovision runs no Odoo; its tenants are `make_tenant`'s (tests/integration/test_backup: built by
+deprovision runs no Odoo; its tenants are `make_tenant`'s (tests/support/backup.py: built by
 the stand-in, then given partners and filestore files), and the one Odoo call here is the
 neutralise of `environment`, which real Odoo can only do on a database it built itself. What
 these tests prove (which databases and filestores go, the final set, the event) does not
