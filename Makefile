@@ -24,7 +24,7 @@ test: venv synapse lint-tools ## run the test suite (PYTEST_ARGS=... passed to p
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Real-Odoo test mode (README.md, "Real-Odoo test mode"): the same suite, and the tests written
-# against tests/odoo_target.py drive real Odoo 17/18 instead of the stand-in. Checked first,
+# against tests/support/odoo_target.py drive real Odoo 17/18 instead of the stand-in. Checked first,
 # before building anything: without an Odoo there is nothing to run.
 .PHONY: test-odoo
 test-odoo: ## run the test suite against real Odoo (PLANA_TEST_ODOO17_BIN, ..._18_BIN)
@@ -32,7 +32,7 @@ test-odoo: ## run the test suite against real Odoo (PLANA_TEST_ODOO17_BIN, ..._1
 	  echo "make test-odoo: needs PLANA_TEST_ODOO17_BIN and/or PLANA_TEST_ODOO18_BIN (with \
 	their PLANA_TEST_ODOO17_ADDONS / PLANA_TEST_ODOO18_ADDONS), see README.md" >&2; exit 2; }
 	@$(MAKE) --no-print-directory --silent venv synapse lint-tools
-	@$(BIN)/python -m tests.odoo_target --require-real
+	@$(BIN)/python -m tests.support.odoo_target --require-real
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # Synapse (the matrix-room tests' homeserver) in its own virtualenv: its pins must not meet ours.
@@ -62,7 +62,7 @@ lint-tools: $(LINT_VENV)/bin/lint-imports ## import-linter in its own virtualenv
 lint: venv lint-tools ## ruff, mypy --strict and the package's import layers (lint-imports)
 	$(BIN)/ruff check jobs tests bench demo
 	$(BIN)/ruff format --check jobs demo
-	$(BIN)/mypy --strict jobs demo
+	$(BIN)/mypy --strict jobs demo tests
 	PYTHONPATH=. $(LINT_VENV)/bin/lint-imports --no-cache
 
 bench: venv ## measure each job against the bare operation (BENCH_ARGS=--readme: into README)

@@ -25,10 +25,10 @@ from bench import report
 from bench.report import Measure, Row
 from jobs.core import naming
 from jobs.ops import marker
-from tests import conftest
+from tests.support import harness
 
 ROOT = Path(__file__).resolve().parent.parent
-ODOO = ROOT / "tests" / "standins" / "odoo"
+ODOO = ROOT / "tests" / "support" / "standins" / "odoo"
 PARTNERS = int(os.environ.get("BENCH_PARTNERS", "3000000"))
 FILES = int(os.environ.get("BENCH_FILES", "3000"))
 BACKUP = Measure("backup", "vs raw `pg_dump -Fc` + `tar`", "<= 1.1")
@@ -48,9 +48,9 @@ def _make_tenant(dsn: str, sub: str, data_dir: Path) -> str:
         "PGHOST": str(params.get("host", "127.0.0.1")),
         "PGPORT": str(params.get("port", 5432)),
         # Odoo (and so the stand-in) refuses the postgres role: the jobs' own role, as in tests.
-        "PGUSER": conftest.JOB_ROLE,
+        "PGUSER": harness.JOB_ROLE,
     }
-    conftest.ensure_job_role(dsn)
+    harness.ensure_job_role(dsn)
     subprocess.run(
         [sys.executable, str(ODOO), "-d", db, "-i", "base,mail,contacts", "--without-demo=all",
          "--stop-after-init", "-D", str(data_dir)],

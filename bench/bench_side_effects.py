@@ -27,9 +27,9 @@ from pathlib import Path
 
 from bench import report
 from bench.report import Measure, Row
-from tests.servers.erp import Erp, ErpServer
-from tests.servers.webhook import WebhookReceiver
-from tests.synapse import Synapse, free_port
+from tests.support.servers.erp import Erp, ErpServer
+from tests.support.servers.webhook import WebhookReceiver
+from tests.support.synapse import Synapse, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANA_JOB = Path(sys.executable).parent / "plana-job"

@@ -3,8 +3,8 @@
 
 Run with `make bench` (or `.venv/bin/python -m bench bench_tenant_db`). Needs PostgreSQL
 (PLANA_TEST_PG_DSN, default postgresql://postgres@127.0.0.1:5432/postgres), psql, pg_dump,
-pg_restore and cp on PATH, and the Odoo stand-in (tests/standins/odoo) for the Odoo core schema.
-Every figure is measured in the same run; the targets are ratios, never absolute times.
+pg_restore and cp on PATH, and the Odoo stand-in (tests/support/standins/odoo) for the Odoo core
+schema. Every figure is measured in the same run; the targets are ratios, never absolute times.
 
 Memory is filled first where free memory is handed back to the host, as on this VM (see
 `fill_page_cache`: touching such memory again is slow). Nothing is dropped until the end (about
@@ -45,11 +45,11 @@ from bench.report import Measure, Row
 from jobs.adapters import filestore
 from jobs.core import naming
 from jobs.ops import marker
-from tests import conftest
+from tests.support import harness
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-ODOO = ROOT / "tests" / "standins" / "odoo"
+ODOO = ROOT / "tests" / "support" / "standins" / "odoo"
 DSN = os.environ.get("PLANA_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 SHAPE = Path(__file__).with_name("odoo_shape.sql")  # ~720 Odoo-shaped tables, ~340 MB
@@ -99,8 +99,8 @@ def build_template(
         if params.get(key):
             env[var] = str(params[key])
     # Odoo (and so the stand-in) refuses the postgres role: the jobs' own role, as in tests.
-    conftest.ensure_job_role(DSN)
-    env["PGUSER"] = conftest.JOB_ROLE
+    harness.ensure_job_role(DSN)
+    env["PGUSER"] = harness.JOB_ROLE
     subprocess.run(
         [str(ODOO), "-d", name, "-i", "base,web,mail,contacts", "--without-demo=all",
          "--stop-after-init", "--no-http", "-D", str(data_dir), "--log-level=warn"],

@@ -3,8 +3,9 @@
 Every bench module declares its measures up front (`MEASURES`: what is compared, and the target
 ratio) and returns one `Row` per measure from `measure()`. `make bench` prints the table of the
 whole run; `make bench BENCH_ARGS=--readme` also writes it into README.md between the markers,
-so the README shows a real run's output, never figures pasted by hand (tests/test_repository.py
-checks the block names exactly the declared measures and targets).
+so the README shows a real run's output, never figures pasted by hand
+(tests/contract/test_repository.py checks the block names exactly the declared measures and
+targets).
 """
 
 from __future__ import annotations

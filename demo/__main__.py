@@ -8,11 +8,11 @@ table shows each job's result object. The second pass must show every outcome `u
 
 Local services: PostgreSQL and Redis (PLANA_DEMO_PG_DSN / PLANA_DEMO_REDIS_URL, falling back to
 PLANA_TEST_* and then to 127.0.0.1 defaults), a real Synapse started on loopback
-(tests/synapse.py: `.venv-synapse` or PLANA_TEST_SYNAPSE_PYTHON), and the test suite's real
-local receivers for the account portal's webhook and the ERP (tests/servers/). Odoo: the real
-`odoo` of the odoo:18 image when a Docker engine answers (or PLANA_DEMO_ODOO=docker), otherwise
-the test stand-in tests/standins/odoo, WITH A NOTICE: it is not Odoo. Everything the demo makes
-(databases, filestore, stream) is named `demo-<random>` and removed at the end unless --keep.
+(tests/support/synapse.py: `.venv-synapse` or PLANA_TEST_SYNAPSE_PYTHON), and the test suite's real
+local receivers for the account portal's webhook and the ERP (tests/support/servers/). Odoo: the
+real `odoo` of the odoo:18 image when a Docker engine answers (or PLANA_DEMO_ODOO=docker), otherwise
+the test stand-in tests/support/standins/odoo, WITH A NOTICE: it is not Odoo. Everything the demo
+makes (databases, filestore, stream) is named `demo-<random>` and removed at the end unless --keep.
 """
 
 from __future__ import annotations
@@ -41,12 +41,12 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the test suite's servers, when run as `python demo`
 
-from tests.servers.erp import Erp, ErpServer  # noqa: E402
-from tests.servers.webhook import WebhookReceiver  # noqa: E402
-from tests.synapse import Synapse  # noqa: E402
+from tests.support.servers.erp import Erp, ErpServer  # noqa: E402
+from tests.support.servers.webhook import WebhookReceiver  # noqa: E402
+from tests.support.synapse import Synapse  # noqa: E402
 
 BIN = Path(sys.executable).parent
-STANDIN = ROOT / "tests" / "standins" / "odoo"
+STANDIN = ROOT / "tests" / "support" / "standins" / "odoo"
 ODOO_IMAGE = os.environ.get("PLANA_DEMO_ODOO_IMAGE", "odoo:18")
 OWNER_ROLE = "plana"
 # The role the jobs connect as, as a Job's: LOGIN CREATEDB, a member of OWNER_ROLE, not a
@@ -55,7 +55,7 @@ JOB_ROLE = "plana_jobs"
 STEPS = ["template-build", "tenant-db", "matrix-room", "account-webhook", "erp-callback",
          "emit-event"]  # fmt: skip
 NOTICE = """\
-NOTICE: no Docker engine here, so Odoo is the TEST STAND-IN tests/standins/odoo -- NOT Odoo.
+NOTICE: no Docker engine here, so Odoo is the TEST STAND-IN tests/support/standins/odoo -- NOT Odoo.
         It keeps Odoo's command line, exit codes and effects on PostgreSQL and the filestore,
         nothing more. With Docker, `make demo` runs the real odoo of the odoo:18 image."""
 

@@ -1,9 +1,9 @@
 """The configuration reference, generated from the click commands themselves.
 
 The README's configuration table is this module's output (`make docs` rewrites it between its
-markers; tests/test_repository.py fails when the two differ), so the table cannot drift from
-what the jobs really read: one row per `PLANA_*` variable, the flag it sets, every subcommand
-that reads it, and the option's own help text.
+markers; tests/contract/test_repository.py fails when the two differ), so the table cannot drift
+from what the jobs really read: one row per `PLANA_*` variable, the flag it sets, every
+subcommand that reads it, and the option's own help text.
 
 `python -m jobs.reference` prints the table; `python -m jobs.reference --write README.md`
 replaces the block between BEGIN and END in that file.

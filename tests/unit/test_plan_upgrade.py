@@ -55,7 +55,7 @@ def frozen(work_db: Db | None, **over: Any) -> State:
 
 def upgraded(**over: Any) -> State:
     """After the cutover: the 18 tenant, the 17 one kept as the rollback copy."""
-    data = {"odoo_version": 18, "upgraded_from": 17, "rollback_db": f"{DB}__rb17"}
+    data: dict[str, Any] = {"odoo_version": 18, "upgraded_from": 17, "rollback_db": f"{DB}__rb17"}
     return fresh(**{"live": live(**data), "base": "18.0.1.3", "rollback": rollback_copy(),
                     "fs_rollback": True, "fs_made": True, **over})  # fmt: skip
 
@@ -253,7 +253,9 @@ STEPS = ["same-major", "clone", "odoo", "swap", "filestore"]
 
 def at17(**over: Any) -> State:
     """A 17 tenant last updated at revision r1, nothing pending."""
-    data = {"odoo_version": 17, "addons_revision": "r1", "updated_at": "2025-01-01T00:00:00+00:00"}
+    data: dict[str, Any] = {
+        "odoo_version": 17, "addons_revision": "r1", "updated_at": "2025-01-01T00:00:00+00:00"
+    }  # fmt: skip
     return replace(fresh(live=live(**data), revision="r1"), **over)
 
 

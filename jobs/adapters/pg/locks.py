@@ -14,7 +14,8 @@ keepalives, so an idle but healthy session is not the one that gets cut.
 Every lock's name is made by one of the constructors below (`tenant`, `verify`, `backup`,
 `template`, `template_build`), never inline: two jobs exclude each other only when they spell
 the name alike, and a typo would silently end that. The texts are fixed: pods of an older image
-running beside a newer one during a rollout hold the same names (tests/test_core.py pins them).
+running beside a newer one during a rollout hold the same names
+(tests/integration/test_core.py pins them).
 """
 
 from __future__ import annotations
