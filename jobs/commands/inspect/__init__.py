@@ -29,7 +29,7 @@ import click
 
 from jobs.commands.inspect import render, view
 from jobs.core import naming, params, plan, runner
-from jobs.core.errors import ConflictError, ExitCode, JobError
+from jobs.core.errors import ConflictError, ExitCode, JobError, UsageError
 from jobs.core.result import Done
 from jobs.ops import marker
 
@@ -214,6 +214,8 @@ def _plan_of(
         return {"needs": _needs(exc)}
     except click.ClickException as exc:
         return {"error": exc.format_message(), "exit_code": int(ExitCode.USAGE)}
+    except UsageError as exc:  # a check across options: what the job needs given together
+        return {"needs": exc.message}
     except JobError as exc:
         return {"error": exc.message, "exit_code": int(exc.code)}
     job = runner.Job(name, p.timeout, dry_run=True)
