@@ -186,20 +186,20 @@ def _plans(p: Params) -> dict[str, dict[str, Any]]:
         if name == NAME:
             continue
         command = group.get_command(ctx.parent, name)
-        if isinstance(command, params.JobCommand):
+        # A job's command (params.JobCommand) or a group that plans as one (upgrade).
+        if command is not None and hasattr(command, "preview") and hasattr(command, "params_cls"):
             out[name] = _plan_of(name, command, p, ctx.parent)
     return out
 
 
-def _plan_of(
-    name: str, command: params.JobCommand[Any], p: Params, parent: click.Context
-) -> dict[str, Any]:
+def _plan_of(name: str, command: Any, p: Params, parent: click.Context) -> dict[str, Any]:
     mine = {n: getattr(p, n) for n in SHARED if getattr(p, n) is not None}
     theirs = {n: opt for n, opt in params.options(command.params_cls)}
     args: list[str] = []
     for n, value in mine.items():
         if n in theirs:
             args += [theirs[n].flag, str(value)]
+    args.append("--dry-run")  # what inspect runs of each job: its dry run
     needs = [
         opt.label
         for n, opt in theirs.items()
