@@ -137,17 +137,29 @@ def test_databases_with_their_markers_and_leftovers(
     assert _snapshot(pg_dsn, domain, [state], redis_url, uid).diff(before) == []
 
 
+OTHERS = marker.Marker(marker.TENANT_KIND, "cloned", {"subdomain": "victim"}).encode()
+
+
+@pytest.mark.parametrize("comment", ["hand-made by an operator: do not drop", OTHERS],
+                         ids=["foreign-comment", "another-tenants-marker"])  # fmt: skip
 def test_someone_elses_database_in_the_namespace_is_65_naming_it(
-    run_job: Runner, pg_dsn: str, redis_url: str, uid: str, domain: str, state: Path, made: Any
+    run_job: Runner,
+    pg_dsn: str,
+    redis_url: str,
+    uid: str,
+    domain: str,
+    state: Path,
+    made: Any,
+    comment: str,
 ) -> None:
-    foreign = made(f"acme.{domain}__new", "hand-made by an operator: do not drop")
+    foreign = made(f"acme.{domain}__new", comment)
     before = _snapshot(pg_dsn, domain, [state], redis_url, uid)
     run = _inspect(run_job, domain, "--data-dir", str(state))
     assert run.rc == 65, run.output
     assert foreign in run.stderr and len(run.stderr.strip().splitlines()) == 1
     assert any(foreign in p for p in run.result["problems"])
     (db,) = run.result["databases"]
-    assert (db["role"], db["marker"]) == ("not ours", "foreign")
+    assert db["role"] == "not ours" and db["problem"]
     assert _snapshot(pg_dsn, domain, [state], redis_url, uid).diff(before) == []
 
 

@@ -85,7 +85,12 @@ def read_until(proc: subprocess.Popen[str], step: str) -> dict[str, Any]:
     raise AssertionError(f"the job ended (rc {proc.returncode}) before step {step!r}")
 
 
-def sigkill_at(run_job: Runner, case: Case, step: str) -> None:
+def sigkill_at(run_job: Runner, case: Case, step: str, *, may_finish: bool = False) -> bool:
+    """SIGKILL the job right after it announced `step`; True when the kill landed.
+
+    `may_finish`: the job may have ended the step, and the job, before the signal arrived (a
+    last step of a few renames): then False, and the caller tries again on a fresh case.
+    """
     proc = start(run_job, case)
     try:
         read_until(proc, step)
@@ -94,7 +99,16 @@ def sigkill_at(run_job: Runner, case: Case, step: str) -> None:
     finally:
         proc.kill()
         proc.communicate()
+    if may_finish and proc.returncode == 0:
+        return False
     assert proc.returncode == -signal.SIGKILL
+    return True
+
+
+# How many fresh cases a kill on a step line may take: on a loaded machine the job can finish a
+# short last step (and exit 0) before the signal lands, say one time in six. Held kills (HOLDS)
+# never need this; the rest are tried again, so the test asserts a kill inside the step.
+KILL_ATTEMPTS = 8
 
 
 # --------------------------------------------------------------------------- state
@@ -468,9 +482,45 @@ def reference(w: World, pg: psycopg.Connection[Any], job: str) -> dict[str, Any]
     return w.references[job]
 
 
+def settled(pg: psycopg.Connection[Any], case: Case) -> None:
+    """Wait until no statement naming the case's databases still runs on the server: a killed
+    job's CREATE DATABASE or pg_restore goes on after the kill, and what it makes meanwhile is
+    not something a dry run or inspect did."""
+    query = ("SELECT count(*) FROM pg_stat_activity WHERE state <> 'idle'"
+             " AND pid <> pg_backend_pid() AND strpos(query, %s) > 0")  # fmt: skip
+
+    def quiet() -> bool:
+        row = pg.execute(query, (case.tok,)).fetchone()
+        return row is not None and row[0] == 0
+
+    until(quiet, "the killed run's statements never ended")
+
+
+def planned(w: World, pg: psycopg.Connection[Any], case: Case, why: str) -> list[str]:
+    """The job's --dry-run on the state a kill left: planned, and nothing changed by it. Then
+    `inspect` of the tenant on that state: read only, and nothing in it no job resolves."""
+    settled(pg, case)
+    before = state(pg, case)
+    dry = w.run.run([*case.args, "--dry-run"], case.env)
+    assert dry.rc == 0 and dry.result["outcome"] == "planned", (why, dry.output)
+    assert state(pg, case) == before, (why, "the dry run changed something")
+    sub = case.args[case.args.index("--subdomain") + 1] if "--subdomain" in case.args else None
+    if sub is not None:
+        where = ["--data-dir", str(case.data_dir)]
+        where += ["--dest", str(case.dest)] if case.dest else []
+        seen = w.run.run(["inspect", "--subdomain", sub, *where], case.env)
+        assert seen.rc == 0, (why, seen.output)
+        assert not [p for p in seen.result["plans"].values() if p.get("exit_code") == 70], why
+        assert state(pg, case) == before, (why, "inspect changed something")
+    return [str(step["step"]) for step in dry.result["steps"]]
+
+
 def converges(w: World, pg: psycopg.Connection[Any], job: str, case: Case, why: str) -> None:
     want = reference(w, pg, job)
+    steps = planned(w, pg, case, why)
     rerun = w.run.run(case.args, case.env)
+    # A plan with nothing left means a run that changes nothing.
+    assert steps or rerun.result.get("outcome") == "unchanged", (why, steps, rerun.output)
     assert rerun.rc == 0, (why, rerun.output)
     assert state(pg, case) == want, why
     again = w.run.run(case.args, case.env)
@@ -567,7 +617,12 @@ def test_sigkill_at_a_step_then_rerun_converges(
     if held is not None:
         held(world, pg, pg_dsn, case)
     else:
-        sigkill_at(world.run, case, step)
+        for _ in range(KILL_ATTEMPTS - 1):
+            if sigkill_at(world.run, case, step, may_finish=True):
+                break
+            case = JOBS[job](world)  # it finished first: a fresh case, killed again
+        else:
+            sigkill_at(world.run, case, step)
     converges(world, pg, job, case, f"killed at {step}")
 
 

@@ -47,12 +47,15 @@ class Database:
     state: str | None
     marker: str  # "ours", "none" (no comment) or "foreign" (a comment that is not our marker)
     facts: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None  # why it is not ours: someone else's comment or tenant
 
     @property
     def role(self) -> str:
+        if self.problem is not None:
+            return "not ours"
         if self.kind in ROLES:
             return ROLES[self.kind]
-        return "unmarked" if self.marker == "none" else "not ours"
+        return "unmarked"
 
 
 def databases(conn: psycopg.Connection[Any], tenant: naming.Tenant) -> list[Database]:
@@ -67,6 +70,11 @@ def databases(conn: psycopg.Connection[Any], tenant: naming.Tenant) -> list[Data
         if owned is None:
             continue
         mark = marker.Marker.decode(comment)
+        problem = None
+        if comment is not None and mark is None:
+            problem = "a comment that is not a plana-jobs marker"
+        elif mark is not None:
+            problem = _whose(mark, owned, tenant)
         keep = ("subdomain", "template", "template_fingerprint", "from_version", "to_version",
                 "version", "set", "phase", "environment", "source")  # fmt: skip
         found.append(
@@ -80,9 +88,22 @@ def databases(conn: psycopg.Connection[Any], tenant: naming.Tenant) -> list[Data
                 state=mark.state if mark else None,
                 marker="ours" if mark else ("none" if comment is None else "foreign"),
                 facts={k: mark.data[k] for k in keep if mark and k in mark.data},
+                problem=problem,
             )
         )
     return found
+
+
+def _whose(mark: marker.Marker, owned: naming.Owned, tenant: naming.Tenant) -> str | None:
+    """Why a plana-jobs marker on a database of this namespace is not this tenant's (a copy of
+    another tenant's, or an unknown kind), or None. A marker is input to validate."""
+    if mark.kind not in ROLES and mark.kind != marker.TEMPLATE_KIND:
+        return f"a marker of unknown kind {mark.kind!r}"
+    own = tenant.subdomain + (f"{naming.ENV_SEPARATOR}{owned.env}" if owned.env else "")
+    named = mark.data.get("subdomain")
+    if named is not None and named != own and mark.data.get("tenant") != tenant.subdomain:
+        return f"its marker names another tenant ({str(named)[:60]!r})"
+    return None
 
 
 @dataclass(frozen=True)
