@@ -29,7 +29,7 @@ backup never converges: every run takes a new set.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -106,11 +106,22 @@ def _retention_says(doomed: list[str], policy: retention.Policy) -> str:
     return f"delete {len(doomed)} expired set(s) ({rule}): {', '.join(doomed)}"
 
 
+def _new_name(state: State) -> str:
+    """The name the run will give the new set: the clock's second, or the next one no set
+    (complete or partial) uses yet, as `backup_sets` picks it."""
+    taken = {s.name for s in state.sets} | {n.removesuffix(backup_sets.PARTIAL)
+                                             for n in state.leftovers}  # fmt: skip
+    when = state.now
+    while backup_sets.set_name(when) in taken:
+        when += timedelta(seconds=1)
+    return backup_sets.set_name(when)
+
+
 def decide(state: State, p: Params) -> plan.Plan:
     """The steps of one backup: pure, from what `observe` saw."""
     if state.refused is not None or state.source is None:
         return plan.blocked(state.refused or f"database {p.tenant.db_name} is not ours")
-    new = backup_sets.set_name(state.now)
+    new = _new_name(state)
     doomed = retention.doomed((*state.sets, retention.Listed(new, False)), p.policy, new)
     db, sub = p.tenant.db_name, p.subdomain
     return plan.of(
@@ -192,8 +203,9 @@ def run(job: runner.Job, p: Params) -> Done:
     key = mf.read_key(p.backup_key_file)
     dsn = pg.base_conninfo(p.pg_dsn)
     job.bind(tenant=p.subdomain)
-    lock = locks.backup(p.tenant.db_name)
-    with locks.advisory(lock, deadline=job.deadline, wait_s=LOCK_WAIT_S, dsn=dsn):
+    with locks.advisory(
+        locks.backup(p.tenant.db_name), deadline=job.deadline, wait_s=LOCK_WAIT_S, dsn=dsn
+    ):
         state = observe(job, p, dest, key, dsn)
         work = _Backup(job, p, dest, key, dsn, state)
         actions: dict[str, Any] = {

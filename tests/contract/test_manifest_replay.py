@@ -88,7 +88,7 @@ ERP_ORIGIN = "https://erp.planapulse.com"
 PROVISIONING = [
     "template-build.yaml", "tenant-db.yaml", "matrix-room.yaml", "account-webhook.yaml",
     "erp-callback.yaml", "emit-event.yaml", "environment-db.yaml", "backup.yaml",
-    "backup-verify.yaml", "deprovision.yaml", "restore.yaml",
+    "backup-verify.yaml", "deprovision.yaml", "restore.yaml", "inspect.yaml",
 ]  # fmt: skip
 # The TenantUpgrade first: it must bring the files over itself, not find them pre-copied.
 UPGRADE = ["tenant-upgrade.yaml", "filestore-copy.yaml"]

@@ -31,7 +31,7 @@ from jobs.commands.inspect import render, view
 from jobs.core import naming, params, plan, runner
 from jobs.core.errors import ConflictError, ExitCode, JobError, UsageError
 from jobs.core.result import Done
-from jobs.ops import marker
+from jobs.ops import events, marker
 
 NAME = "inspect"
 
@@ -54,6 +54,7 @@ class Params(params.Common):
         "--stream",
         "PLANA_EVENTS_STREAM",
         "Stream key.",
+        type=params.Rule("key", events.stream_name),
         default=naming.EVENTS_STREAM,
         show_default=True,
     )
