@@ -35,7 +35,7 @@ from typing import Any
 
 from jobs.adapters import pg
 from jobs.adapters.pg import locks
-from jobs.core import naming, params, plan, runner
+from jobs.core import params, plan, runner
 from jobs.core.errors import ConflictError
 from jobs.core.result import Done
 from jobs.ops import backup_sets, retention
@@ -45,14 +45,9 @@ LOCK_WAIT_S = 120.0
 
 
 @params.spec
-class Params(params.Common):
-    subdomain: str = params.subdomain()
-    dest: str = params.option(
-        "--dest",
-        backup_sets.DEST_ENV,
-        "Mounted backup volume; sets go to {dest}/{subdomain}/{timestamp}/.",
-        type=params.Rule("path", backup_sets.dest_path),
-        required=True,
+class Params(params.TenantOptions):
+    dest: str = backup_sets.dest_option(
+        "Mounted backup volume; sets go to {dest}/{subdomain}/{timestamp}/."
     )
     backup_key_file: str = params.backup_key_file()
     jobs_n: int = params.backup_jobs(
@@ -64,10 +59,6 @@ class Params(params.Common):
     keep_monthly: int = params.keep("monthly", 6, "Months to keep one set of.")
     data_dir: str = params.data_dir()
     pg_dsn: str | None = params.pg_dsn()
-
-    @property
-    def tenant(self) -> naming.Tenant:
-        return naming.Tenant(self.subdomain, self.base_domain)
 
     @property
     def policy(self) -> retention.Policy:

@@ -33,7 +33,7 @@ import psycopg
 from jobs.adapters import pg
 from jobs.adapters.pg import locks
 from jobs.adapters.pg import tools as pg_tools
-from jobs.core import naming, params, plan, proc, runner
+from jobs.core import params, plan, proc, runner
 from jobs.core.errors import ConfigError, ConflictError, TransientError
 from jobs.core.result import Done
 from jobs.ops import backup_sets, clone, marker, set_archive
@@ -89,28 +89,17 @@ def _pg_restore(job: runner.Job, dump_fd: int, db: str, dsn: str | None, jobs_n:
 
 
 @params.spec
-class Params(params.Common):
-    subdomain: str = params.subdomain()
+class Params(params.TenantOptions):
     set_name: str | None = params.option(
         "--set",
         "PLANA_BACKUP_SET",
         "Set to verify; default: the newest complete set.",
         type=params.Rule("set", backup_sets.set_name_arg),
     )
-    dest: str = params.option(
-        "--dest",
-        backup_sets.DEST_ENV,
-        "Mounted backup volume.",
-        type=params.Rule("path", backup_sets.dest_path),
-        required=True,
-    )
+    dest: str = backup_sets.dest_option()
     backup_key_file: str = params.backup_key_file()
     jobs_n: int = params.backup_jobs()
     pg_dsn: str | None = params.pg_dsn()
-
-    @property
-    def tenant(self) -> naming.Tenant:
-        return naming.Tenant(self.subdomain, self.base_domain)
 
     @property
     def scratch(self) -> str:

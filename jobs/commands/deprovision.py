@@ -52,53 +52,31 @@ import psycopg
 from jobs.adapters import filestore, pg, redis_client
 from jobs.adapters.pg import locks
 from jobs.core import naming, params, plan, retry, runner
-from jobs.core.errors import ConfigError, ConflictError, UsageError
+from jobs.core.errors import ConflictError, UsageError
 from jobs.core.result import Done
 from jobs.ops import backup_sets, events, manifest, marker
 
 EVENT_TYPE = "client.deprovisioned"
 STATE = "deprovisioning"
-_DEST_VAR = " (PLANA_BACKUP_DEST)"
-
-
-def _dest_path(value: str) -> str:
-    """--dest as a path a backup set can live under (64); whether it is mounted and writable is
-    configuration (78), checked when the job starts."""
-    try:
-        backup_sets.dest_dir(value)
-    except UsageError as exc:
-        raise UsageError("dest", exc.problem.removesuffix(_DEST_VAR)) from None
-    except ConfigError:
-        pass
-    return value
 
 
 @params.spec
-class Params(params.Common):
-    subdomain: str = params.subdomain()
+class Params(params.TenantOptions):
     project_id: int | None = params.project_id(required=False)
     tier: str | None = params.tier(required=False)
     generation: int | None = params.generation()
     backup_key_file: str | None = params.backup_key_file(required=False)
-    dest: str = params.option(
-        "--dest",
-        "PLANA_BACKUP_DEST",
-        "Mounted backup volume; sets go to {dest}/{subdomain}/{timestamp}/.",
-        type=params.Rule("path", _dest_path),
-        required=True,
+    dest: str = backup_sets.dest_option(
+        "Mounted backup volume; sets go to {dest}/{subdomain}/{timestamp}/."
     )
     jobs: int = params.backup_jobs(
         "pg_dump parallel jobs; above 1 the dump is in directory format."
     )
     lock_wait: float = params.lock_wait()
     redis_url: str = params.redis_url()
-    stream: str = params.stream(params.Rule("key", events.stream_name))
+    stream: str = params.stream(events.STREAM)
     data_dir: str = params.data_dir()
     pg_dsn: str | None = params.pg_dsn()
-
-    @property
-    def tenant(self) -> naming.Tenant:
-        return naming.Tenant(self.subdomain, self.base_domain)
 
     @property
     def root(self) -> Path:

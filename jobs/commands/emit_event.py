@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import click
 
 from jobs.adapters import redis_client
-from jobs.core import naming, params, plan, runner
+from jobs.core import params, plan, runner
 from jobs.core.result import Done
 from jobs.ops import events
 
@@ -42,21 +42,8 @@ class Params(params.ClientSpec):
         default="client.provisioned",
         show_default=True,
     )
-    redis_url: str = params.option(
-        "--redis-url",
-        "PLANA_REDIS_URL",
-        "Redis URL (a password in it is never logged).",
-        default="redis://127.0.0.1:6379/0",
-        show_default=True,
-    )
-    stream: str = params.option(
-        "--stream",
-        "PLANA_EVENTS_STREAM",
-        "Stream key.",
-        type=params.Rule("key", events.stream_name),
-        default=naming.EVENTS_STREAM,
-        show_default=True,
-    )
+    redis_url: str = params.redis_url()
+    stream: str = params.stream(events.STREAM)
     maxlen: int = params.option(
         "--maxlen",
         "PLANA_EVENTS_MAXLEN",

@@ -54,8 +54,7 @@ BUILD = ("drop-work", "clone", "copy-database", "copy-filestore", "neutralise", 
 
 
 @params.spec
-class Params(params.Common):
-    subdomain: str = params.subdomain()
+class Params(params.TenantOptions):
     env_name: str = params.option(
         "--env",
         "PLANA_ENVIRONMENT",
@@ -81,20 +80,8 @@ class Params(params.Common):
         is_flag=True,
         default=False,
     )
-    owner_role: str = params.option(
-        "--owner-role",
-        "PLANA_OWNER_ROLE",
-        "PostgreSQL role owning the database.",
-        type=clone.ROLE,
-        default=clone.DEFAULT_OWNER_ROLE,
-        show_default=True,
-    )
-    template_db: str | None = params.option(
-        "--template-db",
-        "PLANA_TEMPLATE_DB",
-        "Clone this template database instead of the tier's template_{code}_{version}.",
-        type=clone.TEMPLATE,
-    )
+    owner_role: str = params.owner_role(clone.ROLE, clone.DEFAULT_OWNER_ROLE)
+    template_db: str | None = params.template_db(clone.TEMPLATE)
     odoo_bin: str = params.odoo_bin()
     odoo_config: str | None = params.odoo_config()
     addons_path: str | None = params.addons_path()

@@ -61,8 +61,7 @@ CURRENT_KINDS = (*marker.BACKUP_KINDS, marker.RESTORE_WORK_KIND)
 
 
 @params.spec
-class Params(params.Common):
-    subdomain: str = params.subdomain()
+class Params(params.TenantOptions):
     set_name: str | None = params.option(
         "--set",
         "PLANA_BACKUP_SET",
@@ -89,21 +88,14 @@ class Params(params.Common):
         is_flag=True,
         default=False,
     )
-    dest: str = params.option(
-        "--dest",
-        backup_sets.DEST_ENV,
-        "Mounted backup volume.",
-        type=params.Rule("path", backup_sets.dest_path),
-        required=True,
-    )
+    dest: str = backup_sets.dest_option()
     backup_key_file: str = params.backup_key_file()
     jobs_n: int = params.backup_jobs()
-    owner_role: str = params.owner_role()
+    owner_role: str = params.owner_role(clone.ROLE)
     data_dir: str = params.data_dir()
     pg_dsn: str | None = params.pg_dsn()
 
     def __post_init__(self) -> None:
-        clone.owner_role(self.owner_role, field="owner_role")
         if self.target != self.source and not self.as_copy:
             # Two live tenants must never share database.secret/uuid.
             raise UsageError("to_subdomain", "restoring into another tenant needs --as-copy")

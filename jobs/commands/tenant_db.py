@@ -77,20 +77,8 @@ def session_name(db: str) -> str:
 
 @params.spec
 class Params(params.ClientSpec):
-    owner_role: str = params.option(
-        "--owner-role",
-        "PLANA_OWNER_ROLE",
-        "PostgreSQL role owning the database (only it may connect).",
-        type=clone.ROLE,
-        default=clone.DEFAULT_OWNER_ROLE,
-        show_default=True,
-    )
-    template_db: str | None = params.option(
-        "--template-db",
-        "PLANA_TEMPLATE_DB",
-        "Clone this template database instead of the tier's template_{code}_{version}.",
-        type=clone.TEMPLATE,
-    )
+    owner_role: str = params.owner_role(clone.ROLE, clone.DEFAULT_OWNER_ROLE)
+    template_db: str | None = params.template_db(clone.TEMPLATE)
     data_dir: str = params.data_dir()
     pg_dsn: str | None = params.pg_dsn()
 

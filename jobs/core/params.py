@@ -304,19 +304,23 @@ def addons_path() -> Any:
     )
 
 
-def template_db() -> Any:
+def template_db(rule: Any = None) -> Any:
+    """`rule`: the name's (jobs.ops.clone's, given by the command: ops is above core)."""
     return option(
         "--template-db",
         "PLANA_TEMPLATE_DB",
         "Clone this template database instead of the tier's template_{code}_{version}.",
+        type=rule,
     )
 
 
-def owner_role(default: str = "plana") -> Any:
+def owner_role(rule: Any = None, default: str = "plana") -> Any:
+    """`rule`: the role name's (jobs.ops.clone.ROLE, given by the command)."""
     return option(
         "--owner-role",
         "PLANA_OWNER_ROLE",
         "PostgreSQL role owning the database (only it may connect).",
+        type=rule,
         default=default,
         show_default=True,
     )
@@ -418,19 +422,25 @@ class Common:
 
 
 @spec
-class ClientSpec(Common):
-    """The PLANAClient spec fields (tenant-db, emit-event, …)."""
+class TenantOptions(Common):
+    """A job about one tenant: its --subdomain, and the tenant it names with --base-domain."""
 
     subdomain: str = subdomain()
+
+    @property
+    def tenant(self) -> naming.Tenant:
+        return naming.Tenant(self.subdomain, self.base_domain)
+
+
+@spec
+class ClientSpec(TenantOptions):
+    """The PLANAClient spec fields (tenant-db, emit-event, …)."""
+
     project_id: int = project_id()
     tier: str = tier()
     odoo_version: int | None = odoo_version()
     owner_email: str | None = owner_email()
     owner_name: str | None = owner_name()
-
-    @property
-    def tenant(self) -> naming.Tenant:
-        return naming.Tenant(self.subdomain, self.base_domain)
 
     @property
     def client(self) -> naming.ClientSpec:

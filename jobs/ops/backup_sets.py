@@ -230,6 +230,14 @@ def dest_path(value: str) -> str:
     return value
 
 
+# --dest as every job that reads or writes sets declares it: the value checked by click (64).
+DEST = params.Rule("path", dest_path)
+
+
+def dest_option(help: str = "Mounted backup volume.") -> Any:
+    return params.option("--dest", DEST_ENV, help, type=DEST, required=True)
+
+
 def dest_volume(value: str, label: str = "dest") -> Path:
     """The mounted backup volume `value` names: an existing, writable directory (78)."""
     path = Path(value)

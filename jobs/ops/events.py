@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import redis
 
 from jobs.adapters import redis_client
-from jobs.core import naming, retry
+from jobs.core import naming, params, retry
 from jobs.core.errors import UsageError
 
 # Namespace for uuid5 event ids: fixed forever, or re-runs would stop deduplicating.
@@ -130,3 +130,7 @@ def stream_name(value: str | None) -> str:
     if not value or len(value) > 200 or not value.isprintable() or " " in value:
         raise UsageError("stream", f"must be a Redis key without spaces, got {value!r}")
     return value
+
+
+# The stream key as a click type: emit-event, deprovision and inspect take it.
+STREAM = params.Rule("key", stream_name)

@@ -186,6 +186,7 @@ class World:
         self.prefix = "kc" + uuid.uuid4().hex[:6]
         self.count = 0
         self.references: dict[str, dict[str, Any]] = {}
+        self.inspected: set[str] = set()  # the jobs whose killed state inspect has seen
         target = TARGET.for_admin(pg_dsn)
         self.bins = tmp / "bin"
         # The Odoo under test, with the test addons on its addons path.
@@ -505,7 +506,9 @@ def planned(w: World, pg: psycopg.Connection[Any], case: Case, why: str) -> list
     assert dry.rc == 0 and dry.result["outcome"] == "planned", (why, dry.output)
     assert state(pg, case) == before, (why, "the dry run changed something")
     sub = case.args[case.args.index("--subdomain") + 1] if "--subdomain" in case.args else None
-    if sub is not None:
+    if sub is not None and case.args[0] not in w.inspected:
+        # Once per job (the first of its kills): inspect starts every job's preview.
+        w.inspected.add(case.args[0])
         where = ["--data-dir", str(case.data_dir)]
         where += ["--dest", str(case.dest)] if case.dest else []
         seen = w.run.run(["inspect", "--subdomain", sub, *where], case.env)

@@ -37,8 +37,7 @@ NAME = "inspect"
 
 
 @params.spec
-class Params(params.Common):
-    subdomain: str = params.subdomain()
+class Params(params.TenantOptions):
     pg_dsn: str | None = params.pg_dsn()
     data_dir: str = params.data_dir()
     dest: str | None = params.option(
@@ -54,7 +53,7 @@ class Params(params.Common):
         "--stream",
         "PLANA_EVENTS_STREAM",
         "Stream key.",
-        type=params.Rule("key", events.stream_name),
+        type=events.STREAM,
         default=naming.EVENTS_STREAM,
         show_default=True,
     )
@@ -64,10 +63,6 @@ class Params(params.Common):
         "table or json [default: table on a TTY, else json].",
         type=click.Choice(("table", "json")),
     )
-
-    @property
-    def tenant(self) -> naming.Tenant:
-        return naming.Tenant(self.subdomain, self.base_domain)
 
 
 # inspect's options a job may take too: handed on to each job's preview when given.

@@ -91,10 +91,9 @@ def _addons_revision() -> Any:
 
 
 @params.spec
-class Hop(params.Common):
+class Hop(params.TenantOptions):
     """The TenantUpgrade: tenant, fromVersion → toVersion, where this phase's files live."""
 
-    subdomain: str = params.subdomain()
     from_version: int | None = _version(
         "--from-version", "PLANA_FROM_VERSION", "TenantUpgrade fromVersion (17, 18)."
     )
