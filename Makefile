@@ -20,8 +20,12 @@ $(BIN)/plana-job: pyproject.toml
 
 venv: $(BIN)/plana-job ## .venv with the package and its test/dev extras
 
+# Two workers, one test module each at a time (--dist loadfile: a module's fixtures and its
+# order stay as they are); every test names its own databases, keys and ports, so modules run
+# side by side as jobs of different tenants do. TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: venv synapse lint-tools ## run the test suite (PYTEST_ARGS=... passed to pytest)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # Real-Odoo test mode (README.md, "Real-Odoo test mode"): the same suite, and the tests written
 # against tests/support/odoo_target.py drive real Odoo 17/18 instead of the stand-in. Checked first,
