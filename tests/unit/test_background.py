@@ -3,7 +3,6 @@ fails (SIGTERM included)."""
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -102,7 +101,9 @@ def test_a_body_exception_stops_and_joins_every_worker_before_it_propagates() ->
 
 def _signal_then_wait(body_done: threading.Event, *, stop: threading.Event) -> str:
     assert body_done.wait(5)
-    os.kill(os.getpid(), signal.SIGUSR1)  # handled on the main thread, waiting in the join
+    # To the main thread itself, waiting in the join: a signal sent to the process may land on
+    # another thread (a test runner's own, under pytest-xdist), which a lock wait never notices.
+    signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
     while not stop.wait(0.01):
         pass
     return "stopped"
