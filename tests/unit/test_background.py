@@ -116,6 +116,8 @@ def _raise_terminated(signum: int, _frame: object) -> None:
 def test_a_signal_that_comes_while_waiting_for_the_workers_stops_them_too() -> None:
     # As the runner's SIGTERM handler does, on the main thread, while the body is already done.
     previous = signal.signal(signal.SIGUSR1, _raise_terminated)
+    # Unblocked on this thread for the test: a runner (an xdist worker) may have it masked.
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
     body_done = threading.Event()
     try:
         with pytest.raises(Terminated):
@@ -123,6 +125,7 @@ def test_a_signal_that_comes_while_waiting_for_the_workers_stops_them_too() -> N
                 future = side.start(_signal_then_wait, body_done, stop=side.stop)
                 body_done.set()
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         signal.signal(signal.SIGUSR1, previous)
     assert future.done() and future.result() == "stopped"
 
