@@ -37,6 +37,10 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 
+# How long a signal may wait, at most, while the main thread waits for its workers (see join).
+_SIGNAL_LATENCY = 0.2
+
+
 class Stopped(Exception):
     """Raised by a worker that saw its group's `stop`: the job is unwinding, its work is moot."""
 
@@ -69,9 +73,15 @@ class Workers:
         raising `Terminated` while the job waits here) marks the thread as stopped on Python
         3.11-3.12, so the join after it would return at once with the thread still running.
         An interrupted `Event.wait` can simply be waited again.
+
+        In short waits, not one: a signal that lands just before the thread blocks in the
+        lock (after the interpreter last looked for pending signals) does not interrupt it, so
+        an unbounded wait would act on SIGTERM only when the workers end on their own. A
+        bounded wait returns to the interpreter, which then runs the handler.
         """
         for thread, finished in self._threads:
-            finished.wait()
+            while not finished.wait(_SIGNAL_LATENCY):
+                pass
             thread.join()  # only its last instructions are left
 
 

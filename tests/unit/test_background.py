@@ -115,6 +115,8 @@ def _raise_terminated(signum: int, _frame: object) -> None:
 
 def test_a_signal_that_comes_while_waiting_for_the_workers_stops_them_too() -> None:
     # As the runner's SIGTERM handler does, on the main thread, while the body is already done.
+    # The signal may come just before the join blocks in its lock, where it interrupts nothing:
+    # the join's bounded waits must still act on it (this hung, under load, before they did).
     previous = signal.signal(signal.SIGUSR1, _raise_terminated)
     # Unblocked on this thread for the test: a runner (an xdist worker) may have it masked.
     mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
