@@ -187,10 +187,10 @@ def _failed(name: str, problems: list[str]) -> ConflictError:
     )
 
 
-class _Verify:
-    """The step actions of one verification and what they share: the descriptors of the files
-    that were hashed (the archive scan and pg_restore read those, never the set's paths again),
-    one session, and the problems found so far."""
+class _Verify(backup_sets.SetWork):
+    """The step actions of one verification and what they share: the set and the descriptors
+    of the files that were hashed (the archive scan and pg_restore read those, never the set's
+    paths again), one session, and the problems found so far."""
 
     def __init__(
         self,
@@ -201,18 +201,11 @@ class _Verify:
         dsn: str | None,
         state: State,
     ) -> None:
-        assert state.manifest is not None and state.set_name is not None
+        super().__init__(dest, p.subdomain, state.manifest, state.set_name)
         self.job, self.conn, self.p, self.dsn = job, conn, p, dsn
-        self.manifest, self.name = state.manifest, state.set_name
-        self.set_dir = backup_sets.tenant_dir(dest, p.subdomain) / state.set_name
-        self.pinned: dict[str, int] = {}
         self.problems: list[str] = []
         self.stack = contextlib.ExitStack()
-        self.stack.callback(self._close_pinned)
-
-    def _close_pinned(self) -> None:
-        for fd in self.pinned.values():
-            os.close(fd)
+        self.stack.callback(self.close)
 
     def checksums(self, _step: plan.Step) -> None:
         problems = backup_sets.check_files(self.set_dir, self.manifest, self.pinned)

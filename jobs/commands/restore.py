@@ -422,10 +422,10 @@ def _final_marker(
     return marker.Marker(kind=manifest.marker.kind, state="complete", data=data)
 
 
-class _Restore:
+class _Restore(backup_sets.SetWork):
     """The step actions of one restore and what they share: the session, the target's names,
-    and the descriptors of the dump and the archive that were hashed (pg_restore and the
-    extraction read those, never the set's paths again)."""
+    the set and the descriptors of the dump and the archive that were hashed (pg_restore and
+    the extraction read those, never the set's paths again)."""
 
     def __init__(
         self,
@@ -436,18 +436,11 @@ class _Restore:
         dsn: str | None,
         state: State,
     ) -> None:
-        assert state.manifest is not None and state.set_name is not None
+        super().__init__(dest, p.subdomain, state.manifest, state.set_name)
         self.job, self.conn, self.p, self.dsn = job, conn, p, dsn
-        self.manifest, self.name = state.manifest, state.set_name
-        self.set_dir = backup_sets.tenant_dir(dest, p.subdomain) / state.set_name
         self.n = p.names()
         # Whether the swap moves a database aside: decided from the state once rolled back.
         self.had_db = (_rolled_back(state) or state).db.exists
-        self.pinned: dict[str, int] = {}
-
-    def close(self) -> None:
-        for fd in self.pinned.values():
-            os.close(fd)
 
     def rollback(self, _step: plan.Step) -> None:
         n = self.n

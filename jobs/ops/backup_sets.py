@@ -155,6 +155,24 @@ def pick_set(tdir: Path, wanted: str | None, field: str = "set") -> Path:
     return tdir / sets[-1]
 
 
+class SetWork:
+    """What a job reading one chosen set holds while it acts on it: the set's manifest as
+    checked, its name and directory, and the descriptors of the files `check_files` hashed
+    (pinned: what is read afterwards is those, never the set's paths again). `close` closes
+    them. backup-verify and restore build their step actions on it."""
+
+    def __init__(self, dest: Path, subdomain: str, manifest: mf.Manifest | None, name: str | None):
+        assert manifest is not None and name is not None, "a set was chosen before acting on it"
+        self.manifest, self.name = manifest, name
+        self.set_dir = tenant_dir(dest, subdomain) / name
+        self.pinned: dict[str, int] = {}
+
+    def close(self) -> None:
+        for fd in self.pinned.values():
+            os.close(fd)
+        self.pinned.clear()
+
+
 def check_files(set_dir: Path, m: mf.Manifest, pinned: dict[str, int] | None = None) -> list[str]:
     """Every mismatch between the set's files and the manifest's sizes and checksums.
 
