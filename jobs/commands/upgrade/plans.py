@@ -309,7 +309,7 @@ def decide(state: State, s: ph.Spec) -> plan.Plan:
         )
     recorded = isinstance(up, dict)
     if not recorded:
-        why = _start_blocks(state, s)
+        why = _start_blocks(state, s, s.from_version, " (fromVersion)")
         if why is not None:
             return plan.blocked(why, database=s.db)
     why = _foreign_work(state, s) or _rollback_taken(state, s, recorded)
@@ -319,16 +319,17 @@ def decide(state: State, s: ph.Spec) -> plan.Plan:
     return plan.of(*steps, state="upgrading" if recorded else "not-started", **details)
 
 
-def _start_blocks(state: State, s: ph.Spec) -> str | None:
-    """Before an upgrade starts: the tenant must be unfrozen and its base at fromVersion."""
+def _start_blocks(state: State, s: ph.Spec, want: int, which: str = "") -> str | None:
+    """Before an upgrade starts: the tenant must be unfrozen and its base at `want` (a major
+    upgrade's fromVersion, a same-major update's version)."""
     assert state.live is not None
     if not state.live.allows_connections:
         return f"{s.db} is frozen, but not by an upgrade: left untouched"
     if state.base_problem is not None:
         return state.base_problem
     base = state.base or ""
-    if odoo.version_major(base) != s.from_version:
-        return f"{s.db}: base is at {base or 'nothing'}, not {s.from_version}.0 (fromVersion)"
+    if odoo.version_major(base) != want:
+        return f"{s.db}: base is at {base or 'nothing'}, not {want}.0{which}"
     return None
 
 
@@ -455,7 +456,7 @@ def decide_same_major(state: State, s: ph.Spec) -> plan.Plan:
     if up is None:
         if rollback_renames(state, s) or swap_renames(state, s) == "pending":
             steps.append(plan.Step("finish-filestore", SAME["finish-filestore"]))
-        why = _start_blocks_same(state, s)
+        why = _start_blocks(state, s, s.to_version)
         if why is not None:
             return plan.blocked(why, database=s.db)
         same = data.get("odoo_version") == v and data.get("addons_revision") == state.revision
@@ -469,15 +470,3 @@ def decide_same_major(state: State, s: ph.Spec) -> plan.Plan:
     if state.revision is None:
         details["revision"] = "unknown: no --addons-revision, and a preview starts no Odoo"
     return plan.of(*steps, **details)
-
-
-def _start_blocks_same(state: State, s: ph.Spec) -> str | None:
-    assert state.live is not None
-    if not state.live.allows_connections:
-        return f"{s.db} is frozen, but not by an upgrade: left untouched"
-    if state.base_problem is not None:
-        return state.base_problem
-    base = state.base or ""
-    if odoo.version_major(base) != s.to_version:
-        return f"{s.db}: base is at {base or 'nothing'}, not {s.to_version}.0"
-    return None
