@@ -106,18 +106,18 @@ def final_set(dest: Path, subdomain: str, key: bytes) -> str | None:
 
 
 # Marker kinds a database may carry under each of the tenant's names (live or work copy).
-TENANT_LIVE: tuple[str, ...] = (marker.TENANT_KIND,)
+TENANT_LIVE: tuple[str, ...] = (marker.Kind.TENANT,)
 TENANT_WORK = (
-    marker.TENANT_KIND,  # `__new` (tenant-db), `__old` (a restore's swapped-out live)
-    marker.RESTORE_WORK_KIND,
-    marker.VERIFY_SCRATCH_KIND,
-    marker.UPGRADE_WORK_KIND,
-    marker.ROLLBACK_KIND,
+    marker.Kind.TENANT,  # `__new` (tenant-db), `__old` (a restore's swapped-out live)
+    marker.Kind.RESTORE_WORK,
+    marker.Kind.VERIFY_SCRATCH,
+    marker.Kind.UPGRADE_WORK,
+    marker.Kind.ROLLBACK,
 )
-ENV_LIVE = (marker.ENVIRONMENT_KIND,)
-ENV_WORK = (marker.ENVIRONMENT_KIND, marker.ENVIRONMENT_WORK_KIND)
+ENV_LIVE = (marker.Kind.ENVIRONMENT,)
+ENV_WORK = (marker.Kind.ENVIRONMENT, marker.Kind.ENVIRONMENT_WORK)
 # Kinds whose writers recorded no subdomain before: accepted without one under a work name.
-OLD_FORM = (marker.RESTORE_WORK_KIND, marker.VERIFY_SCRATCH_KIND, marker.ENVIRONMENT_WORK_KIND)
+OLD_FORM = (marker.Kind.RESTORE_WORK, marker.Kind.VERIFY_SCRATCH, marker.Kind.ENVIRONMENT_WORK)
 
 
 def like_escape(text: str) -> str:

@@ -130,7 +130,7 @@ def template_state(
             problem=f"template database {template} does not exist (yet): its TemplateSnapshot "
             "may still be building"
         )
-    mark = marker.ours(conn, template, marker.TEMPLATE_KIND)
+    mark = marker.ours(conn, template, marker.Kind.TEMPLATE)
     if mark is None:
         return TemplateState()  # a template made by other means: clone it as it is
     fingerprint = str(mark.data.get("fingerprint", ""))

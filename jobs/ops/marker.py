@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal, overload
 
 import psycopg
@@ -27,23 +28,29 @@ from jobs.core.errors import ConflictError
 
 PREFIX = "plana-jobs "
 
-# Every kind of marker a job writes, in one place: a job recognises the others' databases by
-# these (deprovision drops them all, restore and backup check what they may overwrite or take).
-TENANT_KIND = "tenant"  # tenant-db; upgrade and restore publish a tenant under it again
-TEMPLATE_KIND = "template"  # template-build
-ENVIRONMENT_KIND = "environment"  # environment-db
-ENVIRONMENT_WORK_KIND = "environment-work"  # environment-db's work copy `{db}__env`
-RESTORE_WORK_KIND = "restore-work"  # restore's work copy
-VERIFY_SCRATCH_KIND = "verify-scratch"  # backup-verify's scratch database
-UPGRADE_WORK_KIND = "upgrade-work"  # upgrade's work copy
-ROLLBACK_KIND = "rollback"  # the pre-upgrade tenant an upgrade keeps for its rollback
+
+class Kind(StrEnum):
+    """Every kind of marker a job writes, in one place: a job recognises the others' databases
+    by these (deprovision drops them all, restore and backup check what they may overwrite or
+    take). A member is its string: it compares, hashes and encodes as one."""
+
+    TENANT = "tenant"  # tenant-db; upgrade and restore publish a tenant under it again
+    TEMPLATE = "template"  # template-build
+    ENVIRONMENT = "environment"  # environment-db
+    ENVIRONMENT_WORK = "environment-work"  # environment-db's work copy `{db}__env`
+    RESTORE_WORK = "restore-work"  # restore's work copy
+    VERIFY_SCRATCH = "verify-scratch"  # backup-verify's scratch database
+    UPGRADE_WORK = "upgrade-work"  # upgrade's work copy
+    ROLLBACK = "rollback"  # the pre-upgrade tenant an upgrade keeps for its rollback
+
+
 # Marker kinds a backup accepts: databases this project created for a tenant.
-BACKUP_KINDS = (TENANT_KIND, ENVIRONMENT_KIND)
+BACKUP_KINDS = (Kind.TENANT, Kind.ENVIRONMENT)
 
 
 @dataclass
 class Marker:
-    kind: str  # one of the *_KIND above
+    kind: str  # a Kind when ours; read from a comment, any string
     state: str  # the last step completed, e.g. "cloned", "personalised", "complete"
     data: dict[str, Any] = field(default_factory=dict)
 

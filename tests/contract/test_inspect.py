@@ -108,9 +108,9 @@ def test_a_job_is_planned_from_the_environment_as_in_its_pod(
 def test_databases_with_their_markers_and_leftovers(
     run_job: Runner, pg_dsn: str, redis_url: str, uid: str, domain: str, state: Path, made: Any
 ) -> None:
-    live = made(f"acme.{domain}", marker.Marker(marker.TENANT_KIND, "complete",
+    live = made(f"acme.{domain}", marker.Marker(marker.Kind.TENANT, "complete",
                                                  {"subdomain": "acme"}).encode())  # fmt: skip
-    work = made(f"acme.{domain}__up18", marker.Marker(marker.UPGRADE_WORK_KIND, "source-pass",
+    work = made(f"acme.{domain}__up18", marker.Marker(marker.Kind.UPGRADE_WORK, "source-pass",
                                                       {"subdomain": "acme"}).encode())  # fmt: skip
     env = made(f"acme--staging.{domain}__env", None)
     made(f"acmex.{domain}", None)  # not acme's: never listed
@@ -137,7 +137,7 @@ def test_databases_with_their_markers_and_leftovers(
     assert _snapshot(pg_dsn, domain, [state], redis_url, uid).diff(before) == []
 
 
-OTHERS = marker.Marker(marker.TENANT_KIND, "cloned", {"subdomain": "victim"}).encode()
+OTHERS = marker.Marker(marker.Kind.TENANT, "cloned", {"subdomain": "victim"}).encode()
 
 
 @pytest.mark.parametrize("comment", ["hand-made by an operator: do not drop", OTHERS],

@@ -20,7 +20,7 @@ FRESH_BUILD = ["clone", "neutralise", "publish"]
 COPY_BUILD = ["copy-database", "copy-filestore", "neutralise", "publish"]
 READY = clone.TemplateState("fp")
 MISSING = clone.TemplateState(problem="template database template_pro_18 does not exist (yet)")
-PRODUCTION = marker.Seen(True, marker.Marker(marker.TENANT_KIND, "complete",
+PRODUCTION = marker.Seen(True, marker.Marker(marker.Kind.TENANT, "complete",
                                              {"subdomain": "acme"}).encode())  # fmt: skip
 
 
@@ -32,7 +32,7 @@ def make(*args: str) -> environment_db.Params:
 def env(generation: int | None = 1, tenant: str = "acme", source: str = "template") -> marker.Seen:
     body = {"subdomain": "acme--staging", "tenant": tenant, "env": "staging",
             "source": source, "generation": generation}  # fmt: skip
-    return marker.Seen(True, marker.Marker(marker.ENVIRONMENT_KIND, "complete", body).encode())
+    return marker.Seen(True, marker.Marker(marker.Kind.ENVIRONMENT, "complete", body).encode())
 
 
 def state(copy: bool = False, **over: Any) -> State:
@@ -135,7 +135,7 @@ def test_an_old_copy_not_ours_is_not_rolled_back() -> None:
 
 
 # What a killed build leaves on its work copy: this environment's work marker.
-WORK = marker.Seen(True, marker.Marker(marker.ENVIRONMENT_WORK_KIND, "created", {
+WORK = marker.Seen(True, marker.Marker(marker.Kind.ENVIRONMENT_WORK, "created", {
     "subdomain": "acme--staging", "tenant": "acme", "env": "staging"}).encode())  # fmt: skip
 
 

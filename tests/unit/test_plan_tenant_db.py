@@ -31,12 +31,12 @@ P = make()
 def work(state: str, fingerprint: str = FP, subdomain: str = "acme") -> marker.Seen:
     body = {"subdomain": subdomain, "project_id": 23, "template": P.template,
             "template_fingerprint": fingerprint}  # fmt: skip
-    return marker.Seen(True, marker.Marker(marker.TENANT_KIND, state, body).encode())
+    return marker.Seen(True, marker.Marker(marker.Kind.TENANT, state, body).encode())
 
 
 DONE = {"subdomain": "acme", "project_id": 23, "template_fingerprint": "fp-then"}
 OTHERS = {**DONE, "subdomain": "someone-else"}
-COMPLETE = marker.Seen(True, marker.Marker(marker.TENANT_KIND, "complete", DONE).encode())
+COMPLETE = marker.Seen(True, marker.Marker(marker.Kind.TENANT, "complete", DONE).encode())
 
 
 def state(**over: Any) -> State:
@@ -77,7 +77,7 @@ def test_an_unmarked_work_copy_is_a_killed_runs_dropped_and_started_over() -> No
         "a note someone wrote",
         'plana-jobs {"kind": "tenant", "state": "cloned", "subdomain": "someone-else"}',
         'plana-jobs {"kind": "environment", "state": "cloned"}',
-        marker.Marker(marker.TENANT_KIND, "complete", {"subdomain": "acme"}).encode(),
+        marker.Marker(marker.Kind.TENANT, "complete", {"subdomain": "acme"}).encode(),
     ],
 )
 def test_a_work_copy_with_someone_elses_comment_is_blocked(comment: str) -> None:
@@ -156,7 +156,7 @@ def test_a_lost_filestore_waits_for_the_template_after_the_connect_repair() -> N
         marker.Seen(True, None),
         marker.Seen(True, "made by hand"),
         work("personalised"),  # a work marker under the live name: not complete
-        marker.Seen(True, marker.Marker(marker.TENANT_KIND, "complete", OTHERS).encode()),
+        marker.Seen(True, marker.Marker(marker.Kind.TENANT, "complete", OTHERS).encode()),
     ],
 )
 def test_a_live_database_not_ours_is_blocked(live: marker.Seen) -> None:

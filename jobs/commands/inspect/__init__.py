@@ -160,8 +160,8 @@ def _events(p: Params) -> list[dict[str, str]]:
 
 
 def _upgrade(dbs: list[view.Database]) -> dict[str, Any]:
-    work = [d for d in dbs if d.kind == marker.UPGRADE_WORK_KIND]
-    rollback = [d for d in dbs if d.kind == marker.ROLLBACK_KIND]
+    work = [d for d in dbs if d.kind == marker.Kind.UPGRADE_WORK]
+    rollback = [d for d in dbs if d.kind == marker.Kind.ROLLBACK]
     status = "in progress" if work else ("done, rollback kept" if rollback else "none")
     out: dict[str, Any] = {"status": status}
     if work:

@@ -24,14 +24,14 @@ from jobs.core.errors import JobError
 from jobs.ops import marker
 
 # Which database of a tenant a marker kind stands for, for the table.
-ROLES = {
-    marker.TENANT_KIND: "live",
-    marker.ENVIRONMENT_KIND: "environment",
-    marker.ENVIRONMENT_WORK_KIND: "environment work copy",
-    marker.RESTORE_WORK_KIND: "restore work copy",
-    marker.VERIFY_SCRATCH_KIND: "verify scratch",
-    marker.UPGRADE_WORK_KIND: "upgrade work copy",
-    marker.ROLLBACK_KIND: "upgrade rollback",
+ROLES: dict[str, str] = {
+    marker.Kind.TENANT: "live",
+    marker.Kind.ENVIRONMENT: "environment",
+    marker.Kind.ENVIRONMENT_WORK: "environment work copy",
+    marker.Kind.RESTORE_WORK: "restore work copy",
+    marker.Kind.VERIFY_SCRATCH: "verify scratch",
+    marker.Kind.UPGRADE_WORK: "upgrade work copy",
+    marker.Kind.ROLLBACK: "upgrade rollback",
 }
 EVENTS_SCANNED = 10_000  # newest stream entries read for this tenant's events
 
@@ -97,7 +97,7 @@ def databases(conn: psycopg.Connection[Any], tenant: naming.Tenant) -> list[Data
 def _whose(mark: marker.Marker, owned: naming.Owned, tenant: naming.Tenant) -> str | None:
     """Why a plana-jobs marker on a database of this namespace is not this tenant's (a copy of
     another tenant's, or an unknown kind), or None. A marker is input to validate."""
-    if mark.kind not in ROLES and mark.kind != marker.TEMPLATE_KIND:
+    if mark.kind not in ROLES and mark.kind != marker.Kind.TEMPLATE:
         return f"a marker of unknown kind {mark.kind!r}"
     own = tenant.subdomain + (f"{naming.ENV_SEPARATOR}{owned.env}" if owned.env else "")
     named = mark.data.get("subdomain")
