@@ -127,7 +127,7 @@ def _scratch(conn: psycopg.Connection[Any], name: str) -> Scratch:
     comment = pg.database_comment(conn, name)
     if comment is None:
         return "unmarked"
-    mark = marker.Marker.decode(comment)
+    mark = marker.parse(comment)  # a scratch marker that does not fit its schema: foreign
     return "ours" if mark is not None and mark.kind == marker.Kind.VERIFY_SCRATCH else "foreign"
 
 

@@ -126,7 +126,11 @@ def like_escape(text: str) -> str:
 
 
 def _ours(mark: marker.Marker | None, comment: str | None, owned: naming.Owned, sub: str) -> bool:
-    """Whether a database under one of the tenant's names carries this tenant's marker."""
+    """Whether a database under one of the tenant's names carries this tenant's marker.
+
+    `mark` is the comment parsed (`marker.parse`): None for a comment that is no marker of
+    ours, one that does not fit its kind's schema included (refused, never dropped).
+    """
     if mark is None:
         # No comment at all under a work name: a job killed between CREATE DATABASE and its
         # marker. The name is the tenant's alone ("_" is in no subdomain), so it is ours.
@@ -168,7 +172,7 @@ def _databases(
         owned = naming.owned_name(name, sub, domain)
         if owned is None:
             continue  # e.g. `acme.planapulse.appx`: the LIKE was only a first cut
-        if _ours(marker.Marker.decode(comment), comment, owned, sub):
+        if _ours(marker.parse(comment), comment, owned, sub):
             found[name] = owned
         else:
             foreign.append(name)

@@ -242,6 +242,8 @@ def _source(
                 "copy-filestore", f"copy {prod}'s filestore, then a new identity", target=work
             ),
         )
+    if s.template is not None and s.template.refused is not None:
+        return plan.blocked(s.template.refused, **details)
     if s.template is not None and s.template.problem is not None:
         return clone.wait_for(s.template.problem, tidy, **details)
     return (

@@ -167,6 +167,8 @@ def _frozen(conn: psycopg.Connection[Any], db: str) -> tuple[bool, bool, tuple[s
     ).fetchone()
     allows, upgrading = True, False
     if row is not None:
+        # Its form only, not its schema: `upgrading` in any plana-jobs marker holds the
+        # restore back (the target itself is checked ours in `_db`).
         mark = marker.Marker.decode(row[1])
         allows, upgrading = bool(row[0]), mark is not None and "upgrading" in mark.data
     prefix = db + UPGRADE_WORK_INFIX

@@ -139,6 +139,8 @@ def decide(s: State, p: Params) -> plan.Plan:
     if s.live.exists:
         return _decide_live(s, p)
     details: dict[str, Any] = {"database": p.db, "template": p.template}
+    if s.template.refused is not None:
+        return plan.blocked(s.template.refused, **details)
     if s.template.problem is not None:
         return clone.wait_for(s.template.problem, **details)
     mark, found = marker.examine(
@@ -224,6 +226,8 @@ def _decide_live(s: State, p: Params) -> plan.Plan:
     # Lost (or never published by a pre-marker run): copied again from the template.
     copy = plan.Step("repair-filestore", f"copy {p.template}'s filestore to {p.filestore} again",
                      target=str(p.filestore))  # fmt: skip
+    if s.template.refused is not None:
+        return plan.blocked(s.template.refused, **details)
     if s.template.problem is not None:
         return clone.wait_for(s.template.problem, connect, **details)
     return plan.of(connect, copy, **details)

@@ -11,6 +11,7 @@ from jobs.commands.environment_db import State
 from jobs.core import params
 from jobs.core.errors import ConflictError, TransientError
 from jobs.ops import clone, marker
+from tests.support import markers
 
 FRESH = ["--subdomain", "acme", "--env", "staging", "--tier", "pro",
          "--owner-email", "o@acme.example.com", "--owner-name", "Ada"]  # fmt: skip
@@ -21,7 +22,7 @@ COPY_BUILD = ["copy-database", "copy-filestore", "neutralise", "publish"]
 READY = clone.TemplateState("fp")
 MISSING = clone.TemplateState(problem="template database template_pro_18 does not exist (yet)")
 PRODUCTION = marker.Seen(True, marker.Marker(marker.Kind.TENANT, "complete",
-                                             {"subdomain": "acme"}).encode())  # fmt: skip
+                                             markers.tenant("acme")).encode())  # fmt: skip
 
 
 def make(*args: str) -> environment_db.Params:
@@ -63,6 +64,10 @@ def test_a_copy_from_nothing_dumps_restores_and_copies_the_filestore() -> None:
         (marker.Seen(), "database acme.planapulse.app does not exist"),
         (marker.Seen(True, None), "is not a tenant to copy as production"),
         (marker.Seen(True, env().comment), "is not a tenant to copy as production"),
+        (marker.Seen(True, marker.Marker(marker.Kind.TENANT, "complete", markers.tenant(
+            "acme", template=["template_pro_18"])).encode()),
+         "(it carries a tenant marker that does not fit its schema (field 'template' is a list,"
+         " not text))"),
     ],
 )
 def test_a_copy_of_a_production_that_is_not_a_tenant_is_blocked(
@@ -161,6 +166,14 @@ def test_a_missing_template_waits_75() -> None:
     assert steps.steps == () and steps.blocked is None
     with pytest.raises(TransientError, match="does not exist"):
         clone.raise_if_waiting(steps)
+
+
+def test_a_template_whose_marker_does_not_fit_is_refused_65() -> None:
+    unfit = clone.TemplateState(refused="database template_pro_18 exists but is not a template")
+    steps = environment_db.decide(state(template=unfit), make(*FRESH))
+    assert steps.steps == () and steps.blocked == unfit.refused
+    with pytest.raises(ConflictError):
+        steps.require_unblocked()
 
 
 def test_a_missing_template_does_not_matter_to_an_existing_environment() -> None:

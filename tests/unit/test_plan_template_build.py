@@ -36,7 +36,9 @@ OTHER_FP = "0" * 64
 
 
 def comment(state: str, fp: str = FP, kind: str = marker.Kind.TEMPLATE, **data: Any) -> str:
-    return marker.Marker(kind, state, {"fingerprint": fp, "binary": BINARY, **data}).encode()
+    """A template marker as the job writes it (its whole schema), of fingerprint `fp`."""
+    body = {**tb.marker_data(P, CODE, BINARY), "fingerprint": fp, **data}
+    return marker.Marker(kind, state, body).encode()
 
 
 def db(name: str, text: str | None = None, *, frozen: bool = False) -> tb.Database:

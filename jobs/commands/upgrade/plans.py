@@ -94,7 +94,7 @@ def _db(conn: Any, name: str) -> Db | None:
     if not pg.database_exists(conn, name):
         return None
     comment = pg.database_comment(conn, name)
-    mark = marker.Marker.decode(comment)
+    mark = marker.parse(comment)  # one that does not fit its schema is someone else's
     allows = ph.allows_connections(conn, name)
     if mark is None:
         return Db(comment=comment is not None, allows_connections=allows)
