@@ -25,7 +25,7 @@ from bench import report
 from bench.report import Measure, Row
 from jobs.core import naming
 from jobs.ops import marker
-from tests.support import harness
+from tests.support import harness, markers
 
 ROOT = Path(__file__).resolve().parent.parent
 ODOO = ROOT / "tests" / "support" / "standins" / "odoo"
@@ -57,7 +57,7 @@ def _make_tenant(dsn: str, sub: str, data_dir: Path) -> str:
         env=env, check=True, capture_output=True,
     )  # fmt: skip
     with psycopg.connect(dsn, autocommit=True) as conn:
-        marker.write(conn, db, marker.Marker("tenant", "complete", {"subdomain": sub}))
+        marker.write(conn, db, marker.Marker("tenant", "complete", markers.tenant(sub)))
     with psycopg.connect(dsn, dbname=db, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO res_partner (name, email, is_company) SELECT 'Partner ' || i || ' '"

@@ -45,7 +45,7 @@ from bench.report import Measure, Row
 from jobs.adapters import filestore
 from jobs.core import naming
 from jobs.ops import marker
-from tests.support import harness
+from tests.support import harness, markers
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -133,7 +133,7 @@ def build_template(
             sql.Identifier(name)
         )
     )
-    marker.write(conn, name, marker.Marker("template", "complete", {"fingerprint": "bench"}))
+    marker.write(conn, name, marker.Marker("template", "complete", markers.template("bench")))
     conn.execute("CHECKPOINT")
     report = filestore.verify(fs)
     return {

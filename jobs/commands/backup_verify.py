@@ -127,8 +127,8 @@ def _scratch(conn: psycopg.Connection[Any], name: str) -> Scratch:
     comment = pg.database_comment(conn, name)
     if comment is None:
         return "unmarked"
-    mark = marker.Marker.decode(comment)
-    return "ours" if mark is not None and mark.kind == marker.VERIFY_SCRATCH_KIND else "foreign"
+    mark = marker.parse(comment)  # a scratch marker that does not fit its schema: foreign
+    return "ours" if mark is not None and mark.kind == marker.Kind.VERIFY_SCRATCH else "foreign"
 
 
 def observe(
@@ -218,7 +218,7 @@ class _Verify(backup_sets.SetWork):
         self.job.check_locks()  # after reading the whole archive: still ours before the scratch
 
     def drop_scratch(self, _step: plan.Step) -> None:
-        marker.drop_unmarked(self.job, self.conn, self.p.scratch, marker.VERIFY_SCRATCH_KIND)
+        marker.drop_unmarked(self.job, self.conn, self.p.scratch, marker.Kind.VERIFY_SCRATCH)
         if pg.database_exists(self.conn, self.p.scratch):
             pg.drop_database(self.conn, self.p.scratch)  # our own marker: a killed run's copy
 
@@ -230,7 +230,7 @@ class _Verify(backup_sets.SetWork):
         # closes); one killed before this is the next run's `drop-scratch`.
         self.stack.callback(pg.drop_database, conn, scratch)
         mark = {"subdomain": self.p.subdomain}
-        marker.write(conn, scratch, marker.Marker(marker.VERIFY_SCRATCH_KIND, "created", mark))
+        marker.write(conn, scratch, marker.Marker(marker.Kind.VERIFY_SCRATCH, "created", mark))
         bad = _pg_restore(self.job, self.pinned[self.manifest.dump.path], scratch, self.dsn,
                           self.p.jobs_n)  # fmt: skip
         if bad:  # the dump passed its checksum but does not restore

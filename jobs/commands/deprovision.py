@@ -106,18 +106,18 @@ def final_set(dest: Path, subdomain: str, key: bytes) -> str | None:
 
 
 # Marker kinds a database may carry under each of the tenant's names (live or work copy).
-TENANT_LIVE: tuple[str, ...] = (marker.TENANT_KIND,)
+TENANT_LIVE: tuple[str, ...] = (marker.Kind.TENANT,)
 TENANT_WORK = (
-    marker.TENANT_KIND,  # `__new` (tenant-db), `__old` (a restore's swapped-out live)
-    marker.RESTORE_WORK_KIND,
-    marker.VERIFY_SCRATCH_KIND,
-    marker.UPGRADE_WORK_KIND,
-    marker.ROLLBACK_KIND,
+    marker.Kind.TENANT,  # `__new` (tenant-db), `__old` (a restore's swapped-out live)
+    marker.Kind.RESTORE_WORK,
+    marker.Kind.VERIFY_SCRATCH,
+    marker.Kind.UPGRADE_WORK,
+    marker.Kind.ROLLBACK,
 )
-ENV_LIVE = (marker.ENVIRONMENT_KIND,)
-ENV_WORK = (marker.ENVIRONMENT_KIND, marker.ENVIRONMENT_WORK_KIND)
+ENV_LIVE = (marker.Kind.ENVIRONMENT,)
+ENV_WORK = (marker.Kind.ENVIRONMENT, marker.Kind.ENVIRONMENT_WORK)
 # Kinds whose writers recorded no subdomain before: accepted without one under a work name.
-OLD_FORM = (marker.RESTORE_WORK_KIND, marker.VERIFY_SCRATCH_KIND, marker.ENVIRONMENT_WORK_KIND)
+OLD_FORM = (marker.Kind.RESTORE_WORK, marker.Kind.VERIFY_SCRATCH, marker.Kind.ENVIRONMENT_WORK)
 
 
 def like_escape(text: str) -> str:
@@ -126,7 +126,11 @@ def like_escape(text: str) -> str:
 
 
 def _ours(mark: marker.Marker | None, comment: str | None, owned: naming.Owned, sub: str) -> bool:
-    """Whether a database under one of the tenant's names carries this tenant's marker."""
+    """Whether a database under one of the tenant's names carries this tenant's marker.
+
+    `mark` is the comment parsed (`marker.parse`): None for a comment that is no marker of
+    ours, one that does not fit its kind's schema included (refused, never dropped).
+    """
     if mark is None:
         # No comment at all under a work name: a job killed between CREATE DATABASE and its
         # marker. The name is the tenant's alone ("_" is in no subdomain), so it is ours.
@@ -168,7 +172,7 @@ def _databases(
         owned = naming.owned_name(name, sub, domain)
         if owned is None:
             continue  # e.g. `acme.planapulse.appx`: the LIKE was only a first cut
-        if _ours(marker.Marker.decode(comment), comment, owned, sub):
+        if _ours(marker.parse(comment), comment, owned, sub):
             found[name] = owned
         else:
             foreign.append(name)

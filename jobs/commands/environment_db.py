@@ -181,7 +181,7 @@ def decide(s: State, p: Params) -> plan.Plan:
                          "dropped: a swap killed after its rename", target=db)  # fmt: skip
     current: marker.Marker | None = None
     if live.exists:
-        current, found = marker.examine(live.comment, marker.ENVIRONMENT_KIND,
+        current, found = marker.examine(live.comment, marker.Kind.ENVIRONMENT,
                                       match={"tenant": p.subdomain})  # fmt: skip
         if current is None:
             return plan.blocked(
@@ -199,7 +199,7 @@ def decide(s: State, p: Params) -> plan.Plan:
     if s.work.exists and s.work.comment is not None:
         # `{db}__env` is this job's own work name, but a comment on it that is not this
         # environment's work marker was written by someone else: refused, never dropped.
-        mark, found = marker.examine(s.work.comment, marker.ENVIRONMENT_WORK_KIND, match=p.owner)
+        mark, found = marker.examine(s.work.comment, marker.Kind.ENVIRONMENT_WORK, match=p.owner)
         if mark is None:
             return plan.blocked(
                 marker.refusal(work, "is not this environment's work copy", found), **details
@@ -231,7 +231,7 @@ def _source(
         prod = p.production.db_name
         if not s.production.exists:
             return plan.blocked(f"database {prod} does not exist", **details)
-        mark, found = marker.examine(s.production.comment, marker.TENANT_KIND)
+        mark, found = marker.examine(s.production.comment, marker.Kind.TENANT)
         if mark is None:
             return plan.blocked(
                 marker.refusal(prod, "is not a tenant to copy as production", found), **details
@@ -242,6 +242,8 @@ def _source(
                 "copy-filestore", f"copy {prod}'s filestore, then a new identity", target=work
             ),
         )
+    if s.template is not None and s.template.refused is not None:
+        return plan.blocked(s.template.refused, **details)
     if s.template is not None and s.template.problem is not None:
         return clone.wait_for(s.template.problem, tidy, **details)
     return (
@@ -281,7 +283,7 @@ class _Ctx:
     n: swap.Names
 
     def mark_work(self) -> None:
-        work = marker.Marker(marker.ENVIRONMENT_WORK_KIND, "created", self.p.owner)
+        work = marker.Marker(marker.Kind.ENVIRONMENT_WORK, "created", self.p.owner)
         marker.write(self.conn, self.n.work, work)
 
 
@@ -415,7 +417,7 @@ def _neutralise(ctx: _Ctx, binary: neutralise.Odoo) -> dict[str, Any]:
 def _publish(ctx: _Ctx, _odoo: neutralise.Odoo) -> dict[str, Any]:
     """Old environment aside, work database and filestore in, marker: then drop the old."""
     conn, n, p, job = ctx.conn, ctx.n, ctx.p, ctx.job
-    final = marker.Marker(marker.ENVIRONMENT_KIND, "complete", {
+    final = marker.Marker(marker.Kind.ENVIRONMENT, "complete", {
         **p.owner, "source": p.source, "generation": p.generation,
     })  # fmt: skip
     n.fs.parent.mkdir(parents=True, exist_ok=True)

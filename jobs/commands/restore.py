@@ -54,7 +54,7 @@ WORK_SUFFIX = "__rst"
 UPGRADE_WORK_INFIX = "__up"  # jobs.commands.upgrade.phases: the work copy `{db}__up{to}`
 # What may hold the tenant's name (and `{db}__old`): a tenant or environment, or our work copy
 # renamed into place by a swap that was killed before its marker was written.
-CURRENT_KINDS = (*marker.BACKUP_KINDS, marker.RESTORE_WORK_KIND)
+CURRENT_KINDS = (*marker.BACKUP_KINDS, marker.Kind.RESTORE_WORK)
 
 
 # ---------------------------------------------------------------------------- parameters
@@ -167,6 +167,8 @@ def _frozen(conn: psycopg.Connection[Any], db: str) -> tuple[bool, bool, tuple[s
     ).fetchone()
     allows, upgrading = True, False
     if row is not None:
+        # Its form only, not its schema: `upgrading` in any plana-jobs marker holds the
+        # restore back (the target itself is checked ours in `_db`).
         mark = marker.Marker.decode(row[1])
         allows, upgrading = bool(row[0]), mark is not None and "upgrading" in mark.data
     prefix = db + UPGRADE_WORK_INFIX
@@ -230,7 +232,7 @@ def observe(
         upgrading=upgrading,
         upgrade_work=up_work,
         old=_db(conn, db + swap.OLD_SUFFIX, CURRENT_KINDS, work=False),
-        work=_db(conn, db + WORK_SUFFIX, (marker.RESTORE_WORK_KIND,), work=True),
+        work=_db(conn, db + WORK_SUFFIX, (marker.Kind.RESTORE_WORK,), work=True),
         fs=kinds[0],
         fs_old=kinds[1],
         fs_work=kinds[2],
@@ -289,7 +291,7 @@ def _restored_already(state: State, name: str) -> bool:
     mark = state.db.mark
     return (
         mark is not None
-        and mark.kind != marker.RESTORE_WORK_KIND
+        and mark.kind != marker.Kind.RESTORE_WORK
         and mark.data.get("restored_from") == name
     )
 
@@ -327,7 +329,7 @@ def _restore_steps(state: State, p: Params, name: str) -> plan.Plan:
     )
     drop_old = plan.Step("drop-old", f"drop {db}__old and the old filestore")
     current = state.db.mark
-    if current is not None and current.kind == marker.RESTORE_WORK_KIND:
+    if current is not None and current.kind == marker.Kind.RESTORE_WORK:
         # Killed after the swap renamed the work copy into place: only publishing is left.
         return plan.of(publish, drop_old if _old_left(state) else None)
     if state.work.refused is not None:
@@ -380,7 +382,7 @@ def decide(state: State, p: Params) -> plan.Plan:
         return plan.of(*rollback, blocked=state.db.refused, **details)
     if _restored_already(state, name):
         return plan.of(*rollback, *_finish(state, db), **details)
-    if state.db.mark is not None and state.db.mark.kind != marker.RESTORE_WORK_KIND:
+    if state.db.mark is not None and state.db.mark.kind != marker.Kind.RESTORE_WORK:
         if not p.replace:
             why = f"database {db} exists: pass --replace to swap it"
             return plan.of(*rollback, blocked=why, **details)
@@ -450,7 +452,7 @@ class _Restore(backup_sets.SetWork):
         self.job.log.warning("rolled back an interrupted swap", database=n.db)
 
     def drop_work(self, _step: plan.Step) -> None:
-        marker.drop_unmarked(self.job, self.conn, self.n.work, marker.RESTORE_WORK_KIND)
+        marker.drop_unmarked(self.job, self.conn, self.n.work, marker.Kind.RESTORE_WORK)
 
     def check_set(self, _step: plan.Step) -> None:
         problems = backup_sets.check_files(self.set_dir, self.manifest, self.pinned)
@@ -462,7 +464,7 @@ class _Restore(backup_sets.SetWork):
         pg.drop_database(conn, work)  # a work copy of another set, or not verified
         clone.create_empty(conn, work, self.manifest.settings, self.p.owner_role)
         created = {"set": self.name, "subdomain": self.p.target.subdomain}
-        marker.write(conn, work, marker.Marker(marker.RESTORE_WORK_KIND, "created", created))
+        marker.write(conn, work, marker.Marker(marker.Kind.RESTORE_WORK, "created", created))
         dump_fd = self.pinned[self.manifest.dump.path]
         pg_tools.pg_restore(self.job, dump_fd, work, self.dsn, self.p.jobs_n)
 
@@ -478,7 +480,7 @@ class _Restore(backup_sets.SetWork):
                 identity.new_identity(wconn, self.p.target.hostname)
         state = {"set": self.name, "as_copy": self.p.as_copy, "subdomain": self.p.target.subdomain}
         marker.write(
-            self.conn, self.n.work, marker.Marker(marker.RESTORE_WORK_KIND, "verified", state)
+            self.conn, self.n.work, marker.Marker(marker.Kind.RESTORE_WORK, "verified", state)
         )
 
     def filestore(self, _step: plan.Step) -> None:

@@ -281,7 +281,7 @@ def _template_marker(db: Database) -> tuple[marker.Marker | None, str | None]:
     """(our template marker, None), (None, what it carries instead) or (None, None): absent."""
     if not db.exists:
         return None, None
-    return marker.examine(db.comment, marker.TEMPLATE_KIND)
+    return marker.examine(db.comment, marker.Kind.TEMPLATE)
 
 
 def _assumed_binary(state: State) -> tuple[str | None, str]:
@@ -501,7 +501,7 @@ class _Apply:
             self._discard_failed(done, problems)
         clone.restrict_connect(conn, p.build_db)  # CONNECT for the building role only
         filestore.write_mark(p.fs(p.build_db), {"fingerprint": self.data["fingerprint"]})
-        marker.write(conn, p.build_db, marker.Marker(marker.TEMPLATE_KIND, "verified", self.data))
+        marker.write(conn, p.build_db, marker.Marker(marker.Kind.TEMPLATE, "verified", self.data))
         self.job.log.info("build verified", modules={m: states[m] for m in p.wanted_modules})
 
     def _module_states(self) -> dict[str, str]:
@@ -570,7 +570,7 @@ class _Apply:
                 pg.rename_database(conn, p.template, p.old_db)
             pg.rename_database(conn, p.build_db, p.template)
             marker.write(
-                conn, p.template, marker.Marker(marker.TEMPLATE_KIND, "complete", self.data)
+                conn, p.template, marker.Marker(marker.Kind.TEMPLATE, "complete", self.data)
             )
         self.job.log.info("template database swapped in", database=p.template)
 

@@ -139,10 +139,12 @@ def decide(s: State, p: Params) -> plan.Plan:
     if s.live.exists:
         return _decide_live(s, p)
     details: dict[str, Any] = {"database": p.db, "template": p.template}
+    if s.template.refused is not None:
+        return plan.blocked(s.template.refused, **details)
     if s.template.problem is not None:
         return clone.wait_for(s.template.problem, **details)
     mark, found = marker.examine(
-        s.work.comment, marker.TENANT_KIND, states=STATES[:-1],
+        s.work.comment, marker.Kind.TENANT, states=STATES[:-1],
         match={"subdomain": p.subdomain},
     )  # fmt: skip
     fingerprint = s.template.fingerprint
@@ -205,7 +207,7 @@ def _decide_live(s: State, p: Params) -> plan.Plan:
     """The tenant's database exists: ours and complete → repair drift; otherwise 65."""
     details: dict[str, Any] = {"database": p.db, "template": p.template}
     mark, found = marker.examine(
-        s.live.comment, marker.TENANT_KIND, states=("complete",),
+        s.live.comment, marker.Kind.TENANT, states=("complete",),
         match={"subdomain": p.subdomain},
     )  # fmt: skip
     if mark is None:
@@ -224,6 +226,8 @@ def _decide_live(s: State, p: Params) -> plan.Plan:
     # Lost (or never published by a pre-marker run): copied again from the template.
     copy = plan.Step("repair-filestore", f"copy {p.template}'s filestore to {p.filestore} again",
                      target=str(p.filestore))  # fmt: skip
+    if s.template.refused is not None:
+        return plan.blocked(s.template.refused, **details)
     if s.template.problem is not None:
         return clone.wait_for(s.template.problem, connect, **details)
     return plan.of(connect, copy, **details)
@@ -256,7 +260,7 @@ class _Ctx:
         """The work copy's marker: the step it reached."""
         body = {"subdomain": self.p.subdomain, "project_id": self.p.project_id,
                 "template": self.p.template, "template_fingerprint": fingerprint}  # fmt: skip
-        marker.write(self.conn, self.p.work, marker.Marker(marker.TENANT_KIND, state, body))
+        marker.write(self.conn, self.p.work, marker.Marker(marker.Kind.TENANT, state, body))
         self.job.log.info("marker", database=self.p.work, state=state)
 
 
@@ -383,7 +387,7 @@ def _publish(ctx: _Ctx, fingerprint: object) -> None:
     conn, job, p = ctx.conn, ctx.job, ctx.p
     body = {"subdomain": p.subdomain, "project_id": p.project_id, "template": p.template,
             "template_fingerprint": fingerprint}  # fmt: skip
-    done = marker.Marker(marker.TENANT_KIND, "complete", body)
+    done = marker.Marker(marker.Kind.TENANT, "complete", body)
 
     def attempt() -> None:
         pg.terminate_sessions(conn, p.work)  # e.g. a killed run's backend not yet gone

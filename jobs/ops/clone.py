@@ -9,7 +9,8 @@ Used by tenant-db, environment-db, template-build, upgrade, restore and backup-v
 
 - `template_lock(template, *, deadline, shared=True, dsn=None)`: the template's advisory lock.
 - `check_template(conn, template, data_dir)` → the template's fingerprint (None when it carries
-  no template marker); TransientError (75) when it is missing or mid-swap. `template_state` is
+  no template marker); TransientError (75) when it is missing or mid-swap, ConflictError (65)
+  when it carries a template marker that does not fit its schema. `template_state` is
   the same reading without raising (for a job's observe), `wait_for` / `raise_if_waiting` the
   plan of a job that can take its steps but not finish until the template is ready (75).
 - `ROLE`, `TEMPLATE`: `owner_role` and `template_name` as click types (params.Rule).
@@ -41,7 +42,7 @@ from psycopg import sql
 from jobs.adapters import filestore, pg
 from jobs.adapters.pg import locks
 from jobs.core import naming, params, plan, retry
-from jobs.core.errors import ConfigError, TransientError, UsageError
+from jobs.core.errors import ConfigError, ConflictError, TransientError, UsageError
 from jobs.ops import marker
 
 if TYPE_CHECKING:
@@ -115,10 +116,11 @@ def role_exists(conn: psycopg.Connection[Any], role: str) -> bool:
 @dataclass(frozen=True)
 class TemplateState:
     """What a clone would start from: the template's fingerprint once it is ready to clone (None
-    for a template made by other means), or why it is not ready (yet)."""
+    for a template made by other means), why it is not ready (yet), or why it never will be."""
 
     fingerprint: str | None = None
     problem: str | None = None  # set: cloning it now is 75 (missing, not complete, mid-swap)
+    refused: str | None = None  # set: 65, its template marker does not fit its schema
 
 
 def template_state(
@@ -130,8 +132,15 @@ def template_state(
             problem=f"template database {template} does not exist (yet): its TemplateSnapshot "
             "may still be building"
         )
-    mark = marker.ours(conn, template, marker.TEMPLATE_KIND)
+    comment = pg.database_comment(conn, template)
+    mark, found = marker.examine(comment, marker.Kind.TEMPLATE)
     if mark is None:
+        raw = marker.Marker.decode(comment)
+        if raw is not None and raw.kind == marker.Kind.TEMPLATE:
+            # Ours in form but not in content: no job wrote it, and no wait mends it. Never
+            # cloned as a template made by other means.
+            why = marker.refusal(template, "is not a template to clone", found)
+            return TemplateState(refused=why)
         return TemplateState()  # a template made by other means: clone it as it is
     fingerprint = str(mark.data.get("fingerprint", ""))
     if mark.state != "complete":
@@ -148,8 +157,11 @@ def template_state(
 def check_template(
     conn: psycopg.Connection[Any], template: str, data_dir: str | Path
 ) -> str | None:
-    """The template's fingerprint once it is ready to clone; 75 while it is not (yet)."""
+    """The template's fingerprint once it is ready to clone; 75 while it is not (yet), 65 when
+    its template marker does not fit its schema (it never will be)."""
     state = template_state(conn, template, data_dir)
+    if state.refused is not None:
+        raise ConflictError(state.refused, template=template)
     if state.problem is not None:
         raise TransientError(state.problem, template=template)
     return state.fingerprint

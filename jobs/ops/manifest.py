@@ -25,6 +25,7 @@ from typing import Any
 
 from jobs.core import secrets
 from jobs.core.errors import ConfigError, ConflictError
+from jobs.ops import marker
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -49,7 +50,7 @@ ENCODINGS = frozenset(
 )
 # A locale name as initdb/CREATE DATABASE accept them: C, POSIX, en_US.UTF-8, de_DE@euro …
 _LOCALE = re.compile(r"[A-Za-z][A-Za-z0-9_.@-]{0,63}")
-MARKER_KINDS = ("tenant", "environment")
+MARKER_KINDS = marker.BACKUP_KINDS
 # The marker fields a restore carries over: who the database is, never where a job stood
 # (`upgrading`, `odoo_version`, `final_backup`, `deprovisioning`, `frozen` … are dropped).
 MARKER_IDENTITY = (
@@ -277,6 +278,11 @@ def _marker(data: Any) -> MarkerInfo:
         if value is not None and (not isinstance(value, str | int) or isinstance(value, bool)):
             raise _fail(f"marker.{key} must be a string or a number")
         identity[key] = value
+    # What a restore publishes under this kind: it must fit the kind's schema, or the restore
+    # would write a marker no job accepts (refused here, before anything is restored).
+    wrong = marker.data_problem(marker.Kind(kind), identity)
+    if wrong is not None:
+        raise _fail(f"marker does not fit the {kind} schema: {wrong}")
     return MarkerInfo(kind, identity)
 
 

@@ -151,7 +151,7 @@ def test_a_set_of_another_tenant_copied_under_this_one_is_refused(
     [
         "nested-subdomain", "files-list", "no-dump", "tables-list",
         "unknown-dump-format", "files-value-nested", "deep-nesting",
-        "marker-kind", "encoding",
+        "marker-kind", "marker-field-type", "marker-field-missing", "encoding",
     ],
 )  # fmt: skip
 def test_a_malformed_manifest_is_65(
@@ -175,12 +175,18 @@ def test_a_malformed_manifest_is_65(
         data["odoo"] = "DEEP"
     elif damage == "marker-kind":
         data["marker"]["kind"] = "template"
+    elif damage == "marker-field-type":  # what a restore would publish: no tenant marker
+        data["marker"]["project_id"] = str(data["marker"]["project_id"])
+    elif damage == "marker-field-missing":
+        del data["marker"]["template"]
     elif damage == "encoding":
         data["database_settings"]["encoding"] = "UTF8' TEMPLATE template1 --"
     body = json.dumps(data).replace('"DEEP"', "[" * 100_000 + "]" * 100_000)
     write_manifest(set_dir, body.encode())
     bad = run_job(verify_args(world))
     assert bad.rc == 65, bad.output
+    if damage.startswith("marker-field"):
+        assert "marker does not fit the tenant schema: field " in bad.stderr, bad.stderr
     copy = world["sub"] + "-m"
     refused = run_job(["restore", *world["args"], "--to-subdomain", copy, "--as-copy"])
     assert refused.rc == 65, refused.output

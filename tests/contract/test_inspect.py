@@ -17,6 +17,7 @@ import pytest
 from psycopg import sql
 
 from jobs.ops import marker
+from tests.support import markers
 from tests.support.harness import Runner
 from tests.support.untouched import Snapshot
 
@@ -108,10 +109,11 @@ def test_a_job_is_planned_from_the_environment_as_in_its_pod(
 def test_databases_with_their_markers_and_leftovers(
     run_job: Runner, pg_dsn: str, redis_url: str, uid: str, domain: str, state: Path, made: Any
 ) -> None:
-    live = made(f"acme.{domain}", marker.Marker(marker.TENANT_KIND, "complete",
-                                                 {"subdomain": "acme"}).encode())  # fmt: skip
-    work = made(f"acme.{domain}__up18", marker.Marker(marker.UPGRADE_WORK_KIND, "source-pass",
-                                                      {"subdomain": "acme"}).encode())  # fmt: skip
+    live = made(f"acme.{domain}", marker.Marker(marker.Kind.TENANT, "complete",
+                                                 markers.tenant("acme")).encode())  # fmt: skip
+    hop = {"subdomain": "acme", "from": 17, "to": 18, "phases": ["snapshot", "source-pass"]}
+    work = made(f"acme.{domain}__up18", marker.Marker(marker.Kind.UPGRADE_WORK, "source-pass",
+                                                      hop).encode())  # fmt: skip
     env = made(f"acme--staging.{domain}__env", None)
     made(f"acmex.{domain}", None)  # not acme's: never listed
     data = state / "data"
@@ -137,11 +139,14 @@ def test_databases_with_their_markers_and_leftovers(
     assert _snapshot(pg_dsn, domain, [state], redis_url, uid).diff(before) == []
 
 
-OTHERS = marker.Marker(marker.TENANT_KIND, "cloned", {"subdomain": "victim"}).encode()
+OTHERS = marker.Marker(marker.Kind.TENANT, "cloned", markers.tenant("victim")).encode()
+# This tenant's kind and subdomain, but not as tenant-db writes it.
+UNFIT = marker.Marker(marker.Kind.TENANT, "cloned", markers.tenant("acme", project_id="7")).encode()
 
 
-@pytest.mark.parametrize("comment", ["hand-made by an operator: do not drop", OTHERS],
-                         ids=["foreign-comment", "another-tenants-marker"])  # fmt: skip
+@pytest.mark.parametrize("comment", ["hand-made by an operator: do not drop", OTHERS, UNFIT],
+                         ids=["foreign-comment", "another-tenants-marker",
+                              "a-marker-unfit-for-its-schema"])  # fmt: skip
 def test_someone_elses_database_in_the_namespace_is_65_naming_it(
     run_job: Runner,
     pg_dsn: str,
@@ -160,6 +165,28 @@ def test_someone_elses_database_in_the_namespace_is_65_naming_it(
     assert any(foreign in p for p in run.result["problems"])
     (db,) = run.result["databases"]
     assert db["role"] == "not ours" and db["problem"]
+    assert _snapshot(pg_dsn, domain, [state], redis_url, uid).diff(before) == []
+
+
+def test_a_marker_unfit_for_its_schema_is_named_and_is_no_upgrade_of_the_tenant(
+    run_job: Runner, pg_dsn: str, redis_url: str, uid: str, domain: str, state: Path, made: Any
+) -> None:
+    made(f"acme.{domain}", marker.Marker(marker.Kind.TENANT, "complete",
+                                         markers.tenant("acme")).encode())  # fmt: skip
+    body = {"subdomain": "acme", "from": "17", "to": 18}  # this tenant's hop, `from` as text
+    work = made(f"acme.{domain}__up18",
+                marker.Marker(marker.Kind.UPGRADE_WORK, "source-pass", body).encode())
+    before = _snapshot(pg_dsn, domain, [state], redis_url, uid)
+    run = _inspect(run_job, domain, "--data-dir", str(state))
+    assert run.rc == 65, run.output
+    why = ("an upgrade-work marker that does not fit its schema"
+           " (field 'from' is text, not an integer)")
+    assert run.result["problems"] == [f"database {work} is not ours: {why}"]
+    assert f"database {work} is not ours: {why}" in run.stderr
+    by_name = {d["name"]: d for d in run.result["databases"]}
+    assert by_name[work]["role"] == "not ours" and by_name[work]["problem"] == why
+    assert by_name[f"acme.{domain}"]["role"] == "live"
+    assert run.result["upgrade"] == {"status": "none"}  # not this tenant's upgrade
     assert _snapshot(pg_dsn, domain, [state], redis_url, uid).diff(before) == []
 
 

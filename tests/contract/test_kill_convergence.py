@@ -43,7 +43,7 @@ from psycopg import sql
 
 from jobs.core import naming
 from jobs.ops import clone, marker
-from tests.support import odoo_target
+from tests.support import markers, odoo_target
 from tests.support.backup import make_tenant
 from tests.support.harness import BIN, OWNER_ROLE, Runner
 from tests.support.processes import descendants, local_ports, signal_tree
@@ -350,7 +350,7 @@ def _restore_replace(w: World) -> Case:
                           "--data-dir", str(w.dp)])  # fmt: skip
             assert made.rc == 0, made.output
         # A tenant that has moved on since the set: --replace must swap it.
-        marker.write(conn, db, marker.Marker("tenant", "complete", {"subdomain": w.src}))
+        marker.write(conn, db, marker.Marker("tenant", "complete", markers.tenant(w.src)))
     args = ["restore", "--subdomain", w.src, "--dest", str(w.dest), "--data-dir", str(w.dp),
             "--replace"]  # fmt: skip
     return Case(w.src, args, w.dp)

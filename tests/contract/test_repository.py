@@ -1,17 +1,20 @@
 """The repository explains itself: it refers to no file outside it and to no issue number, its
-Markdown links resolve inside it, and docs/design.md names exactly the variables the jobs read."""
+Markdown links resolve inside it, docs/design.md names exactly the variables the jobs read and
+its markers table is the marker schemas."""
 
 from __future__ import annotations
 
 import importlib
 import re
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import click
 
 from jobs import reference
 from jobs.cli import COMMANDS
+from jobs.ops import marker
 
 ROOT = Path(__file__).resolve().parents[2]
 DESIGN = ROOT / "docs" / "design.md"
@@ -103,6 +106,27 @@ def test_design_names_exactly_the_variables_the_jobs_read() -> None:
     read = command_variables() | GLOBAL_VARIABLES
     assert sorted(read - named) == []  # read, but not in the contract
     assert sorted(named - read) == []  # in the contract, but read by no job
+
+
+def _fields(fields: Mapping[str, marker.FieldType]) -> str:
+    return "; ".join(f"`{name}`: {marker.describe(t)}" for name, t in fields.items()) or "—"
+
+
+def test_the_design_marker_table_is_the_schemas() -> None:
+    """docs/design.md's markers table: one row per kind, its states and fields exactly those of
+    `marker.SCHEMAS` (the writer column is prose)."""
+    block = DESIGN.read_text().split("<!-- markers:begin -->\n", 1)[1]
+    rows = block.split("<!-- markers:end -->", 1)[0].strip().splitlines()[2:]
+    found = {}
+    for row in rows:
+        kind, _writer, states, fields, optional = (c.strip() for c in row.strip("|").split(" | "))
+        found[kind.strip("`")] = (states, fields, optional)
+    expected = {
+        str(kind): (", ".join(f"`{s}`" for s in schema.states), _fields(schema.fields),
+                    _fields(schema.optional))
+        for kind, schema in marker.SCHEMAS.items()
+    }  # fmt: skip
+    assert found == expected
 
 
 def test_the_readme_configuration_table_is_the_generated_one() -> None:

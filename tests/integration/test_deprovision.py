@@ -20,6 +20,7 @@ from psycopg import sql
 
 from jobs.core import naming
 from jobs.ops import marker
+from tests.support import markers
 from tests.support.backup import table_digests, tree
 from tests.support.deprovision import files_in
 from tests.support.harness import JOB_ROLE, OWNER_ROLE, STANDINS, Runner
@@ -180,7 +181,8 @@ def test_deprovision_removes_every_leftover_of_the_tenant_and_nothing_of_anyone_
     # Work copies as each job leaves them after a kill (markers as their writers write them;
     # restore-work, verify-scratch and environment-work in the older form, without subdomain).
     ours = {
-        f"{db}__rb17": marker.Marker("rollback", "complete", {**hop, "tenant": {"subdomain": sub}}),
+        f"{db}__rb17": marker.Marker("rollback", "complete",
+                                     {**hop, "tenant": markers.tenant(sub)}),
         f"{db}__up18": marker.Marker("upgrade-work", "snapshot",
                                      {**hop, "attempt": 1, "phases": ["snapshot"]}),
         f"{db}__rst": marker.Marker("restore-work", "created", {"set": "20250101T000000Z"}),
@@ -206,7 +208,7 @@ def test_deprovision_removes_every_leftover_of_the_tenant_and_nothing_of_anyone_
     others = {f"{sub}x": None, f"{sub}-stg": None, f"{sub}x--stg": f"{sub}x"}
     for other, env_of in others.items():
         other_db = naming.db_name(other)
-        body = {"subdomain": other, **({"tenant": env_of} if env_of else {})}
+        body = markers.environment(env_of, "stg") if env_of else markers.tenant(other)
         create_db(pg_dsn, other_db, marker.Marker("environment" if env_of else "tenant",
                                                   "complete", body))  # fmt: skip
         create_db(pg_dsn, other_db + "__new")
@@ -269,10 +271,10 @@ def test_a_database_marked_for_another_tenant_is_never_dropped(
     sub, db = setup["sub"], setup["db"]
     if planted == "work-copy":
         name = f"{db}__new"
-        mark = marker.Marker("tenant", "cloned", {"subdomain": f"{sub}x"})
+        mark = marker.Marker("tenant", "cloned", markers.tenant(f"{sub}x"))
     else:
         name = naming.db_name(f"{sub}--stg")
-        body = {"subdomain": f"{sub}--stg", "tenant": f"{sub}x", "env": "stg"}
+        body = markers.environment(sub, "stg", tenant=f"{sub}x")
         mark = marker.Marker("environment", "complete", body)
     create_db(pg_dsn, name, mark)
     files = tree(naming.filestore(db, setup["data_dir"]))
@@ -290,7 +292,7 @@ def test_without_the_live_database_a_rollback_copy_is_kept_unless_a_final_backup
 ) -> None:
     sub = f"{uid}r"  # a tenant with no live database, only its pre-upgrade copy
     rollback = naming.db_name(sub) + "__rb17"
-    body = {"subdomain": sub, "from": 17, "to": 18, "tenant": {"subdomain": sub}}
+    body = {"subdomain": sub, "from": 17, "to": 18, "tenant": markers.tenant(sub)}
     create_db(pg_dsn, rollback, marker.Marker("rollback", "complete", body))
     args = ["--subdomain", sub, "--dest", str(setup["dest"]), "--data-dir",
             str(setup["data_dir"]), "--stream", setup["stream"]]  # fmt: skip
@@ -375,7 +377,7 @@ def test_dry_run_of_a_tenant_with_a_database_not_ours_is_blocked(
     setup: dict[str, Any], run_job: Runner, pg_dsn: str, redis_url: str
 ) -> None:
     name = f"{setup['db']}__new"
-    create_db(pg_dsn, name, marker.Marker("tenant", "cloned", {"subdomain": f"{setup['sub']}x"}))
+    create_db(pg_dsn, name, marker.Marker("tenant", "cloned", markers.tenant(f"{setup['sub']}x")))
     before = untouched(setup, pg_dsn, redis_url)
     done = run_job(["deprovision", *setup["args"], "--dry-run"])
     assert done.rc == 65, done.output

@@ -23,6 +23,7 @@ from psycopg import sql
 
 from jobs.core import naming
 from jobs.ops import marker
+from tests.support import markers
 from tests.support.harness import BACKUP_KEY, JOB_ROLE, OWNER_ROLE, STANDINS, job_dsn
 from tests.support.tenant_db import ensure_role
 
@@ -60,9 +61,7 @@ def make_tenant(
             env=env, check=True, capture_output=True,
         )  # fmt: skip
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        marker.write(
-            conn, db, marker.Marker("tenant", "complete", {"subdomain": sub, "project_id": 7})
-        )
+        marker.write(conn, db, marker.Marker("tenant", "complete", markers.tenant(sub)))
     with psycopg.connect(pg_dsn, dbname=db, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO res_partner (name, email) SELECT 'partner ' || i, 'p' || i || '@x.test'"

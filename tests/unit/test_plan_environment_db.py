@@ -11,6 +11,7 @@ from jobs.commands.environment_db import State
 from jobs.core import params
 from jobs.core.errors import ConflictError, TransientError
 from jobs.ops import clone, marker
+from tests.support import markers
 
 FRESH = ["--subdomain", "acme", "--env", "staging", "--tier", "pro",
          "--owner-email", "o@acme.example.com", "--owner-name", "Ada"]  # fmt: skip
@@ -20,8 +21,8 @@ FRESH_BUILD = ["clone", "neutralise", "publish"]
 COPY_BUILD = ["copy-database", "copy-filestore", "neutralise", "publish"]
 READY = clone.TemplateState("fp")
 MISSING = clone.TemplateState(problem="template database template_pro_18 does not exist (yet)")
-PRODUCTION = marker.Seen(True, marker.Marker(marker.TENANT_KIND, "complete",
-                                             {"subdomain": "acme"}).encode())  # fmt: skip
+PRODUCTION = marker.Seen(True, marker.Marker(marker.Kind.TENANT, "complete",
+                                             markers.tenant("acme")).encode())  # fmt: skip
 
 
 def make(*args: str) -> environment_db.Params:
@@ -32,7 +33,7 @@ def make(*args: str) -> environment_db.Params:
 def env(generation: int | None = 1, tenant: str = "acme", source: str = "template") -> marker.Seen:
     body = {"subdomain": "acme--staging", "tenant": tenant, "env": "staging",
             "source": source, "generation": generation}  # fmt: skip
-    return marker.Seen(True, marker.Marker(marker.ENVIRONMENT_KIND, "complete", body).encode())
+    return marker.Seen(True, marker.Marker(marker.Kind.ENVIRONMENT, "complete", body).encode())
 
 
 def state(copy: bool = False, **over: Any) -> State:
@@ -63,6 +64,10 @@ def test_a_copy_from_nothing_dumps_restores_and_copies_the_filestore() -> None:
         (marker.Seen(), "database acme.planapulse.app does not exist"),
         (marker.Seen(True, None), "is not a tenant to copy as production"),
         (marker.Seen(True, env().comment), "is not a tenant to copy as production"),
+        (marker.Seen(True, marker.Marker(marker.Kind.TENANT, "complete", markers.tenant(
+            "acme", template=["template_pro_18"])).encode()),
+         "(it carries a tenant marker that does not fit its schema (field 'template' is a list,"
+         " not text))"),
     ],
 )
 def test_a_copy_of_a_production_that_is_not_a_tenant_is_blocked(
@@ -135,7 +140,7 @@ def test_an_old_copy_not_ours_is_not_rolled_back() -> None:
 
 
 # What a killed build leaves on its work copy: this environment's work marker.
-WORK = marker.Seen(True, marker.Marker(marker.ENVIRONMENT_WORK_KIND, "created", {
+WORK = marker.Seen(True, marker.Marker(marker.Kind.ENVIRONMENT_WORK, "created", {
     "subdomain": "acme--staging", "tenant": "acme", "env": "staging"}).encode())  # fmt: skip
 
 
@@ -161,6 +166,14 @@ def test_a_missing_template_waits_75() -> None:
     assert steps.steps == () and steps.blocked is None
     with pytest.raises(TransientError, match="does not exist"):
         clone.raise_if_waiting(steps)
+
+
+def test_a_template_whose_marker_does_not_fit_is_refused_65() -> None:
+    unfit = clone.TemplateState(refused="database template_pro_18 exists but is not a template")
+    steps = environment_db.decide(state(template=unfit), make(*FRESH))
+    assert steps.steps == () and steps.blocked == unfit.refused
+    with pytest.raises(ConflictError):
+        steps.require_unblocked()
 
 
 def test_a_missing_template_does_not_matter_to_an_existing_environment() -> None:

@@ -29,7 +29,7 @@ def ours(mark: Marker) -> restore.Db:
 
 def work(state: str, set_name: str = SET, as_copy: bool = False) -> restore.Db:
     data = {"set": set_name, "as_copy": as_copy, "subdomain": "acme"}
-    return ours(Marker(marker.RESTORE_WORK_KIND, state, data))
+    return ours(Marker(marker.Kind.RESTORE_WORK, state, data))
 
 
 def state(**changes: object) -> restore.State:
@@ -104,7 +104,7 @@ def test_a_rollback_comes_first_even_when_the_rest_is_refused() -> None:
 
 
 def test_a_swap_killed_after_the_rename_only_publishes() -> None:
-    s = state(db=ours(Marker(marker.RESTORE_WORK_KIND, "verified", {"set": SET})),
+    s = state(db=ours(Marker(marker.Kind.RESTORE_WORK, "verified", {"set": SET})),
               old=ours(TENANT), fs_work="dir")  # fmt: skip
     assert decided(s, replace=True) == (("publish", "drop-old"), "updated")
 

@@ -35,8 +35,10 @@ FP = tb.marker_data(P, CODE, BINARY)["fingerprint"]
 OTHER_FP = "0" * 64
 
 
-def comment(state: str, fp: str = FP, kind: str = marker.TEMPLATE_KIND, **data: Any) -> str:
-    return marker.Marker(kind, state, {"fingerprint": fp, "binary": BINARY, **data}).encode()
+def comment(state: str, fp: str = FP, kind: str = marker.Kind.TEMPLATE, **data: Any) -> str:
+    """A template marker as the job writes it (its whole schema), of fingerprint `fp`."""
+    body = {**tb.marker_data(P, CODE, BINARY), "fingerprint": fp, **data}
+    return marker.Marker(kind, state, body).encode()
 
 
 def db(name: str, text: str | None = None, *, frozen: bool = False) -> tb.Database:
@@ -134,7 +136,7 @@ def test_force_rebuilds_a_verified_build() -> None:
     ("text", "carries"),
     [
         ("made by hand", "its comment is not a plana-jobs marker"),
-        (marker.Marker(marker.TENANT_KIND, "complete").encode(), "it carries a 'tenant' marker"),
+        (marker.Marker(marker.Kind.TENANT, "complete").encode(), "it carries a 'tenant' marker"),
     ],
     ids=["foreign-comment", "other-kind"],
 )
@@ -232,7 +234,7 @@ def test_half_swapped_with_force_rebuilds() -> None:
     [
         (None, "it has no comment"),
         ("someone's template", "its comment is not a plana-jobs marker"),
-        (marker.Marker(marker.TENANT_KIND, "complete").encode(), "it carries a 'tenant' marker"),
+        (marker.Marker(marker.Kind.TENANT, "complete").encode(), "it carries a 'tenant' marker"),
     ],
     ids=["no-comment", "foreign-comment", "other-kind"],
 )

@@ -18,6 +18,9 @@ ARGS = ["--subdomain", "acme", "--project-id", "23", "--tier", "starter",
 BUILD = ["clone", "filestore", "personalise", "publish"]
 READY = clone.TemplateState(FP)
 MISSING = clone.TemplateState(problem="template database template_basic_18 does not exist (yet)")
+UNFIT = clone.TemplateState(refused="database template_basic_18 exists but is not a template to "
+                            "clone (it carries a template marker that does not fit its schema "
+                            "(field 'fingerprint' is missing)): left untouched")  # fmt: skip
 
 
 def make(*extra: str) -> tenant_db.Params:
@@ -31,12 +34,14 @@ P = make()
 def work(state: str, fingerprint: str = FP, subdomain: str = "acme") -> marker.Seen:
     body = {"subdomain": subdomain, "project_id": 23, "template": P.template,
             "template_fingerprint": fingerprint}  # fmt: skip
-    return marker.Seen(True, marker.Marker(marker.TENANT_KIND, state, body).encode())
+    return marker.Seen(True, marker.Marker(marker.Kind.TENANT, state, body).encode())
 
 
-DONE = {"subdomain": "acme", "project_id": 23, "template_fingerprint": "fp-then"}
+DONE = {"subdomain": "acme", "project_id": 23, "template": P.template,
+        "template_fingerprint": "fp-then"}  # fmt: skip
 OTHERS = {**DONE, "subdomain": "someone-else"}
-COMPLETE = marker.Seen(True, marker.Marker(marker.TENANT_KIND, "complete", DONE).encode())
+UNFIT_DONE = {**DONE, "project_id": True}  # this tenant's, but not as tenant-db writes it
+COMPLETE = marker.Seen(True, marker.Marker(marker.Kind.TENANT, "complete", DONE).encode())
 
 
 def state(**over: Any) -> State:
@@ -77,7 +82,10 @@ def test_an_unmarked_work_copy_is_a_killed_runs_dropped_and_started_over() -> No
         "a note someone wrote",
         'plana-jobs {"kind": "tenant", "state": "cloned", "subdomain": "someone-else"}',
         'plana-jobs {"kind": "environment", "state": "cloned"}',
-        marker.Marker(marker.TENANT_KIND, "complete", {"subdomain": "acme"}).encode(),
+        marker.Marker(marker.Kind.TENANT, "complete", {"subdomain": "acme"}).encode(),
+        # This tenant's kind and subdomain, but not as tenant-db writes it: not its work copy.
+        (work("cloned").comment or "").replace('"project_id":23', '"project_id":"23"'),
+        (work("cloned").comment or "").replace('"cloned"', '"bogus"'),
     ],
 )
 def test_a_work_copy_with_someone_elses_comment_is_blocked(comment: str) -> None:
@@ -106,6 +114,19 @@ def test_a_missing_template_waits_75_before_anything_even_a_foreign_work_copy() 
         assert steps.steps == () and steps.blocked is None
         with pytest.raises(TransientError, match="does not exist"):
             clone.raise_if_waiting(steps)
+
+
+def test_a_template_whose_marker_does_not_fit_is_refused_65_not_waited_for() -> None:
+    """A template marker no job wrote never becomes complete: blocked, never cloned as a
+    template made by other means (nor retried as one still building)."""
+    for over in ({}, {"work": work("cloned")}, {"live": COMPLETE, "filestore": "missing"}):
+        steps = tenant_db.decide(state(**{"template": UNFIT, **over}), P)
+        assert steps.steps == () and steps.blocked == UNFIT.refused, over
+        clone.raise_if_waiting(steps)  # not a wait (75)
+        with pytest.raises(ConflictError):
+            steps.require_unblocked()
+    converged = tenant_db.decide(state(template=UNFIT, live=COMPLETE, filestore="dir"), P)
+    assert converged.steps == () and converged.blocked is None  # it needs no template
 
 
 def test_a_symlinked_tenant_filestore_is_blocked_before_the_clone() -> None:
@@ -156,7 +177,8 @@ def test_a_lost_filestore_waits_for_the_template_after_the_connect_repair() -> N
         marker.Seen(True, None),
         marker.Seen(True, "made by hand"),
         work("personalised"),  # a work marker under the live name: not complete
-        marker.Seen(True, marker.Marker(marker.TENANT_KIND, "complete", OTHERS).encode()),
+        marker.Seen(True, marker.Marker(marker.Kind.TENANT, "complete", OTHERS).encode()),
+        marker.Seen(True, marker.Marker(marker.Kind.TENANT, "complete", UNFIT_DONE).encode()),
     ],
 )
 def test_a_live_database_not_ours_is_blocked(live: marker.Seen) -> None:

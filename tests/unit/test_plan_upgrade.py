@@ -24,7 +24,7 @@ PREFIXES = ("010_agreement_legal_stale_views.sql",)
 
 
 def live(allows: bool = True, **data: Any) -> Db:
-    return Db(True, marker.TENANT_KIND, "complete", {**TENANT_DATA, **data}, allows)
+    return Db(True, marker.Kind.TENANT, "complete", {**TENANT_DATA, **data}, allows)
 
 
 def upgrading(attempt: int = 1, **more: Any) -> dict[str, Any]:
@@ -33,13 +33,13 @@ def upgrading(attempt: int = 1, **more: Any) -> dict[str, Any]:
 
 def work(phases: list[str], state: str = "", spec: ph.Spec = HOP, **data: Any) -> Db:
     body = {**spec.hop(), "attempt": 1, "phases": phases, "prefixes": [], **data}
-    return Db(True, marker.UPGRADE_WORK_KIND, state or (phases[-1] if phases else "snapshot"),
+    return Db(True, marker.Kind.UPGRADE_WORK, state or (phases[-1] if phases else "snapshot"),
               body, allows_connections=True)  # fmt: skip
 
 
 def rollback_copy(frm: int = 17, to: int = 18, **data: Any) -> Db:
     body = {"subdomain": "acme", "from": frm, "to": to, "tenant": TENANT_DATA, **data}
-    return Db(True, marker.ROLLBACK_KIND, "complete", body, allows_connections=False)
+    return Db(True, marker.Kind.ROLLBACK, "complete", body, allows_connections=False)
 
 
 def fresh(**over: Any) -> State:
@@ -196,7 +196,7 @@ def test_a_foreign_database_under_the_work_name_is_blocked() -> None:
     tampered = replace(work(CHAIN[:2]), data={**work(CHAIN[:2]).data, "subdomain": "other"})
     assert "not this tenant's upgrade work copy" in blocked(frozen(tampered))
     assert "not this tenant's upgrade work copy" in blocked(frozen(replace(
-        work(CHAIN[:2]), kind=marker.TENANT_KIND)))  # fmt: skip
+        work(CHAIN[:2]), kind=marker.Kind.TENANT)))  # fmt: skip
 
 
 def test_a_taken_rollback_name_is_blocked_before_any_phase() -> None:

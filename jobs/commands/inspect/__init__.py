@@ -160,8 +160,11 @@ def _events(p: Params) -> list[dict[str, str]]:
 
 
 def _upgrade(dbs: list[view.Database]) -> dict[str, Any]:
-    work = [d for d in dbs if d.kind == marker.UPGRADE_WORK_KIND]
-    rollback = [d for d in dbs if d.kind == marker.ROLLBACK_KIND]
+    # A database that is not ours (another tenant's marker, one that does not fit its schema)
+    # is a problem of its own, never this tenant's upgrade.
+    ours = [d for d in dbs if d.problem is None]
+    work = [d for d in ours if d.kind == marker.Kind.UPGRADE_WORK]
+    rollback = [d for d in ours if d.kind == marker.Kind.ROLLBACK]
     status = "in progress" if work else ("done, rollback kept" if rollback else "none")
     out: dict[str, Any] = {"status": status}
     if work:

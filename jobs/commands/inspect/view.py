@@ -24,14 +24,14 @@ from jobs.core.errors import JobError
 from jobs.ops import marker
 
 # Which database of a tenant a marker kind stands for, for the table.
-ROLES = {
-    marker.TENANT_KIND: "live",
-    marker.ENVIRONMENT_KIND: "environment",
-    marker.ENVIRONMENT_WORK_KIND: "environment work copy",
-    marker.RESTORE_WORK_KIND: "restore work copy",
-    marker.VERIFY_SCRATCH_KIND: "verify scratch",
-    marker.UPGRADE_WORK_KIND: "upgrade work copy",
-    marker.ROLLBACK_KIND: "upgrade rollback",
+ROLES: dict[str, str] = {
+    marker.Kind.TENANT: "live",
+    marker.Kind.ENVIRONMENT: "environment",
+    marker.Kind.ENVIRONMENT_WORK: "environment work copy",
+    marker.Kind.RESTORE_WORK: "restore work copy",
+    marker.Kind.VERIFY_SCRATCH: "verify scratch",
+    marker.Kind.UPGRADE_WORK: "upgrade work copy",
+    marker.Kind.ROLLBACK: "upgrade rollback",
 }
 EVENTS_SCANNED = 10_000  # newest stream entries read for this tenant's events
 
@@ -47,7 +47,7 @@ class Database:
     state: str | None
     marker: str  # "ours", "none" (no comment) or "foreign" (a comment that is not our marker)
     facts: dict[str, Any] = field(default_factory=dict)
-    problem: str | None = None  # why it is not ours: someone else's comment or tenant
+    problem: str | None = None  # why not ours: someone else's comment or tenant, or unfit
 
     @property
     def role(self) -> str:
@@ -75,8 +75,6 @@ def databases(conn: psycopg.Connection[Any], tenant: naming.Tenant) -> list[Data
             problem = "a comment that is not a plana-jobs marker"
         elif mark is not None:
             problem = _whose(mark, owned, tenant)
-        keep = ("subdomain", "template", "template_fingerprint", "from_version", "to_version",
-                "version", "set", "phase", "environment", "source")  # fmt: skip
         found.append(
             Database(
                 name=name,
@@ -87,21 +85,34 @@ def databases(conn: psycopg.Connection[Any], tenant: naming.Tenant) -> list[Data
                 kind=mark.kind if mark else None,
                 state=mark.state if mark else None,
                 marker="ours" if mark else ("none" if comment is None else "foreign"),
-                facts={k: mark.data[k] for k in keep if mark and k in mark.data},
+                facts=_facts(mark) if mark is not None else {},
                 problem=problem,
             )
         )
     return found
 
 
+# The marker fields shown with a database, where its kind declares them (`marker.declared`).
+FACTS = ("subdomain", "tenant", "env", "source", "template", "template_fingerprint", "from",
+         "to", "odoo_version", "set")  # fmt: skip
+
+
+def _facts(mark: marker.Marker) -> dict[str, Any]:
+    return {k: v for k in FACTS if (v := marker.declared(mark, k)) is not None}
+
+
 def _whose(mark: marker.Marker, owned: naming.Owned, tenant: naming.Tenant) -> str | None:
     """Why a plana-jobs marker on a database of this namespace is not this tenant's (a copy of
-    another tenant's, or an unknown kind), or None. A marker is input to validate."""
-    if mark.kind not in ROLES and mark.kind != marker.TEMPLATE_KIND:
+    another tenant's, an unknown kind, or one that does not fit its kind's schema), or None. A
+    marker is input to validate."""
+    if mark.kind not in ROLES and mark.kind != marker.Kind.TEMPLATE:
         return f"a marker of unknown kind {mark.kind!r}"
+    misfit = marker.misfit(mark)
+    if misfit is not None:
+        return misfit
     own = tenant.subdomain + (f"{naming.ENV_SEPARATOR}{owned.env}" if owned.env else "")
     named = mark.data.get("subdomain")
-    if named is not None and named != own and mark.data.get("tenant") != tenant.subdomain:
+    if named is not None and named != own and marker.declared(mark, "tenant") != tenant.subdomain:
         return f"its marker names another tenant ({str(named)[:60]!r})"
     return None
 

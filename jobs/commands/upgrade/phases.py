@@ -148,7 +148,7 @@ def live_marker(ctx: Ctx) -> marker.Marker:
     if not pg.database_exists(ctx.conn, db):
         raise ConflictError(f"tenant database {db} does not exist", database=db)
     return marker.require_ours(
-        ctx.conn, db, marker.TENANT_KIND, states=("complete",),
+        ctx.conn, db, marker.Kind.TENANT, states=("complete",),
         match={"subdomain": ctx.spec.tenant.subdomain}, what="is not a plana-jobs tenant",
     )  # fmt: skip
 
@@ -180,7 +180,7 @@ def base_version(ctx: Ctx, db: str) -> str:
 
 def work_marker(ctx: Ctx) -> marker.Marker | None:
     """The work copy's marker when it is ours and still passable, else None."""
-    mark = marker.ours(ctx.conn, ctx.spec.work, marker.UPGRADE_WORK_KIND, match=ctx.spec.hop())
+    mark = marker.ours(ctx.conn, ctx.spec.work, marker.Kind.UPGRADE_WORK, match=ctx.spec.hop())
     if mark is None or mark.state in ("failed", "rolled-back") or mark.data.get("running"):
         return None
     return mark
@@ -251,7 +251,7 @@ def snapshot(ctx: Ctx, fresh: bool) -> Done:
     ctx.job.check_locks()  # a long copy: the lock may have been lost meanwhile
     restrict_connect(conn, s.work, owner)
     body = {**s.hop(), "attempt": up["attempt"], "phases": ["snapshot"], "prefixes": []}
-    marker.write(conn, s.work, marker.Marker(marker.UPGRADE_WORK_KIND, "snapshot", body))
+    marker.write(conn, s.work, marker.Marker(marker.Kind.UPGRADE_WORK, "snapshot", body))
     log.info("work copy cloned", database=s.work, attempt=up["attempt"])
     return Done("created", {"phase": "snapshot", "work_db": s.work, **up})
 
@@ -259,7 +259,7 @@ def snapshot(ctx: Ctx, fresh: bool) -> Done:
 def rollback_copy(ctx: Ctx, db: str, frm: int, to: int) -> marker.Marker | None:
     """The marker of `db` when it is this tenant's rollback copy of the hop `frm` → `to`."""
     return marker.ours(
-        ctx.conn, db, marker.ROLLBACK_KIND,
+        ctx.conn, db, marker.Kind.ROLLBACK,
         match={"subdomain": ctx.spec.tenant.subdomain, "from": frm, "to": to},
     )  # fmt: skip
 
@@ -508,7 +508,7 @@ def finish_rollback_filestore(ctx: Ctx) -> bool:
     s = ctx.spec
     if pg.database_exists(ctx.conn, s.rollback) or not pg.database_exists(ctx.conn, s.work):
         return False
-    if marker.ours(ctx.conn, s.work, marker.UPGRADE_WORK_KIND, states=("rolled-back",),
+    if marker.ours(ctx.conn, s.work, marker.Kind.UPGRADE_WORK, states=("rolled-back",),
                    match=s.hop()) is None:  # fmt: skip
         return False
     return rollback_filestore(ctx)
@@ -550,7 +550,7 @@ def cutover(ctx: Ctx) -> Done:
         "base_before": up.get("base") if isinstance(up, dict) else None,
     }
     new_live = marker.Marker(
-        marker.TENANT_KIND,
+        marker.Kind.TENANT,
         "complete",
         {
             **tenant,
@@ -560,7 +560,7 @@ def cutover(ctx: Ctx) -> Done:
             "upgrade": history,
         },
     )
-    old_live = marker.Marker(marker.ROLLBACK_KIND, "complete", {**s.hop(), "tenant": tenant})
+    old_live = marker.Marker(marker.Kind.ROLLBACK, "complete", {**s.hop(), "tenant": tenant})
     ctx.job.check_locks()  # after seeding the filestore (a copy): still ours before the swap
     swap(ctx, [(s.db, s.rollback), (s.work, s.db)], {s.db: new_live, s.rollback: old_live}, s.db)
     ctx.job.log.info("cut over", database=s.db, rollback_db=s.rollback)
@@ -585,9 +585,9 @@ def rollback(ctx: Ctx) -> Done:
     if old is not None:
         if pg.database_exists(conn, s.work):
             pg.drop_database(conn, s.work)  # only an abandoned copy can hold the name now
-        restored = marker.Marker(marker.TENANT_KIND, "complete", dict(old.data.get("tenant", {})))
+        restored = marker.Marker(marker.Kind.TENANT, "complete", dict(old.data.get("tenant", {})))
         upgraded_mark = marker.Marker(
-            marker.UPGRADE_WORK_KIND, "rolled-back", {**s.hop(), "was": live.data}
+            marker.Kind.UPGRADE_WORK, "rolled-back", {**s.hop(), "was": live.data}
         )
         swap(
             ctx, [(s.db, s.work), (s.rollback, s.db)], {s.db: restored, s.work: upgraded_mark}, s.db

@@ -94,7 +94,7 @@ def _db(conn: Any, name: str) -> Db | None:
     if not pg.database_exists(conn, name):
         return None
     comment = pg.database_comment(conn, name)
-    mark = marker.Marker.decode(comment)
+    mark = marker.parse(comment)  # one that does not fit its schema is someone else's
     allows = ph.allows_connections(conn, name)
     if mark is None:
         return Db(comment=comment is not None, allows_connections=allows)
@@ -224,7 +224,7 @@ def rollback_renames(state: State, s: ph.Spec) -> bool:
         state.rollback is None
         and work is not None
         and work.state == "rolled-back"
-        and work.of(marker.UPGRADE_WORK_KIND, **s.hop())
+        and work.of(marker.Kind.UPGRADE_WORK, **s.hop())
         and state.fs_rollback
     )
 
@@ -268,7 +268,7 @@ def _work_usable(state: State, s: ph.Spec) -> bool:
     work = state.work
     return (
         work is not None
-        and work.of(marker.UPGRADE_WORK_KIND, **s.hop())
+        and work.of(marker.Kind.UPGRADE_WORK, **s.hop())
         and work.state not in ("failed", "rolled-back")
         and not work.data.get("running")
     )
@@ -282,7 +282,7 @@ def _foreign_work(state: State, s: ph.Spec) -> str | None:
     work = state.work
     if work is None or not work.comment:
         return None
-    if work.of(marker.UPGRADE_WORK_KIND, subdomain=s.tenant.subdomain):
+    if work.of(marker.Kind.UPGRADE_WORK, subdomain=s.tenant.subdomain):
         return None
     return f"database {s.work} exists and is not this tenant's upgrade work copy: left untouched"
 
@@ -341,7 +341,7 @@ def _rollback_taken(state: State, s: ph.Spec, recorded: bool) -> str | None:
     if rb is None:
         return None
     v = s.from_version
-    superseded = rb.of(marker.ROLLBACK_KIND, subdomain=s.tenant.subdomain, **{"from": v, "to": v})
+    superseded = rb.of(marker.Kind.ROLLBACK, subdomain=s.tenant.subdomain, **{"from": v, "to": v})
     if superseded and not recorded:
         return None
     return f"rollback name {s.rollback} is taken: left untouched"
@@ -382,7 +382,7 @@ def decide_rollback(state: State, s: ph.Spec) -> plan.Plan:
     rb = state.rollback
     match = {"subdomain": s.tenant.subdomain, "from": s.from_version, "to": s.to_version}
     if rb is not None:
-        if not rb.of(marker.ROLLBACK_KIND, **match):
+        if not rb.of(marker.Kind.ROLLBACK, **match):
             return plan.blocked(
                 f"{s.rollback} is not this tenant's rollback copy of {s.from_version} → "
                 f"{s.to_version}: left untouched",
@@ -417,7 +417,7 @@ def _same_names_block(state: State, s: ph.Spec) -> str | None:
     v = s.to_version
     rb = state.rollback
     if rb is not None:
-        if not rb.of(marker.ROLLBACK_KIND, subdomain=s.tenant.subdomain, **{"from": v, "to": v}):
+        if not rb.of(marker.Kind.ROLLBACK, subdomain=s.tenant.subdomain, **{"from": v, "to": v}):
             return f"rollback name {s.rollback} is taken: left untouched"
         return None
     if state.fs_rollback and not rollback_renames(state, s):

@@ -203,7 +203,7 @@ def _clone(r: Run) -> None:
     ctx.job.check_locks()  # a long copy: the lock may have been lost meanwhile
     restrict_connect(conn, s.work, owner)
     body = {**s.hop(), "strategy": STRATEGY, "revision": r.rev, "attempt": r.up["attempt"]}
-    marker.write(conn, s.work, marker.Marker(marker.UPGRADE_WORK_KIND, "snapshot", body))
+    marker.write(conn, s.work, marker.Marker(marker.Kind.UPGRADE_WORK, "snapshot", body))
     if filestore.present(s.fs(s.db)):  # a symlinked live filestore is refused (65)
         stats = filestore.copy_tree(s.fs(s.db), s.fs(s.work), kind="upgrade")
         log.info("work filestore copied", **stats.as_dict())
@@ -213,7 +213,7 @@ def _clone(r: Run) -> None:
 def _odoo(r: Run) -> None:
     """`-u all` on the copy (`running` recorded first), verified, the copy marked verified."""
     ctx, s, conn = r.ctx, r.ctx.spec, r.ctx.conn
-    mark = marker.require_ours(conn, s.work, marker.UPGRADE_WORK_KIND, match=s.hop())
+    mark = marker.require_ours(conn, s.work, marker.Kind.UPGRADE_WORK, match=s.hop())
     mark.data["running"] = STRATEGY
     marker.write(conn, s.work, mark)  # from here on, an interruption spoils the copy
     inv = odoo.Invocation(db=s.work, update=["all"], data_dir=s.data_dir)
@@ -257,7 +257,7 @@ def _swap(r: Run) -> None:
         "revision_before": tenant.get("addons_revision"),
     }
     new_live = marker.Marker(
-        marker.TENANT_KIND,
+        marker.Kind.TENANT,
         "complete",
         {
             **tenant,
@@ -269,7 +269,7 @@ def _swap(r: Run) -> None:
         },
     )
     old_live = marker.Marker(
-        marker.ROLLBACK_KIND, "complete", {**s.hop(), "strategy": STRATEGY, "tenant": tenant}
+        marker.Kind.ROLLBACK, "complete", {**s.hop(), "strategy": STRATEGY, "tenant": tenant}
     )
     ctx.job.check_locks()
     ph.swap(ctx, [(s.db, s.rollback), (s.work, s.db)], {s.db: new_live, s.rollback: old_live}, s.db)
