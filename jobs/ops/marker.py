@@ -30,8 +30,9 @@ How the schemas are drawn:
   bool, float, list, dict, None (null), or a tuple of them. A `Kind` as a field's type is an
   object holding the data of a marker of that kind: a rollback copy keeps the tenant marker it
   gives back (`tenant`), which a rollback publishes again, so it is checked as one. The
-  contents of other lists and objects (`upgrading`, `phases`, …) are not checked here: only the
-  one upgrade job that wrote them reads them.
+  fields of an object a job reads back (`upgrading`, a pass's `failed`) are a `Shape`, checked
+  the same way; the contents of lists and of history objects (`phases`, `upgrade`, `update`)
+  are not: they are shown, never acted on.
 - Fields a schema does not name are allowed and ignored: a job one release behind reads markers
   a newer one wrote (a rolling update, a CronJob still on the old image), and refusing each
   newly added field would make it exit 65 on every database the newer jobs touched. They carry
@@ -85,8 +86,21 @@ BACKUP_KINDS = (Kind.TENANT, Kind.ENVIRONMENT)
 
 # A JSON type as a field declares it: one Python type, or a tuple of them (any of these).
 JsonType = type | tuple[type, ...]
-# ... or a Kind: an object holding the data of a marker of that kind (its fields, no state).
-FieldType = JsonType | Kind
+
+
+@dataclass(frozen=True)
+class Shape:
+    """An object field whose own fields a job reads (an upgrade's `upgrading` record): checked
+    as a marker's fields are, so a forged `attempt` is a refusal (65), not a crash (70)."""
+
+    name: str  # how it is named in a message: "an upgrade record"
+    fields: Mapping[str, FieldType]
+    optional: Mapping[str, FieldType] = field(default_factory=dict)
+
+
+# ... or a Kind: an object holding the data of a marker of that kind (its fields, no state);
+# or a Shape: an object with fields of its own.
+FieldType = JsonType | Kind | Shape
 
 
 @dataclass(frozen=True)
@@ -99,8 +113,13 @@ class Schema:
     optional: Mapping[str, FieldType] = field(default_factory=dict)
 
 
+# What upgrade records on the live tenant while it is frozen, and reads back on a re-run.
 _UPGRADING: Mapping[str, FieldType] = {
-    "upgrading": dict,  # upgrade: {from, to, base, attempt[, strategy, revision]} while frozen
+    "upgrading": Shape(
+        "an upgrade record",
+        fields={"from": int, "to": int, "attempt": int},
+        optional={"base": (str, type(None)), "strategy": str, "revision": str},
+    ),
 }
 _RESTORED: Mapping[str, FieldType] = {
     "restored_from": str,  # restore: the set it was restored from
@@ -189,7 +208,9 @@ SCHEMAS: Mapping[Kind, Schema] = {
             "phases": list,
             "prefixes": list,
             "running": str,  # the pass under way: a copy found so was killed midway
-            "failed": dict,
+            "failed": Shape(  # a pass's failure, shown by status
+                "a failure record", fields={"phase": str}, optional={"problems": list}
+            ),
             "strategy": str,  # same-major
             "revision": str,
             "was": dict,  # rolled-back: the live marker it was, kept for the record only
@@ -254,6 +275,8 @@ def describe(want: FieldType) -> str:
     """A declared type in words: "text", "an integer", "text or null", "a tenant marker's data"."""
     if isinstance(want, Kind):
         return f"{_a(want)} marker's data"
+    if isinstance(want, Shape):
+        return want.name
     types = want if isinstance(want, tuple) else (want,)
     return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
 
@@ -278,19 +301,30 @@ def _field_problem(name: str, value: object, want: FieldType) -> str | None:
             return f"field {name!r} is {_name_of(value)}, not {describe(want)}"
         inner = _data_problem(SCHEMAS[want], value)
         return None if inner is None else f"field {name!r} is not {describe(want)} ({inner})"
+    if isinstance(want, Shape):
+        if not isinstance(value, dict):
+            return f"field {name!r} is {_name_of(value)}, not {describe(want)}"
+        inner = _fields_problem(want.fields, want.optional, value)
+        return None if inner is None else f"field {name!r} is not {describe(want)} ({inner})"
     if _is(value, want):
         return None
     return f"field {name!r} is {_name_of(value)}, not {describe(want)}"
 
 
 def _data_problem(schema: Schema, data: Mapping[str, Any]) -> str | None:
-    for name, want in schema.fields.items():
+    return _fields_problem(schema.fields, schema.optional, data)
+
+
+def _fields_problem(
+    fields: Mapping[str, FieldType], optional: Mapping[str, FieldType], data: Mapping[str, Any]
+) -> str | None:
+    for name, want in fields.items():
         if name not in data:
             return f"field {name!r} is missing"
         wrong = _field_problem(name, data[name], want)
         if wrong is not None:
             return wrong
-    for name, want in schema.optional.items():
+    for name, want in optional.items():
         if name in data:
             wrong = _field_problem(name, data[name], want)
             if wrong is not None:

@@ -44,9 +44,15 @@ def test_every_kind_has_one_schema_and_every_schema_is_of_json_types() -> None:
         assert schema.states and len(set(schema.states)) == len(schema.states), kind
         assert not set(schema.fields) & set(schema.optional), kind  # each field declared once
         assert not {"kind", "state"} & {*schema.fields, *schema.optional}, kind
-        for want in [*schema.fields.values(), *schema.optional.values()]:
+        wants = [*schema.fields.values(), *schema.optional.values()]
+        while wants:
+            want = wants.pop()
             if isinstance(want, Kind):
                 assert want in marker.SCHEMAS
+                continue
+            if isinstance(want, marker.Shape):  # an object with fields of its own
+                assert not set(want.fields) & set(want.optional), (kind, want.name)
+                wants += [*want.fields.values(), *want.optional.values()]
                 continue
             assert set(want if isinstance(want, tuple) else (want,)) <= JSON_TYPES, (kind, want)
 
@@ -117,7 +123,8 @@ def test_what_the_jobs_build_their_markers_from_fits() -> None:
         (Kind.TENANT, "complete", {"template_fingerprint": None}, None),  # a template by hand
         (Kind.TENANT, "complete", {"final_backup": 7},
          "field 'final_backup' is an integer, not text"),  # optional: checked when there
-        (Kind.TENANT, "complete", {"upgrading": "yes"}, "field 'upgrading' is text, not an object"),
+        (Kind.TENANT, "complete", {"upgrading": "yes"},
+         "field 'upgrading' is text, not an upgrade record"),
         (Kind.TENANT, "bogus", {}, "state 'bogus' is not a tenant state"),
         (Kind.TENANT, "verified", {}, "state 'verified' is not a tenant state"),  # another kind's
         (Kind.TEMPLATE, "complete", {"modules": "base"}, "field 'modules' is text, not a list"),
@@ -195,3 +202,44 @@ def test_the_declared_types_in_words() -> None:
     assert marker.describe((int, type(None))) == "an integer or null"
     assert marker.describe(Kind.TENANT) == "a tenant marker's data"
     assert marker.describe(Kind.ENVIRONMENT) == "an environment marker's data"
+
+
+UPGRADING = {"from": 17, "to": 18, "base": "17.0.1.3", "attempt": 1}
+
+
+@pytest.mark.parametrize(
+    ("upgrading", "says"),
+    [
+        ({**UPGRADING, "attempt": "x"},
+         "field 'upgrading' is not an upgrade record (field 'attempt' is text, not an integer)"),
+        ({**UPGRADING, "to": True},
+         "field 'upgrading' is not an upgrade record (field 'to' is a boolean, not an integer)"),
+        ({"from": 17, "to": 18},
+         "field 'upgrading' is not an upgrade record (field 'attempt' is missing)"),
+        ({**UPGRADING, "revision": 5},
+         "field 'upgrading' is not an upgrade record (field 'revision' is an integer, not text)"),
+        (["17", "18"], "field 'upgrading' is a list, not an upgrade record"),
+    ],
+)  # fmt: skip
+def test_a_frozen_tenants_upgrade_record_is_checked_field_by_field(
+    upgrading: object, says: str
+) -> None:
+    # What upgrade reads back on a re-run (attempt, from, to): a forged one is refused, not
+    # a crash at int(...) (70).
+    fits = Marker(Kind.TENANT, "complete", {**TENANT, "upgrading": UPGRADING})
+    assert marker.problem(fits) is None
+    same = {**UPGRADING, "base": None, "strategy": "same-major", "revision": "r1"}
+    assert marker.problem(Marker(Kind.TENANT, "complete", {**TENANT, "upgrading": same})) is None
+    forged = Marker(Kind.TENANT, "complete", {**TENANT, "upgrading": upgrading})
+    assert marker.problem(forged) == says
+    assert marker.unwritable(forged) is not None
+
+
+def test_a_failed_passs_record_is_checked() -> None:
+    work = {"subdomain": "acme", "from": 17, "to": 18, "attempt": 1}
+    failed = {"phase": "target-pass", "problems": ["Failed to initialize database"]}
+    assert marker.problem(Marker(Kind.UPGRADE_WORK, "failed", {**work, "failed": failed})) is None
+    wrong = Marker(Kind.UPGRADE_WORK, "failed", {**work, "failed": {"problems": []}})
+    assert marker.problem(wrong) == (
+        "field 'failed' is not a failure record (field 'phase' is missing)"
+    )
