@@ -29,6 +29,11 @@ UNFIT = {
     "bool-for-integer": ({"project_id": True}, None,
                          "field 'project_id' is a boolean, not an integer"),
     "unknown-state": ({}, "restored", "state 'restored' is not a tenant state"),
+    # A frozen tenant's upgrade record with a forged attempt: read back by upgrade's re-run,
+    # where int("x") was a crash (70), not a refusal.
+    "forged-upgrade-record": (
+        {"upgrading": {"from": 17, "to": 18, "base": "17.0.1.3", "attempt": "x"}}, None,
+        "field 'upgrading' is not an upgrade record (field 'attempt' is text, not an integer)"),
 }  # fmt: skip
 TEMPLATE_UNFIT = {
     "text-for-integer": ({"odoo_version": "18"}, None,
@@ -97,8 +102,11 @@ def test_a_tenant_marker_that_does_not_fit_its_schema_is_refused_by_every_job(
         done = run_job(args)
         assert done.rc == 65, (name, done.output)
         assert db in done.stderr and len(done.stderr.strip().splitlines()) == 1, (name, done.stderr)
-        # Refused for what it carries (deprovision names the databases it found not ours).
-        assert name == "deprovision" or found in done.stderr, (name, done.stderr)
+        # Refused for what it carries (deprovision names the databases it found not ours;
+        # restore holds back from any marker holding an upgrade record, fitting or not).
+        held = name == "restore" and "upgrading" in UNFIT[case][0]
+        assert held or name == "deprovision" or found in done.stderr, (name, done.stderr)
+        assert not held or "is frozen for an upgrade" in done.stderr, done.stderr
         assert snapshot(pg_dsn, redis_url, setup).diff(before) == [], name
 
     seen = run_job(["inspect", "--subdomain", setup["sub"], "--data-dir",
