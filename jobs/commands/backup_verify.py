@@ -122,9 +122,9 @@ class State:
 
 
 def _scratch(conn: psycopg.Connection[Any], name: str) -> Scratch:
-    if not pg.database_exists(conn, name):
+    exists, comment = pg.described(conn, name)
+    if not exists:
         return "absent"
-    comment = pg.database_comment(conn, name)
     if comment is None:
         return "unmarked"
     mark = marker.parse(comment)  # a scratch marker that does not fit its schema: foreign

@@ -388,9 +388,7 @@ class Seen:
 
 
 def seen(conn: psycopg.Connection[Any], db: str) -> Seen:
-    if not pg.database_exists(conn, db):
-        return Seen()
-    return Seen(True, pg.database_comment(conn, db))
+    return Seen(*pg.described(conn, db))
 
 
 def refusal(db: str, what: str, found: str | None) -> str:
@@ -461,9 +459,10 @@ def ours(
     None), and for each key of `match` holding that value in its data (e.g. `{"subdomain":
     ...}`: this tenant's).
     """
-    if not pg.database_exists(conn, db):
+    exists, comment = pg.described(conn, db)
+    if not exists:
         return None
-    mark, _ = _mismatch(pg.database_comment(conn, db), _kinds(kinds), states, match or {})
+    mark, _ = _mismatch(comment, _kinds(kinds), states, match or {})
     return mark
 
 
@@ -510,11 +509,12 @@ def require_ours(
     database and what it carries instead: "database {db} exists but {what} ({found}): left
     untouched".
     """
-    if not pg.database_exists(conn, db):
+    exists, comment = pg.described(conn, db)
+    if not exists:
         if absent_ok:
             return None
         raise ConflictError(f"database {db} does not exist", database=db)
-    mark, found = _mismatch(pg.database_comment(conn, db), _kinds(kinds), states, match or {})
+    mark, found = _mismatch(comment, _kinds(kinds), states, match or {})
     if mark is None:
         raise ConflictError(refusal(db, what, found), database=db)
     return mark
@@ -546,9 +546,9 @@ def drop_unmarked(job: runner.Job, conn: psycopg.Connection[Any], name: str, kin
     left for the caller; one carrying any other comment (a marker that does not fit its schema
     included) is refused (65).
     """
-    if not pg.database_exists(conn, name):
+    exists, comment = pg.described(conn, name)
+    if not exists:
         return
-    comment = pg.database_comment(conn, name)
     mark, found = _mismatch(comment, (kind,), None, {})
     if mark is not None:
         return

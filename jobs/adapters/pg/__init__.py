@@ -291,11 +291,16 @@ def database_exists(conn: psycopg.Connection[Any], name: str) -> bool:
 
 def database_comment(conn: psycopg.Connection[Any], name: str) -> str | None:
     """`COMMENT ON DATABASE` text: readable without connecting to that database."""
+    return described(conn, name)[1]
+
+
+def described(conn: psycopg.Connection[Any], name: str) -> tuple[bool, str | None]:
+    """(whether `name` exists, its comment) in one catalog read: "is it ours?" asks both."""
     row = conn.execute(
         "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
         (name,),
     ).fetchone()
-    return None if row is None else row[0]
+    return (False, None) if row is None else (True, row[0])
 
 
 def set_database_comment(conn: psycopg.Connection[Any], name: str, comment: str) -> None:

@@ -91,9 +91,9 @@ class State:
 
 
 def _db(conn: Any, name: str) -> Db | None:
-    if not pg.database_exists(conn, name):
+    exists, comment = pg.described(conn, name)
+    if not exists:
         return None
-    comment = pg.database_comment(conn, name)
     mark = marker.parse(comment)  # one that does not fit its schema is someone else's
     allows = ph.allows_connections(conn, name)
     if mark is None:
